@@ -1,0 +1,1274 @@
+//! The blocking Rust client: named locks with fencing tokens over TCP.
+//!
+//! A [`Client`] owns a bounded pool of connections to one server and is
+//! `Send + Sync`: share it between threads with `&` or `Arc`. Every request
+//! checks a connection out of the pool, writes one frame, reads one reply and
+//! checks the connection back in; nothing is held between requests, so a
+//! thread holding a lock holds no connection.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use distlockd::client::{Client, Error};
+//!
+//! # fn main() -> Result<(), Error> {
+//! let client = Client::builder("127.0.0.1:9999").ttl(Duration::from_secs(30)).build()?;
+//! if !client.check_server_health() {
+//!     eprintln!("distlockd is not answering");
+//! }
+//! {
+//!     // Waits on the server, in FIFO order, for up to 5 s.
+//!     let guard = client.lock("nightly-report", Duration::from_secs(5))?;
+//!     // Pass the fencing token to whatever the lock protects, so it can
+//!     // refuse writes carrying an older token.
+//!     println!("working under token {}", guard.token());
+//! } // released here
+//! match client.try_acquire("nightly-report")? {
+//!     Some(lease) => client.release_lease(&lease)?,
+//!     None => println!("someone else is running it"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Exclusion while the lease is valid.** A hold ends at [`Client::release`],
+//!   at its TTL (the server expires it; this client never renews on its own,
+//!   call [`Client::extend`]), or, for a client built with
+//!   [`ClientBuilder::session`], when the connection that acquired it closes.
+//!   Work that may outlive the TTL must be fenced: the resource compares
+//!   [`Lease::token`]s, which only ever increase, also across server restarts.
+//! - **Each acquisition has its own owner** (`{client_id}:{counter}`), so
+//!   threads sharing one `Client` exclude each other like separate processes.
+//!   For the same reason a lock is not reentrant: acquiring a name this
+//!   client already holds waits like any other owner.
+//! - **Retries are idempotent.** A failed connection is retried with
+//!   exponential backoff and jitter; a retried ACQUIRE carries the same owner,
+//!   and the server answers a repeated ACQUIRE from the current holder with the
+//!   same token, so a lost reply never makes the client hold a lock it does
+//!   not know about (short of running out of retries: then the hold lapses at
+//!   its TTL). RELEASE and EXTEND carry owner and token and are safe to repeat.
+//! - **Bounded waits.** Every read and write has a timeout; a waiting ACQUIRE
+//!   reads for at most `wait + timeout`, because the server answers by `wait`.
+//! - **A release is never starved by waiters.** At most `pool_size - 1`
+//!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
+//!   always reach the server to release it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, warn};
+
+use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
+use crate::protocol::{
+    Acquire, ErrorCode, FLAG_SESSION, HelloReply, NotHeldReason, Reply, Request, decode_reply,
+};
+
+/// How long a hold lasts unless released or extended (the original's 10 s).
+pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
+/// Connect, write and read timeout for one request (a waiting ACQUIRE reads
+/// for its wait plus this).
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Retries after a connection failure, so four attempts in all.
+pub const RETRIES_DEFAULT: u32 = 3;
+/// Connections per client: enough for a handful of threads waiting at once.
+pub const POOL_SIZE_DEFAULT: usize = 8;
+/// One connection for waiting ACQUIREs and one kept for everything else, so
+/// a holder can release while another thread of the same client waits.
+pub const POOL_SIZE_MIN: usize = 2;
+
+/// First retry delay; doubles per retry.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+/// Longest delay between retries (before jitter): a restarting server is
+/// usually back within seconds, and a caller should not sleep much longer.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Decimal digits of the largest per-client counter in an owner id.
+const OWNER_COUNTER_LEN_MAX: usize = 20;
+/// Longest client id: `{client_id}:{counter}` must fit the server's owner
+/// ceiling for any counter value.
+pub const CLIENT_ID_LEN_MAX: usize = OWNER_LEN_CEILING - 1 - OWNER_COUNTER_LEN_MAX;
+/// The generated id is `{pid:x}-{nanos:x}-{seq:x}`: at most 8 + 1 + 16 + 1 + 16.
+const _: () = assert!(8 + 1 + 16 + 1 + 16 <= CLIENT_ID_LEN_MAX);
+const _: () = assert!((u64::MAX).ilog10() as usize + 1 == OWNER_COUNTER_LEN_MAX);
+
+/// Sent in HELLO so server logs say which client connected.
+const CLIENT_NAME: &str = concat!("distlockd-rust/", env!("CARGO_PKG_VERSION"));
+const _: () = assert!(CLIENT_NAME.len() <= u8::MAX as usize);
+
+/// Makes the ids of clients created in the same process and nanosecond differ.
+static CLIENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the client could not do what was asked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock stayed held by others for the whole wait (the original's
+    /// `LockAcquisitionTimeout`).
+    AcquireTimeout { name: String, waited: Duration },
+    /// RELEASE or EXTEND of a hold we do not have (the original's
+    /// `LockReleaseError`).
+    NotHeld { name: String, reason: NotHeldCause },
+    /// The server could not be reached, or the connection failed mid-request,
+    /// on every attempt (the original's `ConnectionError`).
+    Connection {
+        addr: String,
+        attempts: u32,
+        source: io::Error,
+    },
+    /// The server sent something that is not a valid reply to our request.
+    Protocol { message: String },
+    /// The server refused the request with an ERROR reply.
+    Server { code: ErrorCode, message: String },
+    /// A value was refused before anything was sent.
+    InvalidArgument { what: String },
+}
+
+/// Why a hold is not ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotHeldCause {
+    /// This `Client` has no record of holding the name: it never acquired it,
+    /// or it already released it. Nothing was sent.
+    NotAcquiredHere,
+    /// The server's answer.
+    Server(NotHeldReason),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::AcquireTimeout { name, waited } => write!(
+                f,
+                "lock {name:?} was not acquired within {:.3}s: another owner held it the whole time; wait longer or check who holds it",
+                waited.as_secs_f64()
+            ),
+            Error::NotHeld { name, reason } => write!(
+                f,
+                "lock {name:?} is not held by us: {}",
+                not_held_text(*reason)
+            ),
+            Error::Connection {
+                addr,
+                attempts,
+                source,
+            } => write!(
+                f,
+                "could not connect to {addr} after {attempts} attempt{}: {source}; check that `distlockd server` is running there and reachable",
+                if *attempts == 1 { "" } else { "s" }
+            ),
+            Error::Protocol { message } => write!(
+                f,
+                "{message}; check that the address is a distlockd server speaking protocol version {PROTOCOL_VERSION}"
+            ),
+            Error::Server { code, message } => {
+                write!(f, "server refused the request ({}): {message}", code.name())
+            }
+            Error::InvalidArgument { what } => f.write_str(what),
+        }
+    }
+}
+
+fn not_held_text(reason: NotHeldCause) -> &'static str {
+    match reason {
+        NotHeldCause::NotAcquiredHere => {
+            "this client never acquired it or already released it; release only names acquired through the same Client"
+        }
+        NotHeldCause::Server(NotHeldReason::Free) => {
+            "nobody holds it, so our hold expired (or was released); use a longer ttl or extend before it runs out"
+        }
+        NotHeldCause::Server(NotHeldReason::OtherOwner) => {
+            "another owner holds it, so our hold expired and was taken over; use a longer ttl or extend before it runs out"
+        }
+        NotHeldCause::Server(NotHeldReason::TokenMismatch) => {
+            "we hold it under a newer token, so this lease is stale; use the most recent lease"
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connection { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// One granted hold: what RELEASE and EXTEND need to name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    name: String,
+    owner: String,
+    token: u64,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The owner id the server knows this hold by.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The fencing token: larger than every token granted before it.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The TTL the server granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// A held lock that is released when dropped (the original's `with
+/// client.lock(...)`). A failed release on drop is logged, never panics; use
+/// [`LockGuard::unlock`] to see the error.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    client: &'a Client,
+    lease: Lease,
+    released: bool,
+}
+
+impl LockGuard<'_> {
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    pub fn token(&self) -> u64 {
+        self.lease.token
+    }
+
+    pub fn name(&self) -> &str {
+        &self.lease.name
+    }
+
+    /// Sets the hold's remaining TTL to `ttl` from now.
+    pub fn extend(&self, ttl: Duration) -> Result<Duration> {
+        self.client.extend(&self.lease, ttl)
+    }
+
+    /// Releases now and reports the outcome.
+    pub fn unlock(mut self) -> Result<()> {
+        self.released = true;
+        self.client.release_lease(&self.lease)
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Err(e) = self.client.release_lease(&self.lease) {
+            warn!(
+                "releasing lock {:?} (token {}) on drop failed: {e}",
+                self.lease.name, self.lease.token
+            );
+        }
+    }
+}
+
+/// The server's version and limits, from its HELLO reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub protocol_version: u16,
+    pub server_version: String,
+    pub frame_size_max: usize,
+    pub name_len_max: usize,
+    pub owner_len_max: usize,
+    pub lock_ttl_default: Duration,
+    pub lock_ttl_max: Duration,
+    pub wait_max: Duration,
+}
+
+impl From<&HelloReply<'_>> for ServerInfo {
+    fn from(h: &HelloReply<'_>) -> ServerInfo {
+        ServerInfo {
+            protocol_version: h.version,
+            server_version: String::from_utf8_lossy(h.server_version).into_owned(),
+            frame_size_max: h.frame_size_max as usize,
+            name_len_max: h.name_len_max as usize,
+            owner_len_max: h.owner_len_max as usize,
+            lock_ttl_default: Duration::from_millis(h.lock_ttl_ms_default as u64),
+            lock_ttl_max: Duration::from_millis(h.lock_ttl_ms_max as u64),
+            wait_max: Duration::from_millis(h.wait_ms_max as u64),
+        }
+    }
+}
+
+/// Settings for a [`Client`]; see [`Client::builder`].
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    addr: String,
+    ttl: Duration,
+    timeout: Duration,
+    retries: u32,
+    pool_size: usize,
+    session: bool,
+    client_id: Option<String>,
+}
+
+impl ClientBuilder {
+    /// TTL of every hold this client takes (default 10 s). Must be positive.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Connect, read and write timeout (default 5 s). Must be positive.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries after a connection failure (default 3).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Most connections open at once (default 8, at least 2).
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// `true`: the server also releases a hold when the connection that took
+    /// it closes (the client is dropped, the process dies, or this client
+    /// drops that connection after an I/O error on it). `false` (default):
+    /// holds survive disconnects until released or expired.
+    pub fn session(mut self, session: bool) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// Prefix of every owner id this client sends (default: generated from
+    /// the process id, the time and a counter). At most
+    /// [`CLIENT_ID_LEN_MAX`] bytes. Two clients must never share one.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    pub fn build(self) -> Result<Client> {
+        check_addr(&self.addr)?;
+        if self.ttl.is_zero() {
+            return invalid("ttl 0: a hold needs a positive TTL; use e.g. Duration::from_secs(10)");
+        }
+        if self.timeout.is_zero() {
+            return invalid(
+                "timeout 0: I/O needs a positive timeout; use e.g. Duration::from_secs(5)",
+            );
+        }
+        if self.pool_size < POOL_SIZE_MIN {
+            return invalid(format!(
+                "pool_size {}: too small; use at least {POOL_SIZE_MIN} so a release can run while an acquire waits",
+                self.pool_size
+            ));
+        }
+        let client_id = match self.client_id {
+            Some(id) => id,
+            None => generated_client_id(),
+        };
+        if client_id.is_empty() || client_id.len() > CLIENT_ID_LEN_MAX {
+            return invalid(format!(
+                "client_id {client_id:?} is {} bytes; use 1 to {CLIENT_ID_LEN_MAX} bytes",
+                client_id.len()
+            ));
+        }
+        Ok(Client {
+            jitter: AtomicU64::new(jitter_seed()),
+            addr: self.addr,
+            client_id,
+            ttl_ms: duration_to_ms(self.ttl),
+            timeout: self.timeout,
+            retries: self.retries,
+            flags: if self.session { FLAG_SESSION } else { 0 },
+            owner_counter: AtomicU64::new(1),
+            pool: Pool::new(self.pool_size),
+            holds: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// A blocking distlockd client. See the module documentation.
+pub struct Client {
+    addr: String,
+    client_id: String,
+    ttl_ms: u32,
+    timeout: Duration,
+    retries: u32,
+    flags: u8,
+    owner_counter: AtomicU64,
+    /// xorshift state for backoff jitter; races between threads only make
+    /// the numbers more random, so a relaxed load/store is enough.
+    jitter: AtomicU64,
+    pool: Pool,
+    /// The latest hold this client took on each name, for [`Client::release`].
+    holds: Mutex<HashMap<String, Lease>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("client_id", &self.client_id)
+            .field("ttl_ms", &self.ttl_ms)
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("session", &(self.flags & FLAG_SESSION != 0))
+            .field("pool_size", &self.pool.size)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client with the default settings. `addr` is `host:port`.
+    pub fn new(addr: impl ToString) -> Result<Client> {
+        Client::builder(addr).build()
+    }
+
+    pub fn builder(addr: impl ToString) -> ClientBuilder {
+        ClientBuilder {
+            addr: addr.to_string(),
+            ttl: TTL_DEFAULT,
+            timeout: TIMEOUT_DEFAULT,
+            retries: RETRIES_DEFAULT,
+            pool_size: POOL_SIZE_DEFAULT,
+            session: false,
+            client_id: None,
+        }
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Whether the server answers PING, right now: one attempt, no retries
+    /// and no backoff. Never panics; the reason for `false` is logged at
+    /// debug level.
+    pub fn check_server_health(&self) -> bool {
+        match self.call(&Op::Ping, 0) {
+            Ok(Answer::Pong) => true,
+            Ok(other) => {
+                debug!("health check of {}: answered {other:?}", self.addr);
+                false
+            }
+            Err(e) => {
+                debug!("health check of {}: {e}", self.addr);
+                false
+            }
+        }
+    }
+
+    /// The server's version and limits.
+    pub fn server_info(&self) -> Result<ServerInfo> {
+        match self.call(&Op::Hello, self.retries)? {
+            Answer::Hello(info) => Ok(info),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for HELLO"),
+        }
+    }
+
+    /// Takes `name`, waiting on the server (in FIFO order with other waiters)
+    /// for up to `wait`. `Err(AcquireTimeout)` if it stayed held.
+    pub fn acquire(&self, name: &str, wait: Duration) -> Result<Lease> {
+        let started = Instant::now();
+        match self.acquire_inner(name, wait)? {
+            Some(lease) => Ok(lease),
+            None => Err(Error::AcquireTimeout {
+                name: name.to_owned(),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
+    /// Takes `name` if it is free: `Ok(None)` if someone else holds it.
+    pub fn try_acquire(&self, name: &str) -> Result<Option<Lease>> {
+        self.acquire_inner(name, Duration::ZERO)
+    }
+
+    /// [`Client::acquire`] returning a guard that releases on drop.
+    pub fn lock(&self, name: &str, wait: Duration) -> Result<LockGuard<'_>> {
+        let lease = self.acquire(name, wait)?;
+        Ok(LockGuard {
+            client: self,
+            lease,
+            released: false,
+        })
+    }
+
+    /// Releases this client's latest hold on `name`.
+    ///
+    /// With threads sharing a `Client`, this releases whichever hold of this
+    /// client on `name` is the most recent, which may be another thread's if
+    /// ours expired and that thread took the name since; prefer
+    /// [`LockGuard`] or [`Client::release_lease`] there.
+    pub fn release(&self, name: &str) -> Result<()> {
+        let lease = self.holds().get(name).cloned();
+        match lease {
+            Some(lease) => self.release_lease(&lease),
+            None => Err(Error::NotHeld {
+                name: name.to_owned(),
+                reason: NotHeldCause::NotAcquiredHere,
+            }),
+        }
+    }
+
+    /// Releases the hold described by `lease`.
+    ///
+    /// If a retry was needed because the first attempt's reply was lost, that
+    /// attempt may have released it already and the retry answers NotHeld.
+    pub fn release_lease(&self, lease: &Lease) -> Result<()> {
+        let op = Op::Release {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+        };
+        let answer = self.call(&op, self.retries)?;
+        // Released or refused, the hold is not ours any more; a connection
+        // failure keeps the record so the caller can release again.
+        self.forget(lease);
+        match answer {
+            Answer::Released => Ok(()),
+            Answer::NotHeld(reason) => Err(Error::NotHeld {
+                name: lease.name.clone(),
+                reason: NotHeldCause::Server(reason),
+            }),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
+        }
+    }
+
+    /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
+    /// TTL the server applied. `Err(NotHeld)` if the hold was lost.
+    pub fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Duration> {
+        if ttl.is_zero() {
+            // On the wire 0 means "the server's default", which is not what
+            // a caller passing zero means.
+            return invalid("extend ttl 0: use a positive TTL; release the lock to give it up");
+        }
+        let op = Op::Extend {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+            ttl_ms: duration_to_ms(ttl),
+        };
+        match self.call(&op, self.retries)? {
+            Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
+            Answer::NotHeld(reason) => {
+                self.forget(lease);
+                Err(Error::NotHeld {
+                    name: lease.name.clone(),
+                    reason: NotHeldCause::Server(reason),
+                })
+            }
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for EXTEND"),
+        }
+    }
+
+    /// `Ok(None)`: still held by another owner when the wait ended.
+    fn acquire_inner(&self, name: &str, wait: Duration) -> Result<Option<Lease>> {
+        check_name(name)?;
+        let owner = self.next_owner();
+        let op = Op::Acquire {
+            name,
+            owner: &owner,
+            ttl_ms: self.ttl_ms,
+            wait,
+            flags: self.flags,
+        };
+        match self.call(&op, self.retries)? {
+            Answer::Granted { token, ttl_ms } => {
+                let lease = Lease {
+                    name: name.to_owned(),
+                    owner,
+                    token,
+                    ttl: Duration::from_millis(ttl_ms as u64),
+                };
+                self.holds().insert(lease.name.clone(), lease.clone());
+                Ok(Some(lease))
+            }
+            // BUSY answers a wait of zero, including a retry whose wait was
+            // used up by failed attempts.
+            Answer::Busy | Answer::Timeout => Ok(None),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for ACQUIRE"),
+        }
+    }
+
+    fn next_owner(&self) -> String {
+        let n = self.owner_counter.fetch_add(1, Ordering::Relaxed);
+        let owner = format!("{}:{n}", self.client_id);
+        debug_assert!(owner.len() <= OWNER_LEN_CEILING);
+        owner
+    }
+
+    fn holds(&self) -> MutexGuard<'_, HashMap<String, Lease>> {
+        // A panic elsewhere while holding this lock cannot leave the map
+        // half-updated (every update is one insert or remove).
+        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops the record of `lease` unless the name has been re-acquired since.
+    fn forget(&self, lease: &Lease) {
+        let mut holds = self.holds();
+        if holds
+            .get(&lease.name)
+            .is_some_and(|held| held.token == lease.token && held.owner == lease.owner)
+        {
+            holds.remove(&lease.name);
+        }
+    }
+
+    /// Sends `op` and returns its reply, retrying connection failures up to
+    /// `retries` times with backoff.
+    fn call(&self, op: &Op<'_>, retries: u32) -> Result<Answer> {
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut stale_retry_used = false;
+        loop {
+            let mut slot = self.pool.checkout(op.may_wait());
+            // After checkout: time spent waiting for a connection counts
+            // against the caller's wait too.
+            let wait_ms = op.wait_ms_left(started.elapsed());
+            let reused = slot.conn.is_some();
+            let error = match self.attempt(&mut slot, op, wait_ms) {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Io(e)) => e,
+            };
+            drop(slot);
+            if reused && !stale_retry_used && is_dead_connection(&error) {
+                // A pooled connection the server closed while idle (a
+                // restart, a stop): the others are likely dead too. This is
+                // not a failure to reach the server, so it costs no attempt.
+                stale_retry_used = true;
+                self.pool.discard_idle();
+                debug!(
+                    "{}: pooled connection was closed ({error}); reconnecting",
+                    self.addr
+                );
+                continue;
+            }
+            attempts += 1;
+            if attempts > retries {
+                return Err(Error::Connection {
+                    addr: self.addr.clone(),
+                    attempts,
+                    source: error,
+                });
+            }
+            let delay = self.backoff(attempts);
+            debug!(
+                "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
+                self.addr
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// One request on one connection. On any failure the connection is
+    /// dropped (it is not in `slot`), so the pool never holds a connection
+    /// whose next bytes are unknown.
+    fn attempt(&self, slot: &mut Slot<'_>, op: &Op<'_>, wait_ms: u32) -> Result<Answer, Failure> {
+        let mut conn = match slot.conn.take() {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        let mut frame = Vec::with_capacity(64);
+        op.request(wait_ms).encode_to_vec(&mut frame);
+        let read_timeout = self
+            .timeout
+            .saturating_add(Duration::from_millis(wait_ms as u64));
+        let answer = conn.exchange(&frame, read_timeout)?;
+        if !op.accepts(&answer) {
+            return Err(Failure::Fatal(Error::Protocol {
+                message: format!("{} answered {} with {answer:?}", self.addr, op.kind_name()),
+            }));
+        }
+        if !answer.closes_connection() {
+            slot.conn = Some(conn);
+        }
+        Ok(answer)
+    }
+
+    /// Opens a connection and exchanges HELLO.
+    fn connect(&self) -> Result<Conn, Failure> {
+        let mut last_error = None;
+        for addr in self.addr.to_socket_addrs().map_err(Failure::Io)? {
+            match TcpStream::connect_timeout(&addr, self.timeout) {
+                Ok(stream) => return self.handshake(stream),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(Failure::Io(last_error.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the address resolved to no IP address",
+            )
+        })))
+    }
+
+    fn handshake(&self, stream: TcpStream) -> Result<Conn, Failure> {
+        // Requests are single small frames; Nagle would hold each one back
+        // waiting for an ACK.
+        stream.set_nodelay(true).map_err(Failure::Io)?;
+        stream
+            .set_write_timeout(Some(self.timeout))
+            .map_err(Failure::Io)?;
+        let mut conn = Conn {
+            stream,
+            input: vec![0; FRAME_SIZE_CEILING].into_boxed_slice(),
+            read_timeout: None,
+        };
+        let mut frame = Vec::with_capacity(32);
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            client_name: CLIENT_NAME.as_bytes(),
+        }
+        .encode_to_vec(&mut frame);
+        match conn.exchange(&frame, self.timeout)? {
+            Answer::Hello(info) if (1..=PROTOCOL_VERSION).contains(&info.protocol_version) => {
+                Ok(conn)
+            }
+            Answer::Hello(info) => Err(Failure::Fatal(Error::Protocol {
+                message: format!(
+                    "{} chose protocol version {} for our version {PROTOCOL_VERSION}",
+                    self.addr, info.protocol_version
+                ),
+            })),
+            Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
+            other => Err(Failure::Fatal(Error::Protocol {
+                message: format!("{} answered HELLO with {other:?}", self.addr),
+            })),
+        }
+    }
+
+    /// Exponential backoff with up to 50% jitter, so clients that failed
+    /// together do not retry together.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(16);
+        let delay = BACKOFF_BASE.saturating_mul(1 << doublings).min(BACKOFF_MAX);
+        let jitter_ms = self.next_random() % (delay.as_millis() as u64 / 2 + 1);
+        delay + Duration::from_millis(jitter_ms)
+    }
+
+    fn next_random(&self) -> u64 {
+        let mut x = self.jitter.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter.store(x, Ordering::Relaxed);
+        x
+    }
+}
+
+/// A request with owned-by-caller fields, re-encoded on each attempt because
+/// a waiting ACQUIRE's wait shrinks by the time already spent.
+enum Op<'a> {
+    Hello,
+    Ping,
+    Acquire {
+        name: &'a str,
+        owner: &'a str,
+        ttl_ms: u32,
+        wait: Duration,
+        flags: u8,
+    },
+    Release {
+        name: &'a str,
+        owner: &'a str,
+        token: u64,
+    },
+    Extend {
+        name: &'a str,
+        owner: &'a str,
+        token: u64,
+        ttl_ms: u32,
+    },
+}
+
+impl Op<'_> {
+    /// Whether the server may hold the reply back (a waiting ACQUIRE).
+    fn may_wait(&self) -> bool {
+        matches!(self, Op::Acquire { wait, .. } if !wait.is_zero())
+    }
+
+    fn wait_ms_left(&self, elapsed: Duration) -> u32 {
+        match self {
+            Op::Acquire { wait, .. } => duration_to_ms(wait.saturating_sub(elapsed)),
+            _ => 0,
+        }
+    }
+
+    fn request(&self, wait_ms: u32) -> Request<'_> {
+        match *self {
+            Op::Hello => Request::Hello {
+                version: PROTOCOL_VERSION,
+                client_name: CLIENT_NAME.as_bytes(),
+            },
+            Op::Ping => Request::Ping,
+            Op::Acquire {
+                name,
+                owner,
+                ttl_ms,
+                flags,
+                ..
+            } => Request::Acquire(Acquire {
+                name: name.as_bytes(),
+                owner: owner.as_bytes(),
+                ttl_ms,
+                wait_ms,
+                flags,
+            }),
+            Op::Release { name, owner, token } => Request::Release {
+                name: name.as_bytes(),
+                owner: owner.as_bytes(),
+                token,
+            },
+            Op::Extend {
+                name,
+                owner,
+                token,
+                ttl_ms,
+            } => Request::Extend {
+                name: name.as_bytes(),
+                owner: owner.as_bytes(),
+                token,
+                ttl_ms,
+            },
+        }
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Op::Hello => "HELLO",
+            Op::Ping => "PING",
+            Op::Acquire { .. } => "ACQUIRE",
+            Op::Release { .. } => "RELEASE",
+            Op::Extend { .. } => "EXTEND",
+        }
+    }
+
+    /// Whether `answer` is a possible reply to this request; anything else
+    /// means the stream is out of step and the connection must go.
+    fn accepts(&self, answer: &Answer) -> bool {
+        matches!(
+            (self, answer),
+            (_, Answer::Error { .. })
+                | (Op::Hello, Answer::Hello(_))
+                | (Op::Ping, Answer::Pong)
+                | (
+                    Op::Acquire { .. },
+                    Answer::Granted { .. } | Answer::Busy | Answer::Timeout
+                )
+                | (Op::Release { .. }, Answer::Released | Answer::NotHeld(_))
+                | (
+                    Op::Extend { .. },
+                    Answer::Extended { .. } | Answer::NotHeld(_)
+                )
+        )
+    }
+}
+
+/// A reply copied out of the read buffer.
+#[derive(Debug)]
+enum Answer {
+    Hello(ServerInfo),
+    Pong,
+    Granted { token: u64, ttl_ms: u32 },
+    Busy,
+    Timeout,
+    Released,
+    Extended { ttl_ms: u32 },
+    NotHeld(NotHeldReason),
+    Error { code: ErrorCode, message: String },
+}
+
+impl Answer {
+    fn from_reply(reply: &Reply<'_>) -> Answer {
+        match *reply {
+            Reply::Hello(ref hello) => Answer::Hello(ServerInfo::from(hello)),
+            Reply::Pong { .. } => Answer::Pong,
+            Reply::Granted { token, ttl_ms } => Answer::Granted { token, ttl_ms },
+            Reply::Busy { .. } => Answer::Busy,
+            Reply::Timeout { .. } => Answer::Timeout,
+            Reply::Released => Answer::Released,
+            Reply::Extended { ttl_ms } => Answer::Extended { ttl_ms },
+            Reply::NotHeld { reason } => Answer::NotHeld(reason),
+            Reply::Error { code, message } => Answer::Error {
+                code,
+                message: String::from_utf8_lossy(message).into_owned(),
+            },
+        }
+    }
+
+    /// The server closes the connection after these errors (frame
+    /// boundaries are lost, or the connection was refused).
+    fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Answer::Error {
+                code: ErrorCode::Protocol
+                    | ErrorCode::UnknownKind
+                    | ErrorCode::FrameTooLarge
+                    | ErrorCode::Limit
+                    | ErrorCode::ShuttingDown,
+                ..
+            }
+        )
+    }
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// The connection failed or timed out: worth another attempt.
+    Io(io::Error),
+    /// The server answered, or answered nonsense: retrying will not help.
+    Fatal(Error),
+}
+
+struct Conn {
+    stream: TcpStream,
+    /// One reply at a time: the server sends nothing unasked, so the buffer
+    /// is empty between requests and one maximal frame always fits.
+    input: Box<[u8]>,
+    /// The read timeout currently set on the socket, to skip the syscall
+    /// when it does not change.
+    read_timeout: Option<Duration>,
+}
+
+impl Conn {
+    fn exchange(&mut self, frame: &[u8], read_timeout: Duration) -> Result<Answer, Failure> {
+        if self.read_timeout != Some(read_timeout) {
+            self.stream
+                .set_read_timeout(Some(read_timeout))
+                .map_err(Failure::Io)?;
+            self.read_timeout = Some(read_timeout);
+        }
+        self.stream
+            .write_all(frame)
+            .map_err(|e| Failure::Io(name_timeout(e, "sending a request")))?;
+        let mut filled = 0;
+        loop {
+            match decode_reply(&self.input[..filled]) {
+                Ok(Some((reply, used))) if used == filled => return Ok(Answer::from_reply(&reply)),
+                Ok(Some((reply, used))) => {
+                    return Err(Failure::Fatal(Error::Protocol {
+                        message: format!(
+                            "server sent {} unexpected bytes after its reply {reply:?}",
+                            filled - used
+                        ),
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(Failure::Fatal(Error::Protocol {
+                        message: format!("undecodable reply: {e}"),
+                    }));
+                }
+            }
+            // decode_reply rejects frames over FRAME_SIZE_CEILING from the
+            // header, so an incomplete frame always has room left.
+            debug_assert!(filled < self.input.len());
+            match self.stream.read(&mut self.input[filled..]) {
+                Ok(0) => {
+                    return Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection before replying",
+                    )));
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let waited = format!("waiting {:.3}s for a reply", read_timeout.as_secs_f64());
+                    return Err(Failure::Io(name_timeout(e, &waited)));
+                }
+            }
+        }
+    }
+}
+
+/// Socket timeouts surface as WouldBlock on Unix ("Resource temporarily
+/// unavailable"); say what timed out instead.
+fn name_timeout(e: io::Error, doing: &str) -> io::Error {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, format!("timed out {doing}"))
+        }
+        _ => e,
+    }
+}
+
+fn is_dead_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// At most `size` connections; idle ones wait in `idle`.
+struct Pool {
+    size: usize,
+    state: Mutex<PoolState>,
+    changed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Conn>,
+    /// Connections open or being opened, idle or not.
+    open: usize,
+    /// Slots checked out for an ACQUIRE that may wait on the server.
+    waiting_acquires: usize,
+}
+
+impl PoolState {
+    fn invariants(&self, size: usize) {
+        debug_assert!(self.idle.len() <= self.open);
+        debug_assert!(self.open <= size);
+        debug_assert!(self.waiting_acquires < size);
+    }
+}
+
+/// A checked-out share of the pool. `conn: None` means a connection may be
+/// opened under this slot. On drop the connection (if any) goes back to the
+/// idle list; without one, the slot's share is freed.
+struct Slot<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+    waits: bool,
+}
+
+impl Pool {
+    fn new(size: usize) -> Pool {
+        assert!(size >= POOL_SIZE_MIN);
+        Pool {
+            size,
+            state: Mutex::new(PoolState {
+                idle: Vec::with_capacity(size),
+                open: 0,
+                waiting_acquires: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, PoolState> {
+        // Nothing panics while this lock is held; if it ever did, the counts
+        // are still consistent (each update is a single statement).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Blocks until a connection (or room to open one) is free. A request
+    /// that may wait on the server (`waits`) only gets one while fewer than
+    /// `size - 1` such requests are out: the last share is kept for
+    /// requests that answer at once, such as the RELEASE the waiters need.
+    fn checkout(&self, waits: bool) -> Slot<'_> {
+        let mut state = self.state();
+        loop {
+            state.invariants(self.size);
+            let allowed = !waits || state.waiting_acquires < self.size - 1;
+            if allowed {
+                let conn = state.idle.pop();
+                if conn.is_some() || state.open < self.size {
+                    if conn.is_none() {
+                        state.open += 1;
+                    }
+                    state.waiting_acquires += waits as usize;
+                    return Slot {
+                        pool: self,
+                        conn,
+                        waits,
+                    };
+                }
+            }
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Closes every idle connection.
+    fn discard_idle(&self) {
+        let idle = {
+            let mut state = self.state();
+            let idle = std::mem::take(&mut state.idle);
+            state.open -= idle.len();
+            idle
+        };
+        drop(idle); // close the sockets outside the lock
+        self.changed.notify_all();
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.state();
+        state.waiting_acquires -= self.waits as usize;
+        match self.conn.take() {
+            Some(conn) => state.idle.push(conn),
+            None => state.open -= 1,
+        }
+        state.invariants(self.pool.size);
+        drop(state);
+        // Waiters differ in what they need (any slot, or a waiting slot),
+        // so wake them all rather than risk waking one that cannot proceed.
+        self.pool.changed.notify_all();
+    }
+}
+
+fn invalid<T>(what: impl Into<String>) -> Result<T> {
+    Err(Error::InvalidArgument { what: what.into() })
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return invalid(format!(
+            "lock name is empty; use 1 to {NAME_LEN_CEILING} bytes"
+        ));
+    }
+    if name.len() > NAME_LEN_CEILING {
+        return invalid(format!(
+            "lock name {:?}... is {} bytes, over {NAME_LEN_CEILING}; use a shorter name",
+            name.chars().take(16).collect::<String>(),
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the `host:port` shape without resolving it, so a client can be
+/// built while DNS or the server is down.
+fn check_addr(addr: &str) -> Result<()> {
+    let port_ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if port_ok {
+        Ok(())
+    } else {
+        invalid(format!(
+            "address {addr:?}: not host:port; use e.g. 127.0.0.1:9999"
+        ))
+    }
+}
+
+/// Milliseconds for the wire: rounded up (a positive wait never becomes 0,
+/// which would mean "do not wait") and saturated at u32::MAX.
+fn duration_to_ms(d: Duration) -> u32 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    ms.min(u32::MAX as u128) as u32
+}
+
+fn nanos_since_epoch() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Unique per client with overwhelming likelihood: another process differs
+/// in pid or start time, another client of this process in the sequence.
+fn generated_client_id() -> String {
+    let seq = CLIENT_SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos_since_epoch())
+}
+
+fn jitter_seed() -> u64 {
+    let seed = nanos_since_epoch()
+        ^ (CLIENT_SEQ.load(Ordering::Relaxed) << 32)
+        ^ std::process::id() as u64;
+    seed | 1 // xorshift must not start at zero
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_round_up_and_saturate() {
+        assert_eq!(duration_to_ms(Duration::ZERO), 0);
+        assert_eq!(duration_to_ms(Duration::from_nanos(1)), 1);
+        assert_eq!(duration_to_ms(Duration::from_micros(1500)), 2);
+        assert_eq!(duration_to_ms(Duration::from_millis(5000)), 5000);
+        assert_eq!(duration_to_ms(Duration::from_secs(u64::MAX)), u32::MAX);
+    }
+
+    #[test]
+    fn addresses_need_host_and_port() {
+        assert!(check_addr("127.0.0.1:9999").is_ok());
+        assert!(check_addr("[::1]:9999").is_ok());
+        assert!(check_addr("lockd.internal:1").is_ok());
+        for bad in ["127.0.0.1", ":9999", "host:", "host:99999", ""] {
+            let err = check_addr(bad).unwrap_err().to_string();
+            assert!(err.contains("host:port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn generated_ids_fit_and_differ() {
+        let a = generated_client_id();
+        let b = generated_client_id();
+        assert_ne!(a, b);
+        assert!(a.len() <= CLIENT_ID_LEN_MAX);
+        let longest = format!("{}:{}", "x".repeat(CLIENT_ID_LEN_MAX), u64::MAX);
+        assert_eq!(longest.len(), OWNER_LEN_CEILING);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let client = Client::new("127.0.0.1:9").unwrap();
+        for attempt in 1..40 {
+            let base = BACKOFF_BASE
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_MAX);
+            let delay = client.backoff(attempt);
+            assert!(
+                delay >= base && delay <= base + base / 2,
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_keeps_one_connection_for_non_waiting_requests() {
+        let pool = Pool::new(2);
+        let waiting = pool.checkout(true);
+        // A second waiting request would block; a non-waiting one gets the
+        // reserved share at once.
+        let quick = pool.checkout(false);
+        assert_eq!(pool.state().open, 2);
+        drop(quick);
+        drop(waiting);
+        let state = pool.state();
+        assert_eq!((state.open, state.waiting_acquires), (0, 0));
+    }
+
+    #[test]
+    fn client_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Client>();
+        assert_send_sync::<Error>();
+    }
+}

@@ -1,0 +1,20 @@
+//! distlockd: a named-lock daemon and its blocking client.
+//!
+//! The request path, one file per step:
+//! [`server`] (accept, read, write) → [`buffer`] (per-connection fixed buffers) →
+//! [`protocol`] (decode a frame in place, encode a reply) → [`table`] (the lock
+//! table: a deterministic state machine) → [`wheel`] (expiry and wait deadlines).
+//! [`limits`] names every bound; [`client`] is the blocking Rust client.
+
+pub mod buffer;
+pub mod client;
+pub mod limits;
+pub mod protocol;
+pub mod server;
+pub mod table;
+pub mod wheel;
+
+/// Compiles the README's examples as doctests, so they cannot drift.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

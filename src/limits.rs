@@ -1,0 +1,171 @@
+//! Every bound the server enforces, in one place.
+//!
+//! Constants ending in `_CEILING` are hard protocol or memory ceilings; the
+//! [`Limits`] fields are the configurable values, each checked against its
+//! ceiling by [`Limits::validate`]. Units come last in every name.
+
+/// Protocol version spoken by this build (HELLO exchange).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes in a frame header: kind (1) + body length (2, big-endian).
+pub const FRAME_HEADER_SIZE: usize = 3;
+
+/// Largest frame the decoder accepts at all; a u16 body length allows more,
+/// but no request needs more than ~340 bytes and a small bound keeps
+/// per-connection buffers small.
+pub const FRAME_SIZE_CEILING: usize = 1024;
+
+/// A lock name's length is a u8 on the wire.
+pub const NAME_LEN_CEILING: usize = 255;
+
+/// Owners are opaque ids (client id + counter); 64 bytes fits a UUID pair and
+/// keeps waiters fixed-size.
+pub const OWNER_LEN_CEILING: usize = 64;
+
+/// Longest reply the server ever encodes: an ERROR with a 255-byte message.
+/// Output space for one reply is reserved before a request is executed.
+pub const REPLY_SIZE_MAX: usize = FRAME_HEADER_SIZE + 2 + 1 + 255;
+
+/// Per-connection input buffer: a few pipelined frames per read syscall.
+pub const CONN_INPUT_BUFFER_SIZE: usize = 4096;
+
+/// Per-connection output buffer: pipelined replies wait here until written.
+/// When less than [`REPLY_SIZE_MAX`] is free the connection stops being read
+/// (backpressure) instead of growing memory.
+pub const CONN_OUTPUT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Frames decoded per connection per turn of the event loop, so one
+/// pipelining client cannot starve the others.
+pub const FRAMES_PER_TURN_MAX: usize = 64;
+
+/// Server default TTL when a request says 0 (the original's 10 s).
+pub const LOCK_TTL_MS_DEFAULT: u32 = 10_000;
+
+/// Default bound on a requested TTL: a day covers long batch jobs.
+pub const LOCK_TTL_MS_MAX_DEFAULT: u32 = 24 * 60 * 60 * 1000;
+
+/// Default bound on how long an ACQUIRE may wait on the server: one hour.
+pub const WAIT_MS_MAX_DEFAULT: u32 = 60 * 60 * 1000;
+
+/// Default bound on simultaneous connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// Timer deadlines must stay within the wheel's horizon.
+const _: () = assert!((u32::MAX as u64) * 2 < crate::wheel::WHEEL_HORIZON_MS);
+const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);
+const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE >= 4 * REPLY_SIZE_MAX);
+const _: () = assert!(FRAME_SIZE_CEILING <= u16::MAX as usize + FRAME_HEADER_SIZE);
+const _: () = assert!(request_size_max(NAME_LEN_CEILING, OWNER_LEN_CEILING) <= FRAME_SIZE_CEILING);
+
+/// The largest request with the given name and owner bounds: an EXTEND
+/// (token 8 + ttl 4 + two length bytes) has the most fixed bytes.
+pub const fn request_size_max(name_len_max: usize, owner_len_max: usize) -> usize {
+    FRAME_HEADER_SIZE + 8 + 4 + 1 + name_len_max + 1 + owner_len_max
+}
+
+/// The configurable limits of one server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub frame_size_max: usize,
+    pub name_len_max: usize,
+    pub owner_len_max: usize,
+    pub lock_ttl_ms_default: u32,
+    pub lock_ttl_ms_max: u32,
+    pub wait_ms_max: u32,
+    pub connections_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_size_max: FRAME_SIZE_CEILING,
+            name_len_max: NAME_LEN_CEILING,
+            owner_len_max: OWNER_LEN_CEILING,
+            lock_ttl_ms_default: LOCK_TTL_MS_DEFAULT,
+            lock_ttl_ms_max: LOCK_TTL_MS_MAX_DEFAULT,
+            wait_ms_max: WAIT_MS_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks every field against its ceiling; the error names the field,
+    /// its value and the allowed range.
+    pub fn validate(&self) -> Result<(), String> {
+        let min_frame = request_size_max(self.name_len_max, self.owner_len_max);
+        check(
+            "frame_size_max",
+            self.frame_size_max as u64,
+            min_frame as u64,
+            FRAME_SIZE_CEILING as u64,
+        )?;
+        check(
+            "name_len_max",
+            self.name_len_max as u64,
+            1,
+            NAME_LEN_CEILING as u64,
+        )?;
+        check(
+            "owner_len_max",
+            self.owner_len_max as u64,
+            1,
+            OWNER_LEN_CEILING as u64,
+        )?;
+        check(
+            "lock_ttl_ms_max",
+            self.lock_ttl_ms_max as u64,
+            1,
+            u32::MAX as u64,
+        )?;
+        check(
+            "lock_ttl_ms_default",
+            self.lock_ttl_ms_default as u64,
+            1,
+            self.lock_ttl_ms_max as u64,
+        )?;
+        check("wait_ms_max", self.wait_ms_max as u64, 0, u32::MAX as u64)?;
+        check("connections_max", self.connections_max as u64, 1, 1 << 24)?;
+        Ok(())
+    }
+}
+
+fn check(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} {value}: out of range; use a value from {min} to {max}"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_range_names_field_and_value() {
+        let limits = Limits {
+            owner_len_max: 65,
+            ..Limits::default()
+        };
+        let err = limits.validate().unwrap_err();
+        assert!(err.contains("owner_len_max 65"), "{err}");
+        let limits = Limits {
+            lock_ttl_ms_default: 0,
+            ..Limits::default()
+        };
+        assert!(
+            limits
+                .validate()
+                .unwrap_err()
+                .contains("lock_ttl_ms_default 0")
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The `distlockd` command line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use distlockd::limits::Limits;
+use distlockd::server::{Config, SERVER_VERSION, Server};
+use lexopt::prelude::*;
+
+const USAGE: &str = "\
+distlockd: a named-lock daemon
+
+Usage:
+  distlockd server [options]     run the lock server
+  distlockd --version            print the version
+  distlockd --help               print this help
+
+Run `distlockd server --help` for the server's options.";
+
+const SERVER_USAGE: &str = "\
+Usage: distlockd server [options]
+
+Options:
+  --host ADDR              address to listen on (default 127.0.0.1)
+  --port PORT              TCP port, 0 for any free port (default 9999)
+  -v, --verbose            debug logs (RUST_LOG overrides)
+  --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
+  --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
+  --wait-max-ms MS         longest server-side wait of an ACQUIRE (default 3600000)
+  --connections-max N      simultaneous connections (default 10000)
+  --name-len-max BYTES     longest lock name, 1-255 (default 255)
+  --owner-len-max BYTES    longest owner id, 1-64 (default 64)
+  -h, --help               print this help";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("distlockd: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let mut parser = lexopt::Parser::from_env();
+    match parser.next().map_err(|e| e.to_string())? {
+        Some(Value(cmd)) if cmd == "server" => server(&mut parser),
+        Some(Long("version") | Short('V')) => {
+            println!("distlockd {SERVER_VERSION}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Long("help") | Short('h')) | None => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Value(cmd)) => Err(format!(
+            "{}: unknown command; run `distlockd --help` for the commands",
+            cmd.to_string_lossy()
+        )),
+        Some(other) => Err(format!("{}; run `distlockd --help`", other.unexpected())),
+    }
+}
+
+fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let mut host: IpAddr = [127, 0, 0, 1].into();
+    let mut port: u16 = 9999;
+    let mut verbose = false;
+    let mut limits = Limits::default();
+    while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("host") => {
+                let v = string_value(parser, "--host")?;
+                host = v.parse().map_err(|_| {
+                    format!("--host {v}: not an IP address; use one such as 127.0.0.1 or 0.0.0.0")
+                })?;
+            }
+            Long("port") | Short('p') => {
+                let v = string_value(parser, "--port")?;
+                port = v
+                    .parse()
+                    .map_err(|_| format!("--port {v}: not a port number (0-65535)"))?;
+            }
+            Long("verbose") | Short('v') => verbose = true,
+            Long("ttl-default-ms") => {
+                limits.lock_ttl_ms_default = number(parser, "--ttl-default-ms")?
+            }
+            Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, "--ttl-max-ms")?,
+            Long("wait-max-ms") => limits.wait_ms_max = number(parser, "--wait-max-ms")?,
+            Long("connections-max") => {
+                limits.connections_max = number(parser, "--connections-max")?
+            }
+            Long("name-len-max") => limits.name_len_max = number(parser, "--name-len-max")?,
+            Long("owner-len-max") => limits.owner_len_max = number(parser, "--owner-len-max")?,
+            Long("help") | Short('h') => {
+                println!("{SERVER_USAGE}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(format!(
+                    "server: {}; run `distlockd server --help`",
+                    other.unexpected()
+                ));
+            }
+        }
+    }
+    limits
+        .validate()
+        .map_err(|e| format!("{e} (see `distlockd server --help`)"))?;
+    init_logging(verbose);
+    let config = Config {
+        listen: SocketAddr::new(host, port),
+        limits,
+        token_seed: None,
+    };
+    let mut server = Server::bind(config).map_err(|e| e.to_string())?;
+    server.run().map_err(|e| format!("server stopped: {e}"))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let value = parser
+        .value()
+        .map_err(|_| format!("{flag}: missing value"))?;
+    value
+        .into_string()
+        .map_err(|v| format!("{flag} {}: not valid UTF-8", v.to_string_lossy()))
+}
+
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
+    let v = string_value(parser, flag)?;
+    v.parse().map_err(|_| {
+        format!("{flag} {v}: not a whole number in range; see `distlockd server --help`")
+    })
+}
+
+fn init_logging(verbose: bool) {
+    let default = if verbose { "debug" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_millis()
+        .init();
+}

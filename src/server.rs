@@ -1,0 +1,677 @@
+//! The event loop: one thread, a mio `Poll`, a slab of connections.
+//!
+//! Each turn: poll (timeout = the lock table's next deadline, or zero while
+//! some connection has work left over) → fire due timers → for each ready
+//! connection: read into its input buffer, decode frames in place, execute
+//! them against the table, encode replies into its output buffer, write →
+//! close the connections marked closing.
+//!
+//! Fairness: a connection decodes at most [`FRAMES_PER_TURN_MAX`] frames per
+//! turn; leftover work puts it on the `ready` list, served next turn after
+//! polling (with a zero timeout), so one pipelining client cannot starve the
+//! others. Memory: buffers are fixed at accept; when the output buffer
+//! cannot hold one more reply the connection is not read (backpressure).
+//!
+//! Ordering: replies leave in request order. While a connection's ACQUIRE
+//! waits in a lock's queue, its later frames stay unread in its input buffer.
+//!
+//! A read of 0 bytes (the peer closed or half-closed) closes the connection
+//! at once, like Redis: its queued ACQUIRE leaves the queue and its SESSION
+//! holds are released. Frames still unread are dropped.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::buffer::ConnBuffer;
+use crate::limits::{
+    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, PROTOCOL_VERSION,
+    REPLY_SIZE_MAX,
+};
+use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request};
+use crate::table::{EventKind, LockTable, Outcome, SessionId};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Readiness events taken per poll; more simply wait for the next turn.
+const POLL_EVENTS_MAX: usize = 1024;
+
+/// Connections accepted per listener event before other work is served.
+const ACCEPTS_PER_TURN_MAX: usize = 256;
+
+/// Listen backlog for the kernel's accept queue.
+const LISTEN_BACKLOG: i32 = 1024;
+
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How to run a server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub limits: Limits,
+    /// First fencing token. `None`: nanoseconds since the Unix epoch, so
+    /// tokens keep increasing across restarts (see README, "Fencing tokens").
+    pub token_seed: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9999)),
+            limits: Limits::default(),
+            token_seed: None,
+        }
+    }
+}
+
+/// Asks a running server to stop, from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // A failed wake only delays the stop to the next timer or event.
+        let _ = self.waker.wake();
+    }
+}
+
+/// A server running on its own thread (see [`Server::spawn`]).
+pub struct ServerHandle {
+    addr: SocketAddr,
+    stopper: Stopper,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server, closes every connection and waits for the thread.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        self.stopper.stop();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("server thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    session: SessionId,
+    input: ConnBuffer,
+    output: ConnBuffer,
+    /// The socket may have unread bytes (edge-triggered: set by a readable
+    /// event, cleared when a read returns WouldBlock).
+    want_read: bool,
+    /// An ACQUIRE of this connection is queued; nothing more is decoded,
+    /// but the socket is still read so that a close is noticed at once.
+    waiting: bool,
+    /// The peer closed or the socket failed (epoll's RDHUP/ERR hint).
+    peer_gone: bool,
+    closing: bool,
+    in_ready: bool,
+}
+
+pub struct Server {
+    poll: Poll,
+    events: Events,
+    listener: TcpListener,
+    addr: SocketAddr,
+    conns: Slab<Conn>,
+    table: LockTable,
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    /// Connections with work left over from the previous turn.
+    ready: Vec<usize>,
+    ready_next: Vec<usize>,
+    /// Connections to close at the end of the turn (keys must not be reused
+    /// while events of this turn may still name them).
+    closing: Vec<usize>,
+}
+
+impl Server {
+    pub fn bind(config: Config) -> io::Result<Server> {
+        config.limits.validate().map_err(io::Error::other)?;
+        let listener = bind_listener(config.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot listen on {}: {e}; is another server using this port?",
+                    config.listen
+                ),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        let mut listener = listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let seed = config.token_seed.unwrap_or_else(wall_clock_token_seed);
+        let started = Instant::now();
+        let limits = config.limits;
+        info!(
+            "distlockd {SERVER_VERSION} listening on {addr}; limits: connections_max {} frame_size_max {} name_len_max {} owner_len_max {} lock_ttl_ms_default {} lock_ttl_ms_max {} wait_ms_max {}",
+            limits.connections_max,
+            limits.frame_size_max,
+            limits.name_len_max,
+            limits.owner_len_max,
+            limits.lock_ttl_ms_default,
+            limits.lock_ttl_ms_max,
+            limits.wait_ms_max
+        );
+        debug!("first fencing token {seed}");
+        Ok(Server {
+            poll,
+            events: Events::with_capacity(POLL_EVENTS_MAX),
+            listener,
+            addr,
+            conns: Slab::with_capacity(64),
+            table: LockTable::new(limits, seed, 0),
+            started,
+            stop: Arc::new(AtomicBool::new(false)),
+            waker,
+            ready: Vec::with_capacity(64),
+            ready_next: Vec::with_capacity(64),
+            closing: Vec::with_capacity(64),
+        })
+    }
+
+    /// Binds and runs the server on a new thread.
+    pub fn spawn(config: Config) -> io::Result<ServerHandle> {
+        let mut server = Server::bind(config)?;
+        let addr = server.local_addr();
+        let stopper = server.stopper();
+        let thread = std::thread::Builder::new()
+            .name("distlockd-server".into())
+            .spawn(move || server.run())?;
+        Ok(ServerHandle {
+            addr,
+            stopper,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            flag: self.stop.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+
+    /// The token the next grant will carry.
+    pub fn next_token(&self) -> u64 {
+        self.table.next_token()
+    }
+
+    /// Runs until a [`Stopper`] fires, then closes every connection.
+    pub fn run(&mut self) -> io::Result<()> {
+        while !self.stop.load(Ordering::SeqCst) {
+            self.turn()?;
+        }
+        let now = self.now_ms();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(key, now);
+        }
+        info!("distlockd stopped");
+        Ok(())
+    }
+
+    /// One turn of the loop. Public so tests can drive the server step by step
+    /// on their own thread.
+    pub fn turn(&mut self) -> io::Result<()> {
+        let timeout = self.poll_timeout();
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        let now = self.now_ms();
+        self.table.advance(now);
+        self.deliver_table_events();
+        // Take the events out of `self` so handlers can borrow it mutably;
+        // an empty `Events` does not allocate.
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            let gone = event.is_read_closed() || event.is_error();
+            match event.token() {
+                LISTENER => self.accept(now),
+                WAKER => {}
+                Token(key) => {
+                    if let Some(conn) = self.conns.get_mut(key) {
+                        conn.want_read |= event.is_readable() || gone;
+                        conn.peer_gone |= gone;
+                        self.service(key, now);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        std::mem::swap(&mut self.ready, &mut self.ready_next);
+        for i in 0..self.ready_next.len() {
+            let key = self.ready_next[i];
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.in_ready = false;
+                self.service(key, now);
+            }
+        }
+        self.ready_next.clear();
+        for i in 0..self.closing.len() {
+            let key = self.closing[i];
+            self.close(key, now);
+        }
+        self.closing.clear();
+        Ok(())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let deadline = self.table.next_deadline()?;
+        let at = self.started + Duration::from_millis(deadline);
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
+    fn accept(&mut self, now: u64) {
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and the like: the connection stays in the kernel
+                    // queue; try again next turn rather than spin.
+                    warn!("accept failed: {e}; check the open-file limit (ulimit -n)");
+                    return;
+                }
+            };
+            if self.conns.len() >= self.table.limits().connections_max {
+                refuse(stream, peer, self.table.limits().connections_max);
+                continue;
+            }
+            if let Err(e) = self.register(stream, peer, now) {
+                debug!("{peer}: cannot register: {e}");
+            }
+        }
+        // More may be waiting; the listener is edge-triggered, so come back.
+        let _ = self.waker.wake();
+    }
+
+    fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, _now: u64) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let session = self.table.open_session(key as u64);
+        entry.insert(Conn {
+            stream,
+            peer,
+            session,
+            input: ConnBuffer::with_capacity(CONN_INPUT_BUFFER_SIZE),
+            output: ConnBuffer::with_capacity(CONN_OUTPUT_BUFFER_SIZE),
+            want_read: true,
+            waiting: false,
+            closing: false,
+            in_ready: false,
+            peer_gone: false,
+        });
+        debug!("{peer}: connected (connection {key})");
+        Ok(())
+    }
+
+    /// Reads, decodes, executes and writes for one connection, within the
+    /// per-turn bounds; re-queues it if work is left.
+    fn service(&mut self, key: usize, now: u64) {
+        let conn = &mut self.conns[key];
+        if conn.closing {
+            return;
+        }
+        // Read even while an ACQUIRE waits: a read of 0 bytes is how a
+        // waiter's disconnect is seen, and it must leave the queue at once.
+        // With a full input buffer that read cannot happen; the RDHUP hint
+        // covers it.
+        if conn.peer_gone || (conn.want_read && read_available(conn).is_err()) {
+            self.mark_closing(key);
+            return;
+        }
+        let conn = &mut self.conns[key];
+        let more = match process_frames(conn, &mut self.table, now, self.started) {
+            Ok(more) => more,
+            Err(()) => {
+                let _ = flush(&mut self.conns[key]);
+                self.mark_closing(key);
+                return;
+            }
+        };
+        self.deliver_table_events();
+        let conn = &mut self.conns[key];
+        if flush(conn).is_err() {
+            self.mark_closing(key);
+            return;
+        }
+        let can_read = conn.want_read && !conn.input.is_full();
+        let has_room = conn.output.free_space() >= REPLY_SIZE_MAX;
+        if (more || can_read) && has_room && !conn.waiting && !conn.in_ready {
+            conn.in_ready = true;
+            self.ready.push(key);
+        }
+    }
+
+    /// Writes the later answers of queued ACQUIREs and wakes their
+    /// connections so they decode their next frames.
+    fn deliver_table_events(&mut self) {
+        for i in 0..self.table.events().len() {
+            let event = self.table.events()[i];
+            let key = event.tag as usize;
+            let Some(conn) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.session == event.session)
+            else {
+                unreachable!("event for a closed session: {event:?}");
+            };
+            debug_assert!(conn.waiting);
+            conn.waiting = false;
+            let reply = match event.kind {
+                EventKind::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+                EventKind::TimedOut { waited_ms } => Reply::Timeout { waited_ms },
+            };
+            conn.output
+                .write_with(REPLY_SIZE_MAX, |out| reply.encode(out));
+            if !conn.in_ready {
+                conn.in_ready = true;
+                self.ready.push(key);
+            }
+        }
+        self.table.clear_events();
+    }
+
+    fn mark_closing(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.closing {
+            conn.closing = true;
+            self.closing.push(key);
+        }
+    }
+
+    fn close(&mut self, key: usize, now: u64) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.table.close_session(conn.session, now);
+        self.deliver_table_events();
+        debug!("{}: closed (connection {key})", conn.peer);
+    }
+}
+
+/// Reads until WouldBlock or a full buffer. Err: EOF or a socket error.
+fn read_available(conn: &mut Conn) -> Result<(), ()> {
+    loop {
+        let spare = conn.input.spare_mut();
+        if spare.is_empty() {
+            return Ok(()); // full: want_read stays set; decoding makes room
+        }
+        match conn.stream.read(spare) {
+            Ok(0) => {
+                debug!("{}: peer closed", conn.peer);
+                return Err(());
+            }
+            Ok(n) => conn.input.commit(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                conn.want_read = false;
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("{}: read failed: {e}", conn.peer);
+                return Err(());
+            }
+        }
+    }
+}
+
+/// Writes buffered replies until WouldBlock. Err: the socket failed.
+fn flush(conn: &mut Conn) -> Result<(), ()> {
+    while !conn.output.is_empty() {
+        match conn.stream.write(conn.output.unread()) {
+            Ok(0) => return Err(()),
+            Ok(n) => conn.output.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("{}: write failed: {e}", conn.peer);
+                return Err(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes and executes up to FRAMES_PER_TURN_MAX frames. Ok(true): frames
+/// may be left that this turn did not reach. Err: a protocol error was
+/// answered and the connection must close.
+fn process_frames(
+    conn: &mut Conn,
+    table: &mut LockTable,
+    now: u64,
+    started: Instant,
+) -> Result<bool, ()> {
+    let frame_size_max = table.limits().frame_size_max;
+    for _ in 0..FRAMES_PER_TURN_MAX {
+        if conn.waiting || conn.output.free_space() < REPLY_SIZE_MAX {
+            return Ok(false);
+        }
+        let (request, used) = match protocol::decode_request(conn.input.unread(), frame_size_max) {
+            Ok(Some(decoded)) => decoded,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                debug!("{}: protocol error: {e}", conn.peer);
+                write_decode_error(&mut conn.output, &e);
+                return Err(());
+            }
+        };
+        let queued = execute(request, conn.session, table, now, started, &mut conn.output);
+        conn.input.consume(used);
+        conn.waiting = queued;
+    }
+    Ok(true)
+}
+
+/// Applies one request and encodes its reply. Returns whether the request
+/// was queued (its reply comes later as a table event).
+fn execute(
+    request: Request<'_>,
+    session: SessionId,
+    table: &mut LockTable,
+    now: u64,
+    started: Instant,
+    out: &mut ConnBuffer,
+) -> bool {
+    let outcome = match request {
+        Request::Hello { version, .. } => {
+            hello(version, table.limits(), out);
+            return false;
+        }
+        Request::Ping => {
+            let uptime_ms = started.elapsed().as_millis() as u64;
+            let reply = Reply::Pong {
+                uptime_ms,
+                server_version: SERVER_VERSION.as_bytes(),
+            };
+            out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+            return false;
+        }
+        Request::Acquire(acquire) => table.acquire(session, &acquire, now),
+        Request::Release { name, owner, token } => match table.check_name_owner(name, owner) {
+            Err(e) => Outcome::Rejected(e),
+            Ok(()) => table.release(name, owner, token, now),
+        },
+        Request::Extend {
+            name,
+            owner,
+            token,
+            ttl_ms,
+        } => match table.check_name_owner(name, owner) {
+            Err(e) => Outcome::Rejected(e),
+            Ok(()) => table.extend(name, owner, token, ttl_ms, now),
+        },
+    };
+    let reply = match outcome {
+        Outcome::Queued => return true,
+        Outcome::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+        Outcome::Busy {
+            remaining_ms,
+            waiters,
+        } => Reply::Busy {
+            remaining_ms,
+            waiters,
+        },
+        Outcome::Released => Reply::Released,
+        Outcome::Extended { ttl_ms } => Reply::Extended { ttl_ms },
+        Outcome::NotHeld(reason) => Reply::NotHeld { reason },
+        Outcome::Rejected(e) => {
+            write_error(out, ErrorCode::BadArgument, format_args!("{e}"));
+            return false;
+        }
+    };
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+    false
+}
+
+fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
+    if version == 0 {
+        write_error(
+            out,
+            ErrorCode::UnsupportedVersion,
+            format_args!(
+                "protocol version 0 is not supported; this server speaks 1 to {PROTOCOL_VERSION}"
+            ),
+        );
+        return;
+    }
+    let reply = Reply::Hello(HelloReply {
+        version: version.min(PROTOCOL_VERSION),
+        frame_size_max: limits.frame_size_max as u16,
+        name_len_max: limits.name_len_max as u8,
+        owner_len_max: limits.owner_len_max as u8,
+        lock_ttl_ms_default: limits.lock_ttl_ms_default,
+        lock_ttl_ms_max: limits.lock_ttl_ms_max,
+        wait_ms_max: limits.wait_ms_max,
+        server_version: SERVER_VERSION.as_bytes(),
+    });
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+}
+
+fn write_decode_error(out: &mut ConnBuffer, e: &DecodeError) {
+    if out.free_space() >= REPLY_SIZE_MAX {
+        write_error(out, e.code(), format_args!("{e}"));
+    }
+}
+
+/// Encodes an ERROR reply whose message is formatted on the stack (no
+/// allocation), truncated to the protocol's 255 bytes.
+fn write_error(out: &mut ConnBuffer, code: ErrorCode, message: std::fmt::Arguments<'_>) {
+    let mut text = StackText {
+        buf: [0; 255],
+        len: 0,
+    };
+    let _ = text.write_fmt(message);
+    let reply = Reply::Error {
+        code,
+        message: &text.buf[..text.len],
+    };
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+}
+
+struct StackText {
+    buf: [u8; 255],
+    len: usize,
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Answers a connection over connections_max with an error frame, best
+/// effort, before any state is created for it.
+fn refuse(mut stream: TcpStream, peer: SocketAddr, max: usize) {
+    let mut out = ConnBuffer::with_capacity(REPLY_SIZE_MAX);
+    write_error(
+        &mut out,
+        ErrorCode::Limit,
+        format_args!("server is at connections_max {max}; retry later or raise --connections-max"),
+    );
+    let _ = stream.write(out.unread());
+    debug!("{peer}: refused, at connections_max {max}");
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+/// Nanoseconds since the Unix epoch: every token this run hands out is above
+/// every token an earlier run handed out, as long as the earlier run granted
+/// fewer than one lock per nanosecond on average and the wall clock did not
+/// step back across the restart.
+fn wall_clock_token_seed() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_else(|_| {
+        warn!("system clock is before 1970; fencing tokens start at 1 and may repeat after a restart");
+        Duration::ZERO
+    });
+    (since_epoch.as_nanos() as u64).max(1)
+}

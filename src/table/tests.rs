@@ -1,0 +1,506 @@
+use super::*;
+
+const SEED: u64 = 1_000;
+
+fn table() -> LockTable {
+    LockTable::new(Limits::default(), SEED, 0)
+}
+
+fn acq<'a>(name: &'a [u8], owner: &'a [u8], ttl_ms: u32, wait_ms: u32) -> Acquire<'a> {
+    Acquire {
+        name,
+        owner,
+        ttl_ms,
+        wait_ms,
+        flags: 0,
+    }
+}
+
+fn session_acq<'a>(name: &'a [u8], owner: &'a [u8], ttl_ms: u32) -> Acquire<'a> {
+    Acquire {
+        name,
+        owner,
+        ttl_ms,
+        wait_ms: 0,
+        flags: FLAG_SESSION,
+    }
+}
+
+fn granted_token(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Granted { token, .. } => token,
+        other => panic!("expected Granted, got {other:?}"),
+    }
+}
+
+fn take_events(t: &mut LockTable) -> Vec<Event> {
+    let events = t.events().to_vec();
+    t.clear_events();
+    t.invariants();
+    events
+}
+
+#[test]
+fn free_lock_is_granted_with_a_new_token_and_ttl() {
+    let mut t = table();
+    let s = t.open_session(1);
+    assert_eq!(
+        t.acquire(s, &acq(b"job", b"a", 500, 0), 10),
+        Outcome::Granted {
+            token: SEED,
+            ttl_ms: 500
+        }
+    );
+    assert_eq!(t.len(), 1);
+    assert_eq!(t.next_deadline(), Some(510));
+    t.invariants();
+}
+
+#[test]
+fn zero_ttl_means_the_default() {
+    let mut t = table();
+    let s = t.open_session(1);
+    assert_eq!(
+        t.acquire(s, &acq(b"job", b"a", 0, 0), 0),
+        Outcome::Granted {
+            token: SEED,
+            ttl_ms: LOCK_TTL_DEFAULT
+        }
+    );
+    assert_eq!(t.next_deadline(), Some(LOCK_TTL_DEFAULT as u64));
+}
+
+const LOCK_TTL_DEFAULT: u32 = crate::limits::LOCK_TTL_MS_DEFAULT;
+
+#[test]
+fn same_owner_reacquire_keeps_token_and_resets_ttl() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let token = granted_token(t.acquire(s, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.acquire(s, &acq(b"job", b"a", 300, 0), 90),
+        Outcome::Granted { token, ttl_ms: 300 }
+    );
+    t.advance(150);
+    assert_eq!(t.len(), 1, "the reset TTL keeps it past the first expiry");
+    t.advance(390);
+    assert_eq!(t.len(), 0);
+    t.invariants();
+}
+
+#[test]
+fn other_owner_without_wait_is_busy_with_time_left() {
+    let mut t = table();
+    let s = t.open_session(1);
+    granted_token(t.acquire(s, &acq(b"job", b"a", 1000, 0), 0));
+    assert_eq!(
+        t.acquire(s, &acq(b"job", b"b", 1000, 0), 250),
+        Outcome::Busy {
+            remaining_ms: 750,
+            waiters: 0
+        }
+    );
+}
+
+#[test]
+fn names_are_independent() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let t1 = granted_token(t.acquire(s, &acq(b"x", b"a", 100, 0), 0));
+    let t2 = granted_token(t.acquire(s, &acq(b"y", b"b", 100, 0), 0));
+    assert!(t2 > t1);
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn waiters_are_granted_in_fifo_order_on_release() {
+    let mut t = table();
+    let holder = t.open_session(0);
+    let s: Vec<SessionId> = (1..=3).map(|tag| t.open_session(tag)).collect();
+    let mut token = granted_token(t.acquire(holder, &acq(b"job", b"h", 1000, 0), 0));
+    for (i, &id) in s.iter().enumerate() {
+        let owner = [b'0' + i as u8];
+        assert_eq!(
+            t.acquire(id, &acq(b"job", &owner, 1000, 5000), i as u64),
+            Outcome::Queued
+        );
+        assert!(t.is_waiting(id));
+    }
+    let mut owner = *b"h";
+    for (i, &id) in s.iter().enumerate() {
+        assert_eq!(
+            t.release(b"job", &owner, token, 10 + i as u64),
+            Outcome::Released
+        );
+        let events = take_events(&mut t);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].session, id);
+        assert_eq!(events[0].tag, i as u64 + 1);
+        let EventKind::Granted {
+            token: new_token,
+            ttl_ms,
+        } = events[0].kind
+        else {
+            panic!("expected a grant, got {:?}", events[0]);
+        };
+        assert!(new_token > token);
+        assert_eq!(ttl_ms, 1000);
+        token = new_token;
+        owner = [b'0' + i as u8];
+        assert!(!t.is_waiting(id));
+    }
+    assert_eq!(t.release(b"job", &owner, token, 20), Outcome::Released);
+    assert!(t.is_empty());
+    t.invariants();
+}
+
+#[test]
+fn a_new_acquirer_never_jumps_the_queue() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    let token = granted_token(t.acquire(a, &acq(b"job", b"a", 1000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 1000, 5000), 1),
+        Outcome::Queued
+    );
+    assert_eq!(t.release(b"job", b"a", token, 2), Outcome::Released);
+    // The lock went straight to b: c sees it busy, with b as holder.
+    assert!(matches!(
+        t.acquire(c, &acq(b"job", b"c", 1000, 0), 2),
+        Outcome::Busy { .. }
+    ));
+    assert_eq!(
+        t.acquire(c, &acq(b"job", b"c", 1000, 100), 2),
+        Outcome::Queued
+    );
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session, b);
+}
+
+#[test]
+fn waiter_times_out_at_its_deadline_and_not_before() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &acq(b"job", b"a", 10_000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 1000, 300), 100),
+        Outcome::Queued
+    );
+    assert_eq!(t.next_deadline(), Some(400));
+    t.advance(399);
+    assert!(take_events(&mut t).is_empty());
+    t.advance(400);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::TimedOut { waited_ms: 300 });
+    assert!(!t.is_waiting(b));
+    assert_eq!(t.len(), 1, "the holder keeps the lock");
+    assert_eq!(t.stats().wait_timeouts, 1);
+}
+
+#[test]
+fn expiry_frees_at_ttl_and_not_before() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let token = granted_token(t.acquire(s, &acq(b"job", b"a", 1000, 0), 5));
+    t.advance(1004);
+    assert_eq!(t.len(), 1);
+    t.advance(1005);
+    assert_eq!(t.len(), 0);
+    assert_eq!(t.stats().expiries, 1);
+    assert_eq!(
+        t.release(b"job", b"a", token, 1006),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+}
+
+#[test]
+fn expiry_hands_the_lock_to_the_head_waiter() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    let token = granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 500, 1000), 10),
+        Outcome::Queued
+    );
+    t.advance(100);
+    let events = take_events(&mut t);
+    assert_eq!(
+        events,
+        vec![Event {
+            session: b,
+            tag: 2,
+            kind: EventKind::Granted {
+                token: token + 1,
+                ttl_ms: 500
+            }
+        }]
+    );
+    assert_eq!(t.next_deadline(), Some(600));
+}
+
+#[test]
+fn a_late_advance_still_grants_a_waiter_whose_deadline_came_after_the_expiry() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 500, 150), 0),
+        Outcome::Queued
+    );
+    // The loop was late: both the expiry (100) and the deadline (150) passed.
+    t.advance(200);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert!(
+        matches!(events[0].kind, EventKind::Granted { .. }),
+        "{events:?}"
+    );
+    // The new hold's TTL counts from when the grant is made.
+    assert_eq!(t.next_deadline(), Some(700));
+}
+
+#[test]
+fn a_waiter_whose_deadline_equals_the_expiry_times_out() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 500, 100), 0),
+        Outcome::Queued
+    );
+    t.advance(100);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::TimedOut { waited_ms: 100 });
+    assert!(t.is_empty());
+}
+
+#[test]
+fn release_reasons() {
+    let mut t = table();
+    let s = t.open_session(1);
+    assert_eq!(
+        t.release(b"job", b"a", 1, 0),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+    let token = granted_token(t.acquire(s, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.release(b"job", b"b", token, 1),
+        Outcome::NotHeld(NotHeldReason::OtherOwner)
+    );
+    assert_eq!(
+        t.release(b"job", b"a", token + 1, 1),
+        Outcome::NotHeld(NotHeldReason::TokenMismatch)
+    );
+    assert_eq!(t.release(b"job", b"a", token, 1), Outcome::Released);
+    assert_eq!(
+        t.release(b"job", b"a", token, 1),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+    t.invariants();
+}
+
+#[test]
+fn extend_resets_the_ttl_only_for_the_holder() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let token = granted_token(t.acquire(s, &acq(b"job", b"a", 100, 0), 0));
+    assert_eq!(
+        t.extend(b"job", b"a", token, 1000, 50),
+        Outcome::Extended { ttl_ms: 1000 }
+    );
+    assert_eq!(
+        t.extend(b"job", b"b", token, 1000, 50),
+        Outcome::NotHeld(NotHeldReason::OtherOwner)
+    );
+    assert_eq!(
+        t.extend(b"job", b"a", token - 1, 1000, 50),
+        Outcome::NotHeld(NotHeldReason::TokenMismatch)
+    );
+    t.advance(1049);
+    assert_eq!(t.len(), 1);
+    t.advance(1050);
+    assert_eq!(t.len(), 0);
+    assert_eq!(
+        t.extend(b"job", b"a", token, 1000, 2000),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+    assert_eq!(
+        t.extend(b"job", b"a", token, 0, 2000),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+}
+
+#[test]
+fn session_holds_are_released_on_close_and_handed_on() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &session_acq(b"x", b"a", 10_000), 0));
+    granted_token(t.acquire(a, &session_acq(b"y", b"a", 10_000), 0));
+    granted_token(t.acquire(a, &acq(b"plain", b"a", 10_000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"y", b"b", 1000, 5000), 1),
+        Outcome::Queued
+    );
+    t.close_session(a, 2);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session, b);
+    assert_eq!(t.len(), 2, "y now held by b, plain still held, x freed");
+    assert!(matches!(
+        t.acquire(b, &acq(b"x", b"c", 100, 0), 3),
+        Outcome::Granted { .. }
+    ));
+    assert!(matches!(
+        t.acquire(b, &acq(b"plain", b"c", 100, 0), 3),
+        Outcome::Busy { .. }
+    ));
+}
+
+#[test]
+fn reacquire_without_session_flag_unbinds_the_session() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    let token = granted_token(t.acquire(a, &session_acq(b"x", b"a", 10_000), 0));
+    assert_eq!(
+        granted_token(t.acquire(b, &acq(b"x", b"a", 10_000, 0), 1)),
+        token
+    );
+    t.close_session(a, 2);
+    assert_eq!(
+        t.len(),
+        1,
+        "the retry moved the hold off the closed session"
+    );
+    t.invariants();
+}
+
+#[test]
+fn a_closed_waiter_leaves_the_queue() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    let token = granted_token(t.acquire(a, &acq(b"job", b"a", 1000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 1000, 5000), 1),
+        Outcome::Queued
+    );
+    assert_eq!(
+        t.acquire(c, &acq(b"job", b"c", 1000, 5000), 2),
+        Outcome::Queued
+    );
+    t.close_session(b, 3);
+    assert!(
+        take_events(&mut t).is_empty(),
+        "a closed session gets no answer"
+    );
+    assert_eq!(t.waiter_count(), 1);
+    assert_eq!(t.release(b"job", b"a", token, 4), Outcome::Released);
+    let events = take_events(&mut t);
+    assert_eq!(events[0].session, c);
+}
+
+#[test]
+fn bad_arguments_are_rejected_with_the_field_named() {
+    let mut t = LockTable::new(
+        Limits {
+            lock_ttl_ms_max: 1000,
+            wait_ms_max: 50,
+            ..Limits::default()
+        },
+        1,
+        0,
+    );
+    let s = t.open_session(1);
+    let long = [b'n'; 256];
+    let cases: [(Acquire<'_>, &str); 7] = [
+        (acq(b"", b"a", 1, 0), "name is empty"),
+        (acq(&long, b"a", 1, 0), "256 bytes, over name_len_max 255"),
+        (acq(b"x", b"", 1, 0), "owner is empty"),
+        (
+            acq(b"x", &long[..65], 1, 0),
+            "65 bytes, over owner_len_max 64",
+        ),
+        (
+            acq(b"x", b"a", 1001, 0),
+            "ttl_ms 1001 is over lock_ttl_ms_max 1000",
+        ),
+        (acq(b"x", b"a", 1, 51), "wait_ms 51 is over wait_ms_max 50"),
+        (
+            Acquire {
+                flags: 0x80,
+                ..acq(b"x", b"a", 1, 0)
+            },
+            "flags 0x80",
+        ),
+    ];
+    for (req, text) in cases {
+        let Outcome::Rejected(e) = t.acquire(s, &req, 0) else {
+            panic!("{req:?} accepted")
+        };
+        assert!(e.to_string().contains(text), "{e} lacks {text}");
+    }
+    assert!(t.is_empty());
+    assert!(matches!(
+        t.extend(b"x", b"a", 1, 1001, 0),
+        Outcome::Rejected(ArgError::TtlTooLarge { .. })
+    ));
+}
+
+#[test]
+fn tokens_strictly_increase_over_all_grants() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let mut last = 0;
+    for i in 0..100u64 {
+        let name = [b'a' + (i % 5) as u8];
+        let token = granted_token(t.acquire(s, &acq(&name, b"o", 10, 0), i * 20));
+        assert!(token > last);
+        last = token;
+    }
+}
+
+/// The same commands in the same order give the same outcomes, events and
+/// tokens: what a replicated log needs.
+#[test]
+fn identical_command_sequences_give_identical_results() {
+    fn run() -> Vec<String> {
+        let mut t = table();
+        let ids: Vec<SessionId> = (0..4).map(|i| t.open_session(i)).collect();
+        let mut log = Vec::new();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut now = 0;
+        for _ in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            now += state % 7;
+            let sid = ids[(state >> 8) as usize % 4];
+            let name = [b'a' + ((state >> 16) % 3) as u8];
+            let owner = [b'0' + ((state >> 24) % 4) as u8];
+            let out = match (state >> 32) % 4 {
+                0 | 1 if !t.is_waiting(sid) => t.acquire(
+                    sid,
+                    &acq(
+                        &name,
+                        &owner,
+                        (state >> 40) as u32 % 50,
+                        (state >> 48) as u32 % 60,
+                    ),
+                    now,
+                ),
+                2 => t.release(&name, &owner, t.next_token() - 1 - (state >> 40) % 3, now),
+                _ => {
+                    t.advance(now);
+                    Outcome::Queued
+                }
+            };
+            log.push(format!("{out:?} {:?}", t.events()));
+            t.clear_events();
+            t.invariants();
+        }
+        log
+    }
+    assert_eq!(run(), run());
+}

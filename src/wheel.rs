@@ -1,0 +1,971 @@
+//! Hierarchical timer wheel: every lock expiry and wait deadline, in
+//! milliseconds. Pure: time is a `u64` of milliseconds passed in, never read.
+//!
+//! # Why a wheel
+//!
+//! The lock table arms and disarms a timer on nearly every request (a lock's
+//! TTL, a waiter's deadline), and most timers are cancelled before they fire.
+//! A wheel makes insert and cancel O(1), and gives the event loop its poll
+//! timeout through [`TimerWheel::next_deadline`] without scanning timers.
+//!
+//! # Layout
+//!
+//! ```text
+//! level 5: 64 slots of 2^30 ms   occupied: u64 (bit s set <=> slot s list non-empty)
+//! level 4: 64 slots of 2^24 ms   occupied: u64
+//!   ...
+//! level 0: 64 slots of 1 ms      occupied: u64
+//!
+//! slot list (doubly linked by slab key, NIL = u32::MAX ends it):
+//!   heads[s] -> entry a <-> entry b <-> entry c <- tails[s]
+//! ```
+//!
+//! Entries live in one [`Slab`]; a slot is just a head and tail key, and each
+//! entry holds its `prev`/`next` keys and the (level, slot) it is linked in.
+//! That makes cancel O(1) in safe code, and once the slab has reached its
+//! high-water mark nothing allocates: the slab reuses vacant entries and the
+//! levels are fixed-size arrays.
+//!
+//! # Slot math
+//!
+//! A deadline is placed relative to `elapsed` (the time the wheel has been
+//! advanced to; every live deadline is `>= elapsed`). Read both as 6-bit
+//! groups; the entry goes to
+//!
+//! ```text
+//! level = index of the highest 6-bit group where elapsed ^ deadline differs
+//! slot  = (deadline >> 6 * level) & 63
+//! ```
+//!
+//! So a level-0 slot holds exactly one deadline, and every deadline at a level
+//! is later than every deadline at the levels below it: the earliest timers
+//! are always in the first occupied slot (counting from elapsed's own slot)
+//! of the lowest non-empty level. Found with `rotate_right` +
+//! `trailing_zeros` on that level's bitmap.
+//!
+//! When elapsed reaches the first millisecond of an occupied slot above level
+//! 0, that slot is cascaded: its entries are placed again relative to the new
+//! elapsed, which moves them to lower levels. Elapsed only moves to the start
+//! of the next occupied slot or to a time before it, so no other entry's
+//! (level, slot) changes when it moves.
+//!
+//! Deadlines outside elapsed's current top-level lap (2^36 ms, about 795 days)
+//! are clamped: they wait in the top level's last slot (or, from inside that
+//! last slot, in the next lap's slot), get cascaded when it is reached, and
+//! still fire at their exact deadline.
+//!
+//! # Order
+//!
+//! [`TimerWheel::poll`] returns entries in nondecreasing deadline order, and
+//! entries with equal deadlines in insertion order: all entries with the same
+//! deadline always sit in one slot list (placement is a function of elapsed and
+//! the deadline), lists are appended at the tail, and a cascade moves a whole
+//! list in order into slots that are empty at that moment. The lock table is a
+//! deterministic state machine and its FIFO wait queues rely on this.
+
+use slab::Slab;
+
+/// Slots per level: one `u64` bitmap per level marks the non-empty slots.
+pub const WHEEL_SLOT_COUNT: usize = 64;
+/// Levels: 64^6 ms = 2^36 ms (about 795 days) before a deadline is clamped.
+pub const WHEEL_LEVEL_COUNT: usize = 6;
+/// Span of one lap of the top level. Deadlines further than this from
+/// `elapsed` are clamped to the last level (and still fire at their exact
+/// deadline, possibly after extra cascades). Precisely, clamping applies to
+/// deadlines outside elapsed's current lap, which some nearer ones are too:
+/// those cost one extra cascade.
+pub const WHEEL_HORIZON_MS: u64 = 1 << 36;
+
+/// Bits of a time that index the slots of one level.
+const SLOT_BITS: u32 = WHEEL_SLOT_COUNT.trailing_zeros();
+const SLOT_MASK: u64 = WHEEL_SLOT_COUNT as u64 - 1;
+const TOP_LEVEL: usize = WHEEL_LEVEL_COUNT - 1;
+const LAST_SLOT: usize = WHEEL_SLOT_COUNT - 1;
+const HORIZON_BITS: u32 = SLOT_BITS * WHEEL_LEVEL_COUNT as u32;
+
+/// Ends a slot list. Never a slab key: `insert` keeps the count below it.
+const NIL: u32 = u32::MAX;
+/// Most live timers: slab keys are stored as `u32` and `NIL` is reserved.
+const TIMERS_MAX: usize = NIL as usize;
+/// Latest time elapsed may reach: slot starts are computed up to two top-level
+/// laps ahead of elapsed, and must not overflow. About 584 million years.
+const ELAPSED_MS_MAX: u64 = u64::MAX - 2 * WHEEL_HORIZON_MS;
+
+const _: () = assert!(
+    WHEEL_SLOT_COUNT == u64::BITS as usize,
+    "one u64 bitmap per level"
+);
+const _: () = assert!(WHEEL_SLOT_COUNT.is_power_of_two(), "slot = shift and mask");
+const _: () = assert!(
+    WHEEL_HORIZON_MS == 1 << HORIZON_BITS,
+    "horizon = 64^levels ms"
+);
+const _: () = assert!(WHEEL_LEVEL_COUNT <= u8::MAX as usize, "level stored as u8");
+
+/// Names one inserted timer. A stale handle (its timer fired or was cancelled,
+/// and the slab entry maybe reused) never cancels or reads anything: the
+/// generation no longer matches. Generations wrap after 2^32 inserts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerHandle {
+    key: u32,
+    generation: u32,
+}
+
+struct Entry<T> {
+    /// Never earlier than elapsed: `insert` raises past deadlines to it.
+    deadline_ms: u64,
+    generation: u32,
+    prev: u32,
+    next: u32,
+    /// Where the entry is linked, so cancel can unlink it in O(1).
+    level: u8,
+    slot: u8,
+    value: T,
+}
+
+struct Level {
+    /// Bit `s` set exactly when slot `s` has entries.
+    occupied: u64,
+    heads: [u32; WHEEL_SLOT_COUNT],
+    tails: [u32; WHEEL_SLOT_COUNT],
+    /// Per slot, the earliest deadline linked into it since it was last empty:
+    /// exact unless that entry was cancelled, then a lower bound. Lets
+    /// `next_deadline` answer better than the slot's first millisecond.
+    earliest_ms: [u64; WHEEL_SLOT_COUNT],
+}
+
+impl Level {
+    const EMPTY: Level = Level {
+        occupied: 0,
+        heads: [NIL; WHEEL_SLOT_COUNT],
+        tails: [NIL; WHEEL_SLOT_COUNT],
+        earliest_ms: [u64::MAX; WHEEL_SLOT_COUNT],
+    };
+
+    fn is_occupied(&self, slot: usize) -> bool {
+        self.occupied & (1 << slot) != 0
+    }
+
+    fn clear(&mut self, slot: usize) {
+        self.occupied &= !(1 << slot);
+        self.heads[slot] = NIL;
+        self.tails[slot] = NIL;
+        self.earliest_ms[slot] = u64::MAX;
+    }
+}
+
+/// A hierarchical timer wheel of values `T` keyed by deadline in ms.
+pub struct TimerWheel<T> {
+    entries: Slab<Entry<T>>,
+    levels: [Level; WHEEL_LEVEL_COUNT],
+    /// The time the wheel has been advanced to; see the module docs.
+    elapsed_ms: u64,
+    /// Bumped on every insert; copied into the entry and its handle.
+    generation: u32,
+}
+
+impl<T> TimerWheel<T> {
+    /// An empty wheel whose elapsed time starts at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self::with_capacity(now_ms, 0)
+    }
+
+    /// An empty wheel with room for `capacity` timers before it allocates.
+    pub fn with_capacity(now_ms: u64, capacity: usize) -> Self {
+        TimerWheel {
+            entries: Slab::with_capacity(capacity),
+            levels: [Level::EMPTY; WHEEL_LEVEL_COUNT],
+            elapsed_ms: now_ms.min(ELAPSED_MS_MAX),
+            generation: 0,
+        }
+    }
+
+    /// Schedules `value` to fire at `deadline_ms`. A deadline before
+    /// [`elapsed_ms`](Self::elapsed_ms) is raised to it (fires at the next
+    /// poll); [`deadline`](Self::deadline) reports the raised value.
+    pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerHandle {
+        assert!(
+            self.entries.len() < TIMERS_MAX,
+            "timer wheel: {TIMERS_MAX} live timers, the most its u32 links can name"
+        );
+        // Every live deadline >= elapsed is what the slot math relies on.
+        let deadline_ms = deadline_ms.max(self.elapsed_ms);
+        self.generation = self.generation.wrapping_add(1);
+        let key = self.entries.insert(Entry {
+            deadline_ms,
+            generation: self.generation,
+            prev: NIL,
+            next: NIL,
+            level: 0,
+            slot: 0,
+            value,
+        });
+        let key = u32::try_from(key).expect("slab key below TIMERS_MAX");
+        self.link_placed(key);
+        TimerHandle {
+            key,
+            generation: self.generation,
+        }
+    }
+
+    /// Removes the timer and returns its value, or `None` if the handle is
+    /// stale (fired, cancelled). O(1).
+    pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
+        self.get(handle)?;
+        self.unlink(handle.key);
+        Some(self.entries.remove(handle.key as usize).value)
+    }
+
+    /// The timer's deadline (after raising a past one to elapsed), or `None`
+    /// if the handle is stale.
+    pub fn deadline(&self, handle: TimerHandle) -> Option<u64> {
+        self.get(handle).map(|entry| entry.deadline_ms)
+    }
+
+    /// A poll timeout: never later than the earliest live deadline and never
+    /// earlier than elapsed. Exact, except after the earliest timer of a slot
+    /// above level 0 was cancelled: then it may be that timer's deadline, and
+    /// polling at it cascades the slot and makes the next answer exact.
+    /// Polling at the returned time always either fires a timer or makes the
+    /// next answer strictly later, so an event loop never spins on it.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let (level, slot) = self.next_slot()?;
+        let earliest_ms = self.levels[level].earliest_ms[slot];
+        debug_assert!(earliest_ms >= slot_start(self.elapsed_ms, level, slot));
+        Some(earliest_ms)
+    }
+
+    /// Pops one timer with deadline `<= now_ms` as `(deadline, value)`: the
+    /// earliest, and among equal deadlines the first inserted. Returns `None`
+    /// when none is due, after advancing elapsed to `now_ms` (it never moves
+    /// back; `now_ms` is capped at about 584 million years). Call it until
+    /// it returns `None`.
+    pub fn poll(&mut self, now_ms: u64) -> Option<(u64, T)> {
+        let now_ms = now_ms.min(ELAPSED_MS_MAX);
+        loop {
+            let Some((level, slot)) = self.next_slot() else {
+                self.advance_to(now_ms);
+                return None;
+            };
+            let start_ms = slot_start(self.elapsed_ms, level, slot);
+            if start_ms > now_ms {
+                self.advance_to(now_ms);
+                return None;
+            }
+            // This is the first occupied slot, so no slot starts between
+            // elapsed and start_ms: moving there relocates nothing else.
+            debug_assert!(start_ms >= self.elapsed_ms);
+            self.elapsed_ms = start_ms;
+            if level == 0 {
+                return Some(self.pop_front(slot));
+            }
+            self.cascade(level, slot);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The time the wheel has been advanced to by `poll`. Every live
+    /// deadline is at or after it.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.elapsed_ms
+    }
+
+    /// Asserts every structural invariant. O(live timers): for tests.
+    pub fn invariants(&self) {
+        assert!(self.elapsed_ms <= ELAPSED_MS_MAX);
+        let mut linked = 0;
+        for level in 0..WHEEL_LEVEL_COUNT {
+            for slot in 0..WHEEL_SLOT_COUNT {
+                linked += self.slot_invariants(level, slot);
+            }
+        }
+        assert_eq!(
+            linked,
+            self.entries.len(),
+            "every timer is in one slot list"
+        );
+    }
+
+    /// Checks one slot list and returns how many entries it links.
+    fn slot_invariants(&self, level: usize, slot: usize) -> usize {
+        let lists = &self.levels[level];
+        let occupied = lists.is_occupied(slot);
+        assert_eq!(
+            occupied,
+            lists.heads[slot] != NIL,
+            "bit {level}/{slot} vs head"
+        );
+        assert_eq!(
+            occupied,
+            lists.tails[slot] != NIL,
+            "bit {level}/{slot} vs tail"
+        );
+        if !occupied {
+            assert_eq!(lists.earliest_ms[slot], u64::MAX, "empty {level}/{slot}");
+            return 0;
+        }
+        let start_ms = slot_start(self.elapsed_ms, level, slot);
+        assert!(
+            start_ms >= self.elapsed_ms,
+            "slot {level}/{slot} is behind elapsed"
+        );
+        assert!(
+            lists.earliest_ms[slot] >= start_ms,
+            "earliest before slot {level}/{slot}"
+        );
+        let (mut count, mut prev, mut key) = (0, NIL, lists.heads[slot]);
+        while key != NIL {
+            assert!(count < self.entries.len(), "cycle in slot {level}/{slot}");
+            let entry = self.entries.get(key as usize).expect("linked key is live");
+            assert_eq!(entry.prev, prev, "prev link of key {key}");
+            assert_eq!(
+                (usize::from(entry.level), usize::from(entry.slot)),
+                (level, slot)
+            );
+            assert_eq!(slot_for(self.elapsed_ms, entry.deadline_ms), (level, slot));
+            assert!(entry.deadline_ms >= lists.earliest_ms[slot]);
+            assert!(
+                level > 0 || entry.deadline_ms == start_ms,
+                "level 0 slot = 1 ms"
+            );
+            (count, prev, key) = (count + 1, key, entry.next);
+        }
+        assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
+        count
+    }
+
+    fn get(&self, handle: TimerHandle) -> Option<&Entry<T>> {
+        let entry = self.entries.get(handle.key as usize)?;
+        (entry.generation == handle.generation).then_some(entry)
+    }
+
+    /// The slot with the earliest deadlines: the first occupied slot of the
+    /// lowest non-empty level (see the module docs for why).
+    fn next_slot(&self) -> Option<(usize, usize)> {
+        (0..WHEEL_LEVEL_COUNT)
+            .find_map(|level| self.first_occupied(level).map(|slot| (level, slot)))
+    }
+
+    /// The occupied slot of `level` reached first from elapsed.
+    fn first_occupied(&self, level: usize) -> Option<usize> {
+        let occupied = self.levels[level].occupied;
+        if occupied == 0 {
+            return None;
+        }
+        // Level 0's current slot holds deadlines equal to elapsed: due first.
+        // A higher level's current slot can only hold next-lap deadlines
+        // (top level, clamped): due last.
+        let current = slot_of(self.elapsed_ms, level);
+        let from = if level == 0 {
+            current
+        } else {
+            (current + 1) % WHEEL_SLOT_COUNT
+        };
+        let distance = occupied.rotate_right(from as u32).trailing_zeros() as usize;
+        Some((from + distance) % WHEEL_SLOT_COUNT)
+    }
+
+    fn advance_to(&mut self, now_ms: u64) {
+        // A clock that steps back must not move elapsed back: live
+        // deadlines would fall behind it.
+        self.elapsed_ms = self.elapsed_ms.max(now_ms);
+    }
+
+    /// Unlinks and returns the first (oldest) timer of a due level-0 slot.
+    fn pop_front(&mut self, slot: usize) -> (u64, T) {
+        let key = self.levels[0].heads[slot];
+        debug_assert_ne!(key, NIL, "popping an empty slot");
+        self.unlink(key);
+        let entry = self.entries.remove(key as usize);
+        debug_assert_eq!(entry.deadline_ms, self.elapsed_ms);
+        (entry.deadline_ms, entry.value)
+    }
+
+    /// Places every entry of a slot that elapsed just reached again, in list
+    /// order. The targets are empty (every lower level is, or this slot would
+    /// not be first), so equal deadlines keep their insertion order.
+    fn cascade(&mut self, level: usize, slot: usize) {
+        let mut key = self.levels[level].heads[slot];
+        self.levels[level].clear(slot);
+        while key != NIL {
+            let next = self.entries[key as usize].next;
+            self.link_placed(key);
+            debug_assert!(
+                usize::from(self.entries[key as usize].level) < level || level == TOP_LEVEL,
+                "a cascade moves entries down (only clamped ones stay on top)"
+            );
+            key = next;
+        }
+    }
+
+    /// Appends the entry to the tail of the slot its deadline maps to now.
+    fn link_placed(&mut self, key: u32) {
+        let elapsed_ms = self.elapsed_ms;
+        let entry = &mut self.entries[key as usize];
+        let (level, slot) = slot_for(elapsed_ms, entry.deadline_ms);
+        let lists = &mut self.levels[level];
+        let tail = lists.tails[slot];
+        entry.prev = tail;
+        entry.next = NIL;
+        (entry.level, entry.slot) = (level as u8, slot as u8);
+        lists.earliest_ms[slot] = lists.earliest_ms[slot].min(entry.deadline_ms);
+        lists.tails[slot] = key;
+        if tail == NIL {
+            lists.heads[slot] = key;
+            lists.occupied |= 1 << slot;
+        } else {
+            self.entries[tail as usize].next = key;
+        }
+    }
+
+    /// Removes the entry from its slot list, clearing the slot if emptied.
+    fn unlink(&mut self, key: u32) {
+        let entry = &self.entries[key as usize];
+        let (prev, next) = (entry.prev, entry.next);
+        let lists = &mut self.levels[usize::from(entry.level)];
+        let slot = usize::from(entry.slot);
+        debug_assert!(lists.is_occupied(slot), "linked entry in an empty slot");
+        if prev == NIL && next == NIL {
+            debug_assert_eq!(lists.heads[slot], key);
+            lists.clear(slot);
+            return;
+        }
+        match prev {
+            NIL => lists.heads[slot] = next,
+            prev => self.entries[prev as usize].next = next,
+        }
+        match next {
+            NIL => lists.tails[slot] = prev,
+            next => self.entries[next as usize].prev = prev,
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for TimerWheel<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerWheel")
+            .field("elapsed_ms", &self.elapsed_ms)
+            .field("len", &self.len())
+            .field("next_deadline_ms", &self.next_deadline())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The 6-bit group of `time_ms` that indexes slots at `level`.
+fn slot_of(time_ms: u64, level: usize) -> usize {
+    ((time_ms >> (SLOT_BITS as usize * level)) & SLOT_MASK) as usize
+}
+
+/// The (level, slot) a deadline belongs in, relative to elapsed.
+fn slot_for(elapsed_ms: u64, deadline_ms: u64) -> (usize, usize) {
+    debug_assert!(deadline_ms >= elapsed_ms, "deadline behind elapsed");
+    let lap = elapsed_ms >> HORIZON_BITS;
+    let deadline_lap = deadline_ms >> HORIZON_BITS;
+    if deadline_lap == lap {
+        // `| SLOT_MASK` puts a deadline equal to elapsed at level 0.
+        let differing = (elapsed_ms ^ deadline_ms) | SLOT_MASK;
+        let level = ((u64::BITS - 1 - differing.leading_zeros()) / SLOT_BITS) as usize;
+        return (level, slot_of(deadline_ms, level));
+    }
+    // Clamped. Parking in the last top slot keeps this placement unchanged
+    // until elapsed reaches that slot; from inside it, the next lap's slots
+    // are the ones ahead (all top-level slots are behind elapsed's then).
+    let in_last_top_slot = slot_of(elapsed_ms, TOP_LEVEL) == LAST_SLOT;
+    if in_last_top_slot && deadline_lap == lap + 1 {
+        return (TOP_LEVEL, slot_of(deadline_ms, TOP_LEVEL));
+    }
+    (TOP_LEVEL, LAST_SLOT)
+}
+
+/// The first millisecond of a slot's span as seen from elapsed. Only the top
+/// level has slots behind elapsed's own (holding next-lap deadlines).
+fn slot_start(elapsed_ms: u64, level: usize, slot: usize) -> u64 {
+    let shift = SLOT_BITS as usize * level;
+    let lap_bits = shift + SLOT_BITS as usize;
+    let lap_start_ms = elapsed_ms >> lap_bits << lap_bits;
+    let start_ms = lap_start_ms + ((slot as u64) << shift);
+    let current = slot_of(elapsed_ms, level);
+    let behind = if level == 0 {
+        slot < current
+    } else {
+        slot <= current
+    };
+    if behind {
+        start_ms + (1 << lap_bits)
+    } else {
+        start_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Deterministic PRNG (splitmix64): reproducible runs, no rand crate.
+    struct SplitMix64(u64);
+
+    impl SplitMix64 {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, bound: u64) -> u64 {
+            self.next() % bound.max(1)
+        }
+
+        /// Below `2^bits` for a random `bits < bits_max`: tiny and huge alike.
+        fn log_uniform(&mut self, bits_max: u64) -> u64 {
+            let bits = self.below(bits_max);
+            self.below(1 << bits)
+        }
+    }
+
+    /// Polls until `None`, checking invariants after every step.
+    fn drain<T>(wheel: &mut TimerWheel<T>, now_ms: u64) -> Vec<(u64, T)> {
+        let mut fired = Vec::new();
+        while let Some(timer) = wheel.poll(now_ms) {
+            wheel.invariants();
+            fired.push(timer);
+        }
+        wheel.invariants();
+        fired
+    }
+
+    #[test]
+    fn fires_at_exact_deadline_and_not_before() {
+        let mut wheel = TimerWheel::new(1000);
+        let handle = wheel.insert(1010, "a");
+        wheel.invariants();
+        assert_eq!(wheel.deadline(handle), Some(1010));
+        assert_eq!(wheel.next_deadline(), Some(1010));
+        assert_eq!(wheel.poll(1009), None);
+        assert_eq!(wheel.elapsed_ms(), 1009);
+        assert_eq!(wheel.poll(1010), Some((1010, "a")));
+        assert_eq!(wheel.poll(1010), None);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline(), None);
+        assert_eq!(wheel.deadline(handle), None);
+        wheel.invariants();
+    }
+
+    #[test]
+    fn cancel_before_fire_removes_the_timer() {
+        let mut wheel = TimerWheel::new(0);
+        let kept = wheel.insert(100, 1);
+        let cancelled = wheel.insert(50, 2);
+        assert_eq!(wheel.len(), 2);
+        assert_eq!(wheel.cancel(cancelled), Some(2));
+        wheel.invariants();
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(wheel.next_deadline(), Some(100));
+        assert_eq!(drain(&mut wheel, 1_000_000), vec![(100, 1)]);
+        assert_eq!(wheel.cancel(kept), None);
+    }
+
+    #[test]
+    fn stale_handles_never_touch_a_reused_entry() {
+        let mut wheel = TimerWheel::new(0);
+        let fired = wheel.insert(5, 1);
+        assert_eq!(wheel.poll(5), Some((5, 1)));
+        let cancelled = wheel.insert(7, 2);
+        assert_eq!(wheel.cancel(cancelled), Some(2));
+        let live = wheel.insert(9, 3);
+        // The slab reused one entry for all three: only generations differ.
+        assert_eq!((fired.key, cancelled.key), (live.key, live.key));
+        assert_eq!(wheel.cancel(fired), None);
+        assert_eq!(wheel.cancel(cancelled), None);
+        assert_eq!(wheel.deadline(fired), None);
+        assert_eq!(wheel.deadline(cancelled), None);
+        assert_eq!(wheel.deadline(live), Some(9));
+        assert_eq!(wheel.len(), 1);
+        wheel.invariants();
+        assert_eq!(drain(&mut wheel, 9), vec![(9, 3)]);
+    }
+
+    const BOUNDARY_OFFSETS_MS: [u64; 22] = [
+        0,
+        1,
+        63,
+        64,
+        65,
+        4095,
+        4096,
+        4097,
+        262_143,
+        262_144,
+        262_145,
+        1 << 24,
+        (1 << 30) - 1,
+        1 << 30,
+        (1 << 30) + 1,
+        WHEEL_HORIZON_MS - 2,
+        WHEEL_HORIZON_MS - 1,
+        WHEEL_HORIZON_MS,
+        WHEEL_HORIZON_MS + 1,
+        2 * WHEEL_HORIZON_MS + 77,
+        3 * WHEEL_HORIZON_MS + 12_345,
+        40 * WHEEL_HORIZON_MS,
+    ];
+
+    /// Starts that put elapsed at awkward places, including inside the last
+    /// top-level slot, where clamped deadlines use the next lap's slots.
+    const STARTS_MS: [u64; 6] = [
+        0,
+        5,
+        4095,
+        (63 << 30) + 17,
+        WHEEL_HORIZON_MS - 3,
+        7 * WHEEL_HORIZON_MS + 123_456,
+    ];
+
+    #[test]
+    fn boundary_deadlines_fire_exactly_when_probed_one_ms_before_and_at() {
+        for start_ms in STARTS_MS {
+            let mut wheel = TimerWheel::new(start_ms);
+            let deadlines: Vec<u64> = BOUNDARY_OFFSETS_MS.iter().map(|o| start_ms + o).collect();
+            for &deadline_ms in &deadlines {
+                wheel.insert(deadline_ms, deadline_ms);
+            }
+            wheel.invariants();
+            // Offset 0 is due at once; the rest are probed one by one.
+            assert_eq!(drain(&mut wheel, start_ms), vec![(start_ms, start_ms)]);
+            for &deadline_ms in &deadlines[1..] {
+                assert_eq!(wheel.next_deadline(), Some(deadline_ms));
+                assert_eq!(wheel.poll(deadline_ms - 1), None, "start {start_ms}");
+                wheel.invariants();
+                assert_eq!(
+                    drain(&mut wheel, deadline_ms),
+                    vec![(deadline_ms, deadline_ms)]
+                );
+            }
+            assert!(wheel.is_empty());
+        }
+    }
+
+    #[test]
+    fn boundary_deadlines_fire_exactly_under_random_jumps() {
+        let mut rng = SplitMix64(42);
+        for start_ms in STARTS_MS {
+            for _ in 0..8 {
+                let mut wheel = TimerWheel::new(start_ms);
+                let mut pending: Vec<u64> =
+                    BOUNDARY_OFFSETS_MS.iter().map(|o| start_ms + o).collect();
+                for &deadline_ms in &pending {
+                    wheel.insert(deadline_ms, deadline_ms);
+                }
+                let mut now_ms = start_ms;
+                while !pending.is_empty() {
+                    let jumps_ms = [1, 60, 5000, 1 << 22, 1 << 31, 1 << 35, 3 << 36];
+                    let jump_ms = jumps_ms[rng.below(7) as usize];
+                    now_ms += rng.below(jump_ms);
+                    // Exactly the due ones, in order; none early, none late.
+                    let due: Vec<(u64, u64)> = pending
+                        .iter()
+                        .filter(|&&d| d <= now_ms)
+                        .map(|&d| (d, d))
+                        .collect();
+                    pending.retain(|&d| d > now_ms);
+                    assert_eq!(
+                        drain(&mut wheel, now_ms),
+                        due,
+                        "start {start_ms} now {now_ms}"
+                    );
+                    assert_eq!(wheel.next_deadline(), pending.first().copied());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn past_deadlines_fire_at_the_next_poll_at_elapsed() {
+        let mut wheel = TimerWheel::new(1000);
+        assert_eq!(wheel.poll(2000), None);
+        let past = wheel.insert(10, 'a');
+        wheel.insert(1999, 'b');
+        wheel.insert(2000, 'c');
+        assert_eq!(wheel.deadline(past), Some(2000));
+        assert_eq!(wheel.next_deadline(), Some(2000));
+        assert_eq!(
+            drain(&mut wheel, 2000),
+            vec![(2000, 'a'), (2000, 'b'), (2000, 'c')]
+        );
+    }
+
+    #[test]
+    fn a_clock_stepping_back_neither_fires_nor_moves_elapsed_back() {
+        let mut wheel = TimerWheel::new(500);
+        wheel.insert(500, 1);
+        assert_eq!(wheel.poll(499), None);
+        assert_eq!(wheel.elapsed_ms(), 500);
+        assert_eq!(wheel.poll(500), Some((500, 1)));
+    }
+
+    #[test]
+    fn equal_deadlines_fire_in_insertion_order_across_levels() {
+        let mut wheel = TimerWheel::new(3);
+        let deadlines_ms = [70, 5000, 300_000, 70, 1 << 33, 5000, 70, 300_000, 1 << 33];
+        for value in 0..90_usize {
+            wheel.insert(deadlines_ms[value % deadlines_ms.len()], value);
+        }
+        let mut fired = Vec::new();
+        for now_ms in [69, 70, 4999, 6000, 1 << 32, 1 << 34] {
+            fired.extend(drain(&mut wheel, now_ms));
+        }
+        assert_eq!(fired.len(), 90);
+        assert!(
+            fired
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 || (w[0].0 == w[1].0 && w[0].1 < w[1].1))
+        );
+    }
+
+    #[test]
+    fn timers_added_while_a_deadline_drains_fire_after_its_earlier_ones() {
+        let mut wheel = TimerWheel::new(0);
+        for value in 0..3 {
+            wheel.insert(100, value);
+        }
+        assert_eq!(wheel.poll(100), Some((100, 0)));
+        wheel.insert(100, 3);
+        wheel.insert(40, 4); // past: raised to elapsed = 100
+        wheel.insert(101, 5);
+        wheel.invariants();
+        assert_eq!(
+            drain(&mut wheel, 101),
+            vec![(100, 1), (100, 2), (100, 3), (100, 4), (101, 5)]
+        );
+    }
+
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        let mut wheel = TimerWheel::new(u64::MAX - 5);
+        assert_eq!(wheel.elapsed_ms(), ELAPSED_MS_MAX);
+        wheel.insert(u64::MAX, 1);
+        wheel.insert(0, 2);
+        wheel.invariants();
+        assert_eq!(drain(&mut wheel, u64::MAX), vec![(ELAPSED_MS_MAX, 2)]);
+        assert_eq!(wheel.len(), 1, "deadlines past ELAPSED_MS_MAX never fire");
+    }
+
+    #[test]
+    fn polling_at_next_deadline_always_makes_progress() {
+        let mut rng = SplitMix64(7);
+        let mut wheel = TimerWheel::new(0);
+        let handles: Vec<TimerHandle> = (0..300_u64)
+            .map(|value| wheel.insert(rng.log_uniform(34), value))
+            .collect();
+        // Cancelling stales the per-slot earliest, so answers are lower bounds.
+        for handle in handles.iter().step_by(2) {
+            wheel.cancel(*handle);
+        }
+        let mut wakeups = 0;
+        while let Some(next_ms) = wheel.next_deadline() {
+            wakeups += 1;
+            let fired = drain(&mut wheel, next_ms);
+            assert!(fired.iter().all(|&(deadline_ms, _)| deadline_ms == next_ms));
+            if fired.is_empty() {
+                assert!(wheel.next_deadline().is_none_or(|later| later > next_ms));
+            }
+        }
+        assert!(
+            wakeups <= 150 * WHEEL_LEVEL_COUNT,
+            "{wakeups} wakeups for 150 timers"
+        );
+    }
+
+    /// The reference: a sorted map from (deadline, insertion seq) to value.
+    #[derive(Default)]
+    struct Model {
+        timers: BTreeMap<(u64, u64), u64>,
+        deadline_of_seq: BTreeMap<u64, u64>,
+        elapsed_ms: u64,
+    }
+
+    impl Model {
+        fn insert(&mut self, deadline_ms: u64, seq: u64) {
+            let deadline_ms = deadline_ms.max(self.elapsed_ms);
+            self.timers.insert((deadline_ms, seq), seq);
+            self.deadline_of_seq.insert(seq, deadline_ms);
+        }
+
+        fn cancel(&mut self, seq: u64) -> Option<u64> {
+            let deadline_ms = self.deadline_of_seq.remove(&seq)?;
+            self.timers.remove(&(deadline_ms, seq))
+        }
+
+        fn poll(&mut self, now_ms: u64) -> Option<(u64, u64)> {
+            let first = self.timers.first_key_value().map(|(&key, _)| key);
+            match first {
+                Some((deadline_ms, seq)) if deadline_ms <= now_ms => {
+                    self.timers.remove(&(deadline_ms, seq));
+                    self.deadline_of_seq.remove(&seq);
+                    self.elapsed_ms = deadline_ms;
+                    Some((deadline_ms, seq))
+                }
+                _ => {
+                    self.elapsed_ms = self.elapsed_ms.max(now_ms);
+                    None
+                }
+            }
+        }
+
+        fn earliest(&self) -> Option<u64> {
+            self.timers
+                .first_key_value()
+                .map(|(&(deadline_ms, _), _)| deadline_ms)
+        }
+    }
+
+    fn random_deadline(rng: &mut SplitMix64, elapsed_ms: u64) -> u64 {
+        match rng.below(8) {
+            0 => elapsed_ms.saturating_sub(rng.below(100)),
+            1 => elapsed_ms + rng.below(4),
+            2 => elapsed_ms + rng.below(100),
+            3 => elapsed_ms + rng.below(5000),
+            4 => elapsed_ms + rng.below(1 << 20),
+            5 => elapsed_ms + rng.below(1 << 32),
+            6 => elapsed_ms + rng.below(4 * WHEEL_HORIZON_MS),
+            _ => {
+                // Next multiple of 64^level, give or take a millisecond.
+                let unit = 1_u64 << (SLOT_BITS as u64 * rng.below(7));
+                ((elapsed_ms / unit + 1) * unit + rng.below(3)).saturating_sub(1)
+            }
+        }
+    }
+
+    fn random_now(rng: &mut SplitMix64, model: &Model) -> u64 {
+        let elapsed_ms = model.elapsed_ms;
+        // Mostly small steps so timers pile up; rare huge jumps drain them.
+        match rng.below(128) {
+            0 => elapsed_ms.saturating_sub(rng.below(10)),
+            1..=40 => elapsed_ms + rng.below(3),
+            41..=80 => elapsed_ms + rng.below(200),
+            81..=110 => elapsed_ms + rng.below(1 << 16),
+            111..=122 => model.earliest().unwrap_or(elapsed_ms),
+            123..=125 => elapsed_ms + rng.below(1 << 34),
+            _ => elapsed_ms + rng.below(2 * WHEEL_HORIZON_MS),
+        }
+    }
+
+    /// Random operations on the wheel and the model side by side; every
+    /// answer must agree. Without cancels `next_deadline` must be exact.
+    fn compare_with_model(seed: u64, steps: usize, with_cancels: bool) {
+        let mut rng = SplitMix64(seed);
+        let start_ms = [0, 1 << 20, (63 << 30) + 5, WHEEL_HORIZON_MS - 100][rng.below(4) as usize];
+        let mut wheel = TimerWheel::new(start_ms);
+        let mut model = Model {
+            elapsed_ms: start_ms,
+            ..Model::default()
+        };
+        let mut handles: Vec<(TimerHandle, u64)> = Vec::new();
+        for seq in 0..steps as u64 {
+            match rng.below(10) {
+                0..=4 => {
+                    let deadline_ms = random_deadline(&mut rng, model.elapsed_ms);
+                    handles.push((wheel.insert(deadline_ms, seq), seq));
+                    model.insert(deadline_ms, seq);
+                }
+                5 if with_cancels && !handles.is_empty() => {
+                    let (handle, seq) = handles[rng.below(handles.len() as u64) as usize];
+                    assert_eq!(
+                        wheel.cancel(handle),
+                        model.cancel(seq),
+                        "seed {seed} step {seq}"
+                    );
+                }
+                6 if !handles.is_empty() => {
+                    let (handle, seq) = handles[rng.below(handles.len() as u64) as usize];
+                    let expected = model.deadline_of_seq.get(&seq).copied();
+                    assert_eq!(wheel.deadline(handle), expected, "seed {seed} step {seq}");
+                }
+                _ => {
+                    let now_ms = random_now(&mut rng, &model);
+                    // Sometimes stop before the due timers are drained.
+                    for _ in 0..=rng.below(40) {
+                        let fired = wheel.poll(now_ms);
+                        assert_eq!(fired, model.poll(now_ms), "seed {seed} step {seq}");
+                        wheel.invariants();
+                        if fired.is_none() {
+                            break;
+                        }
+                    }
+                }
+            }
+            wheel.invariants();
+            assert_eq!(wheel.len(), model.timers.len(), "seed {seed} step {seq}");
+            assert_eq!(
+                wheel.elapsed_ms(),
+                model.elapsed_ms,
+                "seed {seed} step {seq}"
+            );
+            check_next_deadline(&wheel, &model, with_cancels, (seed, seq));
+            if handles.len() > 2000 {
+                handles.drain(..1000);
+            }
+        }
+        let end_ms = model.elapsed_ms + 100 * WHEEL_HORIZON_MS;
+        while let Some(expected) = model.poll(end_ms) {
+            assert_eq!(
+                wheel.poll(end_ms),
+                Some(expected),
+                "seed {seed} final drain"
+            );
+        }
+        assert_eq!(wheel.poll(end_ms), None);
+        assert!(wheel.is_empty());
+    }
+
+    fn check_next_deadline(
+        wheel: &TimerWheel<u64>,
+        model: &Model,
+        with_cancels: bool,
+        (seed, step): (u64, u64),
+    ) {
+        let (answer, earliest) = (wheel.next_deadline(), model.earliest());
+        if !with_cancels {
+            assert_eq!(answer, earliest, "seed {seed} step {step}");
+            return;
+        }
+        assert_eq!(
+            answer.is_some(),
+            earliest.is_some(),
+            "seed {seed} step {step}"
+        );
+        if let (Some(answer), Some(earliest)) = (answer, earliest) {
+            assert!(
+                answer <= earliest,
+                "seed {seed} step {step}: {answer} later than {earliest}"
+            );
+            assert!(
+                answer >= model.elapsed_ms,
+                "seed {seed} step {step}: {answer} behind elapsed"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_model_with_cancels() {
+        for seed in 1..=8 {
+            compare_with_model(seed, 2500, true);
+        }
+    }
+
+    #[test]
+    fn matches_model_without_cancels_and_next_deadline_is_exact() {
+        for seed in 100..=103 {
+            compare_with_model(seed, 2000, false);
+        }
+    }
+}

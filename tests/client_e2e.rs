@@ -1,0 +1,666 @@
+//! End-to-end tests of `distlockd::client` against a real server over
+//! loopback TCP. Each test starts its own server on port 0. Every loop and
+//! wait is bounded; timing assertions leave room for a loaded machine.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use distlockd::client::{Client, Error, NotHeldCause};
+use distlockd::limits::Limits;
+use distlockd::protocol::{Acquire, ErrorCode, NotHeldReason, Reply, Request, decode_reply};
+use distlockd::server::{Config, Server, ServerHandle};
+
+fn start() -> ServerHandle {
+    start_with(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+}
+
+fn start_with(config: Config) -> ServerHandle {
+    Server::spawn(config).expect("start server on loopback")
+}
+
+fn client(addr: SocketAddr) -> Client {
+    Client::builder(addr)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// An owned copy of the replies the raw tests look at.
+#[derive(Debug, PartialEq, Eq)]
+enum Raw {
+    Granted(u64),
+    Busy { waiters: u32 },
+    Timeout,
+    Released,
+    NotHeld(NotHeldReason),
+    Pong,
+    Other(String),
+}
+
+fn raw_connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Reads exactly `count` replies from `stream`, in order.
+fn raw_read(stream: &mut TcpStream, count: usize) -> Vec<Raw> {
+    let mut buf = Vec::new();
+    let mut replies = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while replies.len() < count {
+        while let Some((reply, used)) = decode_reply(&buf).expect("decodable reply") {
+            replies.push(match reply {
+                Reply::Granted { token, .. } => Raw::Granted(token),
+                Reply::Busy { waiters, .. } => Raw::Busy { waiters },
+                Reply::Timeout { .. } => Raw::Timeout,
+                Reply::Released => Raw::Released,
+                Reply::NotHeld { reason } => Raw::NotHeld(reason),
+                Reply::Pong { .. } => Raw::Pong,
+                other => Raw::Other(format!("{other:?}")),
+            });
+            buf.drain(..used);
+        }
+        if replies.len() >= count {
+            break;
+        }
+        let n = stream
+            .read(&mut chunk)
+            .expect("reply within the read timeout");
+        assert!(
+            n > 0,
+            "server closed after {} of {count} replies",
+            replies.len()
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(buf.is_empty(), "unexpected bytes after {count} replies");
+    replies
+}
+
+fn raw_send(stream: &mut TcpStream, requests: &[Request<'_>]) {
+    let mut frames = Vec::new();
+    for request in requests {
+        request.encode_to_vec(&mut frames);
+    }
+    stream.write_all(&frames).unwrap();
+}
+
+fn raw_acquire<'a>(name: &'a str, owner: &'a str, wait_ms: u32) -> Request<'a> {
+    Request::Acquire(Acquire {
+        name: name.as_bytes(),
+        owner: owner.as_bytes(),
+        ttl_ms: 10_000,
+        wait_ms,
+        flags: 0,
+    })
+}
+
+/// Polls with a raw wait-0 ACQUIRE until `name` has `waiters` queued.
+fn wait_for_waiters(addr: SocketAddr, name: &str, waiters: u32) {
+    let mut probe = raw_connect(addr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        raw_send(&mut probe, &[raw_acquire(name, "probe:0", 0)]);
+        match raw_read(&mut probe, 1).pop().unwrap() {
+            Raw::Busy { waiters: n } if n == waiters => return,
+            Raw::Busy { .. } => {}
+            other => panic!("probe of {name:?} got {other:?}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name:?} never had {waiters} waiters"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn health_check_is_true_when_up_and_false_on_a_closed_port() {
+    let server = start();
+    assert!(client(server.local_addr()).check_server_health());
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap(); // dropped: port closed
+    let started = Instant::now();
+    let down = Client::builder(closed)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(!down.check_server_health());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "one attempt, no backoff"
+    );
+}
+
+#[test]
+fn threads_sharing_a_client_and_separate_clients_exclude_each_other() {
+    const SHARED_THREADS: usize = 8;
+    const OWN_CLIENT_THREADS: usize = 4;
+    const ROUNDS: usize = 20;
+    let server = start();
+    let shared = client(server.local_addr());
+    let inside = AtomicBool::new(false);
+    let tokens = Mutex::new(Vec::new());
+
+    let critical_section = |client: &Client| {
+        for _ in 0..ROUNDS {
+            let guard = client.lock("shared", Duration::from_secs(10)).unwrap();
+            assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+            tokens.lock().unwrap().push(guard.token());
+            thread::sleep(Duration::from_micros(200));
+            inside.store(false, Ordering::SeqCst);
+            drop(guard);
+        }
+    };
+    thread::scope(|s| {
+        for _ in 0..SHARED_THREADS {
+            s.spawn(|| critical_section(&shared));
+        }
+        for _ in 0..OWN_CLIENT_THREADS {
+            s.spawn(|| critical_section(&client(server.local_addr())));
+        }
+    });
+
+    let tokens = tokens.into_inner().unwrap();
+    assert_eq!(tokens.len(), (SHARED_THREADS + OWN_CLIENT_THREADS) * ROUNDS);
+    for pair in tokens.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "tokens not increasing: {} then {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+#[test]
+fn waiters_are_granted_in_arrival_order() {
+    const WAITERS: usize = 5;
+    let server = start();
+    let addr = server.local_addr();
+    let holder = client(addr);
+    let held = holder.acquire("fifo", Duration::ZERO).unwrap();
+    let order = Mutex::new(Vec::new());
+
+    thread::scope(|s| {
+        for i in 0..WAITERS {
+            let order = &order;
+            s.spawn(move || {
+                let waiter = client(addr);
+                let guard = waiter.lock("fifo", Duration::from_secs(10)).unwrap();
+                order.lock().unwrap().push(i);
+                drop(guard);
+            });
+            // Start the next one only once this one is surely queued.
+            wait_for_waiters(addr, "fifo", i as u32 + 1);
+        }
+        holder.release_lease(&held).unwrap();
+    });
+
+    assert_eq!(
+        order.into_inner().unwrap(),
+        (0..WAITERS).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_waiter_times_out_at_its_wait() {
+    let server = start();
+    let holder = client(server.local_addr());
+    let _held = holder.lock("busy", Duration::ZERO).unwrap();
+
+    let other = client(server.local_addr());
+    let started = Instant::now();
+    let err = other
+        .acquire("busy", Duration::from_millis(300))
+        .unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(err, Error::AcquireTimeout { ref name, .. } if name == "busy"),
+        "{err:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(2),
+        "{elapsed:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("\"busy\"") && text.contains("wait longer"),
+        "{text}"
+    );
+    assert_eq!(other.try_acquire("busy").unwrap(), None);
+}
+
+#[test]
+fn a_crashed_holders_lock_expires_at_its_ttl_and_not_before() {
+    let server = start();
+    let started = Instant::now();
+    let crashed = Client::builder(server.local_addr())
+        .ttl(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let lost = crashed.acquire("crash", Duration::ZERO).unwrap();
+    assert_eq!(lost.ttl(), Duration::from_millis(500));
+    drop(crashed); // no release: the holder is gone
+
+    let other = client(server.local_addr());
+    thread::sleep(Duration::from_millis(200).saturating_sub(started.elapsed()));
+    assert_eq!(
+        other.try_acquire("crash").unwrap(),
+        None,
+        "taken before its TTL"
+    );
+    let lease = other.acquire("crash", Duration::from_secs(5)).unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(450) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert!(lease.token() > lost.token());
+}
+
+#[test]
+fn extend_keeps_a_lock_past_its_ttl_and_fails_once_it_expired() {
+    let server = start();
+    let started = Instant::now();
+    let holder = Client::builder(server.local_addr())
+        .ttl(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let other = client(server.local_addr());
+    let lease = holder.acquire("ext", Duration::ZERO).unwrap();
+
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        holder.extend(&lease, Duration::from_millis(600)).unwrap(),
+        Duration::from_millis(600)
+    );
+    thread::sleep(Duration::from_millis(450).saturating_sub(started.elapsed()));
+    assert_eq!(
+        other.try_acquire("ext").unwrap(),
+        None,
+        "held past the first TTL"
+    );
+
+    // Extended at ~150 ms for 600 ms: expired by ~750 ms.
+    thread::sleep(Duration::from_millis(1000).saturating_sub(started.elapsed()));
+    let err = holder
+        .extend(&lease, Duration::from_millis(600))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHeld {
+                reason: NotHeldCause::Server(NotHeldReason::Free),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("longer ttl"), "{err}");
+}
+
+#[test]
+fn session_holds_are_released_when_the_client_disconnects() {
+    let server = start();
+    let other = client(server.local_addr());
+
+    // Control: without SESSION a dropped client's hold stays.
+    let plain = Client::builder(server.local_addr())
+        .ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    plain.acquire("plain", Duration::ZERO).unwrap();
+    drop(plain);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(other.try_acquire("plain").unwrap(), None);
+
+    let session = Client::builder(server.local_addr())
+        .ttl(Duration::from_secs(30))
+        .session(true)
+        .build()
+        .unwrap();
+    session.acquire("sess", Duration::ZERO).unwrap();
+    assert_eq!(other.try_acquire("sess").unwrap(), None);
+    drop(session); // closes its pooled connections
+
+    let started = Instant::now();
+    other.acquire("sess", Duration::from_secs(2)).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_repeated_acquire_by_the_same_owner_gets_the_same_token() {
+    let server = start();
+    let mut first = raw_connect(server.local_addr());
+    let mut second = raw_connect(server.local_addr());
+    raw_send(&mut first, &[raw_acquire("idem", "retrying-owner:1", 0)]);
+    let token = match raw_read(&mut first, 1).pop().unwrap() {
+        Raw::Granted(token) => token,
+        other => panic!("{other:?}"),
+    };
+    raw_send(&mut second, &[raw_acquire("idem", "retrying-owner:1", 0)]);
+    assert_eq!(raw_read(&mut second, 1), vec![Raw::Granted(token)]);
+    raw_send(&mut second, &[raw_acquire("idem", "someone-else:1", 0)]);
+    assert_eq!(raw_read(&mut second, 1), vec![Raw::Busy { waiters: 0 }]);
+}
+
+#[test]
+fn releasing_what_we_do_not_hold_is_not_held() {
+    let server = start();
+    let c = client(server.local_addr());
+    let err = c.release("never").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHeld {
+                reason: NotHeldCause::NotAcquiredHere,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    c.acquire("twice", Duration::ZERO).unwrap();
+    c.release("twice").unwrap();
+    let err = c.release("twice").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHeld {
+                reason: NotHeldCause::NotAcquiredHere,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // By lease, the second RELEASE reaches the server, which says so.
+    let lease = c.acquire("twice", Duration::ZERO).unwrap();
+    c.release_lease(&lease).unwrap();
+    let err = c.release_lease(&lease).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHeld {
+                reason: NotHeldCause::Server(NotHeldReason::Free),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // Another owner's hold: the stale lease is refused with OtherOwner.
+    let other = client(server.local_addr());
+    let _held = other.lock("twice", Duration::ZERO).unwrap();
+    let err = c.release_lease(&lease).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotHeld {
+                reason: NotHeldCause::Server(NotHeldReason::OtherOwner),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn pipelined_frames_are_answered_in_order() {
+    const FRAMES: usize = 50;
+    const SEED: u64 = 1_000;
+    let server = start_with(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_seed: Some(SEED),
+        ..Default::default()
+    });
+    // ACQUIRE, RELEASE, PING, repeated; the k-th grant carries SEED + k
+    // because nothing else takes locks on this server.
+    let names: Vec<String> = (0..FRAMES).map(|i| format!("pipe-{}", i / 3)).collect();
+    let mut requests = Vec::new();
+    let mut expected = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let k = (i / 3) as u64;
+        let (request, reply) = match i % 3 {
+            0 => (raw_acquire(name, "piper:1", 0), Raw::Granted(SEED + k)),
+            1 => (
+                Request::Release {
+                    name: name.as_bytes(),
+                    owner: b"piper:1",
+                    token: SEED + k,
+                },
+                Raw::Released,
+            ),
+            _ => (Request::Ping, Raw::Pong),
+        };
+        requests.push(request);
+        expected.push(reply);
+    }
+    let mut stream = raw_connect(server.local_addr());
+    raw_send(&mut stream, &requests); // one write_all
+    assert_eq!(raw_read(&mut stream, FRAMES), expected);
+}
+
+#[test]
+fn tokens_keep_increasing_across_a_server_restart() {
+    let first = start();
+    let before = client(first.local_addr())
+        .acquire("restart", Duration::ZERO)
+        .unwrap()
+        .token();
+    first.stop().unwrap();
+    let second = start();
+    let after = client(second.local_addr())
+        .acquire("restart", Duration::ZERO)
+        .unwrap()
+        .token();
+    assert!(
+        after > before,
+        "{after} after a restart is not above {before}"
+    );
+}
+
+#[test]
+fn a_stopped_server_is_a_connection_error_after_every_retry() {
+    let server = start();
+    let addr = server.local_addr();
+    let c = Client::builder(addr)
+        .retries(2)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    c.acquire("up", Duration::ZERO).unwrap(); // leaves a pooled connection
+    server.stop().unwrap();
+
+    let started = Instant::now();
+    let err = c.acquire("down", Duration::from_secs(1)).unwrap_err();
+    assert!(
+        matches!(err, Error::Connection { attempts: 3, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&addr.to_string()) && text.contains("3 attempts"),
+        "{text}"
+    );
+    assert!(std::error::Error::source(&err).is_some());
+    // Two backoffs: 50 ms and 100 ms, plus up to 50% jitter each.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!c.check_server_health());
+}
+
+#[test]
+fn a_pooled_connection_to_a_restarted_server_costs_no_retry() {
+    // The same port again, so the client's pooled connection is stale.
+    let first = start();
+    let addr = first.local_addr();
+    let c = Client::builder(addr).retries(0).build().unwrap();
+    c.acquire("a", Duration::ZERO).unwrap();
+    first.stop().unwrap();
+    let _second = start_with(Config {
+        listen: addr,
+        ..Default::default()
+    });
+    c.acquire("a", Duration::ZERO)
+        .expect("reconnects on a fresh connection without retries");
+}
+
+#[test]
+fn a_release_gets_through_while_waiters_fill_the_pool() {
+    // Pool of 2: one connection may wait on the server, one is kept for
+    // quick requests, so the holder's release is never stuck behind waiters.
+    let server = start();
+    let c = Client::builder(server.local_addr())
+        .pool_size(2)
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let held = c.acquire("pool", Duration::ZERO).unwrap();
+    thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| drop(c.lock("pool", Duration::from_secs(10)).unwrap()));
+        }
+        wait_for_waiters(server.local_addr(), "pool", 1);
+        thread::sleep(Duration::from_millis(50));
+        c.release_lease(&held).unwrap();
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn arguments_are_checked_before_sending() {
+    let server = start();
+    let c = client(server.local_addr());
+    for name in [String::new(), "n".repeat(256)] {
+        let err = c.acquire(&name, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("255 bytes") || err.to_string().contains("over 255"),
+            "{err}"
+        );
+    }
+    assert!(c.acquire(&"n".repeat(255), Duration::ZERO).is_ok());
+    let builders = [
+        Client::builder(server.local_addr()).ttl(Duration::ZERO),
+        Client::builder(server.local_addr()).timeout(Duration::ZERO),
+        Client::builder(server.local_addr()).pool_size(1),
+        Client::builder(server.local_addr()).client_id(""),
+        Client::builder(server.local_addr()).client_id("x".repeat(44)),
+        Client::builder("localhost"),
+    ];
+    for builder in builders {
+        let err = builder.clone().build().unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{builder:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn server_errors_are_reported_and_the_connection_stays_usable() {
+    let limits = Limits {
+        wait_ms_max: 1_000,
+        ..Limits::default()
+    };
+    let server = start_with(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits,
+        token_seed: None,
+    });
+    let c = client(server.local_addr());
+    let info = c.server_info().unwrap();
+    assert_eq!(info.wait_max, Duration::from_secs(1));
+    assert_eq!(info.protocol_version, distlockd::limits::PROTOCOL_VERSION);
+    let err = c.acquire("long-wait", Duration::from_secs(5)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Server {
+                code: ErrorCode::BadArgument,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("wait_ms_max"), "{err}");
+    assert!(c.try_acquire("long-wait").unwrap().is_some());
+}
+
+#[test]
+fn a_guard_releases_on_drop_and_unlock_reports() {
+    let server = start();
+    let c = client(server.local_addr());
+    let other = client(server.local_addr());
+    {
+        let guard = c.lock("guarded", Duration::ZERO).unwrap();
+        assert_eq!(guard.name(), "guarded");
+        assert_eq!(other.try_acquire("guarded").unwrap(), None);
+    }
+    let guard = c.lock("guarded", Duration::ZERO).unwrap();
+    guard.unlock().unwrap();
+    let lease = other
+        .try_acquire("guarded")
+        .unwrap()
+        .expect("free after unlock");
+    other.release_lease(&lease).unwrap();
+    let shared = Arc::new(c);
+    let handle = {
+        let shared = Arc::clone(&shared);
+        thread::spawn(move || {
+            shared
+                .lock("guarded", Duration::from_secs(1))
+                .map(|g| g.token())
+        })
+    };
+    assert!(handle.join().unwrap().unwrap() > lease.token());
+}
+
+#[test]
+fn a_waiter_that_disconnects_leaves_the_queue() {
+    // The server documents that a closed connection's queued ACQUIRE leaves
+    // the queue. A waiter that gave up must not be granted the lock later.
+    let server = start();
+    let holder = client(server.local_addr());
+    let held = holder.acquire("gone", Duration::ZERO).unwrap();
+    let mut waiter = raw_connect(server.local_addr());
+    raw_send(&mut waiter, &[raw_acquire("gone", "gave-up:1", 10_000)]);
+    wait_for_waiters(server.local_addr(), "gone", 1);
+    drop(waiter);
+    thread::sleep(Duration::from_millis(100));
+    holder.release_lease(&held).unwrap();
+    let other = client(server.local_addr());
+    let lease = other.acquire("gone", Duration::from_millis(500));
+    assert!(
+        lease.is_ok(),
+        "the lock went to a disconnected waiter: {:?}",
+        lease.unwrap_err()
+    );
+}

@@ -1,0 +1,430 @@
+//! Wire-level tests of the server with raw frames: what a client that does
+//! not use our client library sees.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use distlockd::limits::Limits;
+use distlockd::protocol::{
+    Acquire, ErrorCode, FLAG_SESSION, NotHeldReason, Reply, Request, decode_reply, kind,
+};
+use distlockd::server::{Config, Server, ServerHandle};
+
+fn start(limits: Limits) -> ServerHandle {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits,
+        token_seed: None,
+    };
+    Server::spawn(config).unwrap()
+}
+
+struct Wire {
+    stream: TcpStream,
+    pending: Vec<u8>,
+}
+
+impl Wire {
+    fn connect(server: &ServerHandle) -> Wire {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Wire {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, request: Request<'_>) {
+        let mut frame = Vec::new();
+        request.encode_to_vec(&mut frame);
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    /// The next reply, as an owned debug-friendly value.
+    fn reply(&mut self) -> OwnedReply {
+        loop {
+            if let Some((reply, n)) = decode_reply(&self.pending).unwrap() {
+                let owned = OwnedReply::from(reply);
+                self.pending.drain(..n);
+                return owned;
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf).expect("reply within 5 s");
+            assert!(n > 0, "connection closed while a reply was expected");
+            self.pending.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Whether the server closed the connection (EOF within 2 s).
+    fn closed_by_server(&mut self) -> bool {
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn acquire(&mut self, name: &[u8], owner: &[u8], ttl_ms: u32, wait_ms: u32) -> OwnedReply {
+        self.send(Request::Acquire(Acquire {
+            name,
+            owner,
+            ttl_ms,
+            wait_ms,
+            flags: 0,
+        }));
+        self.reply()
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum OwnedReply {
+    Granted(u64, u32),
+    Busy(u32, u32),
+    Timeout(u32),
+    Released,
+    Extended(u32),
+    NotHeld(NotHeldReason),
+    Error(ErrorCode, String),
+    Pong,
+    Hello(u16),
+}
+
+impl From<Reply<'_>> for OwnedReply {
+    fn from(reply: Reply<'_>) -> Self {
+        match reply {
+            Reply::Granted { token, ttl_ms } => OwnedReply::Granted(token, ttl_ms),
+            Reply::Busy {
+                remaining_ms,
+                waiters,
+            } => OwnedReply::Busy(remaining_ms, waiters),
+            Reply::Timeout { waited_ms } => OwnedReply::Timeout(waited_ms),
+            Reply::Released => OwnedReply::Released,
+            Reply::Extended { ttl_ms } => OwnedReply::Extended(ttl_ms),
+            Reply::NotHeld { reason } => OwnedReply::NotHeld(reason),
+            Reply::Error { code, message } => {
+                OwnedReply::Error(code, String::from_utf8_lossy(message).into_owned())
+            }
+            Reply::Pong { .. } => OwnedReply::Pong,
+            Reply::Hello(h) => OwnedReply::Hello(h.version),
+        }
+    }
+}
+
+fn token(reply: OwnedReply) -> u64 {
+    match reply {
+        OwnedReply::Granted(token, _) => token,
+        other => panic!("expected GRANTED, got {other:?}"),
+    }
+}
+
+#[test]
+fn hello_and_ping() {
+    let server = start(Limits::default());
+    let mut c = Wire::connect(&server);
+    c.send(Request::Hello {
+        version: 1,
+        client_name: b"wire-test",
+    });
+    assert_eq!(c.reply(), OwnedReply::Hello(1));
+    c.send(Request::Hello {
+        version: 9,
+        client_name: b"",
+    });
+    assert_eq!(
+        c.reply(),
+        OwnedReply::Hello(1),
+        "the server answers the version both speak"
+    );
+    c.send(Request::Hello {
+        version: 0,
+        client_name: b"",
+    });
+    assert!(matches!(
+        c.reply(),
+        OwnedReply::Error(ErrorCode::UnsupportedVersion, _)
+    ));
+    c.send(Request::Ping);
+    assert_eq!(c.reply(), OwnedReply::Pong);
+}
+
+#[test]
+fn a_waiter_that_disconnects_leaves_the_queue() {
+    let server = start(Limits::default());
+    let mut holder = Wire::connect(&server);
+    let t = token(holder.acquire(b"q", b"holder", 60_000, 0));
+    let mut gone = Wire::connect(&server);
+    gone.send(Request::Acquire(Acquire {
+        name: b"q",
+        owner: b"gone",
+        ttl_ms: 60_000,
+        wait_ms: 30_000,
+        flags: 0,
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    drop(gone);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut next = Wire::connect(&server);
+    assert_eq!(
+        next.acquire(b"q", b"next", 1000, 0).busy_waiters(),
+        Some(0),
+        "the waiter left"
+    );
+    holder.send(Request::Release {
+        name: b"q",
+        owner: b"holder",
+        token: t,
+    });
+    assert_eq!(holder.reply(), OwnedReply::Released);
+    // The departed waiter must not have been handed the lock.
+    assert!(matches!(
+        next.acquire(b"q", b"next", 1000, 0),
+        OwnedReply::Granted(..)
+    ));
+}
+
+impl OwnedReply {
+    /// BUSY's time left depends on timing; tests compare the waiter count.
+    fn busy_waiters(&self) -> Option<u32> {
+        match self {
+            OwnedReply::Busy(_, w) => Some(*w),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn queued_waiters_are_counted_and_served_in_order() {
+    let server = start(Limits::default());
+    let mut holder = Wire::connect(&server);
+    let t = token(holder.acquire(b"fifo", b"h", 60_000, 0));
+    let mut waiters: Vec<Wire> = (0..3).map(|_| Wire::connect(&server)).collect();
+    for (i, w) in waiters.iter_mut().enumerate() {
+        let owner = format!("w{i}");
+        w.send(Request::Acquire(Acquire {
+            name: b"fifo",
+            owner: owner.as_bytes(),
+            ttl_ms: 60_000,
+            wait_ms: 10_000,
+            flags: 0,
+        }));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let mut probe = Wire::connect(&server);
+    assert_eq!(
+        probe.acquire(b"fifo", b"probe", 1, 0).busy_waiters(),
+        Some(3)
+    );
+    holder.send(Request::Release {
+        name: b"fifo",
+        owner: b"h",
+        token: t,
+    });
+    assert_eq!(holder.reply(), OwnedReply::Released);
+    let mut last = t;
+    for (i, w) in waiters.iter_mut().enumerate() {
+        let granted = token(w.reply());
+        assert!(granted > last);
+        last = granted;
+        let owner = format!("w{i}");
+        w.send(Request::Release {
+            name: b"fifo",
+            owner: owner.as_bytes(),
+            token: granted,
+        });
+        assert_eq!(w.reply(), OwnedReply::Released);
+    }
+}
+
+#[test]
+fn requests_behind_a_waiting_acquire_wait_for_it() {
+    let server = start(Limits::default());
+    let mut holder = Wire::connect(&server);
+    token(holder.acquire(b"block", b"h", 60_000, 0));
+    let mut c = Wire::connect(&server);
+    // Pipeline: a waiting ACQUIRE (300 ms) then a PING. The PING's reply must
+    // come after the TIMEOUT, not before.
+    c.send(Request::Acquire(Acquire {
+        name: b"block",
+        owner: b"c",
+        ttl_ms: 1,
+        wait_ms: 300,
+        flags: 0,
+    }));
+    c.send(Request::Ping);
+    let start = Instant::now();
+    assert_eq!(c.reply(), OwnedReply::Timeout(300));
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(c.reply(), OwnedReply::Pong);
+}
+
+#[test]
+fn session_hold_is_released_when_its_connection_closes() {
+    let server = start(Limits::default());
+    let mut a = Wire::connect(&server);
+    a.send(Request::Acquire(Acquire {
+        name: b"sess",
+        owner: b"a",
+        ttl_ms: 60_000,
+        wait_ms: 0,
+        flags: FLAG_SESSION,
+    }));
+    token(a.reply());
+    let mut b = Wire::connect(&server);
+    b.send(Request::Acquire(Acquire {
+        name: b"sess",
+        owner: b"b",
+        ttl_ms: 1000,
+        wait_ms: 5000,
+        flags: 0,
+    }));
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    drop(a);
+    token(b.reply());
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn bad_arguments_get_an_error_and_the_connection_stays_open() {
+    let server = start(Limits {
+        lock_ttl_ms_max: 60_000,
+        ..Limits::default()
+    });
+    let mut c = Wire::connect(&server);
+    let OwnedReply::Error(ErrorCode::BadArgument, message) = c.acquire(b"x", b"o", 60_001, 0)
+    else {
+        panic!("expected BAD_ARGUMENT");
+    };
+    assert!(
+        message.contains("ttl_ms 60001") && message.contains("60000"),
+        "{message}"
+    );
+    let OwnedReply::Error(ErrorCode::BadArgument, message) = c.acquire(b"", b"o", 1, 0) else {
+        panic!("expected BAD_ARGUMENT");
+    };
+    assert!(message.contains("name is empty"), "{message}");
+    c.send(Request::Release {
+        name: b"x",
+        owner: b"",
+        token: 1,
+    });
+    assert!(matches!(
+        c.reply(),
+        OwnedReply::Error(ErrorCode::BadArgument, _)
+    ));
+    assert!(matches!(
+        c.acquire(b"x", b"o", 1000, 0),
+        OwnedReply::Granted(..)
+    ));
+}
+
+/// Each kind of bad input gets its error frame and only that connection is
+/// closed; a bystander's lock and connection are untouched.
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let server = start(Limits::default());
+    let mut bystander = Wire::connect(&server);
+    let held = token(bystander.acquire(b"keep", b"bystander", 60_000, 0));
+    let cases: [(&[u8], ErrorCode); 5] = [
+        (b"GET / HTTP/1.1\r\n\r\n", ErrorCode::UnknownKind),
+        (
+            &[0x01, 0x00, 0x03, 0x00, 0x02, b'j', b'o', b'b', b'i', b'd'],
+            ErrorCode::UnknownKind,
+        ),
+        (&[kind::ACQUIRE, 0xff, 0xff], ErrorCode::FrameTooLarge),
+        (
+            &[kind::ACQUIRE, 0x00, 0x02, 0x00, 0x00],
+            ErrorCode::Protocol,
+        ),
+        (&[kind::PING, 0x00, 0x01, 0x00], ErrorCode::Protocol),
+    ];
+    for (bytes, code) in cases {
+        let mut bad = Wire::connect(&server);
+        bad.stream.write_all(bytes).unwrap();
+        let OwnedReply::Error(got, message) = bad.reply() else {
+            panic!("no error for {bytes:?}")
+        };
+        assert_eq!(got, code, "{message}");
+        assert!(!message.is_empty());
+        assert!(
+            bad.closed_by_server(),
+            "connection stays open after {bytes:?}"
+        );
+    }
+    assert!(
+        matches!(bystander.acquire(b"keep", b"bystander", 60_000, 0), OwnedReply::Granted(t, _) if t == held)
+    );
+}
+
+#[test]
+fn connections_past_the_limit_are_refused_with_an_error() {
+    let server = start(Limits {
+        connections_max: 2,
+        ..Limits::default()
+    });
+    let mut a = Wire::connect(&server);
+    let mut b = Wire::connect(&server);
+    a.send(Request::Ping);
+    b.send(Request::Ping);
+    assert_eq!(a.reply(), OwnedReply::Pong);
+    assert_eq!(b.reply(), OwnedReply::Pong);
+    let mut c = Wire::connect(&server);
+    let OwnedReply::Error(ErrorCode::Limit, message) = c.reply() else {
+        panic!("not refused")
+    };
+    assert!(message.contains("connections_max 2"), "{message}");
+    assert!(c.closed_by_server());
+    drop(a);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut d = Wire::connect(&server);
+    d.send(Request::Ping);
+    assert_eq!(d.reply(), OwnedReply::Pong, "a freed slot is usable again");
+}
+
+/// A client that pipelines far more than the per-turn bound still gets every
+/// reply, in order, and another client is served meanwhile.
+#[test]
+fn deep_pipelines_are_served_in_order() {
+    let server = start(Limits::default());
+    let mut c = Wire::connect(&server);
+    let mut frames = Vec::new();
+    let count = 2_000;
+    for i in 0..count {
+        let name = format!("p{}", i % 7);
+        Request::Acquire(Acquire {
+            name: name.as_bytes(),
+            owner: b"o",
+            ttl_ms: 60_000,
+            wait_ms: 0,
+            flags: 0,
+        })
+        .encode_to_vec(&mut frames);
+        Request::Ping.encode_to_vec(&mut frames);
+    }
+    let writer = {
+        let mut stream = c.stream.try_clone().unwrap();
+        std::thread::spawn(move || stream.write_all(&frames).unwrap())
+    };
+    let mut other = Wire::connect(&server);
+    other.send(Request::Ping);
+    assert_eq!(other.reply(), OwnedReply::Pong);
+    let mut tokens = std::collections::HashMap::new();
+    for i in 0..count {
+        let t = token(c.reply());
+        // Same owner re-acquires: one token per name.
+        assert_eq!(*tokens.entry(i % 7).or_insert(t), t);
+        assert_eq!(c.reply(), OwnedReply::Pong);
+    }
+    writer.join().unwrap();
+}
