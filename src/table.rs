@@ -297,7 +297,7 @@ impl LockTable {
                 break;
             }
             self.stats.releases += 1;
-            self.free_lock(lock, now_ms, now_ms);
+            self.free_lock(lock, now_ms, now_ms, None);
         }
         self.sessions.remove(session as usize);
     }
@@ -323,14 +323,12 @@ impl LockTable {
         } else {
             NIL
         };
-        let Some(lock) = self.find(req.name) else {
-            let lock = self.insert_lock(req.name, req.owner);
-            self.grant(lock, session_bind, ttl_ms, now_ms);
-            let l = &self.locks[lock as usize];
-            return Outcome::Granted {
-                token: l.token,
-                ttl_ms,
-            };
+        let hash = self.hasher.hash_one(req.name);
+        let Some(lock) = self.find_hashed(hash, req.name) else {
+            let token = self.take_token();
+            let lock = self.insert_lock(hash, req, token, ttl_ms, now_ms);
+            self.bind_session(lock, session_bind);
+            return Outcome::Granted { token, ttl_ms };
         };
         let l = &self.locks[lock as usize];
         if l.owner() == req.owner {
@@ -354,12 +352,13 @@ impl LockTable {
 
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
         self.advance(now_ms);
-        let lock = match self.find_held(name, owner, token) {
+        let hash = self.hasher.hash_one(name);
+        let lock = match self.find_held(hash, name, owner, token) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
         self.stats.releases += 1;
-        self.free_lock(lock, now_ms, now_ms);
+        self.free_lock(lock, now_ms, now_ms, Some(hash));
         Outcome::Released
     }
 
@@ -378,7 +377,8 @@ impl LockTable {
             });
         }
         self.advance(now_ms);
-        let lock = match self.find_held(name, owner, token) {
+        let hash = self.hasher.hash_one(name);
+        let lock = match self.find_held(hash, name, owner, token) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -397,7 +397,7 @@ impl LockTable {
                 Timer::Expiry { lock } => {
                     debug_assert_eq!(self.locks[lock as usize].expires_at_ms, at_ms);
                     self.stats.expiries += 1;
-                    self.free_lock(lock, at_ms, now_ms);
+                    self.free_lock(lock, at_ms, now_ms, None);
                 }
                 Timer::WaitDeadline { waiter } => self.time_out_waiter(waiter, at_ms),
             }
@@ -467,15 +467,18 @@ impl LockTable {
     }
 
     fn find(&self, name: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one(name);
+        self.find_hashed(self.hasher.hash_one(name), name)
+    }
+
+    fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<u32> {
         self.index
             .find(hash, |&i| self.locks[i as usize].name() == name)
             .copied()
     }
 
     /// The lock held by `owner` under `token`, or the NOT_HELD reason.
-    fn find_held(&self, name: &[u8], owner: &[u8], token: u64) -> Result<u32, Outcome> {
-        let Some(lock) = self.find(name) else {
+    fn find_held(&self, hash: u64, name: &[u8], owner: &[u8], token: u64) -> Result<u32, Outcome> {
+        let Some(lock) = self.find_hashed(hash, name) else {
             return Err(Outcome::NotHeld(NotHeldReason::Free));
         };
         let l = &self.locks[lock as usize];
@@ -488,22 +491,29 @@ impl LockTable {
         Ok(lock)
     }
 
-    fn insert_lock(&mut self, name: &[u8], owner: &[u8]) -> u32 {
+    /// Creates a held lock with its expiry timer and indexes it.
+    fn insert_lock(
+        &mut self,
+        hash: u64,
+        req: &Acquire<'_>,
+        token: u64,
+        ttl_ms: u32,
+        now_ms: u64,
+    ) -> u32 {
         let mut key = self.spare_keys.pop().unwrap_or_default();
         key.clear();
-        key.extend_from_slice(name);
-        key.extend_from_slice(owner);
-        // Expiry is set by `grant`; until then the lock has a timer that
-        // never fires, so `expiry` is always a live handle.
+        key.extend_from_slice(req.name);
+        key.extend_from_slice(req.owner);
+        let expires_at_ms = now_ms + ttl_ms as u64;
         let entry = self.locks.vacant_entry();
         let lock = entry.key() as u32;
-        let expiry = self.wheel.insert(u64::MAX >> 1, Timer::Expiry { lock });
+        let expiry = self.wheel.insert(expires_at_ms, Timer::Expiry { lock });
         entry.insert(Lock {
             key,
-            name_len: name.len() as u8,
-            token: 0,
-            ttl_ms: 0,
-            expires_at_ms: u64::MAX >> 1,
+            name_len: req.name.len() as u8,
+            token,
+            ttl_ms,
+            expires_at_ms,
             expiry,
             session: NIL,
             session_prev: NIL,
@@ -512,21 +522,26 @@ impl LockTable {
             waiters_tail: NIL,
             waiter_count: 0,
         });
-        let hash = self.hasher.hash_one(name);
         let (locks, hasher) = (&self.locks, &self.hasher);
         self.index
             .insert_unique(hash, lock, |&i| hasher.hash_one(locks[i as usize].name()));
         lock
     }
 
-    /// Gives `lock` (already carrying its new owner) a fresh token and TTL.
-    fn grant(&mut self, lock: u32, session: u32, ttl_ms: u32, now_ms: u64) {
+    /// The next fencing token; every grant takes one.
+    fn take_token(&mut self) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
+        self.stats.grants += 1;
+        token
+    }
+
+    /// Gives `lock` (already carrying its new owner) a fresh token and TTL.
+    fn grant(&mut self, lock: u32, session: u32, ttl_ms: u32, now_ms: u64) {
+        let token = self.take_token();
         self.locks[lock as usize].token = token;
         self.set_expiry(lock, ttl_ms, now_ms);
         self.bind_session(lock, session);
-        self.stats.grants += 1;
     }
 
     fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
@@ -583,14 +598,15 @@ impl LockTable {
     /// The holder is gone (release, expiry or session close at `at_ms`):
     /// grant the first waiter whose deadline is after `at_ms`, time out the
     /// ones whose deadline passed, or delete the lock if nobody waits.
-    fn free_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64) {
+    /// `hash` is the name's hash when the caller has it.
+    fn free_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
         self.unbind_session(lock);
         let expiry = self.locks[lock as usize].expiry;
         self.wheel.cancel(expiry);
         loop {
             let waiter = self.locks[lock as usize].waiters_head;
             if waiter == NIL {
-                self.delete_lock(lock);
+                self.delete_lock(lock, hash);
                 return;
             }
             if at_ms < self.waiters[waiter as usize].deadline_ms {
@@ -643,11 +659,11 @@ impl LockTable {
         });
     }
 
-    fn delete_lock(&mut self, lock: u32) {
+    fn delete_lock(&mut self, lock: u32, hash: Option<u64>) {
         let l = self.locks.remove(lock as usize);
         debug_assert_eq!(l.waiter_count, 0);
         debug_assert_eq!(l.session, NIL);
-        let hash = self.hasher.hash_one(l.name());
+        let hash = hash.unwrap_or_else(|| self.hasher.hash_one(l.name()));
         match self.index.find_entry(hash, |&i| i == lock) {
             Ok(entry) => {
                 entry.remove();
