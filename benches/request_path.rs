@@ -117,21 +117,24 @@ fn bench(c: &mut Criterion) {
         },
     );
     // One ACQUIRE of a free lock alone: the releases run outside the timing.
-    c.bench_function("decode+execute+encode acquire of a free lock (100k held)", |b| {
-        b.iter_custom(|iters| {
-            let mut elapsed = std::time::Duration::ZERO;
-            for _ in 0..iters {
-                now += 1;
-                let token = table.next_token();
-                let start = std::time::Instant::now();
-                execute(&mut table, session, black_box(&acquire), now, &mut out);
-                elapsed += start.elapsed();
-                release[3..11].copy_from_slice(&token.to_be_bytes());
-                execute(&mut table, session, &release, now, &mut out);
-            }
-            elapsed
-        })
-    });
+    c.bench_function(
+        "decode+execute+encode acquire of a free lock (100k held)",
+        |b| {
+            b.iter_custom(|iters| {
+                let mut elapsed = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    now += 1;
+                    let token = table.next_token();
+                    let start = std::time::Instant::now();
+                    execute(&mut table, session, black_box(&acquire), now, &mut out);
+                    elapsed += start.elapsed();
+                    release[3..11].copy_from_slice(&token.to_be_bytes());
+                    execute(&mut table, session, &release, now, &mut out);
+                }
+                elapsed
+            })
+        },
+    );
     c.bench_function("decode+execute+encode acquire (same owner re-grant)", |b| {
         b.iter(|| execute(&mut table, session, black_box(&acquire), now, &mut out))
     });
