@@ -374,7 +374,7 @@ impl Server {
         // With a full input buffer that read cannot happen; the RDHUP hint
         // covers it.
         if conn.peer_gone || (conn.want_read && read_available(conn).is_err()) {
-            self.mark_closing(key);
+            self.mark_closing(key, now);
             return;
         }
         let conn = &mut self.conns[key];
@@ -382,14 +382,14 @@ impl Server {
             Ok(more) => more,
             Err(()) => {
                 let _ = flush(&mut self.conns[key]);
-                self.mark_closing(key);
+                self.mark_closing(key, now);
                 return;
             }
         };
         self.deliver_table_events();
         let conn = &mut self.conns[key];
         if flush(conn).is_err() {
-            self.mark_closing(key);
+            self.mark_closing(key, now);
             return;
         }
         let can_read = conn.want_read && !conn.input.is_full();
@@ -409,7 +409,7 @@ impl Server {
             let Some(conn) = self
                 .conns
                 .get_mut(key)
-                .filter(|c| c.session == event.session)
+                .filter(|c| c.session == event.session && !c.closing)
             else {
                 unreachable!("event for a closed session: {event:?}");
             };
@@ -429,21 +429,29 @@ impl Server {
         self.table.clear_events();
     }
 
-    fn mark_closing(&mut self, key: usize) {
+    /// Ends the connection's session at once (its queued ACQUIRE leaves the
+    /// queue, its SESSION holds pass to their waiters) so that nothing is
+    /// granted to it in the rest of this turn; its slab slot is freed at the
+    /// end of the turn, when no event of this turn can name it any more.
+    fn mark_closing(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
-        if !conn.closing {
-            conn.closing = true;
-            self.closing.push(key);
+        if conn.closing {
+            return;
         }
+        conn.closing = true;
+        conn.waiting = false;
+        let session = conn.session;
+        self.closing.push(key);
+        self.table.close_session(session, now);
+        self.deliver_table_events();
     }
 
     fn close(&mut self, key: usize, now: u64) {
+        self.mark_closing(key, now);
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.table.close_session(conn.session, now);
-        self.deliver_table_events();
         debug!("{}: closed (connection {key})", conn.peer);
     }
 }
