@@ -1,13 +1,16 @@
 //! distlockd: a named-lock daemon and its blocking client.
 //!
 //! The request path, one file per step:
-//! [`server`] (accept, read, write) → [`buffer`] (per-connection fixed buffers) →
-//! [`protocol`] (decode a frame in place, encode a reply) → [`table`] (the lock
-//! table: a deterministic state machine) → [`wheel`] (expiry and wait deadlines).
+//! [`server`] (accept, read, write) → [`buffer`] (per-connection fixed
+//! buffers) → [`execute`] (one frame: decode in place with [`protocol`] or
+//! [`legacy`], apply, encode the reply) → [`table`] (the lock table: a
+//! deterministic state machine) → [`wheel`] (expiry and wait deadlines).
 //! [`limits`] names every bound; [`client`] is the blocking Rust client.
 
 pub mod buffer;
 pub mod client;
+pub mod execute;
+pub mod legacy;
 pub mod limits;
 pub mod protocol;
 pub mod server;

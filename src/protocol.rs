@@ -246,7 +246,7 @@ impl std::fmt::Display for DecodeError {
             ),
             DecodeError::Legacy { kind } => write!(
                 f,
-                "frame kind 0x{kind:02x} belongs to the original Python protocol, which this server does not serve; use the native protocol"
+                "frame kind 0x{kind:02x} belongs to the original Python protocol; decode it with distlockd::legacy"
             ),
             DecodeError::FrameTooLarge { kind, size, max } => write!(
                 f,

@@ -19,7 +19,6 @@
 //! at once, like Redis: its queued ACQUIRE leaves the queue and its SESSION
 //! holds are released. Frames still unread are dropped.
 
-use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,12 +32,12 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::buffer::ConnBuffer;
+use crate::execute::{self, Context, Step, write_error};
 use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, PROTOCOL_VERSION,
-    REPLY_SIZE_MAX,
+    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
 };
-use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request};
-use crate::table::{EventKind, LockTable, Outcome, SessionId};
+use crate::protocol::{ErrorCode, Reply};
+use crate::table::{EventKind, LockTable, SessionId};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -52,7 +51,7 @@ const ACCEPTS_PER_TURN_MAX: usize = 256;
 /// Listen backlog for the kernel's accept queue.
 const LISTEN_BACKLOG: i32 = 1024;
 
-pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use crate::execute::SERVER_VERSION;
 
 /// How to run a server.
 #[derive(Clone, Debug)]
@@ -378,7 +377,13 @@ impl Server {
             return;
         }
         let conn = &mut self.conns[key];
-        let more = match process_frames(conn, &mut self.table, now, self.started) {
+        let mut ctx = Context {
+            table: &mut self.table,
+            session: conn.session,
+            now_ms: now,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        };
+        let more = match process_frames(conn, &mut ctx) {
             Ok(more) => more,
             Err(()) => {
                 let _ = flush(&mut self.conns[key]);
@@ -500,153 +505,26 @@ fn flush(conn: &mut Conn) -> Result<(), ()> {
 }
 
 /// Decodes and executes up to FRAMES_PER_TURN_MAX frames. Ok(true): frames
-/// may be left that this turn did not reach. Err: a protocol error was
+/// may be left that this turn did not reach. Err: undecodable input was
 /// answered and the connection must close.
-fn process_frames(
-    conn: &mut Conn,
-    table: &mut LockTable,
-    now: u64,
-    started: Instant,
-) -> Result<bool, ()> {
-    let frame_size_max = table.limits().frame_size_max;
+fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>) -> Result<bool, ()> {
     for _ in 0..FRAMES_PER_TURN_MAX {
         if conn.waiting || conn.output.free_space() < REPLY_SIZE_MAX {
             return Ok(false);
         }
-        let (request, used) = match protocol::decode_request(conn.input.unread(), frame_size_max) {
-            Ok(Some(decoded)) => decoded,
-            Ok(None) => return Ok(false),
+        match execute::step(conn.input.unread(), ctx, &mut conn.output) {
+            Ok(Step::NeedMore) => return Ok(false),
+            Ok(Step::Executed { used, queued }) => {
+                conn.input.consume(used);
+                conn.waiting = queued;
+            }
             Err(e) => {
                 debug!("{}: protocol error: {e}", conn.peer);
-                write_decode_error(&mut conn.output, &e);
                 return Err(());
             }
-        };
-        let queued = execute(request, conn.session, table, now, started, &mut conn.output);
-        conn.input.consume(used);
-        conn.waiting = queued;
+        }
     }
     Ok(true)
-}
-
-/// Applies one request and encodes its reply. Returns whether the request
-/// was queued (its reply comes later as a table event).
-fn execute(
-    request: Request<'_>,
-    session: SessionId,
-    table: &mut LockTable,
-    now: u64,
-    started: Instant,
-    out: &mut ConnBuffer,
-) -> bool {
-    let outcome = match request {
-        Request::Hello { version, .. } => {
-            hello(version, table.limits(), out);
-            return false;
-        }
-        Request::Ping => {
-            let uptime_ms = started.elapsed().as_millis() as u64;
-            let reply = Reply::Pong {
-                uptime_ms,
-                server_version: SERVER_VERSION.as_bytes(),
-            };
-            out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
-            return false;
-        }
-        Request::Acquire(acquire) => table.acquire(session, &acquire, now),
-        Request::Release { name, owner, token } => match table.check_name_owner(name, owner) {
-            Err(e) => Outcome::Rejected(e),
-            Ok(()) => table.release(name, owner, token, now),
-        },
-        Request::Extend {
-            name,
-            owner,
-            token,
-            ttl_ms,
-        } => match table.check_name_owner(name, owner) {
-            Err(e) => Outcome::Rejected(e),
-            Ok(()) => table.extend(name, owner, token, ttl_ms, now),
-        },
-    };
-    let reply = match outcome {
-        Outcome::Queued => return true,
-        Outcome::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
-        Outcome::Busy {
-            remaining_ms,
-            waiters,
-        } => Reply::Busy {
-            remaining_ms,
-            waiters,
-        },
-        Outcome::Released => Reply::Released,
-        Outcome::Extended { ttl_ms } => Reply::Extended { ttl_ms },
-        Outcome::NotHeld(reason) => Reply::NotHeld { reason },
-        Outcome::Rejected(e) => {
-            write_error(out, ErrorCode::BadArgument, format_args!("{e}"));
-            return false;
-        }
-    };
-    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
-    false
-}
-
-fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
-    if version == 0 {
-        write_error(
-            out,
-            ErrorCode::UnsupportedVersion,
-            format_args!(
-                "protocol version 0 is not supported; this server speaks 1 to {PROTOCOL_VERSION}"
-            ),
-        );
-        return;
-    }
-    let reply = Reply::Hello(HelloReply {
-        version: version.min(PROTOCOL_VERSION),
-        frame_size_max: limits.frame_size_max as u16,
-        name_len_max: limits.name_len_max as u8,
-        owner_len_max: limits.owner_len_max as u8,
-        lock_ttl_ms_default: limits.lock_ttl_ms_default,
-        lock_ttl_ms_max: limits.lock_ttl_ms_max,
-        wait_ms_max: limits.wait_ms_max,
-        server_version: SERVER_VERSION.as_bytes(),
-    });
-    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
-}
-
-fn write_decode_error(out: &mut ConnBuffer, e: &DecodeError) {
-    if out.free_space() >= REPLY_SIZE_MAX {
-        write_error(out, e.code(), format_args!("{e}"));
-    }
-}
-
-/// Encodes an ERROR reply whose message is formatted on the stack (no
-/// allocation), truncated to the protocol's 255 bytes.
-fn write_error(out: &mut ConnBuffer, code: ErrorCode, message: std::fmt::Arguments<'_>) {
-    let mut text = StackText {
-        buf: [0; 255],
-        len: 0,
-    };
-    let _ = text.write_fmt(message);
-    let reply = Reply::Error {
-        code,
-        message: &text.buf[..text.len],
-    };
-    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
-}
-
-struct StackText {
-    buf: [u8; 255],
-    len: usize,
-}
-
-impl std::fmt::Write for StackText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
 }
 
 /// Answers a connection over connections_max with an error frame, best

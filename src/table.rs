@@ -362,6 +362,22 @@ impl LockTable {
         Outcome::Released
     }
 
+    /// RELEASE for the original protocol, which has no tokens: the hold is
+    /// released if `owner` holds it, whatever its token.
+    pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
+        self.advance(now_ms);
+        let hash = self.hasher.hash_one(name);
+        let Some(lock) = self.find_hashed(hash, name) else {
+            return Outcome::NotHeld(NotHeldReason::Free);
+        };
+        if self.locks[lock as usize].owner() != owner {
+            return Outcome::NotHeld(NotHeldReason::OtherOwner);
+        }
+        self.stats.releases += 1;
+        self.free_lock(lock, now_ms, now_ms, Some(hash));
+        Outcome::Released
+    }
+
     pub fn extend(
         &mut self,
         name: &[u8],

@@ -338,10 +338,7 @@ fn bad_frames_close_only_their_connection() {
     let held = token(bystander.acquire(b"keep", b"bystander", 60_000, 0));
     let cases: [(&[u8], ErrorCode); 5] = [
         (b"GET / HTTP/1.1\r\n\r\n", ErrorCode::UnknownKind),
-        (
-            &[0x01, 0x00, 0x03, 0x00, 0x02, b'j', b'o', b'b', b'i', b'd'],
-            ErrorCode::UnknownKind,
-        ),
+        (&[0x04, 0x00, 0x03, 0x00, 0x02], ErrorCode::UnknownKind),
         (&[kind::ACQUIRE, 0xff, 0xff], ErrorCode::FrameTooLarge),
         (
             &[kind::ACQUIRE, 0x00, 0x02, 0x00, 0x00],

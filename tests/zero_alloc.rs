@@ -93,6 +93,21 @@ fn round(stream: &mut TcpStream, buf: &mut [u8; 512], flags: u8) {
     }
     send(stream, Request::Ping);
     assert!(matches!(read_reply(stream, buf), Reply::Pong { .. }));
+    legacy_round(stream);
+}
+
+/// The original protocol's acquire, release and health on the same path.
+fn legacy_round(stream: &mut TcpStream) {
+    // cmd, name_len, client_id_len, name, client_id
+    const ACQUIRE: &[u8] = b"\x01\x00\x06\x00\x02legacyid";
+    const RELEASE: &[u8] = b"\x02\x00\x06\x00\x02legacyid";
+    const HEALTH: &[u8] = b"\x03\x00\x06\x00\x02healthid";
+    for frame in [ACQUIRE, RELEASE, HEALTH] {
+        stream.write_all(frame).unwrap();
+        let mut reply = [0u8; 3];
+        stream.read_exact(&mut reply).unwrap();
+        assert_eq!(reply, [0, 0, 0], "legacy OK with an empty message");
+    }
 }
 
 /// Pipelined: all acquires of a round in one write, then all replies.
@@ -164,7 +179,7 @@ fn serving_requests_allocates_nothing_after_warm_up() {
         pipelined_round(&mut stream, &mut buf);
     }
     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-    let requests = rounds * (2 * (NAMES.len() * 3 + 1) + 2 * NAMES.len());
+    let requests = rounds * (2 * (NAMES.len() * 3 + 1 + 3) + 2 * NAMES.len());
     assert_eq!(
         allocated, 0,
         "{allocated} allocations while serving {requests} requests"

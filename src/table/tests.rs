@@ -504,3 +504,24 @@ fn identical_command_sequences_give_identical_results() {
     }
     assert_eq!(run(), run());
 }
+
+#[test]
+fn release_by_owner_ignores_the_token_but_not_the_owner() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &acq(b"job", b"a", 1000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 1000, 5000), 0),
+        Outcome::Queued
+    );
+    assert_eq!(
+        t.release_by_owner(b"job", b"b", 1),
+        Outcome::NotHeld(NotHeldReason::OtherOwner)
+    );
+    assert_eq!(t.release_by_owner(b"job", b"a", 1), Outcome::Released);
+    assert_eq!(take_events(&mut t).len(), 1, "handed to the waiter");
+    assert_eq!(
+        t.release_by_owner(b"nothing", b"a", 1),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+}

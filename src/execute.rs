@@ -1,0 +1,283 @@
+//! One frame from a connection's input: decode it in place (native or
+//! original protocol, told apart by its first byte), apply it to the lock
+//! table, encode the reply into the connection's output buffer.
+//!
+//! No allocation: requests borrow from the input buffer, replies are encoded
+//! straight into the output buffer, and error messages are formatted on the
+//! stack. The caller reserves [`REPLY_SIZE_MAX`] bytes of output first.
+
+use std::fmt::Write as _;
+
+use crate::buffer::ConnBuffer;
+use crate::legacy::{self, Command, LegacyRequest};
+use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX};
+use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request};
+use crate::table::{LockTable, Outcome, SessionId};
+
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What happened to the front of the input buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// No complete frame yet.
+    NeedMore,
+    /// A frame of `used` bytes was executed. `queued`: its reply comes later
+    /// as a table event, and the connection must decode nothing more until
+    /// then.
+    Executed { used: usize, queued: bool },
+}
+
+/// The connection-independent inputs of one step.
+pub struct Context<'a> {
+    pub table: &'a mut LockTable,
+    pub session: SessionId,
+    pub now_ms: u64,
+    pub uptime_ms: u64,
+}
+
+/// Decodes and executes the frame at the front of `input`. `Err`: the input
+/// cannot be decoded; an error reply was written (if there was room) and the
+/// connection must be closed after flushing.
+pub fn step(
+    input: &[u8],
+    ctx: &mut Context<'_>,
+    out: &mut ConnBuffer,
+) -> Result<Step, DecodeError> {
+    debug_assert!(out.free_space() >= REPLY_SIZE_MAX);
+    let frame_size_max = ctx.table.limits().frame_size_max;
+    match input.first() {
+        None => Ok(Step::NeedMore),
+        Some(&first) if legacy::is_legacy(first) => {
+            match legacy::decode_request(input, frame_size_max) {
+                Ok(None) => Ok(Step::NeedMore),
+                Ok(Some((request, used))) => {
+                    execute_legacy(request, ctx, out);
+                    Ok(Step::Executed {
+                        used,
+                        queued: false,
+                    })
+                }
+                Err(e) => {
+                    write_legacy(out, legacy::STATUS_INVALID, format_args!("{e}"));
+                    Err(e)
+                }
+            }
+        }
+        Some(_) => match protocol::decode_request(input, frame_size_max) {
+            Ok(None) => Ok(Step::NeedMore),
+            Ok(Some((request, used))) => {
+                let queued = execute(request, ctx, out);
+                Ok(Step::Executed { used, queued })
+            }
+            Err(e) => {
+                write_error(out, e.code(), format_args!("{e}"));
+                Err(e)
+            }
+        },
+    }
+}
+
+/// Applies one native request and encodes its reply. Returns whether the
+/// request was queued (its reply comes later as a table event).
+fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) -> bool {
+    let (table, now) = (&mut *ctx.table, ctx.now_ms);
+    let outcome = match request {
+        Request::Hello { version, .. } => {
+            hello(version, table.limits(), out);
+            return false;
+        }
+        Request::Ping => {
+            let reply = Reply::Pong {
+                uptime_ms: ctx.uptime_ms,
+                server_version: SERVER_VERSION.as_bytes(),
+            };
+            out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+            return false;
+        }
+        Request::Acquire(acquire) => table.acquire(ctx.session, &acquire, now),
+        Request::Release { name, owner, token } => match table.check_name_owner(name, owner) {
+            Err(e) => Outcome::Rejected(e),
+            Ok(()) => table.release(name, owner, token, now),
+        },
+        Request::Extend {
+            name,
+            owner,
+            token,
+            ttl_ms,
+        } => match table.check_name_owner(name, owner) {
+            Err(e) => Outcome::Rejected(e),
+            Ok(()) => table.extend(name, owner, token, ttl_ms, now),
+        },
+    };
+    let reply = match outcome {
+        Outcome::Queued => return true,
+        Outcome::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+        Outcome::Busy {
+            remaining_ms,
+            waiters,
+        } => Reply::Busy {
+            remaining_ms,
+            waiters,
+        },
+        Outcome::Released => Reply::Released,
+        Outcome::Extended { ttl_ms } => Reply::Extended { ttl_ms },
+        Outcome::NotHeld(reason) => Reply::NotHeld { reason },
+        Outcome::Rejected(e) => {
+            write_error(out, ErrorCode::BadArgument, format_args!("{e}"));
+            return false;
+        }
+    };
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+    false
+}
+
+/// Applies one request of the original protocol (see [`crate::legacy`]).
+fn execute_legacy(request: LegacyRequest<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) {
+    let LegacyRequest {
+        command,
+        name,
+        client_id,
+    } = request;
+    let (table, now) = (&mut *ctx.table, ctx.now_ms);
+    if command == Command::Health {
+        write_legacy(out, legacy::STATUS_OK, format_args!(""));
+        return;
+    }
+    if let Err(e) = table.check_name_owner(name, client_id) {
+        let e = LegacyArgError(e);
+        write_legacy(out, legacy::STATUS_INVALID, format_args!("{e}"));
+        return;
+    }
+    let outcome = match command {
+        Command::Acquire => {
+            let acquire = protocol::Acquire {
+                name,
+                owner: client_id,
+                ttl_ms: 0,
+                wait_ms: 0,
+                flags: 0,
+            };
+            table.acquire(ctx.session, &acquire, now)
+        }
+        Command::Release => table.release_by_owner(name, client_id, now),
+        Command::Health => unreachable!("answered above"),
+    };
+    match outcome {
+        Outcome::Granted { .. } | Outcome::Released => {
+            write_legacy(out, legacy::STATUS_OK, format_args!(""))
+        }
+        Outcome::Busy { .. } => {
+            write_legacy(out, legacy::STATUS_TIMEOUT, format_args!("Lock is busy"))
+        }
+        Outcome::NotHeld(_) => {
+            write_legacy(out, legacy::STATUS_ERROR, format_args!("Invalid release"))
+        }
+        Outcome::Rejected(e) => write_legacy(
+            out,
+            legacy::STATUS_INVALID,
+            format_args!("{}", LegacyArgError(e)),
+        ),
+        Outcome::Queued | Outcome::Extended { .. } => {
+            unreachable!("a try-acquire or release cannot answer {outcome:?}")
+        }
+    }
+}
+
+/// The original protocol calls the owner "client id".
+struct LegacyArgError(crate::table::ArgError);
+
+impl std::fmt::Display for LegacyArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::table::ArgError;
+        match self.0 {
+            ArgError::OwnerEmpty => write!(f, "client id is empty; use 1 or more bytes"),
+            ArgError::OwnerTooLong { len, max } => {
+                write!(
+                    f,
+                    "client id is {len} bytes, over owner_len_max {max}; use a shorter client id"
+                )
+            }
+            other => write!(f, "{other}"),
+        }
+    }
+}
+
+fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
+    if version == 0 {
+        write_error(
+            out,
+            ErrorCode::UnsupportedVersion,
+            format_args!(
+                "protocol version 0 is not supported; this server speaks 1 to {PROTOCOL_VERSION}"
+            ),
+        );
+        return;
+    }
+    let reply = Reply::Hello(HelloReply {
+        version: version.min(PROTOCOL_VERSION),
+        frame_size_max: limits.frame_size_max as u16,
+        name_len_max: limits.name_len_max as u8,
+        owner_len_max: limits.owner_len_max as u8,
+        lock_ttl_ms_default: limits.lock_ttl_ms_default,
+        lock_ttl_ms_max: limits.lock_ttl_ms_max,
+        wait_ms_max: limits.wait_ms_max,
+        server_version: SERVER_VERSION.as_bytes(),
+    });
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+}
+
+/// Encodes a native ERROR reply whose message is formatted on the stack,
+/// cut at the protocol's 255 bytes. Skipped if the output has no room (only
+/// possible for a decode error, after which the connection closes anyway).
+pub fn write_error(out: &mut ConnBuffer, code: ErrorCode, message: std::fmt::Arguments<'_>) {
+    if out.free_space() < REPLY_SIZE_MAX {
+        return;
+    }
+    let text = StackText::format(message);
+    let reply = Reply::Error {
+        code,
+        message: text.as_bytes(),
+    };
+    out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+}
+
+/// Encodes a reply of the original protocol.
+fn write_legacy(out: &mut ConnBuffer, status: u8, message: std::fmt::Arguments<'_>) {
+    if out.free_space() < REPLY_SIZE_MAX {
+        return;
+    }
+    let text = StackText::format(message);
+    out.write_with(REPLY_SIZE_MAX, |buf| {
+        legacy::encode_reply(status, text.as_bytes(), buf)
+    });
+}
+
+/// A message formatted into a fixed stack buffer, cut at 255 bytes.
+struct StackText {
+    buf: [u8; 255],
+    len: usize,
+}
+
+impl StackText {
+    fn format(message: std::fmt::Arguments<'_>) -> StackText {
+        let mut text = StackText {
+            buf: [0; 255],
+            len: 0,
+        };
+        let _ = text.write_fmt(message);
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
