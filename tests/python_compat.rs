@@ -1,0 +1,146 @@
+//! The real Python client of the original project (distlockd 1.0.3 from
+//! PyPI) against our server: its test script, then its own benchmark.
+//!
+//! Set-up: a venv under the target directory with `distlockd==1.0.3`
+//! installed by pip (reused across runs). The original benchmark always
+//! connects to port 9999, so the server runs there; the test fails with a
+//! clear message if that port is taken.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use distlockd::client::Client;
+
+const PORT: u16 = 9999;
+const PACKAGE: &str = "distlockd==1.0.3";
+
+/// Kills the server when the test ends, whatever happens.
+struct ServerProcess(Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn venv() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-compat-venv");
+    let python = dir.join("bin/python");
+    let marker = dir.join(".distlockd-1.0.3-installed");
+    if marker.exists() {
+        return dir;
+    }
+    let python3 = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    run(
+        Command::new(&python3).args(["-m", "venv"]).arg(&dir),
+        "create the venv (is python3-venv installed?)",
+    );
+    run(
+        Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            PACKAGE,
+        ]),
+        "pip install distlockd==1.0.3 (is PyPI reachable?)",
+    );
+    std::fs::write(&marker, PACKAGE).unwrap();
+    dir
+}
+
+fn run(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed with {}:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn start_server() -> ServerProcess {
+    assert!(
+        TcpStream::connect(("127.0.0.1", PORT)).is_err(),
+        "port {PORT} is already in use; the original benchmark only connects to {PORT}, so stop whatever listens there"
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", &PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start distlockd server");
+    let server = ServerProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen on {PORT} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+#[test]
+fn the_original_python_client_and_benchmark_work_against_our_server() {
+    let venv = venv();
+    let _server = start_server();
+    let addr = format!("127.0.0.1:{PORT}");
+    let rust = Client::new(&addr).unwrap();
+    let held = rust
+        .try_acquire("held-by-rust")
+        .unwrap()
+        .expect("free at start");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compat.py");
+    let out = run(
+        Command::new(venv.join("bin/python")).arg(&script).args([
+            "127.0.0.1",
+            &PORT.to_string(),
+            "held-by-rust",
+        ]),
+        "run tests/python/compat.py",
+    );
+    assert!(out.contains("COMPAT OK"), "{out}");
+    // The Python client's hold outlives its process (no SESSION in the
+    // original protocol) and excludes native clients until its TTL.
+    assert!(rust.try_acquire("held-by-python").unwrap().is_none());
+    rust.release_lease(&held).unwrap();
+
+    // The original's own benchmark, as its users run it.
+    let report = run(
+        Command::new(venv.join("bin/distlockd")).args([
+            "test",
+            "distlockd",
+            "--iterations",
+            "300",
+            "--num-clients",
+            "100",
+            "--num-locks",
+            "10",
+            "--throughput-seconds",
+            "2",
+        ]),
+        "run `distlockd test distlockd` from distlockd 1.0.3",
+    );
+    println!("{report}");
+    assert!(
+        report.contains("| Concurrency Success Rate (%) | 100.00 |"),
+        "{report}"
+    );
+    let throughput = report
+        .lines()
+        .find_map(|l| l.strip_prefix("| Throughput (ops/sec) | "))
+        .and_then(|rest| rest.trim_end_matches(" |").parse::<f64>().ok())
+        .expect("a throughput row");
+    assert!(throughput > 0.0, "{report}");
+}
