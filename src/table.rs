@@ -2,38 +2,44 @@
 //!
 //! State changes only through the commands below, each taking `now_ms` (a
 //! monotonic millisecond clock owned by the caller): [`LockTable::acquire`],
-//! [`LockTable::release`], [`LockTable::extend`], [`LockTable::open_session`],
+//! [`LockTable::release`], [`LockTable::release_by_owner`],
+//! [`LockTable::extend`], [`LockTable::open_session`],
 //! [`LockTable::close_session`] and [`LockTable::advance`] (expiry and wait
 //! deadlines). The same commands in the same order always give the same
 //! replies, events and tokens; nothing here reads a clock or touches a socket.
 //!
-//! Layout:
-//! - `locks`: a slab of held locks. A lock exists only while held; its key
-//!   buffer stores the name followed by the holder's owner id.
-//! - `index`: a hash table of slab indices, hashed by name with a randomly
+//! Layout (see [`store`] for the byte layout of a held lock):
+//! - `store`: held locks as 48-byte records, and queued ACQUIREs; a lock
+//!   exists only while held.
+//! - `index`: a hash table of record indexes, hashed by name with a randomly
 //!   keyed SipHash (a client cannot choose names that collide).
-//! - `waiters`: a slab of queued ACQUIREs, linked per lock in FIFO order.
+//! - `extras`: SESSION bindings and FIFO wait queues, for the locks that have
+//!   them.
 //! - `sessions`: one per connection; lists its SESSION holds and its one
 //!   queued ACQUIRE (a connection's later requests wait behind it).
-//! - `wheel`: lock expiries and wait deadlines.
+//! - `wheel`: lock expiries and wait deadlines, linked through the records.
+//!
+//! Owners are compared by a 64-bit keyed digest (SipHash-1-3 under a random
+//! key drawn when the table is made) instead of being stored: it keeps every
+//! record the same small size. Equal owners always match. Two different
+//! owners would match only if their digests collided: a chance of 2^-64 per
+//! comparison, which a client cannot raise, since it never learns the key.
 //!
 //! Replies that come later (a queued ACQUIRE granted or timed out) are pushed
 //! to `events`, which the caller drains after each command.
 
+mod store;
+
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 use slab::Slab;
 
-use crate::limits::{Limits, OWNER_LEN_CEILING};
+use crate::limits::Limits;
 use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
-use crate::wheel::{TimerHandle, TimerWheel};
-
-const NIL: u32 = u32::MAX;
-
-/// Released key buffers kept for reuse, so steady acquire/release traffic
-/// allocates nothing; bounded so memory returns after a burst of locks.
-const SPARE_KEYS_MAX: usize = 1024;
+use crate::wheel::WheelCore;
+use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
 /// Identifies one session (connection) to the table. Carries a generation so
 /// that an id kept after its session closed can never reach a reused slot.
@@ -128,52 +134,6 @@ pub enum EventKind {
     TimedOut { waited_ms: u32 },
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Timer {
-    Expiry { lock: u32 },
-    WaitDeadline { waiter: u32 },
-}
-
-struct Lock {
-    /// Name bytes followed by the holder's owner bytes.
-    key: Vec<u8>,
-    name_len: u8,
-    token: u64,
-    ttl_ms: u32,
-    expires_at_ms: u64,
-    expiry: TimerHandle,
-    /// Session whose close releases this hold, or NIL.
-    session: u32,
-    session_prev: u32,
-    session_next: u32,
-    waiters_head: u32,
-    waiters_tail: u32,
-    waiter_count: u32,
-}
-
-impl Lock {
-    fn name(&self) -> &[u8] {
-        &self.key[..self.name_len as usize]
-    }
-    fn owner(&self) -> &[u8] {
-        &self.key[self.name_len as usize..]
-    }
-}
-
-struct Waiter {
-    lock: u32,
-    session: u32,
-    owner: [u8; OWNER_LEN_CEILING],
-    owner_len: u8,
-    ttl_ms: u32,
-    flags: u8,
-    enqueued_at_ms: u64,
-    deadline_ms: u64,
-    timer: TimerHandle,
-    prev: u32,
-    next: u32,
-}
-
 struct Session {
     tag: u64,
     generation: u32,
@@ -192,16 +152,16 @@ pub struct Stats {
 
 pub struct LockTable {
     limits: Limits,
-    locks: Slab<Lock>,
+    store: Store,
     index: HashTable<u32>,
-    hasher: RandomState,
-    waiters: Slab<Waiter>,
+    name_hasher: RandomState,
+    owner_hasher: RandomState,
+    extras: HashMap<u32, LockExtra>,
     sessions: Slab<Session>,
     session_generation: u32,
-    wheel: TimerWheel<Timer>,
+    wheel: WheelCore,
     next_token: u64,
     events: Vec<Event>,
-    spare_keys: Vec<Vec<u8>>,
     stats: Stats,
 }
 
@@ -211,16 +171,16 @@ impl LockTable {
     pub fn new(limits: Limits, token_seed: u64, now_ms: u64) -> LockTable {
         LockTable {
             limits,
-            locks: Slab::new(),
+            store: Store::default(),
             index: HashTable::new(),
-            hasher: RandomState::new(),
-            waiters: Slab::new(),
+            name_hasher: RandomState::new(),
+            owner_hasher: RandomState::new(),
+            extras: HashMap::new(),
             sessions: Slab::new(),
             session_generation: 0,
-            wheel: TimerWheel::new(now_ms),
+            wheel: WheelCore::new(now_ms),
             next_token: token_seed,
             events: Vec::new(),
-            spare_keys: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -235,16 +195,16 @@ impl LockTable {
 
     /// Locks currently held.
     pub fn len(&self) -> usize {
-        self.locks.len()
+        self.store.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
+        self.store.len() == 0
     }
 
     /// ACQUIREs currently queued.
     pub fn waiter_count(&self) -> usize {
-        self.waiters.len()
+        self.store.waiters.len()
     }
 
     /// The token the next grant will carry.
@@ -323,18 +283,19 @@ impl LockTable {
         } else {
             NIL
         };
-        let hash = self.hasher.hash_one(req.name);
+        let owner = self.owner_hasher.hash_one(req.owner);
+        let hash = self.name_hasher.hash_one(req.name);
         let Some(lock) = self.find_hashed(hash, req.name) else {
             let token = self.take_token();
-            let lock = self.insert_lock(hash, req, token, ttl_ms, now_ms);
+            let lock = self.insert_lock(hash, req.name, owner, token, ttl_ms, now_ms);
             self.bind_session(lock, session_bind);
             return Outcome::Granted { token, ttl_ms };
         };
-        let l = &self.locks[lock as usize];
-        if l.owner() == req.owner {
+        let record = self.store.record(lock);
+        if record.owner == owner {
             // Same owner again: a retry after a lost reply. Keep the token,
             // reset the TTL, take the new request's session binding.
-            let token = l.token;
+            let token = record.token;
             self.set_expiry(lock, ttl_ms, now_ms);
             self.bind_session(lock, session_bind);
             self.stats.grants += 1;
@@ -342,18 +303,19 @@ impl LockTable {
         }
         if req.wait_ms == 0 {
             return Outcome::Busy {
-                remaining_ms: clamp_u32(l.expires_at_ms.saturating_sub(now_ms)),
-                waiters: l.waiter_count,
+                remaining_ms: clamp_u32(record.deadline_ms().saturating_sub(now_ms)),
+                waiters: self.extra(lock).waiter_count,
             };
         }
-        self.enqueue(lock, session, req, ttl_ms, now_ms);
+        let waiter = Waiter::new(lock, session, owner, ttl_ms, req.flags, now_ms);
+        self.enqueue(waiter, now_ms + req.wait_ms as u64);
         Outcome::Queued
     }
 
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
         self.advance(now_ms);
-        let hash = self.hasher.hash_one(name);
-        let lock = match self.find_held(hash, name, owner, token) {
+        let hash = self.name_hasher.hash_one(name);
+        let lock = match self.find_held(hash, name, owner, Some(token)) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -366,13 +328,11 @@ impl LockTable {
     /// released if `owner` holds it, whatever its token.
     pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
         self.advance(now_ms);
-        let hash = self.hasher.hash_one(name);
-        let Some(lock) = self.find_hashed(hash, name) else {
-            return Outcome::NotHeld(NotHeldReason::Free);
+        let hash = self.name_hasher.hash_one(name);
+        let lock = match self.find_held(hash, name, owner, None) {
+            Ok(lock) => lock,
+            Err(outcome) => return outcome,
         };
-        if self.locks[lock as usize].owner() != owner {
-            return Outcome::NotHeld(NotHeldReason::OtherOwner);
-        }
         self.stats.releases += 1;
         self.free_lock(lock, now_ms, now_ms, Some(hash));
         Outcome::Released
@@ -387,14 +347,12 @@ impl LockTable {
         now_ms: u64,
     ) -> Outcome {
         if ttl_ms > self.limits.lock_ttl_ms_max {
-            return Outcome::Rejected(ArgError::TtlTooLarge {
-                ttl_ms,
-                max: self.limits.lock_ttl_ms_max,
-            });
+            let max = self.limits.lock_ttl_ms_max;
+            return Outcome::Rejected(ArgError::TtlTooLarge { ttl_ms, max });
         }
         self.advance(now_ms);
-        let hash = self.hasher.hash_one(name);
-        let lock = match self.find_held(hash, name, owner, token) {
+        let hash = self.name_hasher.hash_one(name);
+        let lock = match self.find_held(hash, name, owner, Some(token)) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -408,14 +366,15 @@ impl LockTable {
     /// lock that expired before the waiter's deadline even if this call
     /// comes late.
     pub fn advance(&mut self, now_ms: u64) {
-        while let Some((at_ms, timer)) = self.wheel.poll(now_ms) {
-            match timer {
-                Timer::Expiry { lock } => {
-                    debug_assert_eq!(self.locks[lock as usize].expires_at_ms, at_ms);
-                    self.stats.expiries += 1;
-                    self.free_lock(lock, at_ms, now_ms, None);
-                }
-                Timer::WaitDeadline { waiter } => self.time_out_waiter(waiter, at_ms),
+        while let Some((at_ms, key)) = self.wheel.poll(&mut self.store, now_ms) {
+            if key & WAITER_KEY_BIT != 0 {
+                // Already unlinked by poll.
+                let w = self.remove_unlinked_waiter(key & !WAITER_KEY_BIT);
+                self.report_timeout(&w, at_ms);
+            } else {
+                self.stats.expiries += 1;
+                // Already unlinked by poll: free_lock must not unlink again.
+                self.free_unlinked_lock(key, at_ms, now_ms, None);
             }
         }
     }
@@ -423,16 +382,17 @@ impl LockTable {
     /// Validates an ACQUIRE's fields against the limits.
     fn check_acquire(&self, req: &Acquire<'_>) -> Result<(), ArgError> {
         self.check_name_owner(req.name, req.owner)?;
-        if req.ttl_ms > self.limits.lock_ttl_ms_max {
+        let limits = &self.limits;
+        if req.ttl_ms > limits.lock_ttl_ms_max {
             return Err(ArgError::TtlTooLarge {
                 ttl_ms: req.ttl_ms,
-                max: self.limits.lock_ttl_ms_max,
+                max: limits.lock_ttl_ms_max,
             });
         }
-        if req.wait_ms > self.limits.wait_ms_max {
+        if req.wait_ms > limits.wait_ms_max {
             return Err(ArgError::WaitTooLarge {
                 wait_ms: req.wait_ms,
-                max: self.limits.wait_ms_max,
+                max: limits.wait_ms_max,
             });
         }
         if req.flags & !FLAGS_KNOWN != 0 {
@@ -444,22 +404,23 @@ impl LockTable {
     /// Validates a name and an owner against the limits (RELEASE and EXTEND
     /// with bad fields cannot match a hold, but still deserve a clear error).
     pub fn check_name_owner(&self, name: &[u8], owner: &[u8]) -> Result<(), ArgError> {
+        let limits = &self.limits;
         if name.is_empty() {
             return Err(ArgError::NameEmpty);
         }
-        if name.len() > self.limits.name_len_max {
+        if name.len() > limits.name_len_max {
             return Err(ArgError::NameTooLong {
                 len: name.len(),
-                max: self.limits.name_len_max,
+                max: limits.name_len_max,
             });
         }
         if owner.is_empty() {
             return Err(ArgError::OwnerEmpty);
         }
-        if owner.len() > self.limits.owner_len_max {
+        if owner.len() > limits.owner_len_max {
             return Err(ArgError::OwnerTooLong {
                 len: owner.len(),
-                max: self.limits.owner_len_max,
+                max: limits.owner_len_max,
             });
         }
         Ok(())
@@ -482,65 +443,50 @@ impl LockTable {
         id.key
     }
 
-    fn find(&self, name: &[u8]) -> Option<u32> {
-        self.find_hashed(self.hasher.hash_one(name), name)
-    }
-
     fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<u32> {
         self.index
-            .find(hash, |&i| self.locks[i as usize].name() == name)
+            .find(hash, |&i| self.store.name(i) == name)
             .copied()
     }
 
-    /// The lock held by `owner` under `token`, or the NOT_HELD reason.
-    fn find_held(&self, hash: u64, name: &[u8], owner: &[u8], token: u64) -> Result<u32, Outcome> {
+    /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
+    /// reason.
+    fn find_held(
+        &self,
+        hash: u64,
+        name: &[u8],
+        owner: &[u8],
+        token: Option<u64>,
+    ) -> Result<u32, Outcome> {
         let Some(lock) = self.find_hashed(hash, name) else {
             return Err(Outcome::NotHeld(NotHeldReason::Free));
         };
-        let l = &self.locks[lock as usize];
-        if l.owner() != owner {
+        let record = self.store.record(lock);
+        if record.owner != self.owner_hasher.hash_one(owner) {
             return Err(Outcome::NotHeld(NotHeldReason::OtherOwner));
         }
-        if l.token != token {
+        if token.is_some_and(|token| token != record.token) {
             return Err(Outcome::NotHeld(NotHeldReason::TokenMismatch));
         }
         Ok(lock)
     }
 
-    /// Creates a held lock with its expiry timer and indexes it.
+    /// Creates a held lock, links its expiry and indexes it.
     fn insert_lock(
         &mut self,
         hash: u64,
-        req: &Acquire<'_>,
+        name: &[u8],
+        owner: u64,
         token: u64,
         ttl_ms: u32,
         now_ms: u64,
     ) -> u32 {
-        let mut key = self.spare_keys.pop().unwrap_or_default();
-        key.clear();
-        key.extend_from_slice(req.name);
-        key.extend_from_slice(req.owner);
-        let expires_at_ms = now_ms + ttl_ms as u64;
-        let entry = self.locks.vacant_entry();
-        let lock = entry.key() as u32;
-        let expiry = self.wheel.insert(expires_at_ms, Timer::Expiry { lock });
-        entry.insert(Lock {
-            key,
-            name_len: req.name.len() as u8,
-            token,
-            ttl_ms,
-            expires_at_ms,
-            expiry,
-            session: NIL,
-            session_prev: NIL,
-            session_next: NIL,
-            waiters_head: NIL,
-            waiters_tail: NIL,
-            waiter_count: 0,
-        });
-        let (locks, hasher) = (&self.locks, &self.hasher);
+        let lock = self.store.insert(name, owner, token);
+        self.wheel
+            .link(&mut self.store, lock, now_ms + ttl_ms as u64);
+        let (store, hasher) = (&self.store, &self.name_hasher);
         self.index
-            .insert_unique(hash, lock, |&i| hasher.hash_one(locks[i as usize].name()));
+            .insert_unique(hash, lock, |&i| hasher.hash_one(store.name(i)));
         lock
     }
 
@@ -552,28 +498,41 @@ impl LockTable {
         token
     }
 
-    /// Gives `lock` (already carrying its new owner) a fresh token and TTL.
-    fn grant(&mut self, lock: u32, session: u32, ttl_ms: u32, now_ms: u64) {
-        let token = self.take_token();
-        self.locks[lock as usize].token = token;
-        self.set_expiry(lock, ttl_ms, now_ms);
-        self.bind_session(lock, session);
+    fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
+        self.wheel.unlink(&mut self.store, lock);
+        self.wheel
+            .link(&mut self.store, lock, now_ms + ttl_ms as u64);
     }
 
-    fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
-        let expires_at_ms = now_ms + ttl_ms as u64;
-        let old = self.locks[lock as usize].expiry;
-        self.wheel.cancel(old);
-        let handle = self.wheel.insert(expires_at_ms, Timer::Expiry { lock });
-        let l = &mut self.locks[lock as usize];
-        l.expiry = handle;
-        l.ttl_ms = ttl_ms;
-        l.expires_at_ms = expires_at_ms;
+    /// The lock's side data, or the empty one.
+    fn extra(&self, lock: u32) -> LockExtra {
+        if self.store.record(lock).has_extra() {
+            self.extras[&lock]
+        } else {
+            LockExtra::NONE
+        }
+    }
+
+    /// Stores the lock's side data, dropping the entry when it is empty.
+    fn set_extra(&mut self, lock: u32, extra: LockExtra) {
+        let has = !extra.is_none();
+        self.store.record_mut(lock).set_has_extra(has);
+        if has {
+            self.extras.insert(lock, extra);
+        } else {
+            self.extras.remove(&lock);
+        }
+    }
+
+    fn update_extra(&mut self, lock: u32, f: impl FnOnce(&mut LockExtra)) {
+        let mut extra = self.extra(lock);
+        f(&mut extra);
+        self.set_extra(lock, extra);
     }
 
     /// Moves the lock onto `session`'s list of SESSION holds (NIL: none).
     fn bind_session(&mut self, lock: u32, session: u32) {
-        if self.locks[lock as usize].session == session {
+        if self.extra(lock).session == session {
             return;
         }
         self.unbind_session(lock);
@@ -582,70 +541,79 @@ impl LockTable {
         }
         let head = self.sessions[session as usize].locks_head;
         if head != NIL {
-            self.locks[head as usize].session_prev = lock;
+            self.update_extra(head, |e| e.session_prev = lock);
         }
-        let l = &mut self.locks[lock as usize];
-        l.session = session;
-        l.session_prev = NIL;
-        l.session_next = head;
+        self.update_extra(lock, |e| {
+            e.session = session;
+            e.session_prev = NIL;
+            e.session_next = head;
+        });
         self.sessions[session as usize].locks_head = lock;
     }
 
     fn unbind_session(&mut self, lock: u32) {
-        let l = &self.locks[lock as usize];
-        let (session, prev, next) = (l.session, l.session_prev, l.session_next);
-        if session == NIL {
+        let extra = self.extra(lock);
+        if extra.session == NIL {
             return;
         }
+        let (prev, next) = (extra.session_prev, extra.session_next);
         if prev == NIL {
-            self.sessions[session as usize].locks_head = next;
+            self.sessions[extra.session as usize].locks_head = next;
         } else {
-            self.locks[prev as usize].session_next = next;
+            self.update_extra(prev, |e| e.session_next = next);
         }
         if next != NIL {
-            self.locks[next as usize].session_prev = prev;
+            self.update_extra(next, |e| e.session_prev = prev);
         }
-        let l = &mut self.locks[lock as usize];
-        l.session = NIL;
-        l.session_prev = NIL;
-        l.session_next = NIL;
+        self.update_extra(lock, |e| {
+            e.session = NIL;
+            e.session_prev = NIL;
+            e.session_next = NIL;
+        });
     }
 
-    /// The holder is gone (release, expiry or session close at `at_ms`):
-    /// grant the first waiter whose deadline is after `at_ms`, time out the
-    /// ones whose deadline passed, or delete the lock if nobody waits.
-    /// `hash` is the name's hash when the caller has it.
+    /// The holder is gone (release or session close at `at_ms`): unlinks its
+    /// expiry, then hands the lock on (see `free_unlinked_lock`). `hash` is
+    /// the name's hash when the caller has it.
     fn free_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
+        self.wheel.unlink(&mut self.store, lock);
+        self.free_unlinked_lock(lock, at_ms, now_ms, hash);
+    }
+
+    /// Grants the first waiter whose deadline is after `at_ms`, times out the
+    /// ones whose deadline passed, or deletes the lock if nobody waits. The
+    /// lock's expiry is not linked.
+    fn free_unlinked_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
         self.unbind_session(lock);
-        let expiry = self.locks[lock as usize].expiry;
-        self.wheel.cancel(expiry);
         loop {
-            let waiter = self.locks[lock as usize].waiters_head;
+            let waiter = self.extra(lock).waiters_head;
             if waiter == NIL {
                 self.delete_lock(lock, hash);
                 return;
             }
-            if at_ms < self.waiters[waiter as usize].deadline_ms {
+            let deadline_ms = self.store.waiters[waiter as usize].deadline_ms();
+            if at_ms < deadline_ms {
                 self.grant_waiter(lock, waiter, now_ms);
                 return;
             }
-            let deadline = self.waiters[waiter as usize].deadline_ms;
-            self.time_out_waiter(waiter, deadline);
+            self.time_out_waiter(waiter, deadline_ms);
         }
     }
 
     fn grant_waiter(&mut self, lock: u32, waiter: u32, now_ms: u64) {
         let w = self.remove_waiter(waiter);
-        let l = &mut self.locks[lock as usize];
-        l.key.truncate(l.name_len as usize);
-        l.key.extend_from_slice(&w.owner[..w.owner_len as usize]);
+        let token = self.take_token();
+        let record = self.store.record_mut(lock);
+        record.owner = w.owner;
+        record.token = token;
+        self.wheel
+            .link(&mut self.store, lock, now_ms + w.ttl_ms as u64);
         let session = if w.flags & FLAG_SESSION != 0 {
             w.session
         } else {
             NIL
         };
-        self.grant(lock, session, w.ttl_ms, now_ms);
-        let token = self.locks[lock as usize].token;
+        self.bind_session(lock, session);
         self.push_event(
             w.session,
             EventKind::Granted {
@@ -657,6 +625,10 @@ impl LockTable {
 
     fn time_out_waiter(&mut self, waiter: u32, at_ms: u64) {
         let w = self.remove_waiter(waiter);
+        self.report_timeout(&w, at_ms);
+    }
+
+    fn report_timeout(&mut self, w: &Waiter, at_ms: u64) {
         self.stats.wait_timeouts += 1;
         let waited_ms = clamp_u32(at_ms.saturating_sub(w.enqueued_at_ms));
         self.push_event(w.session, EventKind::TimedOut { waited_ms });
@@ -676,123 +648,124 @@ impl LockTable {
     }
 
     fn delete_lock(&mut self, lock: u32, hash: Option<u64>) {
-        let l = self.locks.remove(lock as usize);
-        debug_assert_eq!(l.waiter_count, 0);
-        debug_assert_eq!(l.session, NIL);
-        let hash = hash.unwrap_or_else(|| self.hasher.hash_one(l.name()));
+        debug_assert!(self.extra(lock).is_none());
+        let hash = hash.unwrap_or_else(|| self.name_hasher.hash_one(self.store.name(lock)));
         match self.index.find_entry(hash, |&i| i == lock) {
             Ok(entry) => {
                 entry.remove();
             }
             Err(_) => unreachable!("lock {lock} missing from the index"),
         }
-        if self.spare_keys.len() < SPARE_KEYS_MAX {
-            self.spare_keys.push(l.key);
-        }
+        self.store.remove(lock);
     }
 
-    fn enqueue(&mut self, lock: u32, session: u32, req: &Acquire<'_>, ttl_ms: u32, now_ms: u64) {
-        let deadline_ms = now_ms + req.wait_ms as u64;
-        let mut owner = [0u8; OWNER_LEN_CEILING];
-        owner[..req.owner.len()].copy_from_slice(req.owner);
-        let tail = self.locks[lock as usize].waiters_tail;
-        let entry = self.waiters.vacant_entry();
-        let waiter = entry.key() as u32;
-        let timer = self
-            .wheel
-            .insert(deadline_ms, Timer::WaitDeadline { waiter });
-        entry.insert(Waiter {
-            lock,
-            session,
-            owner,
-            owner_len: req.owner.len() as u8,
-            ttl_ms,
-            flags: req.flags,
-            enqueued_at_ms: now_ms,
-            deadline_ms,
-            timer,
-            prev: tail,
-            next: NIL,
+    /// Appends a waiter to its lock's queue and links its deadline.
+    fn enqueue(&mut self, mut waiter: Waiter, deadline_ms: u64) {
+        let (lock, session) = (waiter.lock, waiter.session);
+        let tail = self.extra(lock).waiters_tail;
+        waiter.queue_prev = tail;
+        let index = self.store.waiters.insert(waiter) as u32;
+        assert!(index < WAITER_KEY_BIT, "waiter slots exhausted");
+        self.wheel
+            .link(&mut self.store, waiter_key(index), deadline_ms);
+        if tail != NIL {
+            self.store.waiters[tail as usize].queue_next = index;
+        }
+        self.update_extra(lock, |e| {
+            if tail == NIL {
+                e.waiters_head = index;
+            }
+            e.waiters_tail = index;
+            e.waiter_count += 1;
         });
-        if tail == NIL {
-            self.locks[lock as usize].waiters_head = waiter;
-        } else {
-            self.waiters[tail as usize].next = waiter;
-        }
-        let l = &mut self.locks[lock as usize];
-        l.waiters_tail = waiter;
-        l.waiter_count += 1;
-        self.sessions[session as usize].waiter = waiter;
+        self.sessions[session as usize].waiter = index;
     }
 
-    /// Unlinks a waiter from its lock's queue and its session, cancels its
-    /// deadline, and returns it.
+    /// Unlinks a waiter from its lock's queue, its session and the wheel,
+    /// and returns it.
     fn remove_waiter(&mut self, waiter: u32) -> Waiter {
-        let w = self.waiters.remove(waiter as usize);
-        self.wheel.cancel(w.timer);
-        let l = &mut self.locks[w.lock as usize];
-        if w.prev == NIL {
-            l.waiters_head = w.next;
-        } else {
-            self.waiters[w.prev as usize].next = w.next;
+        self.wheel.unlink(&mut self.store, waiter_key(waiter));
+        self.remove_unlinked_waiter(waiter)
+    }
+
+    fn remove_unlinked_waiter(&mut self, waiter: u32) -> Waiter {
+        let w = self.store.waiters.remove(waiter as usize);
+        if w.queue_prev != NIL {
+            self.store.waiters[w.queue_prev as usize].queue_next = w.queue_next;
         }
-        let l = &mut self.locks[w.lock as usize];
-        if w.next == NIL {
-            l.waiters_tail = w.prev;
-        } else {
-            self.waiters[w.next as usize].prev = w.prev;
+        if w.queue_next != NIL {
+            self.store.waiters[w.queue_next as usize].queue_prev = w.queue_prev;
         }
-        self.locks[w.lock as usize].waiter_count -= 1;
+        self.update_extra(w.lock, |e| {
+            if w.queue_prev == NIL {
+                e.waiters_head = w.queue_next;
+            }
+            if w.queue_next == NIL {
+                e.waiters_tail = w.queue_prev;
+            }
+            e.waiter_count -= 1;
+        });
         self.sessions[w.session as usize].waiter = NIL;
         w
     }
 
     /// Checks every structural invariant. For tests; O(locks + waiters).
     pub fn invariants(&self) {
-        assert_eq!(self.index.len(), self.locks.len());
+        assert_eq!(self.index.len(), self.store.len());
+        let linked = self.wheel.invariants(&self.store);
+        assert_eq!(
+            linked,
+            self.store.len() + self.store.waiters.len(),
+            "one timer each"
+        );
         let mut waiters_seen = 0;
-        for (i, l) in &self.locks {
+        let mut extras_seen = 0;
+        for lock in self.store.live_locks() {
+            let record = self.store.record(lock);
             assert_eq!(
-                self.find(l.name()),
-                Some(i as u32),
-                "index finds every lock"
+                self.find_hashed(
+                    self.name_hasher.hash_one(self.store.name(lock)),
+                    self.store.name(lock)
+                ),
+                Some(lock)
             );
-            assert!(!l.owner().is_empty());
-            assert!(l.token < self.next_token);
-            assert_eq!(self.wheel.deadline(l.expiry), Some(l.expires_at_ms));
-            let mut count = 0;
-            let mut prev = NIL;
-            let mut w = l.waiters_head;
-            while w != NIL {
-                let waiter = &self.waiters[w as usize];
-                assert_eq!(waiter.lock, i as u32);
-                assert_eq!(waiter.prev, prev);
-                assert_eq!(self.sessions[waiter.session as usize].waiter, w);
-                assert_eq!(self.wheel.deadline(waiter.timer), Some(waiter.deadline_ms));
-                prev = w;
-                w = waiter.next;
-                count += 1;
+            assert!(record.token < self.next_token);
+            let extra = self.extra(lock);
+            if record.has_extra() {
+                extras_seen += 1;
+                assert!(!extra.is_none(), "empty extra kept for lock {lock}");
             }
-            assert_eq!(l.waiters_tail, prev);
-            assert_eq!(l.waiter_count, count);
-            waiters_seen += count as usize;
-            if l.session != NIL {
-                assert!(self.sessions.contains(l.session as usize));
+            waiters_seen += self.queue_invariants(lock, &extra);
+            if extra.session != NIL {
+                assert!(self.sessions.contains(extra.session as usize));
             }
         }
-        assert_eq!(waiters_seen, self.waiters.len());
-        assert_eq!(self.wheel.len(), self.locks.len() + self.waiters.len());
+        assert_eq!(extras_seen, self.extras.len());
+        assert_eq!(waiters_seen, self.store.waiters.len());
         for (s, session) in &self.sessions {
-            let mut lock = session.locks_head;
-            let mut prev = NIL;
+            let (mut lock, mut prev) = (session.locks_head, NIL);
             while lock != NIL {
-                let l = &self.locks[lock as usize];
-                assert_eq!(l.session, s as u32);
-                assert_eq!(l.session_prev, prev);
-                prev = lock;
-                lock = l.session_next;
+                let extra = self.extra(lock);
+                assert_eq!(extra.session, s as u32);
+                assert_eq!(extra.session_prev, prev);
+                (prev, lock) = (lock, extra.session_next);
             }
         }
+    }
+
+    /// Checks one lock's wait queue; returns its length.
+    fn queue_invariants(&self, lock: u32, extra: &LockExtra) -> usize {
+        let (mut count, mut prev, mut w) = (0, NIL, extra.waiters_head);
+        while w != NIL {
+            let waiter = &self.store.waiters[w as usize];
+            assert_eq!(waiter.lock, lock);
+            assert_eq!(waiter.queue_prev, prev);
+            assert_eq!(self.sessions[waiter.session as usize].waiter, w);
+            (prev, w, count) = (w, waiter.queue_next, count + 1);
+        }
+        assert_eq!(extra.waiters_tail, prev);
+        assert_eq!(extra.waiter_count as usize, count);
+        count
     }
 }
 

@@ -6,31 +6,51 @@
 //! The lock table arms and disarms a timer on nearly every request (a lock's
 //! TTL, a waiter's deadline), and most timers are cancelled before they fire.
 //! A wheel makes insert and cancel O(1), and gives the event loop its poll
-//! timeout through [`TimerWheel::next_deadline`] without scanning timers.
+//! timeout through [`WheelCore::next_deadline`] without scanning timers.
 //!
-//! # Layout
+//! # Layout: core and store
 //!
 //! ```text
-//! level 5: 64 slots of 2^30 ms   occupied: u64 (bit s set <=> slot s list non-empty)
-//! level 4: 64 slots of 2^24 ms   occupied: u64
-//!   ...
-//! level 0: 64 slots of 1 ms      occupied: u64
+//! WheelCore (no entries, fixed size, never allocates):
+//!   level 5: 64 slots of 2^30 ms   occupied: u64 (bit s set <=> slot s list non-empty)
+//!   level 4: 64 slots of 2^24 ms   occupied: u64
+//!     ...
+//!   level 0: 64 slots of 1 ms      occupied: u64
+//!   per slot: heads[s], tails[s] (keys), earliest_ms[s]
 //!
-//! slot list (doubly linked by slab key, NIL = u32::MAX ends it):
-//!   heads[s] -> entry a <-> entry b <-> entry c <- tails[s]
+//! TimerStore (owned by the caller), one TimerLinks per linked key:
+//!   deadline_ms, prev, next (keys; NIL_KEY = u32::MAX ends a list), level, slot
+//!
+//! one slot list:
+//!   core: heads[s] = a                                  tails[s] = c
+//!   store:   links(a) <-> links(b) <-> links(c)
 //! ```
 //!
-//! Entries live in one [`Slab`]; a slot is just a head and tail key, and each
-//! entry holds its `prev`/`next` keys and the (level, slot) it is linked in.
-//! That makes cancel O(1) in safe code, and once the slab has reached its
-//! high-water mark nothing allocates: the slab reuses vacant entries and the
-//! levels are fixed-size arrays.
+//! The wheel is split so that timers can be linked *intrusively*: the
+//! [`WheelCore`] holds only the levels, and every method that touches a timer
+//! takes the [`TimerStore`] that holds its [`TimerLinks`]. A key is whatever
+//! the store says it is, and keys are stored nowhere but in slot heads, tails
+//! and links. The lock table keeps a held lock's links inside its own 48-byte
+//! record, keyed by the record's index, instead of paying for a separate
+//! ~40-byte wheel entry plus a handle to it in the record. [`TimerWheel`] is
+//! the same core over a [`Slab`] store whose entries carry the links, a
+//! generation and a value: the general-purpose wheel, and the reference the
+//! core is tested through. The core is generic over the store (no `dyn`), so
+//! both run one algorithm with the store accesses inlined.
+//!
+//! Links make cancel O(1) in safe code, and once the store has reached its
+//! high-water mark nothing allocates: the levels are fixed-size arrays.
+//!
+//! A key that is not linked holds [`TimerLinks::UNLINKED`]: stores start
+//! their keys with it and `unlink` and `poll` put it back. That is what lets
+//! [`WheelCore::is_linked`] answer, and `link`/`unlink` catch misuse in debug
+//! builds.
 //!
 //! # Slot math
 //!
 //! A deadline is placed relative to `elapsed` (the time the wheel has been
 //! advanced to; every live deadline is `>= elapsed`). Read both as 6-bit
-//! groups; the entry goes to
+//! groups; the timer goes to
 //!
 //! ```text
 //! level = index of the highest 6-bit group where elapsed ^ deadline differs
@@ -44,9 +64,9 @@
 //! `trailing_zeros` on that level's bitmap.
 //!
 //! When elapsed reaches the first millisecond of an occupied slot above level
-//! 0, that slot is cascaded: its entries are placed again relative to the new
+//! 0, that slot is cascaded: its timers are placed again relative to the new
 //! elapsed, which moves them to lower levels. Elapsed only moves to the start
-//! of the next occupied slot or to a time before it, so no other entry's
+//! of the next occupied slot or to a time before it, so no other timer's
 //! (level, slot) changes when it moves.
 //!
 //! Deadlines outside elapsed's current top-level lap (2^36 ms, about 795 days)
@@ -56,14 +76,16 @@
 //!
 //! # Order
 //!
-//! [`TimerWheel::poll`] returns entries in nondecreasing deadline order, and
-//! entries with equal deadlines in insertion order: all entries with the same
-//! deadline always sit in one slot list (placement is a function of elapsed and
-//! the deadline), lists are appended at the tail, and a cascade moves a whole
-//! list in order into slots that are empty at that moment. The lock table is a
-//! deterministic state machine and its FIFO wait queues rely on this.
+//! [`WheelCore::poll`] (and so [`TimerWheel::poll`]) returns timers in
+//! nondecreasing deadline order, and timers with equal deadlines in link
+//! order: all timers with the same deadline always sit in one slot list
+//! (placement is a function of elapsed and the deadline), lists are appended
+//! at the tail, and a cascade moves a whole list in order into slots that are
+//! empty at that moment. The lock table is a deterministic state machine and
+//! its FIFO wait queues rely on this.
 
 use slab::Slab;
+use std::fmt;
 
 /// Slots per level: one `u64` bitmap per level marks the non-empty slots.
 pub const WHEEL_SLOT_COUNT: usize = 64;
@@ -76,6 +98,10 @@ pub const WHEEL_LEVEL_COUNT: usize = 6;
 /// those cost one extra cascade.
 pub const WHEEL_HORIZON_MS: u64 = 1 << 36;
 
+/// Ends a slot list: the `prev` of its head and `next` of its tail. Never a
+/// valid key.
+pub const NIL_KEY: u32 = u32::MAX;
+
 /// Bits of a time that index the slots of one level.
 const SLOT_BITS: u32 = WHEEL_SLOT_COUNT.trailing_zeros();
 const SLOT_MASK: u64 = WHEEL_SLOT_COUNT as u64 - 1;
@@ -83,10 +109,9 @@ const TOP_LEVEL: usize = WHEEL_LEVEL_COUNT - 1;
 const LAST_SLOT: usize = WHEEL_SLOT_COUNT - 1;
 const HORIZON_BITS: u32 = SLOT_BITS * WHEEL_LEVEL_COUNT as u32;
 
-/// Ends a slot list. Never a slab key: `insert` keeps the count below it.
-const NIL: u32 = u32::MAX;
-/// Most live timers: slab keys are stored as `u32` and `NIL` is reserved.
-const TIMERS_MAX: usize = NIL as usize;
+/// Most live timers in a [`TimerWheel`]: slab keys are `u32` and `NIL_KEY`
+/// is reserved.
+const TIMERS_MAX: usize = NIL_KEY as usize;
 /// Latest time elapsed may reach: slot starts are computed up to two top-level
 /// laps ahead of elapsed, and must not overflow. About 584 million years.
 const ELAPSED_MS_MAX: u64 = u64::MAX - 2 * WHEEL_HORIZON_MS;
@@ -101,35 +126,50 @@ const _: () = assert!(
     "horizon = 64^levels ms"
 );
 const _: () = assert!(WHEEL_LEVEL_COUNT <= u8::MAX as usize, "level stored as u8");
+const _: () = assert!(WHEEL_SLOT_COUNT <= u8::MAX as usize, "slot stored as u8");
 
-/// Names one inserted timer. A stale handle (its timer fired or was cancelled,
-/// and the slab entry maybe reused) never cancels or reads anything: the
-/// generation no longer matches. Generations wrap after 2^32 inserts.
+/// Where one timer's links live. Keys are u32; the store decides what a key
+/// names. Only the wheel writes them; a store just keeps them (in any layout
+/// it likes, as long as `links` returns what `set_links` was given).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TimerHandle {
-    key: u32,
-    generation: u32,
+pub struct TimerLinks {
+    /// Never earlier than elapsed: `link` raises past deadlines to it.
+    pub deadline_ms: u64,
+    pub prev: u32,
+    pub next: u32,
+    /// Where the timer is linked, so unlink is O(1).
+    pub level: u8,
+    pub slot: u8,
 }
 
-struct Entry<T> {
-    /// Never earlier than elapsed: `insert` raises past deadlines to it.
-    deadline_ms: u64,
-    generation: u32,
-    prev: u32,
-    next: u32,
-    /// Where the entry is linked, so cancel can unlink it in O(1).
-    level: u8,
-    slot: u8,
-    value: T,
+impl TimerLinks {
+    /// What a key that is not linked holds (see the module docs).
+    pub const UNLINKED: TimerLinks = TimerLinks {
+        deadline_ms: 0,
+        prev: NIL_KEY,
+        next: NIL_KEY,
+        level: 0,
+        slot: 0,
+    };
+}
+
+/// Storage of the timers' links, owned by the caller (e.g. inside lock
+/// records). The wheel only asks it about keys the caller gave the wheel and
+/// the neighbours they are linked to. A key given to `link` must hold
+/// [`TimerLinks::UNLINKED`] (new keys start with it; `unlink` and `poll`
+/// leave it); while it is linked, only the wheel may change its links.
+pub trait TimerStore {
+    fn links(&self, key: u32) -> TimerLinks;
+    fn set_links(&mut self, key: u32, links: TimerLinks);
 }
 
 struct Level {
-    /// Bit `s` set exactly when slot `s` has entries.
+    /// Bit `s` set exactly when slot `s` has timers.
     occupied: u64,
     heads: [u32; WHEEL_SLOT_COUNT],
     tails: [u32; WHEEL_SLOT_COUNT],
     /// Per slot, the earliest deadline linked into it since it was last empty:
-    /// exact unless that entry was cancelled, then a lower bound. Lets
+    /// exact unless that timer was unlinked, then a lower bound. Lets
     /// `next_deadline` answer better than the slot's first millisecond.
     earliest_ms: [u64; WHEEL_SLOT_COUNT],
 }
@@ -137,8 +177,8 @@ struct Level {
 impl Level {
     const EMPTY: Level = Level {
         occupied: 0,
-        heads: [NIL; WHEEL_SLOT_COUNT],
-        tails: [NIL; WHEEL_SLOT_COUNT],
+        heads: [NIL_KEY; WHEEL_SLOT_COUNT],
+        tails: [NIL_KEY; WHEEL_SLOT_COUNT],
         earliest_ms: [u64::MAX; WHEEL_SLOT_COUNT],
     };
 
@@ -148,86 +188,78 @@ impl Level {
 
     fn clear(&mut self, slot: usize) {
         self.occupied &= !(1 << slot);
-        self.heads[slot] = NIL;
-        self.tails[slot] = NIL;
+        self.heads[slot] = NIL_KEY;
+        self.tails[slot] = NIL_KEY;
         self.earliest_ms[slot] = u64::MAX;
     }
 }
 
-/// A hierarchical timer wheel of values `T` keyed by deadline in ms.
-pub struct TimerWheel<T> {
-    entries: Slab<Entry<T>>,
+/// The wheel proper: levels, bitmaps, elapsed. Holds no timers; every method
+/// that touches them takes the store holding their links.
+pub struct WheelCore {
     levels: [Level; WHEEL_LEVEL_COUNT],
     /// The time the wheel has been advanced to; see the module docs.
     elapsed_ms: u64,
-    /// Bumped on every insert; copied into the entry and its handle.
-    generation: u32,
 }
 
-impl<T> TimerWheel<T> {
+// The small non-generic methods are `#[inline]`: without it, callers in other
+// crates or codegen units (every `TimerWheel<T>` user) call them out of line,
+// which cost `next_deadline` about 20%. The generic ones are instantiated, and
+// can be inlined, where they are used.
+impl WheelCore {
     /// An empty wheel whose elapsed time starts at `now_ms`.
-    pub fn new(now_ms: u64) -> Self {
-        Self::with_capacity(now_ms, 0)
-    }
-
-    /// An empty wheel with room for `capacity` timers before it allocates.
-    pub fn with_capacity(now_ms: u64, capacity: usize) -> Self {
-        TimerWheel {
-            entries: Slab::with_capacity(capacity),
+    pub fn new(now_ms: u64) -> WheelCore {
+        WheelCore {
             levels: [Level::EMPTY; WHEEL_LEVEL_COUNT],
             elapsed_ms: now_ms.min(ELAPSED_MS_MAX),
-            generation: 0,
         }
     }
 
-    /// Schedules `value` to fire at `deadline_ms`. A deadline before
+    /// Links `key`, which must not be linked, to fire at `deadline_ms`, after
+    /// every key already linked with the same deadline. A deadline before
     /// [`elapsed_ms`](Self::elapsed_ms) is raised to it (fires at the next
-    /// poll); [`deadline`](Self::deadline) reports the raised value.
-    pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerHandle {
-        assert!(
-            self.entries.len() < TIMERS_MAX,
-            "timer wheel: {TIMERS_MAX} live timers, the most its u32 links can name"
+    /// poll). Returns the deadline stored in the key's links.
+    pub fn link<S: TimerStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        key: u32,
+        deadline_ms: u64,
+    ) -> u64 {
+        debug_assert_ne!(key, NIL_KEY, "NIL_KEY is never a key");
+        debug_assert!(
+            !self.is_linked(store, key),
+            "linking key {key}: linked already, or its links are not UNLINKED"
         );
         // Every live deadline >= elapsed is what the slot math relies on.
         let deadline_ms = deadline_ms.max(self.elapsed_ms);
-        self.generation = self.generation.wrapping_add(1);
-        let key = self.entries.insert(Entry {
-            deadline_ms,
-            generation: self.generation,
-            prev: NIL,
-            next: NIL,
-            level: 0,
-            slot: 0,
-            value,
-        });
-        let key = u32::try_from(key).expect("slab key below TIMERS_MAX");
-        self.link_placed(key);
-        TimerHandle {
-            key,
-            generation: self.generation,
-        }
+        self.link_placed(store, key, deadline_ms);
+        deadline_ms
     }
 
-    /// Removes the timer and returns its value, or `None` if the handle is
-    /// stale (fired, cancelled). O(1).
-    pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
-        self.get(handle)?;
-        self.unlink(handle.key);
-        Some(self.entries.remove(handle.key as usize).value)
+    /// Unlinks `key`, which the caller guarantees is linked, and sets its
+    /// links to [`TimerLinks::UNLINKED`]. O(1).
+    pub fn unlink<S: TimerStore + ?Sized>(&mut self, store: &mut S, key: u32) {
+        debug_assert!(
+            self.is_linked(store, key),
+            "unlinking key {key}, not linked"
+        );
+        self.remove(store, key);
     }
 
-    /// The timer's deadline (after raising a past one to elapsed), or `None`
-    /// if the handle is stale.
-    pub fn deadline(&self, handle: TimerHandle) -> Option<u64> {
-        self.get(handle).map(|entry| entry.deadline_ms)
+    /// Whether `key` is linked, given that unlinked keys hold
+    /// [`TimerLinks::UNLINKED`]. (A linked key holds exactly that only as the
+    /// sole timer of level 0, slot 0, with deadline 0.)
+    pub fn is_linked<S: TimerStore + ?Sized>(&self, store: &S, key: u32) -> bool {
+        store.links(key) != TimerLinks::UNLINKED || self.levels[0].heads[0] == key
     }
 
-    /// A poll timeout: never later than the earliest live deadline and never
+    /// A poll timeout: never later than the earliest linked deadline and never
     /// earlier than elapsed. Exact, except after the earliest timer of a slot
-    /// above level 0 was cancelled: then it may be that timer's deadline, and
+    /// above level 0 was unlinked: then it may be that timer's deadline, and
     /// polling at it cascades the slot and makes the next answer exact.
     /// Polling at the returned time always either fires a timer or makes the
     /// next answer strictly later, so an event loop never spins on it.
+    #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
         let (level, slot) = self.next_slot()?;
         let earliest_ms = self.levels[level].earliest_ms[slot];
@@ -235,12 +267,17 @@ impl<T> TimerWheel<T> {
         Some(earliest_ms)
     }
 
-    /// Pops one timer with deadline `<= now_ms` as `(deadline, value)`: the
-    /// earliest, and among equal deadlines the first inserted. Returns `None`
-    /// when none is due, after advancing elapsed to `now_ms` (it never moves
-    /// back; `now_ms` is capped at about 584 million years). Call it until
-    /// it returns `None`.
-    pub fn poll(&mut self, now_ms: u64) -> Option<(u64, T)> {
+    /// Pops one timer with deadline `<= now_ms` as `(deadline, key)`: the
+    /// earliest, and among equal deadlines the first linked. It is unlinked
+    /// (its links set to [`TimerLinks::UNLINKED`]). Returns `None` when none
+    /// is due, after advancing elapsed to `now_ms` (it never moves back;
+    /// `now_ms` is capped at about 584 million years). Call it until it
+    /// returns `None`.
+    pub fn poll<S: TimerStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        now_ms: u64,
+    ) -> Option<(u64, u32)> {
         let now_ms = now_ms.min(ELAPSED_MS_MAX);
         loop {
             let Some((level, slot)) = self.next_slot() else {
@@ -257,54 +294,55 @@ impl<T> TimerWheel<T> {
             debug_assert!(start_ms >= self.elapsed_ms);
             self.elapsed_ms = start_ms;
             if level == 0 {
-                return Some(self.pop_front(slot));
+                return Some(self.pop_front(store, slot));
             }
-            self.cascade(level, slot);
+            self.cascade(store, level, slot);
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The time the wheel has been advanced to by `poll`. Every live
+    /// The time the wheel has been advanced to by `poll`. Every linked
     /// deadline is at or after it.
+    #[inline]
     pub fn elapsed_ms(&self) -> u64 {
         self.elapsed_ms
     }
 
-    /// Asserts every structural invariant. O(live timers): for tests.
-    pub fn invariants(&self) {
+    /// No timer is linked.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.levels.iter().all(|level| level.occupied == 0)
+    }
+
+    /// Asserts every structural invariant over `store` and returns the number
+    /// of linked keys. O(linked timers): for tests.
+    pub fn invariants<S: TimerStore + ?Sized>(&self, store: &S) -> usize {
         assert!(self.elapsed_ms <= ELAPSED_MS_MAX);
         let mut linked = 0;
         for level in 0..WHEEL_LEVEL_COUNT {
             for slot in 0..WHEEL_SLOT_COUNT {
-                linked += self.slot_invariants(level, slot);
+                linked += self.slot_invariants(store, level, slot);
             }
         }
-        assert_eq!(
-            linked,
-            self.entries.len(),
-            "every timer is in one slot list"
-        );
+        linked
     }
 
-    /// Checks one slot list and returns how many entries it links.
-    fn slot_invariants(&self, level: usize, slot: usize) -> usize {
+    /// Checks one slot list and returns how many keys it links.
+    fn slot_invariants<S: TimerStore + ?Sized>(
+        &self,
+        store: &S,
+        level: usize,
+        slot: usize,
+    ) -> usize {
         let lists = &self.levels[level];
         let occupied = lists.is_occupied(slot);
         assert_eq!(
             occupied,
-            lists.heads[slot] != NIL,
+            lists.heads[slot] != NIL_KEY,
             "bit {level}/{slot} vs head"
         );
         assert_eq!(
             occupied,
-            lists.tails[slot] != NIL,
+            lists.tails[slot] != NIL_KEY,
             "bit {level}/{slot} vs tail"
         );
         if !occupied {
@@ -320,40 +358,38 @@ impl<T> TimerWheel<T> {
             lists.earliest_ms[slot] >= start_ms,
             "earliest before slot {level}/{slot}"
         );
-        let (mut count, mut prev, mut key) = (0, NIL, lists.heads[slot]);
-        while key != NIL {
-            assert!(count < self.entries.len(), "cycle in slot {level}/{slot}");
-            let entry = self.entries.get(key as usize).expect("linked key is live");
-            assert_eq!(entry.prev, prev, "prev link of key {key}");
+        // No length bound is needed to stop on a cycle: the first key visited
+        // twice is reached from a key other than its recorded `prev`.
+        let (mut count, mut prev, mut key) = (0, NIL_KEY, lists.heads[slot]);
+        while key != NIL_KEY {
+            let links = store.links(key);
+            assert_eq!(links.prev, prev, "prev link of key {key}");
             assert_eq!(
-                (usize::from(entry.level), usize::from(entry.slot)),
+                (usize::from(links.level), usize::from(links.slot)),
                 (level, slot)
             );
-            assert_eq!(slot_for(self.elapsed_ms, entry.deadline_ms), (level, slot));
-            assert!(entry.deadline_ms >= lists.earliest_ms[slot]);
+            assert_eq!(slot_for(self.elapsed_ms, links.deadline_ms), (level, slot));
+            assert!(links.deadline_ms >= lists.earliest_ms[slot]);
             assert!(
-                level > 0 || entry.deadline_ms == start_ms,
+                level > 0 || links.deadline_ms == start_ms,
                 "level 0 slot = 1 ms"
             );
-            (count, prev, key) = (count + 1, key, entry.next);
+            (count, prev, key) = (count + 1, key, links.next);
         }
         assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
         count
     }
 
-    fn get(&self, handle: TimerHandle) -> Option<&Entry<T>> {
-        let entry = self.entries.get(handle.key as usize)?;
-        (entry.generation == handle.generation).then_some(entry)
-    }
-
     /// The slot with the earliest deadlines: the first occupied slot of the
     /// lowest non-empty level (see the module docs for why).
+    #[inline]
     fn next_slot(&self) -> Option<(usize, usize)> {
         (0..WHEEL_LEVEL_COUNT)
             .find_map(|level| self.first_occupied(level).map(|slot| (level, slot)))
     }
 
     /// The occupied slot of `level` reached first from elapsed.
+    #[inline]
     fn first_occupied(&self, level: usize) -> Option<usize> {
         let occupied = self.levels[level].occupied;
         if occupied == 0 {
@@ -372,86 +408,284 @@ impl<T> TimerWheel<T> {
         Some((from + distance) % WHEEL_SLOT_COUNT)
     }
 
+    #[inline]
     fn advance_to(&mut self, now_ms: u64) {
-        // A clock that steps back must not move elapsed back: live
+        // A clock that steps back must not move elapsed back: linked
         // deadlines would fall behind it.
         self.elapsed_ms = self.elapsed_ms.max(now_ms);
     }
 
     /// Unlinks and returns the first (oldest) timer of a due level-0 slot.
-    fn pop_front(&mut self, slot: usize) -> (u64, T) {
+    fn pop_front<S: TimerStore + ?Sized>(&mut self, store: &mut S, slot: usize) -> (u64, u32) {
         let key = self.levels[0].heads[slot];
-        debug_assert_ne!(key, NIL, "popping an empty slot");
-        self.unlink(key);
-        let entry = self.entries.remove(key as usize);
-        debug_assert_eq!(entry.deadline_ms, self.elapsed_ms);
-        (entry.deadline_ms, entry.value)
+        debug_assert_ne!(key, NIL_KEY, "popping an empty slot");
+        let deadline_ms = self.remove(store, key);
+        debug_assert_eq!(deadline_ms, self.elapsed_ms);
+        (deadline_ms, key)
     }
 
-    /// Places every entry of a slot that elapsed just reached again, in list
+    /// Places every timer of a slot that elapsed just reached again, in list
     /// order. The targets are empty (every lower level is, or this slot would
-    /// not be first), so equal deadlines keep their insertion order.
-    fn cascade(&mut self, level: usize, slot: usize) {
+    /// not be first), so equal deadlines keep their link order.
+    fn cascade<S: TimerStore + ?Sized>(&mut self, store: &mut S, level: usize, slot: usize) {
         let mut key = self.levels[level].heads[slot];
         self.levels[level].clear(slot);
-        while key != NIL {
-            let next = self.entries[key as usize].next;
-            self.link_placed(key);
+        while key != NIL_KEY {
+            // Read `next` before relinking overwrites it.
+            let links = store.links(key);
+            self.link_placed(store, key, links.deadline_ms);
             debug_assert!(
-                usize::from(self.entries[key as usize].level) < level || level == TOP_LEVEL,
-                "a cascade moves entries down (only clamped ones stay on top)"
+                usize::from(store.links(key).level) < level || level == TOP_LEVEL,
+                "a cascade moves timers down (only clamped ones stay on top)"
             );
-            key = next;
+            key = links.next;
         }
     }
 
-    /// Appends the entry to the tail of the slot its deadline maps to now.
-    fn link_placed(&mut self, key: u32) {
-        let elapsed_ms = self.elapsed_ms;
-        let entry = &mut self.entries[key as usize];
-        let (level, slot) = slot_for(elapsed_ms, entry.deadline_ms);
+    /// Appends `key` to the tail of the slot `deadline_ms` maps to now.
+    fn link_placed<S: TimerStore + ?Sized>(&mut self, store: &mut S, key: u32, deadline_ms: u64) {
+        let (level, slot) = slot_for(self.elapsed_ms, deadline_ms);
         let lists = &mut self.levels[level];
         let tail = lists.tails[slot];
-        entry.prev = tail;
-        entry.next = NIL;
-        (entry.level, entry.slot) = (level as u8, slot as u8);
-        lists.earliest_ms[slot] = lists.earliest_ms[slot].min(entry.deadline_ms);
+        let links = TimerLinks {
+            deadline_ms,
+            prev: tail,
+            next: NIL_KEY,
+            // Both fit: their counts are asserted to fit u8.
+            level: level as u8,
+            slot: slot as u8,
+        };
+        store.set_links(key, links);
+        lists.earliest_ms[slot] = lists.earliest_ms[slot].min(deadline_ms);
         lists.tails[slot] = key;
-        if tail == NIL {
+        if tail == NIL_KEY {
             lists.heads[slot] = key;
             lists.occupied |= 1 << slot;
         } else {
-            self.entries[tail as usize].next = key;
+            set_next(store, tail, key);
         }
     }
 
-    /// Removes the entry from its slot list, clearing the slot if emptied.
-    fn unlink(&mut self, key: u32) {
-        let entry = &self.entries[key as usize];
-        let (prev, next) = (entry.prev, entry.next);
-        let lists = &mut self.levels[usize::from(entry.level)];
-        let slot = usize::from(entry.slot);
-        debug_assert!(lists.is_occupied(slot), "linked entry in an empty slot");
-        if prev == NIL && next == NIL {
-            debug_assert_eq!(lists.heads[slot], key);
-            lists.clear(slot);
-            return;
+    /// Takes `key` out of its slot list, clearing the slot if emptied, marks
+    /// it unlinked and returns its deadline. (It reads the links itself and
+    /// returns no struct: links passed in or out go through the stack, and
+    /// that measurably slowed cancel.)
+    fn remove<S: TimerStore + ?Sized>(&mut self, store: &mut S, key: u32) -> u64 {
+        let links = store.links(key);
+        store.set_links(key, TimerLinks::UNLINKED);
+        let lists = &mut self.levels[usize::from(links.level)];
+        let slot = usize::from(links.slot);
+        debug_assert!(lists.is_occupied(slot), "linked key {key} in an empty slot");
+        match (links.prev, links.next) {
+            (NIL_KEY, NIL_KEY) => {
+                debug_assert_eq!(lists.heads[slot], key);
+                lists.clear(slot);
+            }
+            (NIL_KEY, next) => {
+                lists.heads[slot] = next;
+                set_prev(store, next, NIL_KEY);
+            }
+            (prev, NIL_KEY) => {
+                lists.tails[slot] = prev;
+                set_next(store, prev, NIL_KEY);
+            }
+            (prev, next) => {
+                set_next(store, prev, next);
+                set_prev(store, next, prev);
+            }
         }
-        match prev {
-            NIL => lists.heads[slot] = next,
-            prev => self.entries[prev as usize].next = next,
-        }
-        match next {
-            NIL => lists.tails[slot] = prev,
-            next => self.entries[next as usize].prev = prev,
+        links.deadline_ms
+    }
+}
+
+impl fmt::Debug for WheelCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WheelCore")
+            .field("elapsed_ms", &self.elapsed_ms)
+            .field("next_deadline_ms", &self.next_deadline())
+            .finish_non_exhaustive()
+    }
+}
+
+// A neighbour's link changes through the store's two methods: inlined, the
+// read and the write merge into one store for a store that keeps the fields.
+fn set_next<S: TimerStore + ?Sized>(store: &mut S, key: u32, next: u32) {
+    let links = store.links(key);
+    store.set_links(key, TimerLinks { next, ..links });
+}
+
+fn set_prev<S: TimerStore + ?Sized>(store: &mut S, key: u32, prev: u32) {
+    let links = store.links(key);
+    store.set_links(key, TimerLinks { prev, ..links });
+}
+
+/// Names one inserted timer. A stale handle (its timer fired or was cancelled,
+/// and the slab entry maybe reused) never cancels or reads anything: the
+/// generation no longer matches. Generations wrap after 2^32 inserts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerHandle {
+    key: u32,
+    generation: u32,
+}
+
+/// One timer of a [`TimerWheel`]: its links, generation and value. The links
+/// are kept as loose fields rather than a `TimerLinks` so `generation` fills
+/// what would be that struct's padding: 32 bytes instead of 40 for a `u64`
+/// value, which the hot paths' cache misses feel.
+struct Entry<T> {
+    deadline_ms: u64,
+    prev: u32,
+    next: u32,
+    generation: u32,
+    level: u8,
+    slot: u8,
+    value: T,
+}
+
+impl<T> Entry<T> {
+    fn unlinked(generation: u32, value: T) -> Entry<T> {
+        let links = TimerLinks::UNLINKED;
+        Entry {
+            deadline_ms: links.deadline_ms,
+            prev: links.prev,
+            next: links.next,
+            generation,
+            level: links.level,
+            slot: links.slot,
+            value,
         }
     }
 }
 
-impl<T> std::fmt::Debug for TimerWheel<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// The slab is [`TimerWheel`]'s store: a key is a slab key.
+impl<T> TimerStore for Slab<Entry<T>> {
+    fn links(&self, key: u32) -> TimerLinks {
+        let entry = &self[key as usize];
+        TimerLinks {
+            deadline_ms: entry.deadline_ms,
+            prev: entry.prev,
+            next: entry.next,
+            level: entry.level,
+            slot: entry.slot,
+        }
+    }
+
+    fn set_links(&mut self, key: u32, links: TimerLinks) {
+        let entry = &mut self[key as usize];
+        entry.deadline_ms = links.deadline_ms;
+        (entry.prev, entry.next) = (links.prev, links.next);
+        (entry.level, entry.slot) = (links.level, links.slot);
+    }
+}
+
+/// A hierarchical timer wheel of values `T` keyed by deadline in ms: a
+/// [`WheelCore`] over a slab of entries, with generation-checked handles.
+pub struct TimerWheel<T> {
+    core: WheelCore,
+    entries: Slab<Entry<T>>,
+    /// Bumped on every insert; copied into the entry and its handle.
+    generation: u32,
+}
+
+impl<T> TimerWheel<T> {
+    /// An empty wheel whose elapsed time starts at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self::with_capacity(now_ms, 0)
+    }
+
+    /// An empty wheel with room for `capacity` timers before it allocates.
+    pub fn with_capacity(now_ms: u64, capacity: usize) -> Self {
+        TimerWheel {
+            core: WheelCore::new(now_ms),
+            entries: Slab::with_capacity(capacity),
+            generation: 0,
+        }
+    }
+
+    /// Schedules `value` to fire at `deadline_ms`. A deadline before
+    /// [`elapsed_ms`](Self::elapsed_ms) is raised to it (fires at the next
+    /// poll); [`deadline`](Self::deadline) reports the raised value.
+    pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerHandle {
+        assert!(
+            self.entries.len() < TIMERS_MAX,
+            "timer wheel: {TIMERS_MAX} live timers, the most its u32 links can name"
+        );
+        self.generation = self.generation.wrapping_add(1);
+        let entry = Entry::unlinked(self.generation, value);
+        let key = self.entries.insert(entry);
+        let key = u32::try_from(key).expect("slab key below TIMERS_MAX");
+        self.core.link(&mut self.entries, key, deadline_ms);
+        TimerHandle {
+            key,
+            generation: self.generation,
+        }
+    }
+
+    /// Removes the timer and returns its value, or `None` if the handle is
+    /// stale (fired, cancelled). O(1).
+    pub fn cancel(&mut self, handle: TimerHandle) -> Option<T> {
+        self.get(handle)?;
+        self.core.unlink(&mut self.entries, handle.key);
+        Some(self.entries.remove(handle.key as usize).value)
+    }
+
+    /// The timer's deadline (after raising a past one to elapsed), or `None`
+    /// if the handle is stale.
+    pub fn deadline(&self, handle: TimerHandle) -> Option<u64> {
+        self.get(handle).map(|entry| entry.deadline_ms)
+    }
+
+    /// See [`WheelCore::next_deadline`].
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.core.next_deadline()
+    }
+
+    /// Pops one timer with deadline `<= now_ms` as `(deadline, value)`: the
+    /// earliest, and among equal deadlines the first inserted. Returns `None`
+    /// when none is due, after advancing elapsed to `now_ms` (it never moves
+    /// back; `now_ms` is capped at about 584 million years). Call it until
+    /// it returns `None`.
+    pub fn poll(&mut self, now_ms: u64) -> Option<(u64, T)> {
+        let (deadline_ms, key) = self.core.poll(&mut self.entries, now_ms)?;
+        Some((deadline_ms, self.entries.remove(key as usize).value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The time the wheel has been advanced to by `poll`. Every live
+    /// deadline is at or after it.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.core.elapsed_ms()
+    }
+
+    /// Asserts every structural invariant. O(live timers): for tests.
+    pub fn invariants(&self) {
+        let linked = self.core.invariants(&self.entries);
+        // Each linked key is a live entry in one list (checked by the core),
+        // so equal counts mean no entry is left out.
+        assert_eq!(
+            linked,
+            self.entries.len(),
+            "every timer is in one slot list"
+        );
+    }
+
+    fn get(&self, handle: TimerHandle) -> Option<&Entry<T>> {
+        let entry = self.entries.get(handle.key as usize)?;
+        (entry.generation == handle.generation).then_some(entry)
+    }
+}
+
+impl<T> fmt::Debug for TimerWheel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimerWheel")
-            .field("elapsed_ms", &self.elapsed_ms)
+            .field("elapsed_ms", &self.elapsed_ms())
             .field("len", &self.len())
             .field("next_deadline_ms", &self.next_deadline())
             .finish_non_exhaustive()
@@ -459,11 +693,13 @@ impl<T> std::fmt::Debug for TimerWheel<T> {
 }
 
 /// The 6-bit group of `time_ms` that indexes slots at `level`.
+#[inline]
 fn slot_of(time_ms: u64, level: usize) -> usize {
     ((time_ms >> (SLOT_BITS as usize * level)) & SLOT_MASK) as usize
 }
 
 /// The (level, slot) a deadline belongs in, relative to elapsed.
+#[inline]
 fn slot_for(elapsed_ms: u64, deadline_ms: u64) -> (usize, usize) {
     debug_assert!(deadline_ms >= elapsed_ms, "deadline behind elapsed");
     let lap = elapsed_ms >> HORIZON_BITS;
@@ -486,6 +722,7 @@ fn slot_for(elapsed_ms: u64, deadline_ms: u64) -> (usize, usize) {
 
 /// The first millisecond of a slot's span as seen from elapsed. Only the top
 /// level has slots behind elapsed's own (holding next-lap deadlines).
+#[inline]
 fn slot_start(elapsed_ms: u64, level: usize, slot: usize) -> u64 {
     let shift = SLOT_BITS as usize * level;
     let lap_bits = shift + SLOT_BITS as usize;
@@ -859,17 +1096,185 @@ mod tests {
         }
     }
 
+    /// What the model comparison drives: `TimerWheel`, and `WheelCore` over
+    /// a slice store. The methods mirror `TimerWheel`'s, values are seqs.
+    trait ModelSubject {
+        type Handle: Copy;
+        fn start(now_ms: u64) -> Self;
+        fn insert(&mut self, deadline_ms: u64, seq: u64) -> Self::Handle;
+        fn cancel(&mut self, handle: Self::Handle) -> Option<u64>;
+        fn deadline(&self, handle: Self::Handle) -> Option<u64>;
+        fn poll(&mut self, now_ms: u64) -> Option<(u64, u64)>;
+        fn next_deadline(&self) -> Option<u64>;
+        fn elapsed_ms(&self) -> u64;
+        fn len(&self) -> usize;
+        fn is_empty(&self) -> bool;
+        fn invariants(&self);
+    }
+
+    /// Plain delegation: paths name the inherent methods.
+    impl ModelSubject for TimerWheel<u64> {
+        type Handle = TimerHandle;
+
+        fn start(now_ms: u64) -> Self {
+            TimerWheel::new(now_ms)
+        }
+
+        fn insert(&mut self, deadline_ms: u64, seq: u64) -> TimerHandle {
+            TimerWheel::insert(self, deadline_ms, seq)
+        }
+
+        fn cancel(&mut self, handle: TimerHandle) -> Option<u64> {
+            TimerWheel::cancel(self, handle)
+        }
+
+        fn deadline(&self, handle: TimerHandle) -> Option<u64> {
+            TimerWheel::deadline(self, handle)
+        }
+
+        fn poll(&mut self, now_ms: u64) -> Option<(u64, u64)> {
+            TimerWheel::poll(self, now_ms)
+        }
+
+        fn next_deadline(&self) -> Option<u64> {
+            TimerWheel::next_deadline(self)
+        }
+
+        fn elapsed_ms(&self) -> u64 {
+            TimerWheel::elapsed_ms(self)
+        }
+
+        fn len(&self) -> usize {
+            TimerWheel::len(self)
+        }
+
+        fn is_empty(&self) -> bool {
+            TimerWheel::is_empty(self)
+        }
+
+        fn invariants(&self) {
+            TimerWheel::invariants(self)
+        }
+    }
+
+    /// The simplest intrusive store: links in a slice, indexed by key.
+    impl TimerStore for [TimerLinks] {
+        fn links(&self, key: u32) -> TimerLinks {
+            self[key as usize]
+        }
+
+        fn set_links(&mut self, key: u32, links: TimerLinks) {
+            self[key as usize] = links;
+        }
+    }
+
+    /// `WheelCore` over a `Vec<TimerLinks>`, reusing keys the way the lock
+    /// table reuses records. A handle is (key, seq): the seq stands in for a
+    /// generation.
+    struct CoreTimers {
+        core: WheelCore,
+        links: Vec<TimerLinks>,
+        /// The seq of each key's latest timer: its value.
+        seqs: Vec<u64>,
+        free_keys: Vec<u32>,
+    }
+
+    impl CoreTimers {
+        fn live_key(&self, (key, seq): (u32, u64)) -> Option<u32> {
+            let live = self.seqs[key as usize] == seq && self.core.is_linked(&self.links[..], key);
+            live.then_some(key)
+        }
+
+        fn take_key(&mut self) -> u32 {
+            self.free_keys.pop().unwrap_or_else(|| {
+                self.links.push(TimerLinks::UNLINKED);
+                self.seqs.push(0);
+                u32::try_from(self.links.len() - 1).unwrap()
+            })
+        }
+    }
+
+    impl ModelSubject for CoreTimers {
+        type Handle = (u32, u64);
+
+        fn start(now_ms: u64) -> Self {
+            CoreTimers {
+                core: WheelCore::new(now_ms),
+                links: Vec::new(),
+                seqs: Vec::new(),
+                free_keys: Vec::new(),
+            }
+        }
+
+        fn insert(&mut self, deadline_ms: u64, seq: u64) -> (u32, u64) {
+            let key = self.take_key();
+            self.seqs[key as usize] = seq;
+            let raised_ms = deadline_ms.max(self.core.elapsed_ms());
+            let stored_ms = self.core.link(self.links.as_mut_slice(), key, deadline_ms);
+            assert_eq!(stored_ms, raised_ms);
+            assert_eq!(self.links[key as usize].deadline_ms, raised_ms);
+            (key, seq)
+        }
+
+        fn cancel(&mut self, handle: (u32, u64)) -> Option<u64> {
+            let key = self.live_key(handle)?;
+            self.core.unlink(self.links.as_mut_slice(), key);
+            self.free_keys.push(key);
+            Some(handle.1)
+        }
+
+        fn deadline(&self, handle: (u32, u64)) -> Option<u64> {
+            let key = self.live_key(handle)?;
+            Some(self.links[key as usize].deadline_ms)
+        }
+
+        fn poll(&mut self, now_ms: u64) -> Option<(u64, u64)> {
+            let (deadline_ms, key) = self.core.poll(self.links.as_mut_slice(), now_ms)?;
+            self.free_keys.push(key);
+            Some((deadline_ms, self.seqs[key as usize]))
+        }
+
+        fn next_deadline(&self) -> Option<u64> {
+            self.core.next_deadline()
+        }
+
+        fn elapsed_ms(&self) -> u64 {
+            self.core.elapsed_ms()
+        }
+
+        fn len(&self) -> usize {
+            self.links.len() - self.free_keys.len()
+        }
+
+        fn is_empty(&self) -> bool {
+            self.core.is_empty()
+        }
+
+        fn invariants(&self) {
+            let linked = self.core.invariants(&self.links[..]);
+            assert_eq!(linked, self.len(), "every live key is linked");
+            assert_eq!(self.core.is_empty(), linked == 0);
+            for &key in &self.free_keys {
+                assert_eq!(
+                    self.links[key as usize],
+                    TimerLinks::UNLINKED,
+                    "free key {key}"
+                );
+            }
+        }
+    }
+
     /// Random operations on the wheel and the model side by side; every
     /// answer must agree. Without cancels `next_deadline` must be exact.
-    fn compare_with_model(seed: u64, steps: usize, with_cancels: bool) {
+    fn compare_with_model<W: ModelSubject>(seed: u64, steps: usize, with_cancels: bool) {
         let mut rng = SplitMix64(seed);
         let start_ms = [0, 1 << 20, (63 << 30) + 5, WHEEL_HORIZON_MS - 100][rng.below(4) as usize];
-        let mut wheel = TimerWheel::new(start_ms);
+        let mut wheel = W::start(start_ms);
         let mut model = Model {
             elapsed_ms: start_ms,
             ..Model::default()
         };
-        let mut handles: Vec<(TimerHandle, u64)> = Vec::new();
+        let mut handles: Vec<(W::Handle, u64)> = Vec::new();
         for seq in 0..steps as u64 {
             match rng.below(10) {
                 0..=4 => {
@@ -910,7 +1315,7 @@ mod tests {
                 model.elapsed_ms,
                 "seed {seed} step {seq}"
             );
-            check_next_deadline(&wheel, &model, with_cancels, (seed, seq));
+            check_next_deadline(wheel.next_deadline(), &model, with_cancels, (seed, seq));
             if handles.len() > 2000 {
                 handles.drain(..1000);
             }
@@ -928,12 +1333,12 @@ mod tests {
     }
 
     fn check_next_deadline(
-        wheel: &TimerWheel<u64>,
+        answer: Option<u64>,
         model: &Model,
         with_cancels: bool,
         (seed, step): (u64, u64),
     ) {
-        let (answer, earliest) = (wheel.next_deadline(), model.earliest());
+        let earliest = model.earliest();
         if !with_cancels {
             assert_eq!(answer, earliest, "seed {seed} step {step}");
             return;
@@ -958,14 +1363,108 @@ mod tests {
     #[test]
     fn matches_model_with_cancels() {
         for seed in 1..=8 {
-            compare_with_model(seed, 2500, true);
+            compare_with_model::<TimerWheel<u64>>(seed, 2500, true);
         }
     }
 
     #[test]
     fn matches_model_without_cancels_and_next_deadline_is_exact() {
         for seed in 100..=103 {
-            compare_with_model(seed, 2000, false);
+            compare_with_model::<TimerWheel<u64>>(seed, 2000, false);
         }
+    }
+
+    #[test]
+    fn core_over_a_slice_store_matches_model_with_cancels() {
+        for seed in 11..=18 {
+            compare_with_model::<CoreTimers>(seed, 2500, true);
+        }
+    }
+
+    #[test]
+    fn core_over_a_slice_store_matches_model_without_cancels() {
+        for seed in 110..=113 {
+            compare_with_model::<CoreTimers>(seed, 2000, false);
+        }
+    }
+
+    #[test]
+    fn core_pops_keys_by_deadline_then_link_order_and_leaves_them_unlinked() {
+        let mut links = vec![TimerLinks::UNLINKED; 8];
+        let store = links.as_mut_slice();
+        let mut core = WheelCore::new(100);
+        // 150 is at level 1, 120 at level 0, 100_000 at level 2.
+        let deadlines_ms = [150, 120, 150, 50, 150, 100_000, 120];
+        for (key, deadline_ms) in (0..).zip(deadlines_ms) {
+            core.link(store, key, deadline_ms);
+        }
+        assert_eq!(store[3].deadline_ms, 100, "past deadline raised to elapsed");
+        assert_eq!(core.invariants(store), 7);
+        // Unlink from the middle, the tail and a slot's only timer; relink
+        // at an unchanged deadline: goes to the back of its list.
+        for key in [2, 6, 4, 5] {
+            core.unlink(store, key);
+            assert_eq!(store[key as usize], TimerLinks::UNLINKED);
+            assert!(!core.is_linked(store, key));
+            core.invariants(store);
+        }
+        for key in [4, 6] {
+            core.link(store, key, deadlines_ms[key as usize]);
+        }
+        assert!(core.is_linked(store, 0));
+        assert_eq!(core.invariants(store), 5);
+        assert_eq!(core.next_deadline(), Some(100));
+        let mut fired = Vec::new();
+        while let Some(timer) = core.poll(store, 1000) {
+            core.invariants(store);
+            fired.push(timer);
+        }
+        assert_eq!(fired, [(100, 3), (120, 1), (120, 6), (150, 0), (150, 4)]);
+        assert!(core.is_empty());
+        assert_eq!(core.elapsed_ms(), 1000);
+        assert!(store.iter().all(|links| *links == TimerLinks::UNLINKED));
+    }
+
+    #[test]
+    fn core_knows_a_timer_whose_links_look_unlinked_is_linked() {
+        // The sole timer at level 0, slot 0 with deadline 0 holds exactly
+        // UNLINKED; only the slot head tells it apart.
+        let mut links = vec![TimerLinks::UNLINKED; 2];
+        let store = links.as_mut_slice();
+        let mut core = WheelCore::new(0);
+        core.link(store, 1, 0);
+        assert_eq!(store[1], TimerLinks::UNLINKED);
+        assert!(core.is_linked(store, 1));
+        assert!(!core.is_linked(store, 0));
+        assert_eq!(core.invariants(store), 1);
+        assert_eq!(core.poll(store, 0), Some((0, 1)));
+        assert!(!core.is_linked(store, 1));
+        assert!(core.is_empty());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "linking key 1: linked already")]
+    fn core_catches_a_double_link_in_debug_builds() {
+        let mut links = vec![TimerLinks::UNLINKED; 2];
+        let mut core = WheelCore::new(0);
+        core.link(links.as_mut_slice(), 1, 10);
+        core.link(links.as_mut_slice(), 1, 20);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "unlinking key 0, not linked")]
+    fn core_catches_unlinking_an_unlinked_key_in_debug_builds() {
+        let mut links = vec![TimerLinks::UNLINKED; 2];
+        let mut core = WheelCore::new(0);
+        core.link(links.as_mut_slice(), 1, 10);
+        core.unlink(links.as_mut_slice(), 0);
+    }
+
+    #[test]
+    fn timer_wheel_entries_stay_32_bytes_for_a_u64_value() {
+        // Loose link fields let the generation fill TimerLinks' padding.
+        assert_eq!(std::mem::size_of::<Entry<u64>>(), 32);
     }
 }

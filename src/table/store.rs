@@ -1,0 +1,320 @@
+//! Compact storage of held locks and queued waiters.
+//!
+//! A held lock costs one 48-byte [`LockRecord`] plus its index slot in the
+//! table's hash index; nothing is allocated per lock unless its name is
+//! longer than [`NAME_INLINE_LEN_MAX`] bytes. To get there:
+//!
+//! - the owner is kept as a 64-bit keyed digest, not as bytes (see
+//!   `LockTable`'s docs for why that is safe);
+//! - the lock's expiry timer is linked through the record itself (the wheel
+//!   is intrusive, see [`crate::wheel::WheelCore`]);
+//! - names up to 15 bytes live inside the record;
+//! - the rarely used parts (SESSION binding, wait queue) live in a side map,
+//!   flagged by a bit in the record.
+//!
+//! ```text
+//! LockRecord (48 bytes)
+//! +---------+---------+-------------+------+------+------+---------------+
+//! | token 8 | owner 8 | deadline 6  | meta | prev | next | name 16       |
+//! |         | digest  | (ms, 48 bit)| 2    | 4    | 4    | len + 15 bytes|
+//! +---------+---------+-------------+------+------+------+---------------+
+//! meta: slot (6 bits) | level (3 bits) | LIVE | HAS_EXTRA
+//! name: byte 0 = length 0..=15 and the bytes inline, or LONG_NAME and a
+//!       u32 index into `long_names`.
+//! ```
+//!
+//! Vacant records are threaded into a free list through `next`.
+//!
+//! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
+//! lock records, keys with it set are waiters.
+
+use slab::Slab;
+
+use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
+
+pub const NIL: u32 = NIL_KEY;
+
+/// Wheel keys with this bit name waiters; without it, lock records.
+pub const WAITER_KEY_BIT: u32 = 1 << 31;
+
+/// Names up to this length are stored inside the lock record.
+pub const NAME_INLINE_LEN_MAX: usize = 15;
+
+/// Most lock records: their indexes must stay below the waiter key bit.
+pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
+
+/// Released long-name buffers kept for reuse (no allocation for steady
+/// traffic), bounded so memory returns after a burst.
+const SPARE_NAMES_MAX: usize = 1024;
+
+/// Deadlines are stored in 48 bits: about 8900 years of milliseconds.
+const DEADLINE_MS_MAX: u64 = (1 << 48) - 1;
+
+const META_SLOT_MASK: u16 = 0x3f;
+const META_LEVEL_SHIFT: u16 = 6;
+const META_LEVEL_MASK: u16 = 0x7 << META_LEVEL_SHIFT;
+const META_LIVE: u16 = 1 << 9;
+const META_HAS_EXTRA: u16 = 1 << 10;
+const LONG_NAME: u8 = 0xff;
+
+const _: () = assert!(std::mem::size_of::<LockRecord>() == 48);
+const _: () = assert!(crate::wheel::WHEEL_LEVEL_COUNT <= 8, "level fits 3 bits");
+const _: () = assert!(crate::wheel::WHEEL_SLOT_COUNT <= 64, "slot fits 6 bits");
+
+#[derive(Clone, Copy)]
+pub struct LockRecord {
+    pub token: u64,
+    pub owner: u64,
+    deadline_lo: u32,
+    deadline_hi: u16,
+    meta: u16,
+    prev: u32,
+    next: u32,
+    name: [u8; 16],
+}
+
+impl LockRecord {
+    const VACANT: LockRecord = LockRecord {
+        token: 0,
+        owner: 0,
+        deadline_lo: 0,
+        deadline_hi: 0,
+        meta: 0,
+        prev: NIL,
+        next: NIL,
+        name: [0; 16],
+    };
+
+    pub fn is_live(&self) -> bool {
+        self.meta & META_LIVE != 0
+    }
+
+    pub fn has_extra(&self) -> bool {
+        self.meta & META_HAS_EXTRA != 0
+    }
+
+    pub fn set_has_extra(&mut self, on: bool) {
+        if on {
+            self.meta |= META_HAS_EXTRA;
+        } else {
+            self.meta &= !META_HAS_EXTRA;
+        }
+    }
+
+    /// The expiry deadline, as linked in the wheel.
+    pub fn deadline_ms(&self) -> u64 {
+        (self.deadline_hi as u64) << 32 | self.deadline_lo as u64
+    }
+
+    fn set_deadline_ms(&mut self, deadline_ms: u64) {
+        assert!(
+            deadline_ms <= DEADLINE_MS_MAX,
+            "deadline {deadline_ms} ms past 48 bits"
+        );
+        self.deadline_lo = deadline_ms as u32;
+        self.deadline_hi = (deadline_ms >> 32) as u16;
+    }
+
+    fn long_name_index(&self) -> Option<u32> {
+        (self.name[0] == LONG_NAME)
+            .then(|| u32::from_le_bytes([self.name[4], self.name[5], self.name[6], self.name[7]]))
+    }
+}
+
+/// A queued ACQUIRE.
+pub struct Waiter {
+    pub lock: u32,
+    pub session: u32,
+    pub owner: u64,
+    pub ttl_ms: u32,
+    pub flags: u8,
+    pub enqueued_at_ms: u64,
+    /// Neighbours in the lock's FIFO queue.
+    pub queue_prev: u32,
+    pub queue_next: u32,
+    links: TimerLinks,
+}
+
+impl Waiter {
+    pub fn new(lock: u32, session: u32, owner: u64, ttl_ms: u32, flags: u8, now_ms: u64) -> Waiter {
+        Waiter {
+            lock,
+            session,
+            owner,
+            ttl_ms,
+            flags,
+            enqueued_at_ms: now_ms,
+            queue_prev: NIL,
+            queue_next: NIL,
+            links: TimerLinks::UNLINKED,
+        }
+    }
+
+    /// The wait deadline, as linked in the wheel.
+    pub fn deadline_ms(&self) -> u64 {
+        self.links.deadline_ms
+    }
+}
+
+/// The parts of a lock only some locks need: a SESSION binding and a queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockExtra {
+    pub session: u32,
+    pub session_prev: u32,
+    pub session_next: u32,
+    pub waiters_head: u32,
+    pub waiters_tail: u32,
+    pub waiter_count: u32,
+}
+
+impl LockExtra {
+    pub const NONE: LockExtra = LockExtra {
+        session: NIL,
+        session_prev: NIL,
+        session_next: NIL,
+        waiters_head: NIL,
+        waiters_tail: NIL,
+        waiter_count: 0,
+    };
+
+    pub fn is_none(&self) -> bool {
+        self.session == NIL && self.waiter_count == 0
+    }
+}
+
+/// Lock records, long names and waiters: everything the wheel links.
+#[derive(Default)]
+pub struct Store {
+    records: Vec<LockRecord>,
+    free_head: Option<u32>,
+    live: usize,
+    long_names: Slab<Vec<u8>>,
+    spare_names: Vec<Vec<u8>>,
+    pub waiters: Slab<Waiter>,
+}
+
+impl Store {
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn record(&self, lock: u32) -> &LockRecord {
+        let record = &self.records[lock as usize];
+        debug_assert!(record.is_live(), "lock {lock} is vacant");
+        record
+    }
+
+    pub fn record_mut(&mut self, lock: u32) -> &mut LockRecord {
+        let record = &mut self.records[lock as usize];
+        debug_assert!(record.is_live(), "lock {lock} is vacant");
+        record
+    }
+
+    pub fn name(&self, lock: u32) -> &[u8] {
+        let record = self.record(lock);
+        match record.long_name_index() {
+            Some(index) => &self.long_names[index as usize],
+            None => &record.name[1..1 + record.name[0] as usize],
+        }
+    }
+
+    /// Iterates over the indexes of live records.
+    pub fn live_locks(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.records.len() as u32).filter(|&i| self.records[i as usize].is_live())
+    }
+
+    /// Stores a new live record (not yet linked in the wheel).
+    pub fn insert(&mut self, name: &[u8], owner: u64, token: u64) -> u32 {
+        let mut record = LockRecord {
+            token,
+            owner,
+            meta: META_LIVE,
+            ..LockRecord::VACANT
+        };
+        if name.len() <= NAME_INLINE_LEN_MAX {
+            record.name[0] = name.len() as u8;
+            record.name[1..1 + name.len()].copy_from_slice(name);
+        } else {
+            let mut buf = self.spare_names.pop().unwrap_or_default();
+            buf.clear();
+            buf.extend_from_slice(name);
+            let index = self.long_names.insert(buf) as u32;
+            record.name[0] = LONG_NAME;
+            record.name[4..8].copy_from_slice(&index.to_le_bytes());
+        }
+        match self.free_head {
+            Some(lock) => {
+                self.free_head = match self.records[lock as usize].next {
+                    NIL => None,
+                    next => Some(next),
+                };
+                self.records[lock as usize] = record;
+                self.live += 1;
+                lock
+            }
+            None => {
+                assert!(
+                    self.records.len() < LOCK_RECORDS_MAX,
+                    "lock records exhausted"
+                );
+                self.records.push(record);
+                self.live += 1;
+                (self.records.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Frees a record (already unlinked from the wheel).
+    pub fn remove(&mut self, lock: u32) {
+        let record = self.records[lock as usize];
+        assert!(record.is_live(), "removing vacant lock {lock}");
+        if let Some(index) = record.long_name_index() {
+            let buf = self.long_names.remove(index as usize);
+            if self.spare_names.len() < SPARE_NAMES_MAX {
+                self.spare_names.push(buf);
+            }
+        }
+        let next = self.free_head.unwrap_or(NIL);
+        self.records[lock as usize] = LockRecord {
+            next,
+            ..LockRecord::VACANT
+        };
+        self.free_head = Some(lock);
+        self.live -= 1;
+    }
+}
+
+impl TimerStore for Store {
+    fn links(&self, key: u32) -> TimerLinks {
+        if key & WAITER_KEY_BIT != 0 {
+            return self.waiters[(key & !WAITER_KEY_BIT) as usize].links;
+        }
+        let r = &self.records[key as usize];
+        TimerLinks {
+            deadline_ms: r.deadline_ms(),
+            prev: r.prev,
+            next: r.next,
+            level: ((r.meta & META_LEVEL_MASK) >> META_LEVEL_SHIFT) as u8,
+            slot: (r.meta & META_SLOT_MASK) as u8,
+        }
+    }
+
+    fn set_links(&mut self, key: u32, links: TimerLinks) {
+        if key & WAITER_KEY_BIT != 0 {
+            self.waiters[(key & !WAITER_KEY_BIT) as usize].links = links;
+            return;
+        }
+        let r = &mut self.records[key as usize];
+        r.set_deadline_ms(links.deadline_ms);
+        r.prev = links.prev;
+        r.next = links.next;
+        r.meta = (r.meta & !(META_LEVEL_MASK | META_SLOT_MASK))
+            | (links.level as u16) << META_LEVEL_SHIFT
+            | links.slot as u16;
+    }
+}
+
+pub fn waiter_key(waiter: u32) -> u32 {
+    debug_assert!(waiter < WAITER_KEY_BIT);
+    waiter | WAITER_KEY_BIT
+}
