@@ -28,6 +28,7 @@
 //! Replies that come later (a queued ACQUIRE granted or timed out) are pushed
 //! to `events`, which the caller drains after each command.
 
+mod names;
 mod store;
 
 use std::collections::HashMap;

@@ -19,8 +19,8 @@
 //! |         | digest  | (ms, 48 bit)| 2    | 4    | 4    | len + 15 bytes|
 //! +---------+---------+-------------+------+------+------+---------------+
 //! meta: slot (6 bits) | level (3 bits) | LIVE | HAS_EXTRA
-//! name: byte 0 = length 0..=15 and the bytes inline, or LONG_NAME and a
-//!       u32 index into `long_names`.
+//! name: byte 0 = length 0..=15 and the bytes inline, or LONG_NAME, the
+//!       length (byte 1) and a u32 slot index (bytes 4..8) in `long_names`.
 //! ```
 //!
 //! Vacant records are threaded into a free list through `next`.
@@ -30,6 +30,7 @@
 
 use slab::Slab;
 
+use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
 
 pub const NIL: u32 = NIL_KEY;
@@ -42,10 +43,6 @@ pub const NAME_INLINE_LEN_MAX: usize = 15;
 
 /// Most lock records: their indexes must stay below the waiter key bit.
 pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
-
-/// Released long-name buffers kept for reuse (no allocation for steady
-/// traffic), bounded so memory returns after a burst.
-const SPARE_NAMES_MAX: usize = 1024;
 
 /// Deadlines are stored in 48 bits: about 8900 years of milliseconds.
 const DEADLINE_MS_MAX: u64 = (1 << 48) - 1;
@@ -115,9 +112,11 @@ impl LockRecord {
         self.deadline_hi = (deadline_ms >> 32) as u16;
     }
 
-    fn long_name_index(&self) -> Option<u32> {
-        (self.name[0] == LONG_NAME)
-            .then(|| u32::from_le_bytes([self.name[4], self.name[5], self.name[6], self.name[7]]))
+    fn long_name(&self) -> Option<NameSlot> {
+        (self.name[0] == LONG_NAME).then(|| NameSlot {
+            len: self.name[1],
+            index: u32::from_le_bytes([self.name[4], self.name[5], self.name[6], self.name[7]]),
+        })
     }
 }
 
@@ -188,8 +187,7 @@ pub struct Store {
     records: Vec<LockRecord>,
     free_head: Option<u32>,
     live: usize,
-    long_names: Slab<Vec<u8>>,
-    spare_names: Vec<Vec<u8>>,
+    long_names: NameArena,
     pub waiters: Slab<Waiter>,
 }
 
@@ -212,8 +210,8 @@ impl Store {
 
     pub fn name(&self, lock: u32) -> &[u8] {
         let record = self.record(lock);
-        match record.long_name_index() {
-            Some(index) => &self.long_names[index as usize],
+        match record.long_name() {
+            Some(slot) => self.long_names.get(slot),
             None => &record.name[1..1 + record.name[0] as usize],
         }
     }
@@ -235,12 +233,10 @@ impl Store {
             record.name[0] = name.len() as u8;
             record.name[1..1 + name.len()].copy_from_slice(name);
         } else {
-            let mut buf = self.spare_names.pop().unwrap_or_default();
-            buf.clear();
-            buf.extend_from_slice(name);
-            let index = self.long_names.insert(buf) as u32;
+            let slot = self.long_names.insert(name);
             record.name[0] = LONG_NAME;
-            record.name[4..8].copy_from_slice(&index.to_le_bytes());
+            record.name[1] = slot.len;
+            record.name[4..8].copy_from_slice(&slot.index.to_le_bytes());
         }
         match self.free_head {
             Some(lock) => {
@@ -268,11 +264,8 @@ impl Store {
     pub fn remove(&mut self, lock: u32) {
         let record = self.records[lock as usize];
         assert!(record.is_live(), "removing vacant lock {lock}");
-        if let Some(index) = record.long_name_index() {
-            let buf = self.long_names.remove(index as usize);
-            if self.spare_names.len() < SPARE_NAMES_MAX {
-                self.spare_names.push(buf);
-            }
+        if let Some(slot) = record.long_name() {
+            self.long_names.remove(slot);
         }
         let next = self.free_head.unwrap_or(NIL);
         self.records[lock as usize] = LockRecord {

@@ -525,3 +525,36 @@ fn release_by_owner_ignores_the_token_but_not_the_owner() {
         Outcome::NotHeld(NotHeldReason::Free)
     );
 }
+
+#[test]
+fn long_and_short_names_live_side_by_side() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let names: Vec<Vec<u8>> = (0..200usize)
+        .map(|i| {
+            let len = 1 + (i * 37) % 255;
+            (0..len).map(|j| b'a' + ((i + j) % 26) as u8).collect()
+        })
+        .collect();
+    let tokens: Vec<u64> = names
+        .iter()
+        .map(|n| granted_token(t.acquire(s, &acq(n, b"o", 1000, 0), 0)))
+        .collect();
+    t.invariants();
+    for (i, (name, token)) in names.iter().zip(&tokens).enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(t.release(name, b"o", *token, 1), Outcome::Released);
+        }
+    }
+    t.invariants();
+    for (i, name) in names.iter().enumerate() {
+        let busy = matches!(
+            t.acquire(s, &acq(name, b"other", 1000, 0), 2),
+            Outcome::Busy { .. }
+        );
+        assert_eq!(busy, i % 2 == 1, "name {i} ({} bytes)", name.len());
+    }
+    t.advance(5000);
+    assert!(t.is_empty());
+    t.invariants();
+}

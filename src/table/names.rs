@@ -1,0 +1,125 @@
+//! Storage for lock names too long to sit inside a lock record.
+//!
+//! Names are kept in size classes of [`NAME_CLASS_STEP`] bytes: class `c`
+//! holds names of up to `(c + 1) * 16` bytes in fixed-size slots of one
+//! growing byte vector, with a free list of slot numbers. A 32-byte name
+//! costs its 32 bytes and nothing else (a heap allocation per name would add
+//! a vector header and the allocator's own overhead, more than doubling it).
+//! A slot's length is kept by the caller (the lock record has room for it).
+//!
+//! When the last name of a class is removed, the class's memory is given
+//! back, so memory returns to its baseline after a burst of long names.
+
+use crate::limits::NAME_LEN_CEILING;
+
+/// Slot sizes grow in steps of this many bytes.
+pub const NAME_CLASS_STEP: usize = 16;
+const CLASS_COUNT: usize = NAME_LEN_CEILING.div_ceil(NAME_CLASS_STEP);
+
+/// Where a long name is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NameSlot {
+    pub len: u8,
+    pub index: u32,
+}
+
+#[derive(Default)]
+struct Class {
+    bytes: Vec<u8>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[derive(Default)]
+pub struct NameArena {
+    classes: [Class; CLASS_COUNT],
+}
+
+fn class_of(len: usize) -> (usize, usize) {
+    debug_assert!((1..=NAME_LEN_CEILING).contains(&len));
+    let class = (len - 1) / NAME_CLASS_STEP;
+    (class, (class + 1) * NAME_CLASS_STEP)
+}
+
+impl NameArena {
+    pub fn insert(&mut self, name: &[u8]) -> NameSlot {
+        let (class, stride) = class_of(name.len());
+        let c = &mut self.classes[class];
+        let index = match c.free.pop() {
+            Some(index) => index,
+            None => {
+                let index = (c.bytes.len() / stride) as u32;
+                c.bytes.resize(c.bytes.len() + stride, 0);
+                index
+            }
+        };
+        let start = index as usize * stride;
+        c.bytes[start..start + name.len()].copy_from_slice(name);
+        c.live += 1;
+        NameSlot {
+            len: name.len() as u8,
+            index,
+        }
+    }
+
+    pub fn get(&self, slot: NameSlot) -> &[u8] {
+        let (class, stride) = class_of(slot.len as usize);
+        let start = slot.index as usize * stride;
+        &self.classes[class].bytes[start..start + slot.len as usize]
+    }
+
+    pub fn remove(&mut self, slot: NameSlot) {
+        let (class, _) = class_of(slot.len as usize);
+        let c = &mut self.classes[class];
+        c.live -= 1;
+        if c.live == 0 {
+            *c = Class::default();
+        } else {
+            c.free.push(slot.index);
+        }
+    }
+
+    /// Bytes reserved by all classes.
+    #[cfg(test)]
+    pub fn reserved_bytes(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|c| c.bytes.capacity() + 4 * c.free.capacity())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_slots_are_reused() {
+        let mut arena = NameArena::default();
+        let a = arena.insert(&[b'a'; 16]);
+        let b = arena.insert(&[b'b'; 17]);
+        let c = arena.insert(&[b'c'; 255]);
+        assert_eq!(arena.get(a), &[b'a'; 16]);
+        assert_eq!(arena.get(b), &[b'b'; 17]);
+        assert_eq!(arena.get(c), &[b'c'; 255][..]);
+        let d = arena.insert(&[b'd'; 20]);
+        arena.remove(b);
+        let e = arena.insert(&[b'e'; 32]);
+        assert_eq!(e.index, b.index, "a freed slot of the class is reused");
+        assert_eq!(arena.get(d), &[b'd'; 20]);
+        assert_eq!(arena.get(e), &[b'e'; 32]);
+    }
+
+    #[test]
+    fn memory_returns_when_a_class_empties() {
+        let mut arena = NameArena::default();
+        let slots: Vec<NameSlot> = (0..1000u32)
+            .map(|i| arena.insert(format!("a-fairly-long-lock-name-{i:08}").as_bytes()))
+            .collect();
+        assert!(arena.reserved_bytes() >= 1000 * 32);
+        for slot in slots {
+            arena.remove(slot);
+        }
+        assert_eq!(arena.reserved_bytes(), 0);
+    }
+}
