@@ -12,6 +12,7 @@ pub mod client;
 pub mod execute;
 pub mod legacy;
 pub mod limits;
+pub mod loadtest;
 pub mod protocol;
 pub mod server;
 pub mod table;

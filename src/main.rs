@@ -12,10 +12,12 @@ distlockd: a named-lock daemon
 
 Usage:
   distlockd server [options]     run the lock server
+  distlockd test distlockd|redis|compare [options]
+                                 benchmark a server, or compare with Redis
   distlockd --version            print the version
   distlockd --help               print this help
 
-Run `distlockd server --help` for the server's options.";
+Run `distlockd server --help` or `distlockd test --help` for their options.";
 
 const SERVER_USAGE: &str = "\
 Usage: distlockd server [options]
@@ -46,6 +48,7 @@ fn run() -> Result<ExitCode, String> {
     let mut parser = lexopt::Parser::from_env();
     match parser.next().map_err(|e| e.to_string())? {
         Some(Value(cmd)) if cmd == "server" => server(&mut parser),
+        Some(Value(cmd)) if cmd == "test" => loadtest_cli(&mut parser),
         Some(Long("version") | Short('V')) => {
             println!("distlockd {SERVER_VERSION}");
             Ok(ExitCode::SUCCESS)
@@ -116,6 +119,11 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
     server.run().map_err(|e| format!("server stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `distlockd test …`: the benchmark (see `distlockd::loadtest`).
+fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    distlockd::loadtest::main(parser)
 }
 
 fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
