@@ -138,6 +138,12 @@ struct Conn {
     peer_gone: bool,
     closing: bool,
     in_ready: bool,
+    /// Registered for WRITABLE too: only while replies wait in `output`.
+    /// Always asking for it would wake the loop on every ACK that frees
+    /// send-buffer space, which is most of them on a busy connection.
+    write_interest: bool,
+    /// Listed in `Server::writes` for this turn.
+    in_writes: bool,
 }
 
 pub struct Server {
@@ -153,6 +159,9 @@ pub struct Server {
     /// Connections with work left over from the previous turn.
     ready: Vec<usize>,
     ready_next: Vec<usize>,
+    /// Connections with replies to write at the end of the turn: one write
+    /// per connection per turn, however often it was serviced.
+    writes: Vec<usize>,
     /// Connections to close at the end of the turn (keys must not be reused
     /// while events of this turn may still name them).
     closing: Vec<usize>,
@@ -202,6 +211,7 @@ impl Server {
             waker,
             ready: Vec::with_capacity(64),
             ready_next: Vec::with_capacity(64),
+            writes: Vec::with_capacity(64),
             closing: Vec::with_capacity(64),
         })
     }
@@ -290,6 +300,7 @@ impl Server {
             }
         }
         self.ready_next.clear();
+        self.write_pending(now);
         for i in 0..self.closing.len() {
             let key = self.closing[i];
             self.close(key, now);
@@ -339,11 +350,9 @@ impl Server {
         stream.set_nodelay(true)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        self.poll
+            .registry()
+            .register(&mut stream, Token(key), Interest::READABLE)?;
         let session = self.table.open_session(key as u64);
         entry.insert(Conn {
             stream,
@@ -355,6 +364,8 @@ impl Server {
             waiting: false,
             closing: false,
             in_ready: false,
+            write_interest: false,
+            in_writes: false,
             peer_gone: false,
         });
         debug!("{peer}: connected (connection {key})");
@@ -392,17 +403,74 @@ impl Server {
             }
         };
         self.deliver_table_events();
+        self.queue_write(key);
         let conn = &mut self.conns[key];
-        if flush(conn).is_err() {
-            self.mark_closing(key, now);
-            return;
-        }
         let can_read = conn.want_read && !conn.input.is_full();
         let has_room = conn.output.free_space() >= REPLY_SIZE_MAX;
-        if (more || can_read) && has_room && !conn.waiting && !conn.in_ready {
+        if (more || can_read) && has_room && !conn.waiting {
+            self.queue_ready(key);
+        }
+    }
+
+    fn queue_ready(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.in_ready {
             conn.in_ready = true;
             self.ready.push(key);
         }
+    }
+
+    fn queue_write(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.output.is_empty() && !conn.in_writes {
+            conn.in_writes = true;
+            self.writes.push(key);
+        }
+    }
+
+    /// Writes every connection's replies of this turn. A connection whose
+    /// output was too full to decode more is put back on the ready list
+    /// once it has room.
+    fn write_pending(&mut self, now: u64) {
+        for i in 0..self.writes.len() {
+            let key = self.writes[i];
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.in_writes = false;
+            if conn.closing {
+                continue;
+            }
+            if flush(conn).is_err() || self.update_write_interest(key).is_err() {
+                self.mark_closing(key, now);
+                continue;
+            }
+            let conn = &self.conns[key];
+            let has_work = conn.want_read || !conn.input.is_empty();
+            if has_work && !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX {
+                self.queue_ready(key);
+            }
+        }
+        self.writes.clear();
+    }
+
+    /// Asks for WRITABLE events exactly while output is pending.
+    fn update_write_interest(&mut self, key: usize) -> io::Result<()> {
+        let conn = &mut self.conns[key];
+        let want = !conn.output.is_empty();
+        if want == conn.write_interest {
+            return Ok(());
+        }
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.poll
+            .registry()
+            .reregister(&mut conn.stream, Token(key), interest)?;
+        conn.write_interest = want;
+        Ok(())
     }
 
     /// Writes the later answers of queued ACQUIREs and wakes their
