@@ -3,8 +3,10 @@
 //! Each turn: poll (timeout = the lock table's next deadline, or zero while
 //! some connection has work left over) → fire due timers → for each ready
 //! connection: read into its input buffer, decode frames in place, execute
-//! them against the table, encode replies into its output buffer, write →
-//! close the connections marked closing.
+//! them against the table, encode replies into its output buffer → write
+//! each connection's replies once (one segment per connection per turn, as
+//! Redis does before it sleeps) → close the connections marked closing.
+//! WRITABLE readiness is asked for only while replies wait to be written.
 //!
 //! Fairness: a connection decodes at most [`FRAMES_PER_TURN_MAX`] frames per
 //! turn; leftover work puts it on the `ready` list, served next turn after
