@@ -12,7 +12,7 @@ use crate::buffer::ConnBuffer;
 use crate::legacy::{self, Command, LegacyRequest};
 use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX};
 use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request};
-use crate::table::{LockTable, Outcome, SessionId};
+use crate::table::{ArgError, LockTable, Outcome, SessionId};
 
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -123,7 +123,11 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
         Outcome::Extended { ttl_ms } => Reply::Extended { ttl_ms },
         Outcome::NotHeld(reason) => Reply::NotHeld { reason },
         Outcome::Rejected(e) => {
-            write_error(out, ErrorCode::BadArgument, format_args!("{e}"));
+            let code = match e {
+                ArgError::LocksFull { .. } => ErrorCode::Limit,
+                _ => ErrorCode::BadArgument,
+            };
+            write_error(out, code, format_args!("{e}"));
             return false;
         }
     };
@@ -172,6 +176,9 @@ fn execute_legacy(request: LegacyRequest<'_>, ctx: &mut Context<'_>, out: &mut C
         Outcome::NotHeld(_) => {
             write_legacy(out, legacy::STATUS_ERROR, format_args!("Invalid release"))
         }
+        Outcome::Rejected(e @ ArgError::LocksFull { .. }) => {
+            write_legacy(out, legacy::STATUS_ERROR, format_args!("{e}"))
+        }
         Outcome::Rejected(e) => write_legacy(
             out,
             legacy::STATUS_INVALID,
@@ -188,7 +195,6 @@ struct LegacyArgError(crate::table::ArgError);
 
 impl std::fmt::Display for LegacyArgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::table::ArgError;
         match self.0 {
             ArgError::OwnerEmpty => write!(f, "client id is empty; use 1 or more bytes"),
             ArgError::OwnerTooLong { len, max } => {

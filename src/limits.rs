@@ -47,6 +47,14 @@ pub const LOCK_TTL_MS_MAX_DEFAULT: u32 = 24 * 60 * 60 * 1000;
 /// Default bound on how long an ACQUIRE may wait on the server: one hour.
 pub const WAIT_MS_MAX_DEFAULT: u32 = 60 * 60 * 1000;
 
+/// Default bound on locks held at once: about 60 MB of lock records at
+/// ~59 bytes each (short names), far above what lock users hold, low enough
+/// that a runaway client cannot exhaust the machine's memory.
+pub const LOCKS_MAX_DEFAULT: usize = 1_000_000;
+
+/// Hard ceiling on locks held: lock indexes must fit the timer keys.
+pub const LOCKS_CEILING: usize = 1 << 30;
+
 /// Default bound on simultaneous connections.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
@@ -73,6 +81,7 @@ pub struct Limits {
     pub lock_ttl_ms_max: u32,
     pub wait_ms_max: u32,
     pub connections_max: usize,
+    pub locks_max: usize,
 }
 
 impl Default for Limits {
@@ -85,6 +94,7 @@ impl Default for Limits {
             lock_ttl_ms_max: LOCK_TTL_MS_MAX_DEFAULT,
             wait_ms_max: WAIT_MS_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            locks_max: LOCKS_MAX_DEFAULT,
         }
     }
 }
@@ -126,6 +136,7 @@ impl Limits {
         )?;
         check("wait_ms_max", self.wait_ms_max as u64, 0, u32::MAX as u64)?;
         check("connections_max", self.connections_max as u64, 1, 1 << 24)?;
+        check("locks_max", self.locks_max as u64, 1, LOCKS_CEILING as u64)?;
         Ok(())
     }
 }

@@ -30,6 +30,8 @@ Options:
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --wait-max-ms MS         longest server-side wait of an ACQUIRE (default 3600000)
   --connections-max N      simultaneous connections (default 10000)
+  --locks-max N            locks held at once; past it ACQUIRE of a new name
+                           gets a LIMIT error (default 1000000, ~60 MB)
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";
@@ -93,6 +95,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             Long("connections-max") => {
                 limits.connections_max = number(parser, "--connections-max")?
             }
+            Long("locks-max") => limits.locks_max = number(parser, "--locks-max")?,
             Long("name-len-max") => limits.name_len_max = number(parser, "--name-len-max")?,
             Long("owner-len-max") => limits.owner_len_max = number(parser, "--owner-len-max")?,
             Long("help") | Short('h') => {

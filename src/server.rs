@@ -50,6 +50,11 @@ const POLL_EVENTS_MAX: usize = 1024;
 /// Connections accepted per listener event before other work is served.
 const ACCEPTS_PER_TURN_MAX: usize = 256;
 
+/// After accept fails (EMFILE: out of file descriptors), how long to wait
+/// before trying again. The listener is edge-triggered: connections already
+/// queued would otherwise wait for the next new arrival.
+const ACCEPT_RETRY_MS: u64 = 10;
+
 /// Listen backlog for the kernel's accept queue.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -161,6 +166,8 @@ pub struct Server {
     /// Connections with work left over from the previous turn.
     ready: Vec<usize>,
     ready_next: Vec<usize>,
+    /// Accept failed for lack of resources; retry every ACCEPT_RETRY_MS.
+    accept_retry: bool,
     /// Connections with replies to write at the end of the turn: one write
     /// per connection per turn, however often it was serviced.
     writes: Vec<usize>,
@@ -213,6 +220,7 @@ impl Server {
             waker,
             ready: Vec::with_capacity(64),
             ready_next: Vec::with_capacity(64),
+            accept_retry: false,
             writes: Vec::with_capacity(64),
             closing: Vec::with_capacity(64),
         })
@@ -275,6 +283,9 @@ impl Server {
         let now = self.now_ms();
         self.table.advance(now);
         self.deliver_table_events();
+        if self.accept_retry {
+            self.accept(now);
+        }
         // Take the events out of `self` so handlers can borrow it mutably;
         // an empty `Events` does not allocate.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
@@ -319,20 +330,34 @@ impl Server {
         if !self.ready.is_empty() {
             return Some(Duration::ZERO);
         }
-        let deadline = self.table.next_deadline()?;
+        let retry = self
+            .accept_retry
+            .then(|| Duration::from_millis(ACCEPT_RETRY_MS));
+        let Some(deadline) = self.table.next_deadline() else {
+            return retry;
+        };
         let at = self.started + Duration::from_millis(deadline);
-        Some(at.saturating_duration_since(Instant::now()))
+        let until_deadline = at.saturating_duration_since(Instant::now());
+        Some(retry.map_or(until_deadline, |r| r.min(until_deadline)))
     }
 
     fn accept(&mut self, now: u64) {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_retry = false;
+                    return;
+                }
                 Err(e) => {
                     // EMFILE and the like: the connection stays in the kernel
-                    // queue; try again next turn rather than spin.
-                    warn!("accept failed: {e}; check the open-file limit (ulimit -n)");
+                    // queue; retry shortly rather than spin or forget it.
+                    if !self.accept_retry {
+                        warn!(
+                            "accept failed: {e}; retrying every {ACCEPT_RETRY_MS} ms; check the open-file limit (ulimit -n) against --connections-max"
+                        );
+                    }
+                    self.accept_retry = true;
                     return;
                 }
             };

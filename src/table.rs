@@ -75,12 +75,30 @@ pub enum Outcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgError {
     NameEmpty,
-    NameTooLong { len: usize, max: usize },
+    NameTooLong {
+        len: usize,
+        max: usize,
+    },
     OwnerEmpty,
-    OwnerTooLong { len: usize, max: usize },
-    TtlTooLarge { ttl_ms: u32, max: u32 },
-    WaitTooLarge { wait_ms: u32, max: u32 },
-    UnknownFlags { flags: u8 },
+    OwnerTooLong {
+        len: usize,
+        max: usize,
+    },
+    TtlTooLarge {
+        ttl_ms: u32,
+        max: u32,
+    },
+    WaitTooLarge {
+        wait_ms: u32,
+        max: u32,
+    },
+    UnknownFlags {
+        flags: u8,
+    },
+    /// The table holds locks_max locks; a new name cannot be added.
+    LocksFull {
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for ArgError {
@@ -110,6 +128,10 @@ impl std::fmt::Display for ArgError {
                     "wait_ms {wait_ms} is over wait_ms_max {max}; wait less and retry"
                 )
             }
+            ArgError::LocksFull { max } => write!(
+                f,
+                "the server holds locks_max {max} locks; release some, or raise --locks-max"
+            ),
             ArgError::UnknownFlags { flags } => {
                 write!(
                     f,
@@ -287,6 +309,11 @@ impl LockTable {
         let owner = hash_bytes(&self.owner_hasher, req.owner);
         let hash = hash_bytes(&self.name_hasher, req.name);
         let Some(lock) = self.find_hashed(hash, req.name) else {
+            if self.store.len() >= self.limits.locks_max {
+                return Outcome::Rejected(ArgError::LocksFull {
+                    max: self.limits.locks_max,
+                });
+            }
             let token = self.take_token();
             let lock = self.insert_lock(hash, req.name, owner, token, ttl_ms, now_ms);
             self.bind_session(lock, session_bind);

@@ -425,3 +425,24 @@ fn deep_pipelines_are_served_in_order() {
     }
     writer.join().unwrap();
 }
+
+#[test]
+fn locks_past_locks_max_get_a_limit_error() {
+    let server = start(Limits {
+        locks_max: 3,
+        ..Limits::default()
+    });
+    let mut c = Wire::connect(&server);
+    for name in [&b"l1"[..], b"l2", b"l3"] {
+        token(c.acquire(name, b"o", 60_000, 0));
+    }
+    let OwnedReply::Error(ErrorCode::Limit, message) = c.acquire(b"l4", b"o", 60_000, 0) else {
+        panic!("a lock past locks_max was granted");
+    };
+    assert!(
+        message.contains("locks_max 3") && message.contains("--locks-max"),
+        "{message}"
+    );
+    c.send(Request::Ping);
+    assert_eq!(c.reply(), OwnedReply::Pong, "the connection stays open");
+}

@@ -75,8 +75,19 @@ impl ServerProcess {
             Backend::Redis => redis_server.into(),
         };
         let port = port.to_string();
+        // Redis runs without maxmemory, so ours runs without its default
+        // cap on held locks (the memory scenario may hold more).
+        let locks_max = crate::limits::LOCKS_CEILING.to_string();
         let args: &[&str] = match backend {
-            Backend::Distlockd => &["server", "--host", "127.0.0.1", "--port", &port],
+            Backend::Distlockd => &[
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--locks-max",
+                &locks_max,
+            ],
             Backend::Redis => &[
                 "--port",
                 &port,

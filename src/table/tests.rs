@@ -558,3 +558,32 @@ fn long_and_short_names_live_side_by_side() {
     assert!(t.is_empty());
     t.invariants();
 }
+
+#[test]
+fn locks_max_refuses_new_names_but_not_holders() {
+    let mut t = LockTable::new(
+        Limits {
+            locks_max: 2,
+            ..Limits::default()
+        },
+        1,
+        0,
+    );
+    let s = t.open_session(1);
+    let a = granted_token(t.acquire(s, &acq(b"a", b"o", 100, 0), 0));
+    granted_token(t.acquire(s, &acq(b"b", b"o", 100, 0), 0));
+    let Outcome::Rejected(e) = t.acquire(s, &acq(b"c", b"o", 100, 0), 0) else {
+        panic!("a third lock was granted past locks_max 2");
+    };
+    assert!(e.to_string().contains("locks_max 2"), "{e}");
+    // Re-acquiring a held lock and queueing on one do not add locks.
+    assert_eq!(granted_token(t.acquire(s, &acq(b"a", b"o", 100, 0), 1)), a);
+    let other = t.open_session(2);
+    assert_eq!(
+        t.acquire(other, &acq(b"a", b"x", 100, 50), 1),
+        Outcome::Queued
+    );
+    assert_eq!(t.release(b"b", b"o", a + 1, 2), Outcome::Released);
+    granted_token(t.acquire(s, &acq(b"c", b"o", 100, 0), 2));
+    t.invariants();
+}
