@@ -50,6 +50,9 @@
 //!   its TTL). RELEASE and EXTEND carry owner and token and are safe to repeat.
 //! - **Bounded waits.** Every read and write has a timeout; a waiting ACQUIRE
 //!   reads for at most `wait + timeout`, because the server answers by `wait`.
+//!   A thread that finds all `pool_size` connections busy waits (without a
+//!   timeout of its own) for one of those requests to finish, and each of
+//!   them is bounded as above.
 //! - **A release is never starved by waiters.** At most `pool_size - 1`
 //!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
 //!   always reach the server to release it.
@@ -160,7 +163,7 @@ impl fmt::Display for Error {
                 source,
             } => write!(
                 f,
-                "could not connect to {addr} after {attempts} attempt{}: {source}; check that `distlockd server` is running there and reachable",
+                "request to {addr} failed after {attempts} attempt{} (connecting, or the connection broke or timed out): {source}; check that `distlockd server` is running there and reachable",
                 if *attempts == 1 { "" } else { "s" }
             ),
             Error::Protocol { message } => write!(

@@ -112,7 +112,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     }
     limits
         .validate()
-        .map_err(|e| format!("{e} (see `distlockd server --help`)"))?;
+        .map_err(|e| format!("{} (see `distlockd server --help`)", flag_named(&e)))?;
     init_logging(verbose);
     let config = Config {
         listen: SocketAddr::new(host, port),
@@ -127,6 +127,27 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 /// `distlockd test …`: the benchmark (see `distlockd::loadtest`).
 fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     distlockd::loadtest::main(parser)
+}
+
+/// Limits name their fields; a person at the command line typed a flag.
+fn flag_named(message: &str) -> String {
+    const FLAGS: [(&str, &str); 7] = [
+        ("lock_ttl_ms_default", "--ttl-default-ms"),
+        ("lock_ttl_ms_max", "--ttl-max-ms"),
+        ("wait_ms_max", "--wait-max-ms"),
+        ("connections_max", "--connections-max"),
+        ("locks_max", "--locks-max"),
+        ("name_len_max", "--name-len-max"),
+        ("owner_len_max", "--owner-len-max"),
+    ];
+    for (field, flag) in FLAGS {
+        if let Some(rest) = message.strip_prefix(field) {
+            if rest.starts_with(' ') {
+                return format!("{flag}{rest}");
+            }
+        }
+    }
+    message.to_string()
 }
 
 fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {

@@ -189,8 +189,9 @@ pub struct LockTable {
 }
 
 impl LockTable {
-    /// `token_seed` is the first fencing token to hand out; the server seeds it
-    /// from the wall clock so tokens keep increasing across restarts.
+    /// `token_seed` is the first fencing token to hand out (0 is raised to 1:
+    /// tokens are never 0); the server seeds it from the wall clock so tokens
+    /// keep increasing across restarts.
     pub fn new(limits: Limits, token_seed: u64, now_ms: u64) -> LockTable {
         LockTable {
             limits,
@@ -202,7 +203,7 @@ impl LockTable {
             sessions: Slab::new(),
             session_generation: 0,
             wheel: WheelCore::new(now_ms),
-            next_token: token_seed,
+            next_token: token_seed.max(1),
             events: Vec::new(),
             stats: Stats::default(),
         }

@@ -7,8 +7,8 @@
 //! - `test compare --quick` end to end, its JSON parsed and checked for
 //!   every scenario and both servers.
 //!
-//! Tests that need `redis-server` print a note and pass when it is not
-//! installed (CI installs Debian's `redis-server` package).
+//! Tests that need `redis-server` fail when it is not installed
+//! (`bash scripts/test` installs Debian's `redis-server` package first).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
@@ -57,9 +57,10 @@ fn redis_installed() -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("note: redis-server is not installed (apt-get install redis-server); skipping");
-    }
+    assert!(
+        found,
+        "redis-server is not installed: run `apt-get install redis-server`, or run the suite with `bash scripts/test`, which installs it"
+    );
     found
 }
 

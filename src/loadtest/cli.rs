@@ -47,7 +47,7 @@ Options for `test distlockd|redis`:
 and `redis-server` on free loopback ports, runs every scenario against both,
 interleaved and repeated (--repeat, alternating who goes first), and prints one
 table: the median per row, the ratio distlockd/Redis, which is better, and the
-issue's targets (✓/✗). Scenarios:
+performance targets (✓/✗). Scenarios:
   single-connection latency   acquire p50/p99 on one connection, fresh names
   uncontended, 1/16/256 conns acquire+release on own locks: ops/s (target ≥ 1×),
                               p99, server CPU seconds per million ops

@@ -202,7 +202,7 @@ pub struct CompareSettings {
     pub load_cpus: Option<String>,
 }
 
-/// Uncontended scenarios' connection counts (the issue's 1, 16 and 256).
+/// Uncontended scenarios' connection counts (1, 16 and 256).
 pub const UNCONTENDED_CONNS: [usize; 3] = [1, 16, 256];
 /// Clients blocking on the one lock of the contended scenario.
 pub const CONTENDED_CLIENTS: usize = 16;
@@ -640,7 +640,7 @@ mod tests {
     }
 
     #[test]
-    fn goals_read_as_the_issue_states_them() {
+    fn goals_read_as_the_performance_targets_state_them() {
         assert_eq!(Goal::AtLeast(10.0).describe(), "≥ 10×");
         assert_eq!(Goal::AtMost(0.25).describe(), "≤ 0.25×");
         assert!(Goal::AtMost(0.5).met(0.5));
