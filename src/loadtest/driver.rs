@@ -429,6 +429,29 @@ struct Lane {
 }
 
 impl Lane {
+    /// A lane with nothing in flight, for connection `conn` and lock `lock`.
+    fn idle(conn: u32, lock: u32, now: Instant) -> Lane {
+        Lane {
+            conn,
+            state: LaneState::Idle,
+            lock,
+            name: [0; NAME_LEN_MAX],
+            name_len: 0,
+            owner: [0; OWNER_LEN_MAX],
+            owner_len: 0,
+            token: 0,
+            attempt_start: now,
+            attempt_seq: 0,
+            deadline: now,
+            attempts: 0,
+            timer_generation: 0,
+            refused: false,
+            lock_grants_at_start: 0,
+        }
+    }
+}
+
+impl Lane {
     fn name(&self) -> &[u8] {
         &self.name[..self.name_len as usize]
     }
@@ -541,23 +564,7 @@ impl Engine {
                 Names::Shared { locks } => (i % locks) as u32,
                 _ => 0,
             };
-            let mut lane = Lane {
-                conn: (i / wl.lanes_per_conn) as u32,
-                state: LaneState::Idle,
-                lock,
-                name: [0; NAME_LEN_MAX],
-                name_len: 0,
-                owner: [0; OWNER_LEN_MAX],
-                owner_len: 0,
-                token: 0,
-                attempt_start: now,
-                attempt_seq: 0,
-                deadline: now,
-                attempts: 0,
-                timer_generation: 0,
-                refused: false,
-                lock_grants_at_start: 0,
-            };
+            let mut lane = Lane::idle((i / wl.lanes_per_conn) as u32, lock, now);
             match wl.names {
                 Names::PerLane => set_name(&mut lane, wl, format_args!("{}.{i}", ctx.thread)),
                 Names::Shared { .. } => set_name(&mut lane, wl, format_args!("{lock}")),
@@ -1152,24 +1159,7 @@ mod tests {
     use super::*;
 
     fn blank_lane() -> Lane {
-        let now = Instant::now();
-        Lane {
-            conn: 0,
-            state: LaneState::Idle,
-            lock: 0,
-            name: [0; NAME_LEN_MAX],
-            name_len: 0,
-            owner: [0; OWNER_LEN_MAX],
-            owner_len: 0,
-            token: 0,
-            attempt_start: now,
-            attempt_seq: 0,
-            deadline: now,
-            attempts: 0,
-            timer_generation: 0,
-            refused: false,
-            lock_grants_at_start: 0,
-        }
+        Lane::idle(0, 0, Instant::now())
     }
 
     #[test]
