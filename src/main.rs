@@ -120,6 +120,9 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         token_seed: None,
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
+    server
+        .handle_signals()
+        .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
     server.run().map_err(|e| format!("server stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -43,6 +43,7 @@ use crate::table::{EventKind, LockTable, SessionId};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const SIGNALS: Token = Token(usize::MAX - 3);
 
 /// Readiness events taken per poll; more simply wait for the next turn.
 const POLL_EVENTS_MAX: usize = 1024;
@@ -162,6 +163,10 @@ pub struct Server {
     table: LockTable,
     started: Instant,
     stop: Arc<AtomicBool>,
+    /// SIGINT/SIGTERM, when [`Server::handle_signals`] was called.
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    /// A first signal came: the server is stopping.
+    shutting_down: bool,
     waker: Arc<Waker>,
     /// Connections with work left over from the previous turn.
     ready: Vec<usize>,
@@ -217,6 +222,8 @@ impl Server {
             table: LockTable::new(limits, seed, 0),
             started,
             stop: Arc::new(AtomicBool::new(false)),
+            signals: None,
+            shutting_down: false,
             waker,
             ready: Vec::with_capacity(64),
             ready_next: Vec::with_capacity(64),
@@ -258,6 +265,51 @@ impl Server {
     }
 
     /// Runs until a [`Stopper`] fires, then closes every connection.
+    /// Stops gracefully on the first SIGINT or SIGTERM: no new connections,
+    /// every queued ACQUIRE answered SHUTTING_DOWN, pending replies written,
+    /// then [`Server::run`] returns. A second signal exits the process at
+    /// once with status 1. For the daemon; embedders use a [`Stopper`].
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    fn on_signal(&mut self, now: u64) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let count = signals.pending().count();
+        if count == 0 {
+            return;
+        }
+        if self.shutting_down || count > 1 {
+            warn!("second signal: exiting at once");
+            std::process::exit(1);
+        }
+        info!("signal received: stopping (a second signal exits at once)");
+        self.shutting_down = true;
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            if conn.waiting && !conn.closing {
+                write_error(
+                    &mut conn.output,
+                    ErrorCode::ShuttingDown,
+                    format_args!("the server is shutting down; retry against a running server"),
+                );
+            }
+            let _ = flush(conn);
+            self.mark_closing(key, now);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
     pub fn run(&mut self) -> io::Result<()> {
         while !self.stop.load(Ordering::SeqCst) {
             self.turn()?;
@@ -294,6 +346,7 @@ impl Server {
             match event.token() {
                 LISTENER => self.accept(now),
                 WAKER => {}
+                SIGNALS => self.on_signal(now),
                 Token(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         conn.want_read |= event.is_readable() || gone;

@@ -69,3 +69,89 @@ fn queued_connections_are_served_after_running_out_of_file_descriptors() {
         "queued connections left unserved after descriptors freed"
     );
 }
+
+fn start_server(port: u16) -> ServerProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = ServerProcess(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// SIGTERM: the queued ACQUIRE is answered SHUTTING_DOWN, the port closes,
+/// and the process exits 0.
+#[test]
+fn sigterm_answers_waiters_and_exits_cleanly() {
+    use distlockd::protocol::{Acquire, ErrorCode, Reply, Request, decode_reply};
+    let port = free_port();
+    let mut server = start_server(port);
+    let frame = |owner: &'static [u8], wait_ms: u32| {
+        let mut out = Vec::new();
+        Request::Acquire(Acquire {
+            name: b"job",
+            owner,
+            ttl_ms: 60_000,
+            wait_ms,
+            flags: 0,
+        })
+        .encode_to_vec(&mut out);
+        out
+    };
+    let mut holder = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    holder.write_all(&frame(b"holder", 0)).unwrap();
+    let mut reply = [0u8; 512];
+    let n = holder.read(&mut reply).unwrap();
+    assert!(matches!(
+        decode_reply(&reply[..n]),
+        Ok(Some((Reply::Granted { .. }, _)))
+    ));
+    let mut waiter = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    waiter.write_all(&frame(b"waiter", 30_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    waiter
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = waiter.read(&mut reply).unwrap();
+    let Ok(Some((Reply::Error { code, message }, _))) = decode_reply(&reply[..n]) else {
+        panic!("no error frame for the waiter: {:?}", &reply[..n]);
+    };
+    assert_eq!(
+        code,
+        ErrorCode::ShuttingDown,
+        "{}",
+        String::from_utf8_lossy(message)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server still running 5 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "still accepting"
+    );
+}
