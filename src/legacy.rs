@@ -20,7 +20,7 @@
 //! frame_size_max is answered INVALID and the connection is closed.
 
 use crate::limits::FRAME_SIZE_CEILING;
-use crate::protocol::DecodeError;
+use crate::protocol::{DecodeError, whole_frame_present};
 
 pub const CMD_ACQUIRE: u8 = 0x01;
 pub const CMD_RELEASE: u8 = 0x02;
@@ -81,14 +81,7 @@ pub fn decode_request(
     let name_len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
     let client_id_len = u16::from_be_bytes([buf[3], buf[4]]) as usize;
     let size = LEGACY_HEADER_SIZE + name_len + client_id_len;
-    if size > frame_size_max {
-        return Err(DecodeError::FrameTooLarge {
-            kind,
-            size,
-            max: frame_size_max,
-        });
-    }
-    if buf.len() < size {
+    if !whole_frame_present(buf, kind, size, frame_size_max)? {
         return Ok(None);
     }
     let name = &buf[LEGACY_HEADER_SIZE..LEGACY_HEADER_SIZE + name_len];

@@ -315,14 +315,7 @@ fn split_frame(
         return Ok(None);
     }
     let size = FRAME_HEADER_SIZE + u16::from_be_bytes([buf[1], buf[2]]) as usize;
-    if size > frame_size_max {
-        return Err(DecodeError::FrameTooLarge {
-            kind,
-            size,
-            max: frame_size_max,
-        });
-    }
-    if buf.len() < size {
+    if !whole_frame_present(buf, kind, size, frame_size_max)? {
         return Ok(None);
     }
     Ok(Some(RawFrame {
@@ -330,6 +323,25 @@ fn split_frame(
         body: &buf[FRAME_HEADER_SIZE..size],
         size,
     }))
+}
+
+/// With a frame's total `size` known from its header: refuses it if it is
+/// over `frame_size_max` (before the body arrives), else tells whether all of
+/// it is in `buf`. Shared by the native and the original protocol.
+pub(crate) fn whole_frame_present(
+    buf: &[u8],
+    kind: u8,
+    size: usize,
+    frame_size_max: usize,
+) -> Result<bool, DecodeError> {
+    if size > frame_size_max {
+        return Err(DecodeError::FrameTooLarge {
+            kind,
+            size,
+            max: frame_size_max,
+        });
+    }
+    Ok(buf.len() >= size)
 }
 
 /// Decodes one request from the front of `buf`.

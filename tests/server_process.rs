@@ -22,6 +22,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn wait_until_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen on {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn pong(stream: &mut TcpStream) -> bool {
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -48,11 +59,7 @@ fn queued_connections_are_served_after_running_out_of_file_descriptors() {
         .spawn()
         .unwrap();
     let _server = ServerProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(port);
     let mut clients: Vec<TcpStream> = (0..60)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
         .collect();
@@ -78,11 +85,7 @@ fn start_server(port: u16) -> ServerProcess {
         .spawn()
         .unwrap();
     let server = ServerProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_listening(port);
     server
 }
 
