@@ -8,23 +8,15 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use distlockd::client::Client;
 
+mod common;
+use common::{ServerProcess, start_server};
+
 const PORT: u16 = 9999;
 const PACKAGE: &str = "distlockd==1.0.3";
-
-/// Kills the server when the test ends, whatever happens.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-compat-venv");
@@ -67,33 +59,19 @@ fn run(command: &mut Command, what: &str) -> String {
     stdout
 }
 
-fn start_server() -> ServerProcess {
+/// Refuses to start if something else holds port 9999, rather than testing it.
+fn start_server_on_port_9999() -> ServerProcess {
     assert!(
         TcpStream::connect(("127.0.0.1", PORT)).is_err(),
         "port {PORT} is already in use; the original benchmark only connects to {PORT}, so stop whatever listens there"
     );
-    let child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", &PORT.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start distlockd server");
-    let server = ServerProcess(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", PORT)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen on {PORT} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    server
+    start_server(PORT)
 }
 
 #[test]
 fn the_original_python_client_and_benchmark_work_against_our_server() {
     let venv = venv();
-    let _server = start_server();
+    let _server = start_server_on_port_9999();
     let addr = format!("127.0.0.1:{PORT}");
     let rust = Client::new(&addr).unwrap();
     let held = rust

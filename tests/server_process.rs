@@ -2,17 +2,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{ServerProcess, start_server, wait_until_listening};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -20,17 +14,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn wait_until_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not listen on {port} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn pong(stream: &mut TcpStream) -> bool {
@@ -75,18 +58,6 @@ fn queued_connections_are_served_after_running_out_of_file_descriptors() {
         served_after, 30,
         "queued connections left unserved after descriptors freed"
     );
-}
-
-fn start_server(port: u16) -> ServerProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = ServerProcess(child);
-    wait_until_listening(port);
-    server
 }
 
 /// SIGTERM: the queued ACQUIRE is answered SHUTTING_DOWN, the port closes,
