@@ -71,29 +71,42 @@ struct Redis {
 }
 
 impl Redis {
+    /// Picks a free port and starts redis-server on it; if another process
+    /// took the port in between (redis exits on a failed bind), tries again.
     fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            let mut redis = Redis {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            };
+            let started = Instant::now();
+            while TcpStream::connect(redis.addr).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "redis-server did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Something listens; make sure it is our redis and not a
+            // process that won the port race.
+            std::thread::sleep(Duration::from_millis(50));
+            if redis.child.try_wait().unwrap().is_none() {
+                return redis;
+            }
         }
-        Redis { child, addr }
+        panic!("redis-server failed to start on 5 free ports in a row");
     }
 }
 

@@ -13,7 +13,7 @@ use std::process::Command;
 use distlockd::client::Client;
 
 mod common;
-use common::{ServerProcess, start_server};
+use common::{ServerProcess, start_server_cmd};
 
 const PORT: u16 = 9999;
 const PACKAGE: &str = "distlockd==1.0.3";
@@ -65,7 +65,13 @@ fn start_server_on_port_9999() -> ServerProcess {
         TcpStream::connect(("127.0.0.1", PORT)).is_err(),
         "port {PORT} is already in use; the original benchmark only connects to {PORT}, so stop whatever listens there"
     );
-    start_server(PORT)
+    let (server, addr) = start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args([
+        "server",
+        "--port",
+        &PORT.to_string(),
+    ]));
+    assert_eq!(addr.port(), PORT);
+    server
 }
 
 #[test]

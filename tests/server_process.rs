@@ -1,20 +1,12 @@
 //! The daemon as a process, under operating-system limits.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{ServerProcess, start_server, wait_until_listening};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{start_server, start_server_cmd};
 
 fn pong(stream: &mut TcpStream) -> bool {
     stream
@@ -30,22 +22,12 @@ fn pong(stream: &mut TcpStream) -> bool {
 /// the listener.
 #[test]
 fn queued_connections_are_served_after_running_out_of_file_descriptors() {
-    let port = free_port();
     let script = format!(
-        "ulimit -n 40 && exec '{}' server --port {port}",
+        "ulimit -n 40 && exec '{}' server --port 0",
         env!("CARGO_BIN_EXE_distlockd")
     );
-    let child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = ServerProcess(child);
-    wait_until_listening(port);
-    let mut clients: Vec<TcpStream> = (0..60)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
+    let (_server, addr) = start_server_cmd(Command::new("sh").args(["-c", &script]));
+    let mut clients: Vec<TcpStream> = (0..60).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let served_first = clients.iter_mut().map(pong).filter(|&ok| ok).count();
     assert!(
         served_first < 60,
@@ -65,8 +47,7 @@ fn queued_connections_are_served_after_running_out_of_file_descriptors() {
 #[test]
 fn sigterm_answers_waiters_and_exits_cleanly() {
     use distlockd::protocol::{Acquire, ErrorCode, Reply, Request, decode_reply};
-    let port = free_port();
-    let mut server = start_server(port);
+    let (mut server, addr) = start_server();
     let frame = |owner: &'static [u8], wait_ms: u32| {
         let mut out = Vec::new();
         Request::Acquire(Acquire {
@@ -79,7 +60,7 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
         .encode_to_vec(&mut out);
         out
     };
-    let mut holder = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut holder = TcpStream::connect(addr).unwrap();
     holder.write_all(&frame(b"holder", 0)).unwrap();
     let mut reply = [0u8; 512];
     let n = holder.read(&mut reply).unwrap();
@@ -87,7 +68,7 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
         decode_reply(&reply[..n]),
         Ok(Some((Reply::Granted { .. }, _)))
     ));
-    let mut waiter = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut waiter = TcpStream::connect(addr).unwrap();
     waiter.write_all(&frame(b"waiter", 30_000)).unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
@@ -124,8 +105,5 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}");
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "still accepting"
-    );
+    assert!(TcpStream::connect(addr).is_err(), "still accepting");
 }

@@ -1,7 +1,8 @@
 //! Shared by the tests that run the daemon as a separate process.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The daemon process, killed when the test ends, whatever happens.
@@ -14,17 +15,49 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Starts `distlockd server --port PORT` and waits until it listens.
-pub fn start_server(port: u16) -> ServerProcess {
-    let child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", &port.to_string()])
+/// Starts `distlockd server --port 0` (the kernel picks a free port, so
+/// parallel tests never race for one) and returns it with its address.
+#[allow(dead_code)]
+pub fn start_server() -> (ServerProcess, SocketAddr) {
+    start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args(["server", "--port", "0"]))
+}
+
+/// Starts a command that runs the daemon, reads its start-up log line from
+/// standard error for the address it bound, and keeps draining standard
+/// error so the daemon never blocks on a full pipe.
+pub fn start_server_cmd(cmd: &mut Command) -> (ServerProcess, SocketAddr) {
+    let mut child = cmd
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start distlockd server");
+    let stderr = child.stderr.take().expect("piped stderr");
     let server = ServerProcess(child);
-    wait_until_listening(port);
-    server
+    let addr = read_listen_address(stderr);
+    wait_until_listening(addr.port());
+    (server, addr)
+}
+
+fn read_listen_address(stderr: ChildStderr) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr);
+        let mut line = String::new();
+        let mut sent = false;
+        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            if !sent && let Some(rest) = line.split(" listening on ").nth(1) {
+                let addr = rest.split(';').next().unwrap_or("").trim().to_owned();
+                sent = tx.send(addr).is_ok();
+            }
+            line.clear();
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the daemon logged no `listening on` line within 10 s (did it fail to bind?)");
+    addr.parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in the start-up log: {e}"))
 }
 
 /// Waits up to 10 s for something to accept connections on the port.
