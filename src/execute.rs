@@ -124,7 +124,7 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
         Outcome::NotHeld(reason) => Reply::NotHeld { reason },
         Outcome::Rejected(e) => {
             let code = match e {
-                ArgError::LocksFull { .. } => ErrorCode::Limit,
+                ArgError::LocksFull { .. } | ArgError::WaitersFull { .. } => ErrorCode::Limit,
                 _ => ErrorCode::BadArgument,
             };
             write_error(out, code, format_args!("{e}"));

@@ -29,10 +29,28 @@ pub const REPLY_SIZE_MAX: usize = FRAME_HEADER_SIZE + 2 + 1 + 255;
 /// Per-connection input buffer: a few pipelined frames per read syscall.
 pub const CONN_INPUT_BUFFER_SIZE: usize = 4096;
 
-/// Per-connection output buffer: pipelined replies wait here until written.
-/// When less than [`REPLY_SIZE_MAX`] is free the connection stops being read
-/// (backpressure) instead of growing memory.
+/// Default per-connection output buffer: pipelined replies wait here until
+/// written. It never grows: when less than [`REPLY_SIZE_MAX`] is free the
+/// connection stops being read (backpressure), and a connection whose
+/// replies stay unwritten for `write_timeout_ms` is closed.
 pub const CONN_OUTPUT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// Smallest configurable output buffer: room for a few of the longest replies.
+pub const CONN_OUTPUT_BUFFER_SIZE_MIN: usize = 4 * REPLY_SIZE_MAX;
+
+/// Largest configurable output buffer (per connection, allocated up front).
+pub const CONN_OUTPUT_BUFFER_SIZE_CEILING: usize = 1 << 20;
+
+/// Default bound on ACQUIREs queued on one lock.
+pub const WAITERS_PER_LOCK_MAX_DEFAULT: usize = 1024;
+
+/// Default deadline for a frame that has started to arrive (slow-loris):
+/// a client on a sane network sends a few hundred bytes in far less.
+pub const FRAME_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+
+/// Default deadline for pending replies to make progress: a client that
+/// sends but never reads is closed after this long.
+pub const WRITE_TIMEOUT_MS_DEFAULT: u32 = 30_000;
 
 /// Frames decoded per connection per turn of the event loop, so one
 /// pipelining client cannot starve the others.
@@ -61,7 +79,7 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 /// Timer deadlines must stay within the wheel's horizon.
 const _: () = assert!((u32::MAX as u64) * 2 < crate::wheel::WHEEL_HORIZON_MS);
 const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);
-const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE >= 4 * REPLY_SIZE_MAX);
+const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE >= CONN_OUTPUT_BUFFER_SIZE_MIN);
 const _: () = assert!(FRAME_SIZE_CEILING <= u16::MAX as usize + FRAME_HEADER_SIZE);
 const _: () = assert!(request_size_max(NAME_LEN_CEILING, OWNER_LEN_CEILING) <= FRAME_SIZE_CEILING);
 
@@ -82,6 +100,20 @@ pub struct Limits {
     pub wait_ms_max: u32,
     pub connections_max: usize,
     pub locks_max: usize,
+    /// ACQUIREs queued on one lock; one more gets a LIMIT error.
+    pub waiters_per_lock_max: usize,
+    /// Bytes of unwritten replies a connection may have (allocated per
+    /// connection up front; never grows).
+    pub output_buffer_size: usize,
+    /// A frame that has started must be whole within this many ms, else the
+    /// connection gets a LIMIT error and is closed.
+    pub frame_timeout_ms: u32,
+    /// Pending replies that make no progress for this long close the
+    /// connection (a client that sends but never reads).
+    pub write_timeout_ms: u32,
+    /// A connection with nothing received, nothing queued and nothing
+    /// pending for this long is closed; 0 disables the idle timeout.
+    pub idle_timeout_ms: u32,
 }
 
 impl Default for Limits {
@@ -95,6 +127,11 @@ impl Default for Limits {
             wait_ms_max: WAIT_MS_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             locks_max: LOCKS_MAX_DEFAULT,
+            waiters_per_lock_max: WAITERS_PER_LOCK_MAX_DEFAULT,
+            output_buffer_size: CONN_OUTPUT_BUFFER_SIZE,
+            frame_timeout_ms: FRAME_TIMEOUT_MS_DEFAULT,
+            write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
+            idle_timeout_ms: 0,
         }
     }
 }
@@ -137,6 +174,36 @@ impl Limits {
         check("wait_ms_max", self.wait_ms_max as u64, 0, u32::MAX as u64)?;
         check("connections_max", self.connections_max as u64, 1, 1 << 24)?;
         check("locks_max", self.locks_max as u64, 1, LOCKS_CEILING as u64)?;
+        check(
+            "waiters_per_lock_max",
+            self.waiters_per_lock_max as u64,
+            1,
+            1 << 24,
+        )?;
+        check(
+            "output_buffer_size",
+            self.output_buffer_size as u64,
+            CONN_OUTPUT_BUFFER_SIZE_MIN as u64,
+            CONN_OUTPUT_BUFFER_SIZE_CEILING as u64,
+        )?;
+        check(
+            "frame_timeout_ms",
+            self.frame_timeout_ms as u64,
+            1,
+            u32::MAX as u64,
+        )?;
+        check(
+            "write_timeout_ms",
+            self.write_timeout_ms as u64,
+            1,
+            u32::MAX as u64,
+        )?;
+        check(
+            "idle_timeout_ms",
+            self.idle_timeout_ms as u64,
+            0,
+            u32::MAX as u64,
+        )?;
         Ok(())
     }
 }

@@ -32,6 +32,17 @@ Options:
   --connections-max N      simultaneous connections (default 10000)
   --locks-max N            locks held at once; past it ACQUIRE of a new name
                            gets a LIMIT error (default 1000000, ~60 MB)
+  --waiters-per-lock-max N ACQUIREs queued on one lock; past it a LIMIT error
+                           (default 1024)
+  --output-buffer-size BYTES
+                           unwritten replies per connection, 1044-1048576
+                           (default 16384; allocated per connection)
+  --frame-timeout-ms MS    a started frame must be whole within this, else
+                           LIMIT error and close (default 10000)
+  --write-timeout-ms MS    replies unread this long close the connection
+                           (default 30000)
+  --idle-timeout-ms MS     close connections idle this long; 0 = never
+                           (default 0)
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";
@@ -96,6 +107,21 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 limits.connections_max = number(parser, "--connections-max")?
             }
             Long("locks-max") => limits.locks_max = number(parser, "--locks-max")?,
+            Long("waiters-per-lock-max") => {
+                limits.waiters_per_lock_max = number(parser, "--waiters-per-lock-max")?
+            }
+            Long("output-buffer-size") => {
+                limits.output_buffer_size = number(parser, "--output-buffer-size")?
+            }
+            Long("frame-timeout-ms") => {
+                limits.frame_timeout_ms = number(parser, "--frame-timeout-ms")?
+            }
+            Long("write-timeout-ms") => {
+                limits.write_timeout_ms = number(parser, "--write-timeout-ms")?
+            }
+            Long("idle-timeout-ms") => {
+                limits.idle_timeout_ms = number(parser, "--idle-timeout-ms")?
+            }
             Long("name-len-max") => limits.name_len_max = number(parser, "--name-len-max")?,
             Long("owner-len-max") => limits.owner_len_max = number(parser, "--owner-len-max")?,
             Long("help") | Short('h') => {
@@ -134,7 +160,12 @@ fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 
 /// Limits name their fields; a person at the command line typed a flag.
 fn flag_named(message: &str) -> String {
-    const FLAGS: [(&str, &str); 7] = [
+    const FLAGS: [(&str, &str); 12] = [
+        ("waiters_per_lock_max", "--waiters-per-lock-max"),
+        ("output_buffer_size", "--output-buffer-size"),
+        ("frame_timeout_ms", "--frame-timeout-ms"),
+        ("write_timeout_ms", "--write-timeout-ms"),
+        ("idle_timeout_ms", "--idle-timeout-ms"),
         ("lock_ttl_ms_default", "--ttl-default-ms"),
         ("lock_ttl_ms_max", "--ttl-max-ms"),
         ("wait_ms_max", "--wait-max-ms"),

@@ -35,9 +35,7 @@ use slab::Slab;
 
 use crate::buffer::ConnBuffer;
 use crate::execute::{self, Context, Step, write_error};
-use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
-};
+use crate::limits::{CONN_INPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX};
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
 
@@ -203,14 +201,20 @@ impl Server {
         let started = Instant::now();
         let limits = config.limits;
         info!(
-            "distlockd {SERVER_VERSION} listening on {addr}; limits: connections_max {} frame_size_max {} name_len_max {} owner_len_max {} lock_ttl_ms_default {} lock_ttl_ms_max {} wait_ms_max {}",
+            "distlockd {SERVER_VERSION} listening on {addr}; limits: connections_max {} frame_size_max {} name_len_max {} owner_len_max {} lock_ttl_ms_default {} lock_ttl_ms_max {} wait_ms_max {} locks_max {} waiters_per_lock_max {} output_buffer_size {} frame_timeout_ms {} write_timeout_ms {} idle_timeout_ms {}",
             limits.connections_max,
             limits.frame_size_max,
             limits.name_len_max,
             limits.owner_len_max,
             limits.lock_ttl_ms_default,
             limits.lock_ttl_ms_max,
-            limits.wait_ms_max
+            limits.wait_ms_max,
+            limits.locks_max,
+            limits.waiters_per_lock_max,
+            limits.output_buffer_size,
+            limits.frame_timeout_ms,
+            limits.write_timeout_ms,
+            limits.idle_timeout_ms
         );
         debug!("first fencing token {seed}");
         Ok(Server {
@@ -439,7 +443,7 @@ impl Server {
             peer,
             session,
             input: ConnBuffer::with_capacity(CONN_INPUT_BUFFER_SIZE),
-            output: ConnBuffer::with_capacity(CONN_OUTPUT_BUFFER_SIZE),
+            output: ConnBuffer::with_capacity(self.table.limits().output_buffer_size),
             want_read: true,
             waiting: false,
             closing: false,

@@ -99,6 +99,10 @@ pub enum ArgError {
     LocksFull {
         max: usize,
     },
+    /// The lock has waiters_per_lock_max ACQUIREs queued already.
+    WaitersFull {
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for ArgError {
@@ -131,6 +135,10 @@ impl std::fmt::Display for ArgError {
             ArgError::LocksFull { max } => write!(
                 f,
                 "the server holds locks_max {max} locks; release some, or raise --locks-max"
+            ),
+            ArgError::WaitersFull { max } => write!(
+                f,
+                "the lock has waiters_per_lock_max {max} ACQUIREs queued; retry later, or raise --waiters-per-lock-max"
             ),
             ArgError::UnknownFlags { flags } => {
                 write!(
