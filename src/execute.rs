@@ -247,6 +247,23 @@ pub fn write_error(out: &mut ConnBuffer, code: ErrorCode, message: std::fmt::Arg
     out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
 }
 
+/// Writes an error in the protocol the client at the front of `input`
+/// speaks: the original protocol's ERROR status when its first byte is one
+/// of that protocol's commands, else a native ERROR frame with `code`.
+pub fn write_error_for(
+    input: &[u8],
+    out: &mut ConnBuffer,
+    code: ErrorCode,
+    message: std::fmt::Arguments<'_>,
+) {
+    match input.first() {
+        Some(&first) if legacy::is_legacy(first) => {
+            write_legacy(out, legacy::STATUS_ERROR, message)
+        }
+        _ => write_error(out, code, message),
+    }
+}
+
 /// Encodes a reply of the original protocol.
 fn write_legacy(out: &mut ConnBuffer, status: u8, message: std::fmt::Arguments<'_>) {
     if out.free_space() < REPLY_SIZE_MAX {

@@ -34,10 +34,11 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::buffer::ConnBuffer;
-use crate::execute::{self, Context, Step, write_error};
+use crate::execute::{self, Context, Step, write_error, write_error_for};
 use crate::limits::{CONN_INPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX};
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
+use crate::wheel::{TimerHandle, TimerWheel};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -150,6 +151,27 @@ struct Conn {
     write_interest: bool,
     /// Listed in `Server::writes` for this turn.
     in_writes: bool,
+    /// When the incomplete frame at the front of `input` began to arrive.
+    partial_since_ms: Option<u64>,
+    /// Last time the kernel took reply bytes or there were none to write.
+    write_progress_ms: u64,
+    /// Last time bytes arrived.
+    read_ms: u64,
+    /// This connection's entry in `Server::deadlines`, and when it fires.
+    /// Lazy: a deadline that moved later is found when the entry fires and
+    /// re-armed then, so the common path never touches the wheel.
+    deadline: Option<(TimerHandle, u64)>,
+}
+
+/// Why a connection's deadline closed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expired {
+    /// A frame began and stayed incomplete for frame_timeout_ms.
+    Frame,
+    /// Replies stayed unwritten for write_timeout_ms.
+    Write,
+    /// Nothing happened for idle_timeout_ms.
+    Idle,
 }
 
 pub struct Server {
@@ -177,6 +199,9 @@ pub struct Server {
     /// Connections to close at the end of the turn (keys must not be reused
     /// while events of this turn may still name them).
     closing: Vec<usize>,
+    /// Per-connection deadlines (frame, write and idle timeouts), keyed by
+    /// connection; separate from the lock table, which is replicated state.
+    deadlines: TimerWheel<usize>,
 }
 
 impl Server {
@@ -234,6 +259,7 @@ impl Server {
             accept_retry: false,
             writes: Vec::with_capacity(64),
             closing: Vec::with_capacity(64),
+            deadlines: TimerWheel::with_capacity(0, 64),
         })
     }
 
@@ -308,7 +334,7 @@ impl Server {
                     format_args!("the server is shutting down; retry against a running server"),
                 );
             }
-            let _ = flush(conn);
+            let _ = flush(conn, now);
             self.mark_closing(key, now);
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -339,6 +365,7 @@ impl Server {
         let now = self.now_ms();
         self.table.advance(now);
         self.deliver_table_events();
+        self.expire_connections(now);
         if self.accept_retry {
             self.accept(now);
         }
@@ -390,8 +417,12 @@ impl Server {
         let retry = self
             .accept_retry
             .then(|| Duration::from_millis(ACCEPT_RETRY_MS));
-        let Some(deadline) = self.table.next_deadline() else {
-            return retry;
+        let deadline = match (self.table.next_deadline(), self.deadlines.next_deadline()) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(d) => d,
+                None => return retry,
+            },
         };
         let at = self.started + Duration::from_millis(deadline);
         let until_deadline = at.saturating_duration_since(Instant::now());
@@ -430,7 +461,7 @@ impl Server {
         let _ = self.waker.wake();
     }
 
-    fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, _now: u64) -> io::Result<()> {
+    fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -451,7 +482,12 @@ impl Server {
             write_interest: false,
             in_writes: false,
             peer_gone: false,
+            partial_since_ms: None,
+            write_progress_ms: now,
+            read_ms: now,
+            deadline: None,
         });
+        self.arm_deadline(key, now);
         debug!("{peer}: connected (connection {key})");
         Ok(())
     }
@@ -467,7 +503,7 @@ impl Server {
         // waiter's disconnect is seen, and it must leave the queue at once.
         // With a full input buffer that read cannot happen; the RDHUP hint
         // covers it.
-        if conn.peer_gone || (conn.want_read && read_available(conn).is_err()) {
+        if conn.peer_gone || (conn.want_read && read_available(conn, now).is_err()) {
             self.mark_closing(key, now);
             return;
         }
@@ -481,7 +517,7 @@ impl Server {
         let more = match process_frames(conn, &mut ctx) {
             Ok(more) => more,
             Err(()) => {
-                let _ = flush(&mut self.conns[key]);
+                let _ = flush(&mut self.conns[key], now);
                 self.mark_closing(key, now);
                 return;
             }
@@ -494,6 +530,7 @@ impl Server {
         if (more || can_read) && has_room && !conn.waiting {
             self.queue_ready(key);
         }
+        self.arm_deadline(key, now);
     }
 
     fn queue_ready(&mut self, key: usize) {
@@ -525,7 +562,7 @@ impl Server {
             if conn.closing {
                 continue;
             }
-            if flush(conn).is_err() || self.update_write_interest(key).is_err() {
+            if flush(conn, now).is_err() || self.update_write_interest(key).is_err() {
                 self.mark_closing(key, now);
                 continue;
             }
@@ -534,6 +571,7 @@ impl Server {
             if has_work && !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX {
                 self.queue_ready(key);
             }
+            self.arm_deadline(key, now);
         }
         self.writes.clear();
     }
@@ -586,6 +624,74 @@ impl Server {
         self.table.clear_events();
     }
 
+    /// Makes sure the connection's entry in `deadlines` fires no later than
+    /// its earliest timeout. An entry that would fire early is left alone:
+    /// [`Server::expire_connections`] re-arms it when it fires.
+    fn arm_deadline(&mut self, key: usize, now: u64) {
+        let conn = &mut self.conns[key];
+        let Some((due, _)) = next_timeout(conn, self.table.limits()) else {
+            return;
+        };
+        if let Some((handle, at)) = conn.deadline {
+            if at <= due {
+                return;
+            }
+            self.deadlines.cancel(handle);
+        }
+        let at = due.max(now);
+        conn.deadline = Some((self.deadlines.insert(at, key), at));
+    }
+
+    /// Closes the connections whose frame, write or idle timeout has passed,
+    /// and re-arms those whose deadline moved later.
+    fn expire_connections(&mut self, now: u64) {
+        while let Some((_, key)) = self.deadlines.poll(now) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.deadline = None;
+            if conn.closing {
+                continue;
+            }
+            match next_timeout(conn, self.table.limits()) {
+                Some((due, why)) if due <= now => self.expire(key, why, now),
+                _ => self.arm_deadline(key, now),
+            }
+        }
+    }
+
+    fn expire(&mut self, key: usize, why: Expired, now: u64) {
+        let limits = self.table.limits();
+        let conn = &mut self.conns[key];
+        match why {
+            Expired::Frame => {
+                let ms = limits.frame_timeout_ms;
+                debug!(
+                    "{}: frame incomplete after {ms} ms; closing (connection {key})",
+                    conn.peer
+                );
+                write_error_for(
+                    conn.input.unread(),
+                    &mut conn.output,
+                    ErrorCode::Limit,
+                    format_args!(
+                        "frame incomplete after {ms} ms (frame_timeout_ms {ms}); send each frame whole, or raise --frame-timeout-ms"
+                    ),
+                );
+                let _ = flush(conn, now);
+            }
+            Expired::Write => debug!(
+                "{}: replies unread for {} ms (write_timeout_ms); closing (connection {key})",
+                conn.peer, limits.write_timeout_ms
+            ),
+            Expired::Idle => debug!(
+                "{}: idle for {} ms (idle_timeout_ms); closing (connection {key})",
+                conn.peer, limits.idle_timeout_ms
+            ),
+        }
+        self.mark_closing(key, now);
+    }
+
     /// Ends the connection's session at once (its queued ACQUIRE leaves the
     /// queue, its SESSION holds pass to their waiters) so that nothing is
     /// granted to it in the rest of this turn; its slab slot is freed at the
@@ -608,9 +714,41 @@ impl Server {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
+        if let Some((handle, _)) = conn.deadline {
+            self.deadlines.cancel(handle);
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         debug!("{}: closed (connection {key})", conn.peer);
     }
+}
+
+/// The connection's earliest timeout and its kind, if any applies:
+/// - frame: an incomplete frame the server would decode if it were whole
+///   (not while an ACQUIRE waits or replies fill the output buffer: then the
+///   server, not the client, holds the frame back);
+/// - write: replies pending and no progress in writing them;
+/// - idle: nothing pending, nothing queued, nothing received (idle_timeout_ms
+///   0 turns it off). An idle connection's SESSION holds end with it.
+fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
+    let frame = conn
+        .partial_since_ms
+        .filter(|_| !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX)
+        .map(|since| (since + limits.frame_timeout_ms as u64, Expired::Frame));
+    let write = (!conn.output.is_empty()).then(|| {
+        (
+            conn.write_progress_ms + limits.write_timeout_ms as u64,
+            Expired::Write,
+        )
+    });
+    let quiet = !conn.waiting && conn.input.is_empty() && conn.output.is_empty();
+    let idle = (limits.idle_timeout_ms > 0 && quiet).then(|| {
+        let active = conn.read_ms.max(conn.write_progress_ms);
+        (active + limits.idle_timeout_ms as u64, Expired::Idle)
+    });
+    [frame, write, idle]
+        .into_iter()
+        .flatten()
+        .min_by_key(|&(at, _)| at)
 }
 
 /// Reads until the socket is drained or the buffer is full. Err: EOF or a
@@ -621,7 +759,7 @@ impl Server {
 /// edge-triggered epoll, which reports any data (or FIN) arriving after this
 /// read as a new event, and it saves a syscall per request on the common
 /// path.
-fn read_available(conn: &mut Conn) -> Result<(), ()> {
+fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
     loop {
         let spare = conn.input.spare_mut();
         let offered = spare.len();
@@ -635,6 +773,7 @@ fn read_available(conn: &mut Conn) -> Result<(), ()> {
             }
             Ok(n) => {
                 conn.input.commit(n);
+                conn.read_ms = now;
                 if n < offered {
                     conn.want_read = false;
                     return Ok(());
@@ -654,11 +793,18 @@ fn read_available(conn: &mut Conn) -> Result<(), ()> {
 }
 
 /// Writes buffered replies until WouldBlock. Err: the socket failed.
-fn flush(conn: &mut Conn) -> Result<(), ()> {
+/// Any progress, or nothing to write, restarts the write timeout.
+fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
+    if conn.output.is_empty() {
+        conn.write_progress_ms = now;
+    }
     while !conn.output.is_empty() {
         match conn.stream.write(conn.output.unread()) {
             Ok(0) => return Err(()),
-            Ok(n) => conn.output.consume(n),
+            Ok(n) => {
+                conn.output.consume(n);
+                conn.write_progress_ms = now;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -679,10 +825,18 @@ fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>) -> Result<bool, ()> {
             return Ok(false);
         }
         match execute::step(conn.input.unread(), ctx, &mut conn.output) {
-            Ok(Step::NeedMore) => return Ok(false),
+            Ok(Step::NeedMore) => {
+                if conn.input.is_empty() {
+                    conn.partial_since_ms = None;
+                } else if conn.partial_since_ms.is_none() {
+                    conn.partial_since_ms = Some(ctx.now_ms);
+                }
+                return Ok(false);
+            }
             Ok(Step::Executed { used, queued }) => {
                 conn.input.consume(used);
                 conn.waiting = queued;
+                conn.partial_since_ms = None;
             }
             Err(e) => {
                 debug!("{}: protocol error: {e}", conn.peer);

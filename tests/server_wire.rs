@@ -446,3 +446,132 @@ fn locks_past_locks_max_get_a_limit_error() {
     c.send(Request::Ping);
     assert_eq!(c.reply(), OwnedReply::Pong, "the connection stays open");
 }
+
+fn ping(wire: &mut Wire) {
+    wire.send(Request::Ping);
+    assert_eq!(wire.reply(), OwnedReply::Pong);
+}
+
+/// Slow-loris: a frame that starts and never completes gets a LIMIT error
+/// after frame_timeout_ms and its connection is closed; a slow sender that
+/// completes its frames in time, and every other connection, are served.
+#[test]
+fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
+    let server = start(Limits {
+        frame_timeout_ms: 300,
+        ..Limits::default()
+    });
+    let mut loris = Wire::connect(&server);
+    let mut slow = Wire::connect(&server);
+    let mut normal = Wire::connect(&server);
+    let started = Instant::now();
+    loris.stream.write_all(&[kind::ACQUIRE, 0, 40, 0]).unwrap();
+    // The slow client sends a PING byte by byte, 100 ms apart: each frame
+    // is whole within the timeout.
+    for byte in [b'P', 0, 0] {
+        slow.stream.write_all(&[byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        ping(&mut normal);
+    }
+    assert_eq!(slow.reply(), OwnedReply::Pong);
+    match loris.reply() {
+        OwnedReply::Error(ErrorCode::Limit, message) => {
+            assert!(message.contains("frame_timeout_ms 300"), "{message}")
+        }
+        other => panic!("expected ERROR LIMIT, got {other:?}"),
+    }
+    assert!(loris.closed_by_server());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "closed after {elapsed:?}, before frame_timeout_ms"
+    );
+    ping(&mut slow);
+    ping(&mut normal);
+}
+
+/// A client that sends but never reads fills its output buffer; the server
+/// stops reading it, and closes it once its replies made no progress for
+/// write_timeout_ms. Other clients are served meanwhile.
+#[test]
+fn a_client_that_never_reads_is_closed_after_write_timeout() {
+    let server = start(Limits {
+        write_timeout_ms: 300,
+        ..Limits::default()
+    });
+    let mut normal = Wire::connect(&server);
+    let mut deaf = Wire::connect(&server);
+    deaf.stream.set_nonblocking(true).unwrap();
+    let pings = [b'P', 0, 0].repeat(10_000);
+    let mut sent = 0usize;
+    let mut blocked_since: Option<Instant> = None;
+    // Write until the server has stopped reading for 200 ms (bounded).
+    while sent < 512 << 20 {
+        match deaf.stream.write(&pings) {
+            Ok(n) => {
+                sent += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(200) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("closed before the buffers filled, after {sent} bytes: {e}"),
+        }
+        ping(&mut normal);
+    }
+    assert!(blocked_since.is_some(), "never blocked after {sent} bytes");
+    deaf.stream.set_nonblocking(false).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    ping(&mut normal);
+    // The replies written before the close can be read; then EOF or reset.
+    deaf.stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match deaf.stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(e) => panic!("connection still open past write_timeout_ms: {e}"),
+        }
+    };
+    assert!(ended);
+}
+
+/// With idle_timeout_ms set, a silent connection is closed; one that
+/// talks, and one whose ACQUIRE waits longer than the timeout, are not.
+#[test]
+fn idle_connections_are_closed_when_idle_timeout_is_set() {
+    let server = start(Limits {
+        idle_timeout_ms: 300,
+        ..Limits::default()
+    });
+    let mut holder = Wire::connect(&server);
+    assert!(matches!(
+        holder.acquire(b"idle", b"holder", 60_000, 0),
+        OwnedReply::Granted(..)
+    ));
+    let mut silent = Wire::connect(&server);
+    let mut waiter = Wire::connect(&server);
+    let mut chatty = Wire::connect(&server);
+    waiter.send(Request::Acquire(Acquire {
+        name: b"idle",
+        owner: b"waiter",
+        ttl_ms: 0,
+        wait_ms: 700,
+        flags: 0,
+    }));
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        ping(&mut chatty);
+    }
+    assert!(matches!(waiter.reply(), OwnedReply::Timeout(_)));
+    ping(&mut waiter);
+    assert!(silent.closed_by_server(), "silent connection left open");
+    ping(&mut chatty);
+}
