@@ -344,6 +344,10 @@ impl LockTable {
                 waiters: self.extra(lock).waiter_count,
             };
         }
+        let max = self.limits.waiters_per_lock_max;
+        if self.extra(lock).waiter_count as usize >= max {
+            return Outcome::Rejected(ArgError::WaitersFull { max });
+        }
         let waiter = Waiter::new(lock, session, owner, ttl_ms, req.flags, now_ms);
         self.enqueue(waiter, now_ms + req.wait_ms as u64);
         Outcome::Queued

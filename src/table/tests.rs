@@ -587,3 +587,45 @@ fn locks_max_refuses_new_names_but_not_holders() {
     granted_token(t.acquire(s, &acq(b"c", b"o", 100, 0), 2));
     t.invariants();
 }
+
+#[test]
+fn waiters_per_lock_max_refuses_one_more_waiter_and_changes_nothing() {
+    let mut t = LockTable::new(
+        Limits {
+            waiters_per_lock_max: 2,
+            ..Limits::default()
+        },
+        1,
+        0,
+    );
+    let holder = t.open_session(0);
+    granted_token(t.acquire(holder, &acq(b"job", b"h", 1000, 0), 0));
+    let waiters: Vec<SessionId> = (1..=3).map(|tag| t.open_session(tag)).collect();
+    for (i, &id) in waiters[..2].iter().enumerate() {
+        let owner = [b'0' + i as u8];
+        assert_eq!(
+            t.acquire(id, &acq(b"job", &owner, 100, 500), 1),
+            Outcome::Queued
+        );
+    }
+    let before = (t.waiter_count(), t.next_token(), t.stats());
+    assert_eq!(
+        t.acquire(waiters[2], &acq(b"job", b"2", 100, 500), 2),
+        Outcome::Rejected(ArgError::WaitersFull { max: 2 })
+    );
+    assert_eq!((t.waiter_count(), t.next_token(), t.stats()), before);
+    assert!(!t.is_waiting(waiters[2]));
+    // A BUSY answer (no wait) and the holder's own re-acquire are not refused.
+    assert!(matches!(
+        t.acquire(waiters[2], &acq(b"job", b"2", 100, 0), 3),
+        Outcome::Busy { waiters: 2, .. }
+    ));
+    granted_token(t.acquire(holder, &acq(b"job", b"h", 1000, 0), 3));
+    // Once a waiter leaves, there is room again.
+    t.close_session(waiters[0], 4);
+    assert_eq!(
+        t.acquire(waiters[2], &acq(b"job", b"2", 100, 500), 5),
+        Outcome::Queued
+    );
+    t.invariants();
+}
