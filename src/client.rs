@@ -67,6 +67,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
 
+use crate::auth::{SECRET_LEN_MAX, Secret};
 use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
 use crate::protocol::{
     Acquire, ErrorCode, FLAG_SESSION, HelloReply, NotHeldReason, Reply, Request, decode_reply,
@@ -322,6 +323,7 @@ pub struct ClientBuilder {
     pool_size: usize,
     session: bool,
     client_id: Option<String>,
+    auth_secret: Option<Secret>,
 }
 
 impl ClientBuilder {
@@ -366,8 +368,24 @@ impl ClientBuilder {
         self
     }
 
+    /// The server's shared secret (its `--auth-secret-file`), sent in AUTH
+    /// on every new connection. [`crate::auth::read_secret_file`] reads one
+    /// the way the server does.
+    pub fn auth_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.auth_secret = Some(Secret::from(secret.into()));
+        self
+    }
+
     pub fn build(self) -> Result<Client> {
         check_addr(&self.addr)?;
+        if let Some(secret) = &self.auth_secret
+            && !(1..=SECRET_LEN_MAX).contains(&secret.as_bytes().len())
+        {
+            return invalid(format!(
+                "auth secret of {} bytes; use 1 to {SECRET_LEN_MAX} bytes (the server's --auth-secret-file)",
+                secret.as_bytes().len()
+            ));
+        }
         if self.ttl.is_zero() {
             return invalid("ttl 0: a hold needs a positive TTL; use e.g. Duration::from_secs(10)");
         }
@@ -403,6 +421,7 @@ impl ClientBuilder {
             owner_counter: AtomicU64::new(1),
             pool: Pool::new(self.pool_size),
             holds: Mutex::new(HashMap::new()),
+            auth_secret: self.auth_secret,
         })
     }
 }
@@ -422,6 +441,7 @@ pub struct Client {
     pool: Pool,
     /// The latest hold this client took on each name, for [`Client::release`].
     holds: Mutex<HashMap<String, Lease>>,
+    auth_secret: Option<Secret>,
 }
 
 impl fmt::Debug for Client {
@@ -453,6 +473,7 @@ impl Client {
             pool_size: POOL_SIZE_DEFAULT,
             session: false,
             client_id: None,
+            auth_secret: None,
         }
     }
 
@@ -751,6 +772,7 @@ impl Client {
         .encode_to_vec(&mut frame);
         match conn.exchange(&frame, self.timeout)? {
             Answer::Hello(info) if (1..=PROTOCOL_VERSION).contains(&info.protocol_version) => {
+                self.authenticate(&mut conn)?;
                 Ok(conn)
             }
             Answer::Hello(info) => Err(Failure::Fatal(Error::Protocol {
@@ -762,6 +784,23 @@ impl Client {
             Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
             other => Err(Failure::Fatal(Error::Protocol {
                 message: format!("{} answered HELLO with {other:?}", self.addr),
+            })),
+        }
+    }
+
+    /// Sends AUTH when this client has a secret.
+    fn authenticate(&self, conn: &mut Conn) -> Result<(), Failure> {
+        let Some(secret) = &self.auth_secret else {
+            return Ok(());
+        };
+        let secret = secret.as_bytes();
+        let mut frame = Vec::with_capacity(4 + secret.len());
+        Request::Auth { secret }.encode_to_vec(&mut frame);
+        match conn.exchange(&frame, self.timeout)? {
+            Answer::Authed => Ok(()),
+            Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
+            other => Err(Failure::Fatal(Error::Protocol {
+                message: format!("{} answered AUTH with {other:?}", self.addr),
             })),
         }
     }
@@ -905,6 +944,7 @@ enum Answer {
     Extended { ttl_ms: u32 },
     NotHeld(NotHeldReason),
     Error { code: ErrorCode, message: String },
+    Authed,
 }
 
 impl Answer {
@@ -922,6 +962,7 @@ impl Answer {
                 code,
                 message: String::from_utf8_lossy(message).into_owned(),
             },
+            Reply::Authed => Answer::Authed,
         }
     }
 
@@ -935,7 +976,8 @@ impl Answer {
                     | ErrorCode::UnknownKind
                     | ErrorCode::FrameTooLarge
                     | ErrorCode::Limit
-                    | ErrorCode::ShuttingDown,
+                    | ErrorCode::ShuttingDown
+                    | ErrorCode::Auth,
                 ..
             }
         )

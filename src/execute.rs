@@ -8,10 +8,11 @@
 
 use std::fmt::Write as _;
 
+use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
 use crate::legacy::{self, Command, LegacyRequest};
 use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX};
-use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request};
+use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request, kind};
 use crate::table::{ArgError, LockTable, Outcome, SessionId};
 
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -77,6 +78,93 @@ pub fn step(
     }
 }
 
+/// Why a connection must be closed once its last reply is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The input cannot be decoded.
+    Decode(DecodeError),
+    /// A request before AUTH, a wrong secret, or the original protocol on a
+    /// server that requires AUTH.
+    Unauthenticated,
+}
+
+/// [`step`] on a server that may require AUTH. `authenticated` is the
+/// connection's state, false until a good AUTH when `auth` is set. Until
+/// then only HELLO and AUTH are answered; anything else, and a wrong
+/// secret, get ERROR AUTH and the connection is closed. The original
+/// protocol cannot authenticate: its frames are refused with its ERROR
+/// status unless [`Auth::allow_legacy`]. AUTH on a server without a secret
+/// is accepted, so clients can be given the secret before the server.
+pub fn step_gated(
+    input: &[u8],
+    ctx: &mut Context<'_>,
+    auth: Option<&Auth>,
+    authenticated: &mut bool,
+    out: &mut ConnBuffer,
+) -> Result<Step, Refusal> {
+    match input.first() {
+        None => return Ok(Step::NeedMore),
+        Some(&kind::AUTH) => {}
+        Some(_) if *authenticated => return step(input, ctx, out).map_err(Refusal::Decode),
+        Some(&first) if legacy::is_legacy(first) => {
+            if auth.is_none_or(|a| a.allow_legacy) {
+                return step(input, ctx, out).map_err(Refusal::Decode);
+            }
+            write_legacy(
+                out,
+                legacy::STATUS_ERROR,
+                format_args!(
+                    "authentication required: this server needs AUTH, which the original protocol cannot send; use a native client with the secret, or start the server with --auth-allow-legacy"
+                ),
+            );
+            return Err(Refusal::Unauthenticated);
+        }
+        Some(_) => {}
+    }
+    let frame_size_max = ctx.table.limits().frame_size_max;
+    let (request, used) = match protocol::decode_request(input, frame_size_max) {
+        Ok(None) => return Ok(Step::NeedMore),
+        Ok(Some(decoded)) => decoded,
+        Err(e) => {
+            write_error(out, e.code(), format_args!("{e}"));
+            return Err(Refusal::Decode(e));
+        }
+    };
+    match request {
+        Request::Auth { secret } => {
+            if !auth.is_none_or(|a| a.accepts(secret)) {
+                *authenticated = false;
+                write_error(
+                    out,
+                    ErrorCode::Auth,
+                    format_args!(
+                        "wrong auth secret ({} bytes); use the contents of the server's --auth-secret-file",
+                        secret.len()
+                    ),
+                );
+                return Err(Refusal::Unauthenticated);
+            }
+            *authenticated = true;
+            out.write_with(REPLY_SIZE_MAX, |buf| Reply::Authed.encode(buf));
+        }
+        Request::Hello { version, .. } => hello(version, ctx.table.limits(), out),
+        _ => {
+            write_error(
+                out,
+                ErrorCode::Auth,
+                format_args!(
+                    "authentication required: send AUTH with the server's secret first (the server runs with --auth-secret-file)"
+                ),
+            );
+            return Err(Refusal::Unauthenticated);
+        }
+    }
+    Ok(Step::Executed {
+        used,
+        queued: false,
+    })
+}
+
 /// Applies one native request and encodes its reply. Returns whether the
 /// request was queued (its reply comes later as a table event).
 fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) -> bool {
@@ -84,6 +172,11 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
     let outcome = match request {
         Request::Hello { version, .. } => {
             hello(version, table.limits(), out);
+            return false;
+        }
+        Request::Auth { .. } => {
+            // Only reached without a secret (see `step_gated`).
+            out.write_with(REPLY_SIZE_MAX, |buf| Reply::Authed.encode(buf));
             return false;
         }
         Request::Ping => {

@@ -7,6 +7,7 @@
 //! deterministic state machine) → [`wheel`] (expiry and wait deadlines).
 //! [`limits`] names every bound; [`client`] is the blocking Rust client.
 
+pub mod auth;
 pub mod buffer;
 pub mod client;
 pub mod execute;

@@ -1,8 +1,10 @@
 //! The `distlockd` command line.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
 use distlockd::limits::Limits;
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
@@ -43,6 +45,11 @@ Options:
                            (default 30000)
   --idle-timeout-ms MS     close connections idle this long; 0 = never
                            (default 0)
+  --auth-secret-file PATH  require every connection to AUTH with the secret in
+                           this file (16-255 bytes; trailing newline ignored);
+                           default: $DISTLOCKD_AUTH_SECRET_FILE if set, else none
+  --auth-allow-legacy      with a secret, still serve the original Python
+                           client's protocol, which cannot authenticate
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";
@@ -83,8 +90,14 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut port: u16 = 9999;
     let mut verbose = false;
     let mut limits = Limits::default();
+    let mut secret_file: Option<PathBuf> = None;
+    let mut allow_legacy = false;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
+            Long("auth-secret-file") => {
+                secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
+            }
+            Long("auth-allow-legacy") => allow_legacy = true,
             Long("host") => {
                 let v = string_value(parser, "--host")?;
                 host = v.parse().map_err(|_| {
@@ -140,17 +153,50 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         .validate()
         .map_err(|e| format!("{} (see `distlockd server --help`)", flag_named(&e)))?;
     init_logging(verbose);
+    let auth = load_auth(secret_file, allow_legacy)?;
     let config = Config {
         listen: SocketAddr::new(host, port),
         limits,
         token_seed: None,
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
+    server.set_auth(auth);
     server
         .handle_signals()
         .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
     server.run().map_err(|e| format!("server stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The secret from `--auth-secret-file`, else from the file named by
+/// $DISTLOCKD_AUTH_SECRET_FILE; none if neither is set.
+fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, String> {
+    let path = match flag {
+        Some(path) => path,
+        None => match std::env::var_os(SECRET_FILE_ENV) {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ if allow_legacy => {
+                return Err(
+                    "--auth-allow-legacy needs a secret: pass --auth-secret-file".to_owned(),
+                );
+            }
+            _ => return Ok(None),
+        },
+    };
+    let (secret, warning) = read_secret_file(&path)?;
+    if let Some(warning) = warning {
+        log::warn!("{warning}");
+    }
+    log::info!(
+        "authentication required (secret from {}); original protocol {}",
+        path.display(),
+        if allow_legacy {
+            "allowed without authentication"
+        } else {
+            "refused"
+        }
+    );
+    Auth::new(secret, allow_legacy).map(Some)
 }
 
 /// `distlockd test …`: the benchmark (see `distlockd::loadtest`).

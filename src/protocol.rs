@@ -28,6 +28,7 @@ pub mod kind {
     pub const ACQUIRE: u8 = b'A';
     pub const RELEASE: u8 = b'R';
     pub const EXTEND: u8 = b'E';
+    pub const AUTH: u8 = b'U';
     /// Reply kinds (server → client).
     pub const HELLO_REPLY: u8 = b'h';
     pub const PONG: u8 = b'p';
@@ -38,6 +39,7 @@ pub mod kind {
     pub const EXTENDED: u8 = b'x';
     pub const NOT_HELD: u8 = b'n';
     pub const ERROR: u8 = b'-';
+    pub const AUTHED: u8 = b'u';
     /// First bytes of the original daemon's frames: acquire, release, health.
     pub const LEGACY_RESERVED: [u8; 3] = [0x01, 0x02, 0x03];
 }
@@ -66,6 +68,10 @@ pub enum Request<'a> {
         owner: &'a [u8],
         token: u64,
         ttl_ms: u32,
+    },
+    /// The shared secret, when the server requires authentication.
+    Auth {
+        secret: &'a [u8],
     },
 }
 
@@ -189,6 +195,8 @@ pub enum Reply<'a> {
         code: ErrorCode,
         message: &'a [u8],
     },
+    /// AUTH accepted: every request may follow.
+    Authed,
 }
 
 /// The server's answer to HELLO: its version and the limits a client needs.
@@ -267,7 +275,7 @@ impl std::error::Error for DecodeError {}
 fn is_request_kind(kind: u8) -> bool {
     matches!(
         kind,
-        kind::HELLO | kind::PING | kind::ACQUIRE | kind::RELEASE | kind::EXTEND
+        kind::HELLO | kind::PING | kind::ACQUIRE | kind::RELEASE | kind::EXTEND | kind::AUTH
     )
 }
 
@@ -283,6 +291,7 @@ fn is_reply_kind(kind: u8) -> bool {
             | kind::EXTENDED
             | kind::NOT_HELD
             | kind::ERROR
+            | kind::AUTHED
     )
 }
 
@@ -395,6 +404,7 @@ pub fn decode_request(
                 owner: r.bytes()?,
             }
         }
+        kind::AUTH => Request::Auth { secret: r.bytes()? },
         _ => unreachable!("split_frame admits request kinds only"),
     };
     r.finish()?;
@@ -448,6 +458,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, DecodeErro
             code: ErrorCode::from_u16(r.u16()?),
             message: r.bytes()?,
         },
+        kind::AUTHED => Reply::Authed,
         _ => unreachable!("split_frame admits reply kinds only"),
     };
     r.finish()?;
@@ -564,6 +575,7 @@ impl Request<'_> {
                 Request::Acquire(a) => 1 + 4 + 4 + 2 + a.name.len() + a.owner.len(),
                 Request::Release { name, owner, .. } => 8 + 2 + name.len() + owner.len(),
                 Request::Extend { name, owner, .. } => 8 + 4 + 2 + name.len() + owner.len(),
+                Request::Auth { secret } => 1 + secret.len().min(255),
             }
     }
 
@@ -608,6 +620,11 @@ impl Request<'_> {
                 w.u32(ttl_ms);
                 w.bytes(name);
                 w.bytes(owner);
+                w.finish()
+            }
+            Request::Auth { secret } => {
+                let mut w = Writer::begin(out, kind::AUTH);
+                w.bytes(secret);
                 w.finish()
             }
         };
@@ -686,6 +703,7 @@ impl Reply<'_> {
                 w.bytes(message);
                 w.finish()
             }
+            Reply::Authed => Writer::begin(out, kind::AUTHED).finish(),
         }
     }
 }

@@ -33,8 +33,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
-use crate::execute::{self, Context, Step, write_error, write_error_for};
+use crate::execute::{self, Context, Refusal, Step, write_error, write_error_for};
 use crate::limits::{CONN_INPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX};
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
@@ -151,6 +152,8 @@ struct Conn {
     write_interest: bool,
     /// Listed in `Server::writes` for this turn.
     in_writes: bool,
+    /// Sent the right AUTH, or the server requires none.
+    authenticated: bool,
     /// When the incomplete frame at the front of `input` began to arrive.
     partial_since_ms: Option<u64>,
     /// Last time the kernel took reply bytes or there were none to write.
@@ -202,6 +205,8 @@ pub struct Server {
     /// Per-connection deadlines (frame, write and idle timeouts), keyed by
     /// connection; separate from the lock table, which is replicated state.
     deadlines: TimerWheel<usize>,
+    /// The shared secret every native connection must send, if set.
+    auth: Option<Auth>,
 }
 
 impl Server {
@@ -260,17 +265,22 @@ impl Server {
             writes: Vec::with_capacity(64),
             closing: Vec::with_capacity(64),
             deadlines: TimerWheel::with_capacity(0, 64),
+            auth: None,
         })
     }
 
     /// Binds and runs the server on a new thread.
     pub fn spawn(config: Config) -> io::Result<ServerHandle> {
-        let mut server = Server::bind(config)?;
-        let addr = server.local_addr();
-        let stopper = server.stopper();
+        Server::bind(config)?.start()
+    }
+
+    /// Runs this bound server on a new thread.
+    pub fn start(mut self) -> io::Result<ServerHandle> {
+        let stopper = self.stopper();
+        let addr = self.addr;
         let thread = std::thread::Builder::new()
             .name("distlockd-server".into())
-            .spawn(move || server.run())?;
+            .spawn(move || self.run())?;
         Ok(ServerHandle {
             addr,
             stopper,
@@ -287,6 +297,12 @@ impl Server {
             flag: self.stop.clone(),
             waker: self.waker.clone(),
         }
+    }
+
+    /// Requires AUTH with this secret on every native connection (see
+    /// [`execute::step_gated`]). Call before [`Server::run`].
+    pub fn set_auth(&mut self, auth: Option<Auth>) {
+        self.auth = auth;
     }
 
     /// The token the next grant will carry.
@@ -341,6 +357,13 @@ impl Server {
     }
 
     pub fn run(&mut self) -> io::Result<()> {
+        if self.auth.is_none() && !self.addr.ip().is_loopback() {
+            warn!(
+                "listening on {} without authentication: anyone who can reach this address can take and release locks; set --auth-secret-file (or {}), or listen on 127.0.0.1",
+                self.addr,
+                crate::auth::SECRET_FILE_ENV
+            );
+        }
         while !self.stop.load(Ordering::SeqCst) {
             self.turn()?;
         }
@@ -482,6 +505,7 @@ impl Server {
             write_interest: false,
             in_writes: false,
             peer_gone: false,
+            authenticated: self.auth.is_none(),
             partial_since_ms: None,
             write_progress_ms: now,
             read_ms: now,
@@ -514,7 +538,7 @@ impl Server {
             now_ms: now,
             uptime_ms: self.started.elapsed().as_millis() as u64,
         };
-        let more = match process_frames(conn, &mut ctx) {
+        let more = match process_frames(conn, &mut ctx, self.auth.as_ref()) {
             Ok(more) => more,
             Err(()) => {
                 let _ = flush(&mut self.conns[key], now);
@@ -819,12 +843,13 @@ fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
 /// Decodes and executes up to FRAMES_PER_TURN_MAX frames. Ok(true): frames
 /// may be left that this turn did not reach. Err: undecodable input was
 /// answered and the connection must close.
-fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>) -> Result<bool, ()> {
+fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>, auth: Option<&Auth>) -> Result<bool, ()> {
     for _ in 0..FRAMES_PER_TURN_MAX {
         if conn.waiting || conn.output.free_space() < REPLY_SIZE_MAX {
             return Ok(false);
         }
-        match execute::step(conn.input.unread(), ctx, &mut conn.output) {
+        let input = conn.input.unread();
+        match execute::step_gated(input, ctx, auth, &mut conn.authenticated, &mut conn.output) {
             Ok(Step::NeedMore) => {
                 if conn.input.is_empty() {
                     conn.partial_since_ms = None;
@@ -838,8 +863,12 @@ fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>) -> Result<bool, ()> {
                 conn.waiting = queued;
                 conn.partial_since_ms = None;
             }
-            Err(e) => {
+            Err(Refusal::Decode(e)) => {
                 debug!("{}: protocol error: {e}", conn.peer);
+                return Err(());
+            }
+            Err(Refusal::Unauthenticated) => {
+                debug!("{}: not authenticated; closing", conn.peer);
                 return Err(());
             }
         }

@@ -107,3 +107,104 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
     assert!(status.success(), "exit status {status}");
     assert!(TcpStream::connect(addr).is_err(), "still accepting");
 }
+
+/// Runs the daemon with `args` and `env`, and returns its standard error
+/// up to and including the first line containing `until` (10 s at most).
+fn stderr_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _server = common::ServerProcess(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(until) {
+            return seen;
+        }
+    }
+    panic!("no line with {until:?} on standard error; saw:\n{seen}");
+}
+
+fn secret_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("distlockd-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn listening_beyond_loopback_without_auth_logs_a_warning() {
+    let log = stderr_until(
+        &["server", "--host", "0.0.0.0", "--port", "0"],
+        &[],
+        "without authentication",
+    );
+    assert!(log.contains("--auth-secret-file"), "{log}");
+}
+
+#[test]
+fn the_secret_file_comes_from_the_flag_or_the_environment() {
+    let path = secret_file("good", "0123456789abcdef0123\n");
+    let path = path.to_str().unwrap();
+    let log = stderr_until(
+        &["server", "--port", "0", "--auth-secret-file", path],
+        &[],
+        "authentication required",
+    );
+    assert!(log.contains(path), "{log}");
+    let log = stderr_until(
+        &["server", "--port", "0"],
+        &[("DISTLOCKD_AUTH_SECRET_FILE", path)],
+        "authentication required",
+    );
+    assert!(log.contains("original protocol refused"), "{log}");
+    // The server then refuses unauthenticated requests.
+    let (_server, addr) = start_server_cmd(
+        Command::new(env!("CARGO_BIN_EXE_distlockd"))
+            .args(["server", "--port", "0"])
+            .env("DISTLOCKD_AUTH_SECRET_FILE", path),
+    );
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"P\x00\x00").unwrap();
+    let mut reply = [0u8; 256];
+    let n = stream.read(&mut reply).unwrap();
+    assert_eq!(reply[0], b'-', "expected an ERROR frame: {:?}", &reply[..n]);
+    assert_eq!(u16::from_be_bytes([reply[3], reply[4]]), 8, "code AUTH");
+}
+
+#[test]
+fn a_short_secret_is_refused_at_start() {
+    let path = secret_file("short", "tiny\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", "0", "--auth-secret-file"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is 4 bytes") && err.contains("16 to 255"),
+        "{err}"
+    );
+}

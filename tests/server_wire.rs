@@ -98,6 +98,7 @@ enum OwnedReply {
     Error(ErrorCode, String),
     Pong,
     Hello(u16),
+    Authed,
 }
 
 impl From<Reply<'_>> for OwnedReply {
@@ -117,6 +118,7 @@ impl From<Reply<'_>> for OwnedReply {
             }
             Reply::Pong { .. } => OwnedReply::Pong,
             Reply::Hello(h) => OwnedReply::Hello(h.version),
+            Reply::Authed => OwnedReply::Authed,
         }
     }
 }

@@ -1,0 +1,202 @@
+//! Authentication: with a secret, only HELLO and AUTH are answered until a
+//! connection authenticates; a wrong secret, any other request first, and
+//! the original protocol (unless allowed) get an error and a close.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use distlockd::auth::Auth;
+use distlockd::client::{Client, Error};
+use distlockd::legacy::{self, Command};
+use distlockd::protocol::{Acquire, ErrorCode, Reply, Request, decode_reply};
+use distlockd::server::{Config, Server, ServerHandle};
+
+const SECRET: &[u8] = b"correct horse battery staple";
+
+fn start(auth: Option<Auth>) -> ServerHandle {
+    let mut server = Server::bind(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .unwrap();
+    server.set_auth(auth);
+    server.start().unwrap()
+}
+
+fn with_secret(allow_legacy: bool) -> ServerHandle {
+    start(Some(Auth::new(SECRET.to_vec(), allow_legacy).unwrap()))
+}
+
+/// Sends one frame and returns the reply's kind and error code (if any),
+/// and whether the server then closed the connection.
+struct Wire(TcpStream, Vec<u8>);
+
+impl Wire {
+    fn connect(server: &ServerHandle) -> Wire {
+        let stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Wire(stream, Vec::new())
+    }
+
+    fn send(&mut self, request: Request<'_>) -> String {
+        let mut frame = Vec::new();
+        request.encode_to_vec(&mut frame);
+        self.0.write_all(&frame).unwrap();
+        loop {
+            if let Some((reply, n)) = decode_reply(&self.1).unwrap() {
+                let text = match reply {
+                    Reply::Error { code, message } => {
+                        format!("ERROR {} {}", code.name(), String::from_utf8_lossy(message))
+                    }
+                    other => format!("{other:?}"),
+                };
+                self.1.drain(..n);
+                return text;
+            }
+            let mut buf = [0u8; 1024];
+            let n = self.0.read(&mut buf).unwrap();
+            assert!(n > 0, "closed without a reply");
+            self.1.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(self.0.read(&mut buf), Ok(0))
+            || matches!(self.0.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+}
+
+fn acquire(name: &'static [u8]) -> Request<'static> {
+    Request::Acquire(Acquire {
+        name,
+        owner: b"owner",
+        ttl_ms: 0,
+        wait_ms: 0,
+        flags: 0,
+    })
+}
+
+#[test]
+fn requests_before_auth_are_refused_and_closed() {
+    let server = with_secret(false);
+    for request in [Request::Ping, acquire(b"job")] {
+        let mut wire = Wire::connect(&server);
+        let reply = wire.send(request);
+        assert!(
+            reply.starts_with("ERROR AUTH authentication required"),
+            "{reply}"
+        );
+        assert!(wire.closed(), "left open after {reply}");
+    }
+}
+
+#[test]
+fn hello_then_auth_then_requests() {
+    let server = with_secret(false);
+    let mut wire = Wire::connect(&server);
+    let hello = wire.send(Request::Hello {
+        version: 1,
+        client_name: b"t",
+    });
+    assert!(hello.starts_with("Hello("), "{hello}");
+    assert_eq!(wire.send(Request::Auth { secret: SECRET }), "Authed");
+    assert!(wire.send(acquire(b"job")).starts_with("Granted"));
+    assert!(wire.send(Request::Ping).starts_with("Pong"));
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_closed() {
+    let server = with_secret(false);
+    let almost = [&SECRET[..SECRET.len() - 1], b"X"].concat();
+    for wrong in [&b"x"[..], &almost, &[SECRET, b"!"].concat()] {
+        let mut wire = Wire::connect(&server);
+        let reply = wire.send(Request::Auth { secret: wrong });
+        assert!(reply.starts_with("ERROR AUTH wrong auth secret"), "{reply}");
+        assert!(wire.closed());
+    }
+    // Authenticated, then a wrong AUTH: refused and closed too.
+    let mut wire = Wire::connect(&server);
+    assert_eq!(wire.send(Request::Auth { secret: SECRET }), "Authed");
+    let reply = wire.send(Request::Auth { secret: b"guess" });
+    assert!(reply.starts_with("ERROR AUTH"), "{reply}");
+    assert!(wire.closed());
+}
+
+#[test]
+fn the_original_protocol_is_refused_unless_allowed() {
+    let legacy_acquire = |server: &ServerHandle| {
+        let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut frame = Vec::new();
+        legacy::encode_request(Command::Acquire, b"job", b"py", &mut frame);
+        stream.write_all(&frame).unwrap();
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        let (status, message, _) = legacy::decode_reply(&reply).expect("a reply");
+        (status, String::from_utf8_lossy(message).into_owned())
+    };
+    let strict = with_secret(false);
+    let (status, message) = legacy_acquire(&strict);
+    assert_eq!(status, legacy::STATUS_ERROR);
+    assert!(message.contains("--auth-allow-legacy"), "{message}");
+
+    let lenient = with_secret(true);
+    let mut stream = TcpStream::connect(lenient.local_addr()).unwrap();
+    let mut frame = Vec::new();
+    legacy::encode_request(Command::Acquire, b"job", b"py", &mut frame);
+    stream.write_all(&frame).unwrap();
+    let mut reply = [0u8; 64];
+    let n = stream.read(&mut reply).unwrap();
+    assert_eq!(
+        legacy::decode_reply(&reply[..n]).map(|r| r.0),
+        Some(legacy::STATUS_OK)
+    );
+}
+
+#[test]
+fn auth_on_a_server_without_a_secret_is_accepted() {
+    let server = start(None);
+    let mut wire = Wire::connect(&server);
+    assert_eq!(
+        wire.send(Request::Auth {
+            secret: b"anything"
+        }),
+        "Authed"
+    );
+    assert!(wire.send(acquire(b"job")).starts_with("Granted"));
+}
+
+#[test]
+fn the_client_authenticates_with_its_secret() {
+    let server = with_secret(false);
+    let addr = server.local_addr().to_string();
+    let client = Client::builder(&addr).auth_secret(SECRET).build().unwrap();
+    let lease = client.try_acquire("job").unwrap().expect("free");
+    client.release_lease(&lease).unwrap();
+
+    let anonymous = Client::builder(&addr).retries(0).build().unwrap();
+    match anonymous.try_acquire("job") {
+        Err(Error::Server {
+            code: ErrorCode::Auth,
+            message,
+        }) => assert!(message.contains("authentication required"), "{message}"),
+        other => panic!("expected an AUTH error, got {other:?}"),
+    }
+    let wrong = Client::builder(&addr)
+        .auth_secret(&b"not the secret at all"[..])
+        .build()
+        .unwrap();
+    assert!(matches!(
+        wrong.try_acquire("job"),
+        Err(Error::Server {
+            code: ErrorCode::Auth,
+            ..
+        })
+    ));
+}
