@@ -71,3 +71,32 @@ pub fn wait_until_listening(port: u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends `signal` (a name such as `STOP`, `CONT` or `KILL`) to a process
+/// with kill(1), as an operator would.
+#[allow(dead_code)]
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("run kill(1)");
+    assert!(status.success(), "kill -{signal} {pid} failed: {status}");
+}
+
+/// Starts `distlockd server --port PORT` with `extra` flags: a restart on the
+/// port an earlier server bound (its listener sets SO_REUSEADDR, so sockets
+/// the killed server left in TIME_WAIT do not block the bind).
+#[allow(dead_code)]
+pub fn start_server_on(port: u16, extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    start_server_cmd(
+        Command::new(env!("CARGO_BIN_EXE_distlockd"))
+            .args(["server", "--port", &port.to_string()])
+            .args(extra),
+    )
+}
+
+/// Starts `distlockd server --port 0` with `extra` flags.
+#[allow(dead_code)]
+pub fn start_server_with(extra: &[&str]) -> (ServerProcess, SocketAddr) {
+    start_server_on(0, extra)
+}
