@@ -76,6 +76,18 @@ pub const LOCKS_CEILING: usize = 1 << 30;
 /// Default bound on simultaneous connections.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+/// TCP keepalive on every accepted connection: a peer whose host vanished
+/// without closing the connection (power loss, a partition) is noticed
+/// after idle + probes × interval, 30 + 9 × 10 = 120 s with Linux's default
+/// of 9 probes (net.ipv4.tcp_keepalive_probes); its queued ACQUIRE leaves
+/// the queue and its SESSION holds end then, instead of never.
+pub const TCP_KEEPALIVE_IDLE_S: u64 = 30;
+pub const TCP_KEEPALIVE_INTERVAL_S: u64 = 10;
+
+/// File descriptors the server needs besides its connections (listener,
+/// epoll, waker, signal pipe, standard streams), with room to spare.
+pub const FDS_RESERVED: usize = 16;
+
 /// Timer deadlines must stay within the wheel's horizon.
 const _: () = assert!((u32::MAX as u64) * 2 < crate::wheel::WHEEL_HORIZON_MS);
 const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);

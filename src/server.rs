@@ -36,7 +36,10 @@ use slab::Slab;
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
 use crate::execute::{self, Context, Refusal, Step, write_error, write_error_for};
-use crate::limits::{CONN_INPUT_BUFFER_SIZE, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX};
+use crate::limits::{
+    CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
+    TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+};
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
 use crate::wheel::{TimerHandle, TimerWheel};
@@ -247,6 +250,7 @@ impl Server {
             limits.idle_timeout_ms
         );
         debug!("first fencing token {seed}");
+        check_open_file_limit(limits.connections_max);
         Ok(Server {
             poll,
             events: Events::with_capacity(POLL_EVENTS_MAX),
@@ -486,6 +490,9 @@ impl Server {
 
     fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) -> io::Result<()> {
         stream.set_nodelay(true)?;
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive()) {
+            debug!("{peer}: cannot set TCP keepalive: {e}");
+        }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.poll
@@ -889,6 +896,39 @@ fn refuse(mut stream: TcpStream, peer: SocketAddr, max: usize) {
     debug!("{peer}: refused, at connections_max {max}");
 }
 
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+        .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S))
+}
+
+/// Warns when connections_max cannot be reached under the process's
+/// open-file limit (read from /proc; skipped where there is none).
+fn check_open_file_limit(connections_max: usize) {
+    let Some(soft) = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_file_soft_limit(&text))
+    else {
+        return;
+    };
+    if soft < connections_max.saturating_add(FDS_RESERVED) {
+        warn!(
+            "connections_max {connections_max} is above what the open-file limit {soft} (ulimit -n) allows; past about {} connections new ones wait in the kernel's queue; raise ulimit -n or lower --connections-max",
+            soft.saturating_sub(FDS_RESERVED)
+        );
+    }
+}
+
+/// The soft "Max open files" of a /proc/PID/limits text.
+fn open_file_soft_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    match soft {
+        "unlimited" => Some(usize::MAX),
+        n => n.parse().ok(),
+    }
+}
+
 fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -909,4 +949,21 @@ fn wall_clock_token_seed() -> u64 {
         Duration::ZERO
     });
     (since_epoch.as_nanos() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_file_soft_limit;
+
+    #[test]
+    fn reads_the_soft_open_file_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             95340                95340                processes \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(open_file_soft_limit(text), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_file_soft_limit(unlimited), Some(usize::MAX));
+        assert_eq!(open_file_soft_limit("nothing here"), None);
+    }
 }

@@ -111,10 +111,17 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
 /// Runs the daemon with `args` and `env`, and returns its standard error
 /// up to and including the first line containing `until` (10 s at most).
 fn stderr_until(args: &[&str], env: &[(&str, &str)], until: &str) -> String {
+    stderr_until_cmd(
+        Command::new(env!("CARGO_BIN_EXE_distlockd"))
+            .args(args)
+            .envs(env.iter().copied()),
+        until,
+    )
+}
+
+fn stderr_until_cmd(cmd: &mut Command, until: &str) -> String {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(args)
-        .envs(env.iter().copied())
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -206,5 +213,18 @@ fn a_short_secret_is_refused_at_start() {
     assert!(
         err.contains("is 4 bytes") && err.contains("16 to 255"),
         "{err}"
+    );
+}
+
+#[test]
+fn connections_max_above_the_open_file_limit_logs_a_warning() {
+    let script = format!(
+        "ulimit -n 64 && exec '{}' server --port 0 --connections-max 1000",
+        env!("CARGO_BIN_EXE_distlockd")
+    );
+    let log = stderr_until_cmd(Command::new("sh").args(["-c", &script]), "open-file limit");
+    assert!(
+        log.contains("connections_max 1000") && log.contains("limit 64"),
+        "{log}"
     );
 }
