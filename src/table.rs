@@ -42,6 +42,12 @@ use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::WheelCore;
 use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
+/// SESSION holds that [`LockTable::close_session`] releases itself; the rest
+/// are left to [`LockTable::run_deferred`]. Most connections hold a few, so
+/// they are released at the close as before, while a close costs at most
+/// this many releases (about 100 ns each).
+pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
+
 /// Identifies one session (connection) to the table. Carries a generation so
 /// that an id kept after its session closed can never reach a reused slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +176,17 @@ struct Session {
     generation: u32,
     locks_head: u32,
     waiter: u32,
+    /// Set when the session closed with SESSION holds left to release (see
+    /// [`LockTable::run_deferred`]); its slot stays reserved until they are.
+    closed: Option<Closed>,
+}
+
+/// A closed session's place in the table's list of deferred releases.
+#[derive(Clone, Copy)]
+struct Closed {
+    at_ms: u64,
+    prev: u32,
+    next: u32,
 }
 
 /// Counters for logs and tests.
@@ -190,6 +207,10 @@ pub struct LockTable {
     extras: HashMap<u32, LockExtra>,
     sessions: Slab<Session>,
     session_generation: u32,
+    /// Closed sessions whose SESSION holds are still to be released, oldest
+    /// close first, linked through `Session::closed`.
+    closed_head: u32,
+    closed_tail: u32,
     wheel: WheelCore,
     next_token: u64,
     events: Vec<Event>,
@@ -210,6 +231,8 @@ impl LockTable {
             extras: HashMap::new(),
             sessions: Slab::new(),
             session_generation: 0,
+            closed_head: NIL,
+            closed_tail: NIL,
             wheel: WheelCore::new(now_ms),
             next_token: token_seed.max(1),
             events: Vec::new(),
@@ -225,7 +248,8 @@ impl LockTable {
         self.stats
     }
 
-    /// Locks currently held.
+    /// Locks currently held, counting the SESSION holds of closed sessions
+    /// whose release is deferred (see [`LockTable::run_deferred`]).
     pub fn len(&self) -> usize {
         self.store.len()
     }
@@ -267,6 +291,7 @@ impl LockTable {
             generation,
             locks_head: NIL,
             waiter: NIL,
+            closed: None,
         });
         SessionId {
             key: key as u32,
@@ -274,8 +299,14 @@ impl LockTable {
         }
     }
 
-    /// Drops the session's queued ACQUIRE and releases its SESSION holds,
-    /// handing each to its next waiter.
+    /// Drops the session's queued ACQUIRE and ends the session. Up to
+    /// [`SESSION_CLOSE_RELEASES_MAX`] of its SESSION holds are released at
+    /// once, each handed to its next waiter; the rest later, a bounded
+    /// number at a time, by [`LockTable::run_deferred`], so that closing a
+    /// connection with a million holds does not stall the caller. Until then
+    /// no command sees them held: a command that touches one releases it
+    /// first, and a timer of one (its expiry, a waiter's deadline) releases
+    /// it when it fires.
     pub fn close_session(&mut self, id: SessionId, now_ms: u64) {
         self.advance(now_ms);
         let session = self.session_key(id);
@@ -283,15 +314,57 @@ impl LockTable {
         if waiter != NIL {
             self.remove_waiter(waiter);
         }
-        loop {
-            let lock = self.sessions[session as usize].locks_head;
-            if lock == NIL {
-                break;
-            }
-            self.stats.releases += 1;
-            self.free_lock(lock, now_ms, now_ms, None);
+        if self.sessions[session as usize].locks_head == NIL {
+            self.sessions.remove(session as usize);
+            return;
         }
-        self.sessions.remove(session as usize);
+        // The slot stays reserved (and the id invalid) until the holds are
+        // released, so a new session can never inherit them.
+        let tail = self.closed_tail;
+        self.sessions[session as usize].closed = Some(Closed {
+            at_ms: now_ms,
+            prev: tail,
+            next: NIL,
+        });
+        match tail {
+            NIL => self.closed_head = session,
+            tail => self.closed_mut(tail).next = session,
+        }
+        self.closed_tail = session;
+        for _ in 0..SESSION_CLOSE_RELEASES_MAX {
+            let lock = self.sessions[session as usize].locks_head;
+            let last = self.extra(lock).session_next == NIL;
+            // Releasing the last hold retires the session.
+            self.release_deferred(lock, now_ms, now_ms, None);
+            if last {
+                return;
+            }
+        }
+    }
+
+    /// Whether closed sessions still have SESSION holds to release: the
+    /// caller should call [`LockTable::run_deferred`] soon (and not sleep).
+    pub fn has_deferred_work(&self) -> bool {
+        self.closed_head != NIL
+    }
+
+    /// Fires due timers (as [`LockTable::advance`]), then releases up to
+    /// `budget` SESSION holds of closed sessions, oldest close first, handing
+    /// each to its next waiter (answers go to [`LockTable::events`]). Returns
+    /// how many holds it released. A waiter is eligible if its deadline comes
+    /// after the close, as if the hold had been released at the close; its
+    /// grant counts from `now_ms`.
+    pub fn run_deferred(&mut self, now_ms: u64, budget: usize) -> usize {
+        self.advance(now_ms);
+        let mut released = 0;
+        while released < budget && self.closed_head != NIL {
+            let lock = self.sessions[self.closed_head as usize].locks_head;
+            debug_assert_ne!(lock, NIL, "a closed session left with no holds");
+            let closed_at_ms = self.closed(self.closed_head).at_ms;
+            self.release_deferred(lock, closed_at_ms, now_ms, None);
+            released += 1;
+        }
+        released
     }
 
     /// Whether the session has an ACQUIRE queued.
@@ -317,7 +390,8 @@ impl LockTable {
         };
         let owner = hash_bytes(&self.owner_hasher, req.owner);
         let hash = hash_bytes(&self.name_hasher, req.name);
-        let Some(lock) = self.find_hashed(hash, req.name) else {
+        let Some(lock) = self.find_settled(hash, req.name, now_ms) else {
+            self.release_deferred_while_full(now_ms);
             if self.store.len() >= self.limits.locks_max {
                 return Outcome::Rejected(ArgError::LocksFull {
                     max: self.limits.locks_max,
@@ -356,7 +430,7 @@ impl LockTable {
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
         self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
-        let lock = match self.find_held(hash, name, owner, Some(token)) {
+        let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -370,7 +444,7 @@ impl LockTable {
     pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
         self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
-        let lock = match self.find_held(hash, name, owner, None) {
+        let lock = match self.find_held(hash, name, owner, None, now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -393,7 +467,7 @@ impl LockTable {
         }
         self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
-        let lock = match self.find_held(hash, name, owner, Some(token)) {
+        let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
         };
@@ -409,9 +483,23 @@ impl LockTable {
     pub fn advance(&mut self, now_ms: u64) {
         while let Some((at_ms, key)) = self.wheel.poll(&mut self.store, now_ms) {
             if key & WAITER_KEY_BIT != 0 {
+                let lock = self.store.waiters[(key & !WAITER_KEY_BIT) as usize].lock;
+                if let Some(closed_at_ms) = self.deferred_release(lock) {
+                    // The lock is free since its session closed, before this
+                    // deadline: hand it on first. The waiter, linked again at
+                    // its deadline, is granted now if it is the head, or
+                    // times out on the next poll.
+                    self.wheel.link(&mut self.store, key, at_ms);
+                    self.release_deferred(lock, closed_at_ms, now_ms, None);
+                    continue;
+                }
                 // Already unlinked by poll.
                 let w = self.remove_unlinked_waiter(key & !WAITER_KEY_BIT);
                 self.report_timeout(&w, at_ms);
+            } else if let Some(closed_at_ms) = self.deferred_release(key) {
+                // Released at its session's close, not expired.
+                self.stats.releases += 1;
+                self.free_unlinked_lock(key, closed_at_ms, now_ms, None);
             } else {
                 self.stats.expiries += 1;
                 // Already unlinked by poll: free_lock must not unlink again.
@@ -478,7 +566,7 @@ impl LockTable {
     fn session_key(&self, id: SessionId) -> u32 {
         let session = self.sessions.get(id.key as usize);
         assert!(
-            session.is_some_and(|s| s.generation == id.generation),
+            session.is_some_and(|s| s.generation == id.generation && s.closed.is_none()),
             "stale session id {id:?}"
         );
         id.key
@@ -493,13 +581,14 @@ impl LockTable {
     /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
     /// reason.
     fn find_held(
-        &self,
+        &mut self,
         hash: u64,
         name: &[u8],
         owner: &[u8],
         token: Option<u64>,
+        now_ms: u64,
     ) -> Result<u32, Outcome> {
-        let Some(lock) = self.find_hashed(hash, name) else {
+        let Some(lock) = self.find_settled(hash, name, now_ms) else {
             return Err(Outcome::NotHeld(NotHeldReason::Free));
         };
         let record = self.store.record(lock);
@@ -510,6 +599,79 @@ impl LockTable {
             return Err(Outcome::NotHeld(NotHeldReason::TokenMismatch));
         }
         Ok(lock)
+    }
+
+    /// The lock named `name`, if held, after releasing it first if it is a
+    /// closed session's deferred SESSION hold: commands never see those held.
+    fn find_settled(&mut self, hash: u64, name: &[u8], now_ms: u64) -> Option<u32> {
+        let lock = self.find_hashed(hash, name)?;
+        let Some(closed_at_ms) = self.deferred_release(lock) else {
+            return Some(lock);
+        };
+        self.release_deferred(lock, closed_at_ms, now_ms, Some(hash));
+        // Deleted, or handed to a waiter, whose session is open.
+        self.find_hashed(hash, name)
+    }
+
+    /// A new name needs room under locks_max; deferred holds do not count
+    /// against it, so release them until there is room or none is left.
+    /// Each one released either frees a lock or grants a waiter, so this
+    /// ends.
+    fn release_deferred_while_full(&mut self, now_ms: u64) {
+        while self.store.len() >= self.limits.locks_max && self.closed_head != NIL {
+            self.run_deferred(now_ms, 1);
+        }
+    }
+
+    /// When `lock` is a SESSION hold of a closed session, its release still
+    /// deferred: the time that session closed.
+    fn deferred_release(&self, lock: u32) -> Option<u64> {
+        // The common case (no closed session waits) costs one compare.
+        if self.closed_head == NIL || !self.store.record(lock).has_extra() {
+            return None;
+        }
+        let session = self.extras[&lock].session;
+        if session == NIL {
+            return None;
+        }
+        self.sessions[session as usize].closed.map(|c| c.at_ms)
+    }
+
+    /// Releases a deferred SESSION hold as of its session's close: waiters
+    /// whose deadline came after `closed_at_ms` are eligible (all queued
+    /// ones, since every earlier deadline has fired), the grant counts from
+    /// `now_ms`.
+    fn release_deferred(&mut self, lock: u32, closed_at_ms: u64, now_ms: u64, hash: Option<u64>) {
+        self.stats.releases += 1;
+        self.free_lock(lock, closed_at_ms, now_ms, hash);
+    }
+
+    fn closed(&self, session: u32) -> &Closed {
+        self.sessions[session as usize]
+            .closed
+            .as_ref()
+            .expect("session on the closed list")
+    }
+
+    fn closed_mut(&mut self, session: u32) -> &mut Closed {
+        self.sessions[session as usize]
+            .closed
+            .as_mut()
+            .expect("session on the closed list")
+    }
+
+    /// A closed session's last hold is gone: frees its slot.
+    fn retire_closed(&mut self, session: u32) {
+        let closed = *self.closed(session);
+        match closed.prev {
+            NIL => self.closed_head = closed.next,
+            prev => self.closed_mut(prev).next = closed.next,
+        }
+        match closed.next {
+            NIL => self.closed_tail = closed.prev,
+            next => self.closed_mut(next).prev = closed.prev,
+        }
+        self.sessions.remove(session as usize);
     }
 
     /// Creates a held lock, links its expiry and indexes it.
@@ -599,7 +761,11 @@ impl LockTable {
         }
         let (prev, next) = (extra.session_prev, extra.session_next);
         if prev == NIL {
-            self.sessions[extra.session as usize].locks_head = next;
+            let session = &mut self.sessions[extra.session as usize];
+            session.locks_head = next;
+            if next == NIL && session.closed.is_some() {
+                self.retire_closed(extra.session);
+            }
         } else {
             self.update_extra(prev, |e| e.session_next = next);
         }
@@ -783,6 +949,7 @@ impl LockTable {
         }
         assert_eq!(extras_seen, self.extras.len());
         assert_eq!(waiters_seen, self.store.waiters.len());
+        self.closed_invariants();
         for (s, session) in &self.sessions {
             let (mut lock, mut prev) = (session.locks_head, NIL);
             while lock != NIL {
@@ -792,6 +959,27 @@ impl LockTable {
                 (prev, lock) = (lock, extra.session_next);
             }
         }
+    }
+
+    /// The closed list holds exactly the closed sessions, each with holds
+    /// left and no waiter, in close order.
+    fn closed_invariants(&self) {
+        let (mut count, mut prev, mut s, mut at_ms) = (0, NIL, self.closed_head, 0);
+        while s != NIL {
+            let session = &self.sessions[s as usize];
+            let closed = self.closed(s);
+            assert_eq!(closed.prev, prev);
+            assert!(closed.at_ms >= at_ms, "closed list out of close order");
+            assert_ne!(
+                session.locks_head, NIL,
+                "closed session {s} kept with no holds"
+            );
+            assert_eq!(session.waiter, NIL);
+            (count, prev, s, at_ms) = (count + 1, s, closed.next, closed.at_ms);
+        }
+        assert_eq!(self.closed_tail, prev);
+        let closed = self.sessions.iter().filter(|(_, s)| s.closed.is_some());
+        assert_eq!(closed.count(), count);
     }
 
     /// Checks one lock's wait queue; returns its length.

@@ -345,6 +345,10 @@ fn session_holds_are_released_on_close_and_handed_on() {
         Outcome::Queued
     );
     t.close_session(a, 2);
+    assert!(
+        !t.has_deferred_work(),
+        "a few holds are released at the close"
+    );
     let events = take_events(&mut t);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].session, b);
@@ -628,4 +632,259 @@ fn waiters_per_lock_max_refuses_one_more_waiter_and_changes_nothing() {
         Outcome::Queued
     );
     t.invariants();
+}
+
+/// Takes as many more SESSION holds as a close releases at once, so that
+/// the session's earlier holds are deferred when it closes (the latest
+/// bound are released first).
+fn fill_session(t: &mut LockTable, s: SessionId, owner: &[u8], now_ms: u64) {
+    for i in 0..SESSION_CLOSE_RELEASES_MAX {
+        let name = format!("filler-{i}");
+        granted_token(t.acquire(s, &session_acq(name.as_bytes(), owner, 60_000), now_ms));
+    }
+}
+
+/// Name of the i-th lock of the deferred-release tests; some longer than the
+/// inline 15 bytes.
+fn many_name(i: u32) -> Vec<u8> {
+    if i % 10 == 0 {
+        format!("a-long-lock-name-{i:08}").into_bytes()
+    } else {
+        format!("n{i}").into_bytes()
+    }
+}
+
+#[test]
+fn a_closed_session_with_many_holds_is_released_over_budgeted_calls() {
+    const LOCKS: u32 = 100_000;
+    const BUDGET: usize = 1024;
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    for i in 0..LOCKS {
+        granted_token(t.acquire(a, &session_acq(&many_name(i), b"a", 60_000), 0));
+    }
+    let plain = granted_token(t.acquire(a, &acq(b"plain", b"a", 60_000, 0), 0));
+    fill_session(&mut t, a, b"a", 0);
+    // b waits on one of them; c on another whose expiry comes first.
+    assert_eq!(
+        t.acquire(b, &acq(&many_name(7), b"b", 500, 30_000), 1),
+        Outcome::Queued
+    );
+    let granted = t.stats().grants;
+    t.close_session(a, 2);
+    assert_eq!(
+        t.len(),
+        LOCKS as usize + 1,
+        "only the fillers released by the close"
+    );
+    assert!(take_events(&mut t).is_empty());
+
+    let (mut calls, mut released, mut now) = (0, 0, 2);
+    while t.has_deferred_work() {
+        now += 1;
+        let done = t.run_deferred(now, BUDGET);
+        assert!(done <= BUDGET);
+        released += done;
+        calls += 1;
+        for event in t.events() {
+            assert_eq!(event.session, b);
+            assert!(matches!(event.kind, EventKind::Granted { ttl_ms: 500, .. }));
+        }
+        t.clear_events();
+        if calls % 25 == 0 {
+            t.invariants();
+        }
+    }
+    assert_eq!(released, LOCKS as usize);
+    assert!(calls > 1);
+    assert_eq!(calls, (LOCKS as usize).div_ceil(BUDGET));
+    assert_eq!(t.stats().grants, granted + 1, "b got its lock");
+    assert_eq!(t.len(), 2, "b's grant and the plain hold remain");
+    assert_eq!(t.release(b"plain", b"a", plain, now), Outcome::Released);
+    assert!(matches!(
+        t.acquire(c, &acq(&many_name(7), b"c", 100, 0), now),
+        Outcome::Busy { waiters: 0, .. }
+    ));
+    t.invariants();
+}
+
+#[test]
+fn commands_never_see_a_deferred_hold_held() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    for name in [&b"x"[..], b"y", b"z", b"w"] {
+        granted_token(t.acquire(a, &session_acq(name, b"a", 60_000), 0));
+    }
+    let w_token = granted_token(t.acquire(a, &session_acq(b"v", b"a", 60_000), 0));
+    assert_eq!(
+        t.acquire(b, &acq(b"y", b"b", 100, 5000), 1),
+        Outcome::Queued
+    );
+    fill_session(&mut t, a, b"a", 1);
+    t.close_session(a, 2);
+    assert!(take_events(&mut t).is_empty());
+
+    // Another owner's ACQUIRE of a deferred hold is granted at once.
+    assert!(matches!(
+        t.acquire(c, &acq(b"x", b"c", 100, 0), 3),
+        Outcome::Granted { .. }
+    ));
+    // Touching the lock b waits on hands it to b right then.
+    assert!(matches!(
+        t.acquire(c, &acq(b"y", b"c", 100, 0), 4),
+        Outcome::Busy {
+            remaining_ms: 100,
+            waiters: 0
+        }
+    ));
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session, b);
+    // RELEASE and EXTEND by the old holder find the lock free.
+    assert_eq!(
+        t.release(b"v", b"a", w_token, 5),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+    assert_eq!(
+        t.extend(b"z", b"a", w_token - 2, 100, 5),
+        Outcome::NotHeld(NotHeldReason::Free)
+    );
+    assert_eq!(t.len(), 3, "x by c, y by b, w deferred; v, z released");
+    assert!(t.has_deferred_work(), "w is still deferred");
+    assert_eq!(t.run_deferred(6, 10), 1);
+    assert!(!t.has_deferred_work());
+    assert_eq!(t.len(), 2);
+    t.invariants();
+}
+
+#[test]
+fn a_waiter_deadline_on_a_deferred_hold_grants_instead_of_timing_out() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    granted_token(t.acquire(a, &session_acq(b"job", b"a", 60_000), 0));
+    fill_session(&mut t, a, b"a", 0);
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 100, 50), 1),
+        Outcome::Queued
+    );
+    assert_eq!(
+        t.acquire(c, &acq(b"job", b"c", 100, 40), 1),
+        Outcome::Queued
+    );
+    t.close_session(a, 10);
+    // c's deadline (41) fires first: the lock was free since 10, so b, the
+    // head, is granted and c times out at its own deadline.
+    t.advance(45);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].session, b);
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Granted { ttl_ms: 100, .. }
+    ));
+    assert_eq!(events[1].session, c);
+    assert_eq!(events[1].kind, EventKind::TimedOut { waited_ms: 40 });
+    assert!(!t.has_deferred_work());
+}
+
+#[test]
+fn an_expiry_of_a_deferred_hold_counts_as_its_release() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &session_acq(b"job", b"a", 100), 0));
+    fill_session(&mut t, a, b"a", 0);
+    assert_eq!(
+        t.acquire(b, &acq(b"job", b"b", 100, 100), 50),
+        Outcome::Queued
+    );
+    t.close_session(a, 60);
+    // Expiry at 100, b's deadline at 150: the advance comes late, at 150;
+    // b was eligible since the close at 60 and is granted.
+    t.advance(150);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert!(matches!(events[0].kind, EventKind::Granted { .. }));
+    assert_eq!(t.stats().expiries, 0);
+    assert!(!t.has_deferred_work());
+}
+
+#[test]
+fn a_closed_session_slot_is_not_reused_until_its_holds_are_released() {
+    let mut t = table();
+    let a = t.open_session(1);
+    granted_token(t.acquire(a, &session_acq(b"x", b"a", 60_000), 0));
+    granted_token(t.acquire(a, &session_acq(b"y", b"a", 60_000), 0));
+    fill_session(&mut t, a, b"a", 0);
+    t.close_session(a, 1);
+    assert!(t.has_deferred_work());
+    let n = t.open_session(2);
+    assert_ne!(n.key, a.key, "the closed session's slot is reserved");
+    granted_token(t.acquire(n, &session_acq(b"z", b"n", 60_000), 1));
+    t.run_deferred(2, 1024);
+    assert_eq!(t.len(), 1, "only the new session's hold is left");
+    let m = t.open_session(3);
+    assert_eq!(m.key, a.key, "the slot is free once drained");
+    assert_ne!(m, a);
+    t.close_session(n, 3);
+    t.run_deferred(3, 1024);
+    assert!(t.is_empty());
+    t.invariants();
+}
+
+#[test]
+fn locks_max_does_not_count_deferred_holds() {
+    let mut t = LockTable::new(
+        Limits {
+            locks_max: 2 + SESSION_CLOSE_RELEASES_MAX,
+            ..Limits::default()
+        },
+        1,
+        0,
+    );
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    granted_token(t.acquire(a, &session_acq(b"x", b"a", 60_000), 0));
+    granted_token(t.acquire(a, &session_acq(b"y", b"a", 60_000), 0));
+    fill_session(&mut t, a, b"a", 0);
+    t.close_session(a, 1);
+    assert_eq!(t.len(), 2, "x and y deferred");
+    fill_session(&mut t, b, b"b", 2);
+    granted_token(t.acquire(b, &acq(b"z", b"b", 100, 0), 2));
+    assert_eq!(
+        t.len(),
+        2 + SESSION_CLOSE_RELEASES_MAX,
+        "one of x and y released to make room"
+    );
+    assert!(t.has_deferred_work(), "the other is still deferred");
+    t.invariants();
+}
+
+#[test]
+fn deferred_releases_are_deterministic() {
+    fn run(budget: usize) -> (Vec<Event>, Stats, u64) {
+        let mut t = LockTable::new(Limits::default(), SEED, 0);
+        let sessions: Vec<SessionId> = (0..20).map(|tag| t.open_session(tag)).collect();
+        let mut events = Vec::new();
+        for i in 0..600u32 {
+            let s = sessions[(i % 4) as usize];
+            let owner = [b'a' + (i % 4) as u8];
+            t.acquire(s, &session_acq(&many_name(i), &owner, 1000 + i), 0);
+        }
+        for (j, &s) in sessions[4..].iter().enumerate() {
+            let owner = [b'A' + j as u8];
+            let name = many_name(j as u32 * 7);
+            t.acquire(s, &acq(&name, &owner, 300, 200 + j as u32), 1);
+        }
+        t.close_session(sessions[0], 2);
+        t.close_session(sessions[1], 3);
+        for now in 4..40 {
+            t.run_deferred(now, budget);
+            events.extend(take_events(&mut t));
+        }
+        t.close_session(sessions[2], 40);
+        t.advance(2000);
+        events.extend(take_events(&mut t));
+        (events, t.stats(), t.next_token())
+    }
+    assert_eq!(run(3), run(3));
+    assert_eq!(run(1000), run(1000));
 }
