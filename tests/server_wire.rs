@@ -577,3 +577,46 @@ fn idle_connections_are_closed_when_idle_timeout_is_set() {
     assert!(silent.closed_by_server(), "silent connection left open");
     ping(&mut chatty);
 }
+
+/// One ACQUIRE past waiters_per_lock_max gets a LIMIT error; the queue and
+/// the connection are unharmed.
+#[test]
+fn waiters_past_the_limit_get_a_limit_error() {
+    let server = start(Limits {
+        waiters_per_lock_max: 2,
+        ..Limits::default()
+    });
+    let mut holder = Wire::connect(&server);
+    let granted = token(holder.acquire(b"q", b"holder", 60_000, 0));
+    let mut waiters: Vec<Wire> = (0..2).map(|_| Wire::connect(&server)).collect();
+    for (i, waiter) in waiters.iter_mut().enumerate() {
+        waiter.send(Request::Acquire(Acquire {
+            name: b"q",
+            owner: format!("waiter-{i}").as_bytes(),
+            ttl_ms: 0,
+            wait_ms: 5_000,
+            flags: 0,
+        }));
+    }
+    let mut third = Wire::connect(&server);
+    // The two waiters are queued once BUSY counts them.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !matches!(third.acquire(b"q", b"probe", 0, 0), OwnedReply::Busy(_, 2)) {
+        assert!(Instant::now() < deadline, "waiters never queued");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match third.acquire(b"q", b"third", 0, 5_000) {
+        OwnedReply::Error(ErrorCode::Limit, message) => {
+            assert!(message.contains("waiters_per_lock_max 2"), "{message}")
+        }
+        other => panic!("expected ERROR LIMIT, got {other:?}"),
+    }
+    ping(&mut third);
+    holder.send(Request::Release {
+        name: b"q",
+        owner: b"holder",
+        token: granted,
+    });
+    assert_eq!(holder.reply(), OwnedReply::Released);
+    assert!(token(waiters[0].reply()) > granted);
+}
