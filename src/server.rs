@@ -19,7 +19,12 @@
 //!
 //! A read of 0 bytes (the peer closed or half-closed) closes the connection
 //! at once, like Redis: its queued ACQUIRE leaves the queue and its SESSION
-//! holds are released. Frames still unread are dropped.
+//! holds are released (past the first few, in batches of
+//! [`SESSION_RELEASES_PER_TURN_MAX`] per turn; the table releases one on the
+//! spot if a request touches it first). Frames still unread are dropped.
+//!
+//! Per-connection timeouts (frame, write, idle) live in a second timer
+//! wheel, keyed by connection, apart from the lock table's.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -38,7 +43,7 @@ use crate::buffer::ConnBuffer;
 use crate::execute::{self, Context, Refusal, Step, write_error, write_error_for};
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
-    TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+    SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
 };
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
@@ -391,6 +396,9 @@ impl Server {
         }
         let now = self.now_ms();
         self.table.advance(now);
+        if self.table.has_deferred_work() {
+            self.table.run_deferred(now, SESSION_RELEASES_PER_TURN_MAX);
+        }
         self.deliver_table_events();
         self.expire_connections(now);
         if self.accept_retry {
@@ -438,7 +446,7 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.table.has_deferred_work() {
             return Some(Duration::ZERO);
         }
         let retry = self

@@ -620,3 +620,57 @@ fn waiters_past_the_limit_get_a_limit_error() {
     assert_eq!(holder.reply(), OwnedReply::Released);
     assert!(token(waiters[0].reply()) > granted);
 }
+
+/// A connection with thousands of SESSION holds closes: every hold ends
+/// (in batches, or on the spot when asked for), its waiter is granted, and
+/// nothing is left held.
+#[test]
+fn many_session_holds_all_end_when_their_connection_closes() {
+    const HOLDS: usize = 5_000;
+    let server = start(Limits::default());
+    let names: Vec<Vec<u8>> = (0..HOLDS).map(|i| format!("s{i}").into_bytes()).collect();
+    let mut holder = Wire::connect(&server);
+    for chunk in names.chunks(500) {
+        let mut frames = Vec::new();
+        for name in chunk {
+            Request::Acquire(Acquire {
+                name,
+                owner: b"holder",
+                ttl_ms: 600_000,
+                wait_ms: 0,
+                flags: FLAG_SESSION,
+            })
+            .encode_to_vec(&mut frames);
+        }
+        holder.stream.write_all(&frames).unwrap();
+        for _ in chunk {
+            assert!(matches!(holder.reply(), OwnedReply::Granted(..)));
+        }
+    }
+    let mut waiter = Wire::connect(&server);
+    // A name in the middle: not among the few released at the close itself.
+    let middle = HOLDS / 2;
+    waiter.send(Request::Acquire(Acquire {
+        name: &names[middle],
+        owner: b"waiter",
+        ttl_ms: 0,
+        wait_ms: 10_000,
+        flags: 0,
+    }));
+    let mut other = Wire::connect(&server);
+    assert!(matches!(
+        other.acquire(&names[0], b"other", 0, 0),
+        OwnedReply::Busy(..)
+    ));
+    drop(holder);
+    assert!(matches!(waiter.reply(), OwnedReply::Granted(..)));
+    for (i, name) in names.iter().enumerate().filter(|&(i, _)| i != middle) {
+        match other.acquire(name, b"other", 0, 0) {
+            OwnedReply::Granted(..) => {}
+            reply => panic!(
+                "{} still held after the close: {reply:?}",
+                String::from_utf8_lossy(name)
+            ),
+        }
+    }
+}
