@@ -664,7 +664,7 @@ fn many_session_holds_all_end_when_their_connection_closes() {
     ));
     drop(holder);
     assert!(matches!(waiter.reply(), OwnedReply::Granted(..)));
-    for (i, name) in names.iter().enumerate().filter(|&(i, _)| i != middle) {
+    for (_, name) in names.iter().enumerate().filter(|&(i, _)| i != middle) {
         match other.acquire(name, b"other", 0, 0) {
             OwnedReply::Granted(..) => {}
             reply => panic!(
