@@ -27,6 +27,14 @@
 //!
 //! Replies that come later (a queued ACQUIRE granted or timed out) are pushed
 //! to `events`, which the caller drains after each command.
+//!
+//! Memory follows the load back down: after a burst, every growable part
+//! (records, waiters, the hash index, `extras`, `sessions`, `events`, the
+//! long-name arena) gives back what it no longer needs, in bounded steps run
+//! by [`LockTable::run_deferred`] (and `events` when cleared). Each shrinks
+//! only when well under its capacity and above a small floor, to twice what
+//! it holds, so a steady load never reallocates and a load that swings
+//! reallocates at most once per halving or doubling (see [`store`]).
 
 mod names;
 mod store;
@@ -47,6 +55,16 @@ use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 /// they are released at the close as before, while a close costs at most
 /// this many releases (about 100 ns each).
 pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
+
+/// Hash index and `extras` capacities kept however empty the table gets
+/// (a few KiB); they shrink once under an eighth full: a rehash of what is
+/// left, so at most an eighth of the peak's entries at once.
+const INDEX_CAPACITY_MIN: usize = 512;
+const EXTRAS_CAPACITY_MIN: usize = 256;
+/// Session slots kept however few sessions are open (about 3 KiB).
+const SESSIONS_CAPACITY_MIN: usize = 64;
+/// Event capacity kept after a clear (2 KiB).
+const EVENTS_CAPACITY_MIN: usize = 64;
 
 /// Identifies one session (connection) to the table. Carries a generation so
 /// that an id kept after its session closed can never reach a reused slot.
@@ -211,6 +229,11 @@ pub struct LockTable {
     /// close first, linked through `Session::closed`.
     closed_head: u32,
     closed_tail: u32,
+    /// Sessions removed since `sessions` last shrank: slab keys cannot move,
+    /// so a shrink (O(capacity)) only drops vacant slots at its end, and is
+    /// tried again only after this reaches a quarter of the capacity
+    /// (amortized O(1) per session).
+    sessions_removed: usize,
     wheel: WheelCore,
     next_token: u64,
     events: Vec<Event>,
@@ -233,6 +256,7 @@ impl LockTable {
             session_generation: 0,
             closed_head: NIL,
             closed_tail: NIL,
+            sessions_removed: 0,
             wheel: WheelCore::new(now_ms),
             next_token: token_seed.max(1),
             events: Vec::new(),
@@ -280,7 +304,11 @@ impl LockTable {
     }
 
     pub fn clear_events(&mut self) {
+        let len = self.events.len();
         self.events.clear();
+        if self.events.capacity() > EVENTS_CAPACITY_MIN && len * 4 < self.events.capacity() {
+            self.events.shrink_to((2 * len).max(EVENTS_CAPACITY_MIN));
+        }
     }
 
     pub fn open_session(&mut self, tag: u64) -> SessionId {
@@ -315,7 +343,7 @@ impl LockTable {
             self.remove_waiter(waiter);
         }
         if self.sessions[session as usize].locks_head == NIL {
-            self.sessions.remove(session as usize);
+            self.remove_session(session);
             return;
         }
         // The slot stays reserved (and the id invalid) until the holds are
@@ -342,29 +370,152 @@ impl LockTable {
         }
     }
 
-    /// Whether closed sessions still have SESSION holds to release: the
-    /// caller should call [`LockTable::run_deferred`] soon (and not sleep).
+    /// Whether closed sessions still have SESSION holds to release, or
+    /// memory is to be given back: the caller should call
+    /// [`LockTable::run_deferred`] soon (and not sleep). A few compares.
     pub fn has_deferred_work(&self) -> bool {
-        self.closed_head != NIL
+        self.has_deferred_releases() || self.has_memory_to_return()
     }
 
-    /// Fires due timers (as [`LockTable::advance`]), then releases up to
-    /// `budget` SESSION holds of closed sessions, oldest close first, handing
-    /// each to its next waiter (answers go to [`LockTable::events`]). Returns
-    /// how many holds it released. A waiter is eligible if its deadline comes
-    /// after the close, as if the hold had been released at the close; its
-    /// grant counts from `now_ms`.
+    /// Fires due timers (as [`LockTable::advance`]), then does up to
+    /// `budget` steps of deferred work and returns how many it did. First it
+    /// releases SESSION holds of closed sessions, oldest close first, handing
+    /// each to its next waiter (answers go to [`LockTable::events`]); a
+    /// waiter is eligible if its deadline comes after the close, as if the
+    /// hold had been released at the close, and its grant counts from
+    /// `now_ms`. Then, with the budget left, it gives memory back: one step
+    /// moves one record or waiter, or shrinks one structure (the hash index
+    /// and `extras` by one rehash of at most an eighth of their capacity).
+    /// Nothing it does changes a reply, a token or an event.
     pub fn run_deferred(&mut self, now_ms: u64, budget: usize) -> usize {
         self.advance(now_ms);
-        let mut released = 0;
-        while released < budget && self.closed_head != NIL {
+        let mut done = 0;
+        while done < budget && self.closed_head != NIL {
             let lock = self.sessions[self.closed_head as usize].locks_head;
             debug_assert_ne!(lock, NIL, "a closed session left with no holds");
             let closed_at_ms = self.closed(self.closed_head).at_ms;
             self.release_deferred(lock, closed_at_ms, now_ms, None);
-            released += 1;
+            done += 1;
         }
-        released
+        while done < budget && self.has_memory_to_return() {
+            self.return_memory_step();
+            done += 1;
+        }
+        done
+    }
+
+    /// Closed sessions still have SESSION holds to release.
+    fn has_deferred_releases(&self) -> bool {
+        self.closed_head != NIL
+    }
+
+    fn has_memory_to_return(&self) -> bool {
+        self.store.waiters.is_sparse()
+            || self.store.is_sparse()
+            || self.index_is_sparse()
+            || self.extras_is_sparse()
+            || self.sessions_are_sparse()
+    }
+
+    fn index_is_sparse(&self) -> bool {
+        self.index.capacity() > INDEX_CAPACITY_MIN && self.index.len() * 8 < self.index.capacity()
+    }
+
+    fn extras_is_sparse(&self) -> bool {
+        self.extras.capacity() > EXTRAS_CAPACITY_MIN
+            && self.extras.len() * 8 < self.extras.capacity()
+    }
+
+    fn sessions_are_sparse(&self) -> bool {
+        let capacity = self.sessions.capacity();
+        capacity > SESSIONS_CAPACITY_MIN
+            && self.sessions.len() * 4 < capacity
+            && self.sessions_removed * 4 >= capacity
+    }
+
+    /// One bounded step of giving memory back (see [`store`]).
+    fn return_memory_step(&mut self) {
+        if self.store.waiters.is_sparse() {
+            if let Some((from, to)) = self.store.waiters.compact_step() {
+                self.move_last_waiter(from, to);
+            }
+        } else if self.store.is_sparse() {
+            if let Some((from, to)) = self.store.compact_step() {
+                self.move_last_record(from, to);
+            }
+        } else if self.index_is_sparse() {
+            let min = (2 * self.index.len()).max(INDEX_CAPACITY_MIN / 2);
+            let (store, hasher) = (&self.store, &self.name_hasher);
+            self.index
+                .shrink_to(min, |&i| hash_bytes(hasher, store.name(i)));
+        } else if self.extras_is_sparse() {
+            let min = (2 * self.extras.len()).max(EXTRAS_CAPACITY_MIN / 2);
+            self.extras.shrink_to(min);
+        } else if self.sessions_are_sparse() {
+            self.sessions.shrink_to_fit();
+            self.sessions_removed = 0;
+        }
+    }
+
+    /// Moves the last waiter to the vacant slot `to`, relinking its timer
+    /// at the same deadline (after any other timer already linked for that
+    /// millisecond: timers of one millisecond have no order that matters).
+    fn move_last_waiter(&mut self, from: u32, to: u32) {
+        let deadline_ms = self.store.waiters[from as usize].deadline_ms();
+        self.wheel.unlink(&mut self.store, waiter_key(from));
+        let w = self.store.waiters.move_last(to);
+        self.wheel
+            .link(&mut self.store, waiter_key(to), deadline_ms);
+        match w.queue_prev {
+            NIL => self.update_extra(w.lock, |e| e.waiters_head = to),
+            prev => self.store.waiters[prev as usize].queue_next = to,
+        }
+        match w.queue_next {
+            NIL => self.update_extra(w.lock, |e| e.waiters_tail = to),
+            next => self.store.waiters[next as usize].queue_prev = to,
+        }
+        self.sessions[w.session as usize].waiter = to;
+    }
+
+    /// Moves the last lock record to the vacant slot `to` and points every
+    /// reference at it: the hash index, its timer (relinked as for a
+    /// waiter), its `extras` entry, its neighbours on its session's list and
+    /// its waiters.
+    fn move_last_record(&mut self, from: u32, to: u32) {
+        let deadline_ms = self.store.record(from).deadline_ms();
+        self.wheel.unlink(&mut self.store, from);
+        self.store.move_last(to);
+        self.wheel.link(&mut self.store, to, deadline_ms);
+        let hash = hash_bytes(&self.name_hasher, self.store.name(to));
+        *self
+            .index
+            .find_mut(hash, |&i| i == from)
+            .expect("a moved lock is indexed") = to;
+        if !self.store.record(to).has_extra() {
+            return;
+        }
+        let extra = self.extras.remove(&from).expect("a flagged extra");
+        self.extras.insert(to, extra);
+        if extra.session != NIL {
+            match extra.session_prev {
+                NIL => self.sessions[extra.session as usize].locks_head = to,
+                prev => self.update_extra(prev, |e| e.session_next = to),
+            }
+            if extra.session_next != NIL {
+                self.update_extra(extra.session_next, |e| e.session_prev = to);
+            }
+        }
+        let mut waiter = extra.waiters_head;
+        while waiter != NIL {
+            let w = &mut self.store.waiters[waiter as usize];
+            w.lock = to;
+            waiter = w.queue_next;
+        }
+    }
+
+    fn remove_session(&mut self, session: u32) {
+        self.sessions.remove(session as usize);
+        self.sessions_removed += 1;
     }
 
     /// Whether the session has an ACQUIRE queued.
@@ -671,7 +822,7 @@ impl LockTable {
             NIL => self.closed_tail = closed.prev,
             next => self.closed_mut(next).prev = closed.prev,
         }
-        self.sessions.remove(session as usize);
+        self.remove_session(session);
     }
 
     /// Creates a held lock, links its expiry and indexes it.

@@ -23,12 +23,27 @@
 //!       length (byte 1) and a u32 slot index (bytes 4..8) in `long_names`.
 //! ```
 //!
-//! Vacant records are threaded into a free list through `next`.
+//! Vacant records are threaded into a doubly linked free list through `prev`
+//! and `next` (free for that use: only held locks are in the wheel), and
+//! vacant waiters through their queue links, so that any vacant slot can
+//! leave its free list in O(1).
+//!
+//! # Giving memory back
+//!
+//! Records and waiters are referenced by index (the hash index, timer links,
+//! wait queues, session lists), so their vectors cannot just be truncated.
+//! When one is sparse (fewer live than a quarter of its capacity, above a
+//! floor) the table compacts it a step at a time in
+//! `LockTable::run_deferred`: a vacant last slot leaves its free list and is
+//! popped; a live last slot is moved into a vacant one and every reference
+//! to it is fixed. Once the vector is no longer than twice its live slots it
+//! is shrunk to that. Growing back to the old size takes twice as many live
+//! slots and shrinking again half as many, so the cost stays amortized O(1)
+//! per insert and remove, and nothing shrinks under the floor: a small steady
+//! load never reallocates.
 //!
 //! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
 //! lock records, keys with it set are waiters.
-
-use slab::Slab;
 
 use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
@@ -43,6 +58,13 @@ pub const NAME_INLINE_LEN_MAX: usize = 15;
 
 /// Most lock records: their indexes must stay below the waiter key bit.
 pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
+
+/// Record capacity kept however empty the table gets (24 KiB): below it a
+/// table never compacts or reallocates, whatever its load pattern.
+pub const RECORDS_CAPACITY_MIN: usize = 512;
+
+/// Waiter capacity kept however few wait (about 5 KiB).
+pub const WAITERS_CAPACITY_MIN: usize = 64;
 
 /// Deadlines are stored in 48 bits: about 8900 years of milliseconds.
 const DEADLINE_MS_MAX: u64 = (1 << 48) - 1;
@@ -121,6 +143,7 @@ impl LockRecord {
 }
 
 /// A queued ACQUIRE.
+#[derive(Clone, Copy)]
 pub struct Waiter {
     pub lock: u32,
     pub session: u32,
@@ -153,6 +176,154 @@ impl Waiter {
     pub fn deadline_ms(&self) -> u64 {
         self.links.deadline_ms
     }
+
+    fn is_live(&self) -> bool {
+        self.lock != NIL
+    }
+}
+
+/// Queued ACQUIREs by index. Vacant slots have `lock == NIL` and are linked
+/// into the free list through `queue_prev`/`queue_next`.
+pub struct Waiters {
+    slots: Vec<Waiter>,
+    free_head: u32,
+    live: usize,
+}
+
+impl Default for Waiters {
+    fn default() -> Waiters {
+        Waiters {
+            slots: Vec::new(),
+            free_head: NIL,
+            live: 0,
+        }
+    }
+}
+
+impl Waiters {
+    const VACANT: Waiter = Waiter {
+        lock: NIL,
+        session: NIL,
+        owner: 0,
+        ttl_ms: 0,
+        flags: 0,
+        enqueued_at_ms: 0,
+        queue_prev: NIL,
+        queue_next: NIL,
+        links: TimerLinks::UNLINKED,
+    };
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn insert(&mut self, waiter: Waiter) -> usize {
+        debug_assert!(waiter.is_live());
+        self.live += 1;
+        match self.free_head {
+            NIL => {
+                self.slots.push(waiter);
+                self.slots.len() - 1
+            }
+            index => {
+                self.unlink_free(index);
+                self.slots[index as usize] = waiter;
+                index as usize
+            }
+        }
+    }
+
+    pub fn remove(&mut self, index: usize) -> Waiter {
+        let waiter = self.slots[index];
+        assert!(waiter.is_live(), "removing vacant waiter {index}");
+        self.slots[index] = Waiters::VACANT;
+        self.push_free(index as u32);
+        self.live -= 1;
+        waiter
+    }
+
+    fn push_free(&mut self, index: u32) {
+        let head = self.free_head;
+        self.slots[index as usize].queue_next = head;
+        if head != NIL {
+            self.slots[head as usize].queue_prev = index;
+        }
+        self.free_head = index;
+    }
+
+    fn unlink_free(&mut self, index: u32) {
+        let Waiter {
+            queue_prev: prev,
+            queue_next: next,
+            ..
+        } = self.slots[index as usize];
+        match prev {
+            NIL => self.free_head = next,
+            prev => self.slots[prev as usize].queue_next = next,
+        }
+        if next != NIL {
+            self.slots[next as usize].queue_prev = prev;
+        }
+        self.slots[index as usize].queue_prev = NIL;
+        self.slots[index as usize].queue_next = NIL;
+    }
+
+    /// Fewer live waiters than a quarter of the capacity, above the floor.
+    pub fn is_sparse(&self) -> bool {
+        self.slots.capacity() > WAITERS_CAPACITY_MIN && self.live * 4 < self.slots.capacity()
+    }
+
+    /// One step of compaction (see the module docs). `Some((from, to))`
+    /// when the live last waiter must move: the caller unlinks its timer,
+    /// calls [`Waiters::move_last`] and fixes the references.
+    pub fn compact_step(&mut self) -> Option<(u32, u32)> {
+        let target = (2 * self.live).max(WAITERS_CAPACITY_MIN / 2);
+        if self.slots.len() <= target {
+            self.slots.shrink_to(target);
+            return None;
+        }
+        let last = (self.slots.len() - 1) as u32;
+        if !self.slots[last as usize].is_live() {
+            self.unlink_free(last);
+            self.slots.pop();
+            return None;
+        }
+        // More slots than twice the live ones, the last live: a vacant slot
+        // exists below it.
+        debug_assert_ne!(self.free_head, NIL);
+        Some((last, self.free_head))
+    }
+
+    /// Moves the last waiter into the vacant slot `to` (its timer must be
+    /// unlinked) and pops the last slot.
+    pub fn move_last(&mut self, to: u32) -> Waiter {
+        self.unlink_free(to);
+        let waiter = self.slots.pop().expect("a last waiter");
+        self.slots[to as usize] = waiter;
+        waiter
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+}
+
+impl std::ops::Index<usize> for Waiters {
+    type Output = Waiter;
+    fn index(&self, index: usize) -> &Waiter {
+        let waiter = &self.slots[index];
+        debug_assert!(waiter.is_live(), "waiter {index} is vacant");
+        waiter
+    }
+}
+
+impl std::ops::IndexMut<usize> for Waiters {
+    fn index_mut(&mut self, index: usize) -> &mut Waiter {
+        let waiter = &mut self.slots[index];
+        debug_assert!(waiter.is_live(), "waiter {index} is vacant");
+        waiter
+    }
 }
 
 /// The parts of a lock only some locks need: a SESSION binding and a queue.
@@ -182,13 +353,25 @@ impl LockExtra {
 }
 
 /// Lock records, long names and waiters: everything the wheel links.
-#[derive(Default)]
 pub struct Store {
     records: Vec<LockRecord>,
-    free_head: Option<u32>,
+    /// Head of the vacant records' free list.
+    free_head: u32,
     live: usize,
     long_names: NameArena,
-    pub waiters: Slab<Waiter>,
+    pub waiters: Waiters,
+}
+
+impl Default for Store {
+    fn default() -> Store {
+        Store {
+            records: Vec::new(),
+            free_head: NIL,
+            live: 0,
+            long_names: NameArena::default(),
+            waiters: Waiters::default(),
+        }
+    }
 }
 
 impl Store {
@@ -239,16 +422,7 @@ impl Store {
             record.name[4..8].copy_from_slice(&slot.index.to_le_bytes());
         }
         match self.free_head {
-            Some(lock) => {
-                self.free_head = match self.records[lock as usize].next {
-                    NIL => None,
-                    next => Some(next),
-                };
-                self.records[lock as usize] = record;
-                self.live += 1;
-                lock
-            }
-            None => {
+            NIL => {
                 assert!(
                     self.records.len() < LOCK_RECORDS_MAX,
                     "lock records exhausted"
@@ -256,6 +430,12 @@ impl Store {
                 self.records.push(record);
                 self.live += 1;
                 (self.records.len() - 1) as u32
+            }
+            lock => {
+                self.unlink_free(lock);
+                self.records[lock as usize] = record;
+                self.live += 1;
+                lock
             }
         }
     }
@@ -267,13 +447,71 @@ impl Store {
         if let Some(slot) = record.long_name() {
             self.long_names.remove(slot);
         }
-        let next = self.free_head.unwrap_or(NIL);
-        self.records[lock as usize] = LockRecord {
-            next,
-            ..LockRecord::VACANT
-        };
-        self.free_head = Some(lock);
+        self.records[lock as usize] = LockRecord::VACANT;
+        self.push_free(lock);
         self.live -= 1;
+    }
+
+    fn push_free(&mut self, lock: u32) {
+        let head = self.free_head;
+        self.records[lock as usize].next = head;
+        if head != NIL {
+            self.records[head as usize].prev = lock;
+        }
+        self.free_head = lock;
+    }
+
+    fn unlink_free(&mut self, lock: u32) {
+        let LockRecord { prev, next, .. } = self.records[lock as usize];
+        match prev {
+            NIL => self.free_head = next,
+            prev => self.records[prev as usize].next = next,
+        }
+        if next != NIL {
+            self.records[next as usize].prev = prev;
+        }
+        self.records[lock as usize].prev = NIL;
+        self.records[lock as usize].next = NIL;
+    }
+
+    /// Fewer live records than a quarter of the capacity, above the floor.
+    pub fn is_sparse(&self) -> bool {
+        self.records.capacity() > RECORDS_CAPACITY_MIN && self.live * 4 < self.records.capacity()
+    }
+
+    /// One step of compaction (see the module docs). `Some((from, to))`
+    /// when the live last record must move: the caller unlinks its timer,
+    /// calls [`Store::move_last`] and fixes the references.
+    pub fn compact_step(&mut self) -> Option<(u32, u32)> {
+        let target = (2 * self.live).max(RECORDS_CAPACITY_MIN / 2);
+        if self.records.len() <= target {
+            self.records.shrink_to(target);
+            return None;
+        }
+        let last = (self.records.len() - 1) as u32;
+        if !self.records[last as usize].is_live() {
+            self.unlink_free(last);
+            self.records.pop();
+            return None;
+        }
+        // More records than twice the live ones, the last live: a vacant one
+        // exists below it.
+        debug_assert_ne!(self.free_head, NIL);
+        Some((last, self.free_head))
+    }
+
+    /// Moves the last record (its timer unlinked) into the vacant slot `to`
+    /// and pops the last slot. Its long name, if any, moves with it.
+    pub fn move_last(&mut self, to: u32) {
+        self.unlink_free(to);
+        let record = self.records.pop().expect("a last record");
+        debug_assert!(record.is_live());
+        self.records[to as usize] = record;
+    }
+
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.records.capacity()
     }
 }
 

@@ -346,7 +346,7 @@ fn session_holds_are_released_on_close_and_handed_on() {
     );
     t.close_session(a, 2);
     assert!(
-        !t.has_deferred_work(),
+        !t.has_deferred_releases(),
         "a few holds are released at the close"
     );
     let events = take_events(&mut t);
@@ -679,12 +679,13 @@ fn a_closed_session_with_many_holds_is_released_over_budgeted_calls() {
     );
     assert!(take_events(&mut t).is_empty());
 
-    let (mut calls, mut released, mut now) = (0, 0, 2);
-    while t.has_deferred_work() {
+    let (mut calls, mut now) = (0, 2);
+    let releases_before = t.stats().releases;
+    while t.has_deferred_releases() {
         now += 1;
-        let done = t.run_deferred(now, BUDGET);
-        assert!(done <= BUDGET);
-        released += done;
+        let releases = t.stats().releases;
+        assert_eq!(t.run_deferred(now, BUDGET), BUDGET);
+        assert!(t.stats().releases - releases <= BUDGET as u64);
         calls += 1;
         for event in t.events() {
             assert_eq!(event.session, b);
@@ -695,7 +696,8 @@ fn a_closed_session_with_many_holds_is_released_over_budgeted_calls() {
             t.invariants();
         }
     }
-    assert_eq!(released, LOCKS as usize);
+    let released = t.stats().releases - releases_before;
+    assert_eq!(released, LOCKS as u64);
     assert!(calls > 1);
     assert_eq!(calls, (LOCKS as usize).div_ceil(BUDGET));
     assert_eq!(t.stats().grants, granted + 1, "b got its lock");
@@ -750,9 +752,9 @@ fn commands_never_see_a_deferred_hold_held() {
         Outcome::NotHeld(NotHeldReason::Free)
     );
     assert_eq!(t.len(), 3, "x by c, y by b, w deferred; v, z released");
-    assert!(t.has_deferred_work(), "w is still deferred");
+    assert!(t.has_deferred_releases(), "w is still deferred");
     assert_eq!(t.run_deferred(6, 10), 1);
-    assert!(!t.has_deferred_work());
+    assert!(!t.has_deferred_releases());
     assert_eq!(t.len(), 2);
     t.invariants();
 }
@@ -784,7 +786,7 @@ fn a_waiter_deadline_on_a_deferred_hold_grants_instead_of_timing_out() {
     ));
     assert_eq!(events[1].session, c);
     assert_eq!(events[1].kind, EventKind::TimedOut { waited_ms: 40 });
-    assert!(!t.has_deferred_work());
+    assert!(!t.has_deferred_releases());
 }
 
 #[test]
@@ -805,7 +807,7 @@ fn an_expiry_of_a_deferred_hold_counts_as_its_release() {
     assert_eq!(events.len(), 1);
     assert!(matches!(events[0].kind, EventKind::Granted { .. }));
     assert_eq!(t.stats().expiries, 0);
-    assert!(!t.has_deferred_work());
+    assert!(!t.has_deferred_releases());
 }
 
 #[test]
@@ -816,7 +818,7 @@ fn a_closed_session_slot_is_not_reused_until_its_holds_are_released() {
     granted_token(t.acquire(a, &session_acq(b"y", b"a", 60_000), 0));
     fill_session(&mut t, a, b"a", 0);
     t.close_session(a, 1);
-    assert!(t.has_deferred_work());
+    assert!(t.has_deferred_releases());
     let n = t.open_session(2);
     assert_ne!(n.key, a.key, "the closed session's slot is reserved");
     granted_token(t.acquire(n, &session_acq(b"z", b"n", 60_000), 1));
@@ -854,7 +856,7 @@ fn locks_max_does_not_count_deferred_holds() {
         2 + SESSION_CLOSE_RELEASES_MAX,
         "one of x and y released to make room"
     );
-    assert!(t.has_deferred_work(), "the other is still deferred");
+    assert!(t.has_deferred_releases(), "the other is still deferred");
     t.invariants();
 }
 
@@ -887,4 +889,114 @@ fn deferred_releases_are_deterministic() {
     }
     assert_eq!(run(3), run(3));
     assert_eq!(run(1000), run(1000));
+}
+
+/// Capacities of the growable parts, for the shrink tests.
+fn capacities(t: &LockTable) -> [usize; 5] {
+    [
+        t.store.capacity(),
+        t.store.waiters.capacity(),
+        t.index.capacity(),
+        t.extras.capacity(),
+        t.sessions.capacity(),
+    ]
+}
+
+#[test]
+fn compaction_moves_live_locks_and_waiters_and_they_still_work() {
+    const LOCKS: u32 = 20_000;
+    let mut t = table();
+    let holder = t.open_session(0);
+    let mut tokens = Vec::new();
+    for i in 0..LOCKS {
+        let name = many_name(i);
+        let a = if i % 3 == 0 {
+            session_acq(&name, b"h", 60_000)
+        } else {
+            acq(&name, b"h", 60_000, 0)
+        };
+        tokens.push(granted_token(t.acquire(holder, &a, 0)));
+    }
+    // Waiters on the locks that will survive, queued in a known order.
+    let kept: Vec<u32> = (0..LOCKS).filter(|i| i % 97 == 5).collect();
+    let mut waiting = Vec::new();
+    for (j, &i) in kept.iter().enumerate() {
+        let s = t.open_session(1 + j as u64);
+        let owner = format!("w{j}");
+        let name = many_name(i);
+        let a = acq(&name, owner.as_bytes(), 1000, 50_000);
+        assert_eq!(t.acquire(s, &a, 1), Outcome::Queued);
+        waiting.push(s);
+    }
+    // Waiters on locks that go, sessions that close: vacant slots below.
+    let mut gone = Vec::new();
+    for j in 0..2000u32 {
+        let s = t.open_session(10_000 + j as u64);
+        let name = many_name(j * 7 + 1);
+        let owner = format!("gone{j}");
+        let a = acq(&name, owner.as_bytes(), 1000, 50_000);
+        assert_eq!(t.acquire(s, &a, 1), Outcome::Queued);
+        gone.push(s);
+    }
+    for s in gone {
+        t.close_session(s, 1);
+    }
+    for i in (0..LOCKS).filter(|i| i % 97 != 5) {
+        assert_eq!(
+            t.release(&many_name(i), b"h", tokens[i as usize], 2),
+            Outcome::Released
+        );
+    }
+    take_events(&mut t);
+    let before = capacities(&t);
+    let mut calls = 0;
+    while t.has_deferred_work() {
+        t.run_deferred(3, 64);
+        calls += 1;
+        assert!(calls < 10_000, "deferred work never ends");
+        if calls % 50 == 0 {
+            t.invariants();
+        }
+    }
+    assert!(t.events().is_empty(), "compaction answers nobody");
+    t.invariants();
+    let after = capacities(&t);
+    for (part, (b, a)) in before.iter().zip(after).enumerate() {
+        assert!(a < *b / 4, "part {part}: capacity {b} -> {a}");
+    }
+    // Every kept lock, still held by h, goes to its waiter on release.
+    for (j, &i) in kept.iter().enumerate() {
+        assert_eq!(
+            t.release(&many_name(i), b"h", tokens[i as usize], 4),
+            Outcome::Released
+        );
+        let events = take_events(&mut t);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].session, waiting[j]);
+        let owner = format!("w{j}");
+        let EventKind::Granted { token, .. } = events[0].kind else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            t.release(&many_name(i), owner.as_bytes(), token, 4),
+            Outcome::Released
+        );
+    }
+    assert!(t.is_empty());
+    t.close_session(holder, 5);
+    t.invariants();
+}
+
+#[test]
+fn a_steady_small_load_never_compacts() {
+    let mut t = table();
+    let s = t.open_session(0);
+    for round in 0..2000u64 {
+        let token =
+            granted_token(t.acquire(s, &acq(&many_name(round as u32 % 300), b"o", 100, 0), round));
+        if round % 2 == 0 {
+            t.release(&many_name(round as u32 % 300), b"o", token, round);
+        }
+        assert!(!t.has_deferred_work(), "round {round}");
+    }
 }
