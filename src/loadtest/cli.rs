@@ -18,6 +18,8 @@ pub const TEST_USAGE: &str = "\
 Usage:
   distlockd test distlockd|redis [options]   the original's benchmark against a running server
   distlockd test compare [options]           start our server and redis-server, compare side by side
+  distlockd test stress [options]            many client processes, kill -9s, and a checker of
+                                             exclusion and token order (`test stress --help`)
 
 `test distlockd|redis` measures, like the original Python project's command:
   latency      one acquire (wait 0.5 s) on a fresh lock name per iteration, then a
@@ -120,6 +122,7 @@ pub enum TestCommand {
     Help,
     Single(SingleConfig),
     Compare(CompareConfig),
+    Stress(super::stress::StressCommand),
 }
 
 #[derive(Clone, Debug)]
@@ -163,7 +166,14 @@ pub fn parse(parser: &mut lexopt::Parser) -> Result<TestCommand, String> {
     let mut f = Flags::default();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
-            Value(v) if f.target.is_none() => f.target = Some(os_string(v, "test")?),
+            Value(v) if f.target.is_none() => {
+                let target = os_string(v, "test")?;
+                // `stress` has flags of its own (see stress.rs).
+                if target == "stress" || target == "stress-worker" {
+                    return super::stress::parse(&target, parser).map(TestCommand::Stress);
+                }
+                f.target = Some(target);
+            }
             Value(v) => {
                 return Err(format!(
                     "test: unexpected argument {:?}; run `distlockd test --help`",

@@ -38,6 +38,7 @@ pub mod procstat;
 pub mod report;
 pub mod resp;
 pub mod scenarios;
+pub mod stress;
 
 use std::process::ExitCode;
 
@@ -93,6 +94,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             let report = compare::run(&cfg)?;
             print!("{report}");
         }
+        TestCommand::Stress(command) => return stress::main(command),
     }
     Ok(ExitCode::SUCCESS)
 }
