@@ -9,6 +9,8 @@
 
 pub mod auth;
 pub mod buffer;
+#[doc(hidden)]
+pub mod check;
 pub mod client;
 pub mod execute;
 pub mod legacy;

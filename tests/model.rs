@@ -1,0 +1,81 @@
+//! The fuzz targets' checks (`distlockd::check`, also run by `fuzz/`) with
+//! choices from a seeded PRNG, so that every test run exercises them on new
+//! cases. Each test runs for a bounded number of seeds; a failure prints its
+//! seed, and `DISTLOCKD_CHECK_SEED=N` runs that seed alone.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use distlockd::check::connection::Tally;
+use distlockd::check::decode::{self, Case, Side};
+use distlockd::check::{SeedReport, Source, SplitMix64, connection, wheel};
+
+/// The seeds to run: the one asked for, or `count` fresh ones.
+fn seeds(count: u64) -> Vec<u64> {
+    if let Ok(seed) = std::env::var("DISTLOCKD_CHECK_SEED") {
+        let seed = seed
+            .parse()
+            .unwrap_or_else(|_| panic!("DISTLOCKD_CHECK_SEED={seed}: not a u64"));
+        return vec![seed];
+    }
+    let base = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut rng = SplitMix64(base);
+    (0..count).map(|_| rng.next_u64()).collect()
+}
+
+#[test]
+fn split_reads_decode_as_the_whole_stream() {
+    for seed in seeds(3000) {
+        let _report = SeedReport {
+            name: "split_reads_decode_as_the_whole_stream",
+            seed,
+        };
+        let mut rng = SplitMix64(seed);
+        let side =
+            [Side::Requests, Side::NativeReplies, Side::LegacyReplies][rng.below(3) as usize];
+        let mut stream = Vec::new();
+        decode::random_stream(&mut rng, side, &mut stream);
+        let reads = (0..=rng.below(4))
+            .map(|_| 1 + rng.log_uniform(11) as usize)
+            .collect();
+        let frame_size_max = [1024, 336, 64, 8][rng.below(4) as usize];
+        decode::check(&Case {
+            side,
+            frame_size_max,
+            reads,
+            stream: &stream,
+        });
+    }
+}
+
+#[test]
+fn connections_match_the_lock_model() {
+    let mut tally = Tally::default();
+    for seed in seeds(300) {
+        let _report = SeedReport {
+            name: "connections_match_the_lock_model",
+            seed,
+        };
+        tally.add(&connection::run(&mut SplitMix64(seed), 300));
+    }
+    // The generator must keep reaching every kind of answer.
+    if std::env::var("DISTLOCKD_CHECK_SEED").is_err() {
+        let t = tally;
+        let counts = [t.granted, t.busy, t.queued, t.granted_later, t.timed_out];
+        let more = [t.released, t.extended, t.not_held, t.errors, t.legacy];
+        assert!(counts.iter().chain(&more).all(|&n| n > 0), "{tally:?}");
+    }
+    println!("{tally:?}");
+}
+
+#[test]
+fn timer_wheel_matches_an_ordered_map() {
+    for seed in seeds(40) {
+        let _report = SeedReport {
+            name: "timer_wheel_matches_an_ordered_map",
+            seed,
+        };
+        wheel::run(&mut SplitMix64(seed), 1000);
+    }
+}
