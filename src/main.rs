@@ -28,6 +28,9 @@ Options:
   --host ADDR              address to listen on (default 127.0.0.1)
   --port PORT              TCP port, 0 for any free port (default 9999)
   -v, --verbose            debug logs (RUST_LOG overrides)
+  --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
+                           HTTP on this port (default: off)
+  --http-host ADDR         address for --http-port (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --wait-max-ms MS         longest server-side wait of an ACQUIRE (default 3600000)
@@ -91,6 +94,8 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut verbose = false;
     let mut limits = Limits::default();
     let mut secret_file: Option<PathBuf> = None;
+    let mut http_port: Option<u16> = None;
+    let mut http_host: Option<IpAddr> = None;
     let mut allow_legacy = false;
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
@@ -98,6 +103,19 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
             }
             Long("auth-allow-legacy") => allow_legacy = true,
+            Long("http-port") => {
+                let v = string_value(parser, "--http-port")?;
+                http_port = Some(
+                    v.parse()
+                        .map_err(|_| format!("--http-port {v}: not a port number (0-65535)"))?,
+                );
+            }
+            Long("http-host") => {
+                let v = string_value(parser, "--http-host")?;
+                http_host = Some(v.parse().map_err(|_| {
+                    format!("--http-host {v}: not an IP address; use e.g. 127.0.0.1 or ::1")
+                })?);
+            }
             Long("host") => {
                 let v = string_value(parser, "--host")?;
                 host = v.parse().map_err(|_| {
@@ -158,6 +176,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         listen: SocketAddr::new(host, port),
         limits,
         token_seed: None,
+        http_listen: http_port.map(|p| SocketAddr::new(http_host.unwrap_or(host), p)),
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
     server.set_auth(auth);

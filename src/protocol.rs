@@ -29,6 +29,7 @@ pub mod kind {
     pub const RELEASE: u8 = b'R';
     pub const EXTEND: u8 = b'E';
     pub const AUTH: u8 = b'U';
+    pub const STATUS: u8 = b'S';
     /// Reply kinds (server → client).
     pub const HELLO_REPLY: u8 = b'h';
     pub const PONG: u8 = b'p';

@@ -41,10 +41,12 @@ use slab::Slab;
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
 use crate::execute::{self, Context, Refusal, Step, write_error, write_error_for};
+use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Route};
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
 };
+use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
 use crate::table::{EventKind, LockTable, SessionId};
 use crate::wheel::{TimerHandle, TimerWheel};
@@ -52,6 +54,11 @@ use crate::wheel::{TimerHandle, TimerWheel};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const HTTP_LISTENER: Token = Token(usize::MAX - 4);
+
+/// HTTP connection `k` has token (and deadline key) `HTTP_TOKEN_BASE + k`,
+/// above every lock-protocol connection's key (at most 2^24).
+const HTTP_TOKEN_BASE: usize = 1 << 28;
 
 /// Readiness events taken per poll; more simply wait for the next turn.
 const POLL_EVENTS_MAX: usize = 1024;
@@ -77,6 +84,9 @@ pub struct Config {
     /// First fencing token. `None`: nanoseconds since the Unix epoch, so
     /// tokens keep increasing across restarts (see README, "Fencing tokens").
     pub token_seed: Option<u64>,
+    /// Where to serve `GET /health` and `GET /metrics` (see [`crate::http`]);
+    /// `None` (the default) serves no HTTP.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -85,6 +95,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 9999)),
             limits: Limits::default(),
             token_seed: None,
+            http_listen: None,
         }
     }
 }
@@ -215,6 +226,20 @@ pub struct Server {
     deadlines: TimerWheel<usize>,
     /// The shared secret every native connection must send, if set.
     auth: Option<Auth>,
+    metrics: Metrics,
+    http_listener: Option<TcpListener>,
+    http_conns: Slab<HttpConn>,
+}
+
+/// An HTTP connection: one request, one response, then closed.
+struct HttpConn {
+    stream: TcpStream,
+    input: ConnBuffer,
+    /// The whole response, once the request is parsed.
+    output: Vec<u8>,
+    written: usize,
+    answered: bool,
+    deadline: Option<TimerHandle>,
 }
 
 impl Server {
@@ -235,6 +260,24 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let http_listener = match config.http_listen {
+            Some(http_addr) => {
+                let mut listener = bind_listener(http_addr).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen for HTTP on {http_addr}: {e}; is another server using this port?"),
+                    )
+                })?;
+                poll.registry()
+                    .register(&mut listener, HTTP_LISTENER, Interest::READABLE)?;
+                info!(
+                    "HTTP health and metrics on http://{}/health and /metrics",
+                    listener.local_addr()?
+                );
+                Some(listener)
+            }
+            None => None,
+        };
         let seed = config.token_seed.unwrap_or_else(wall_clock_token_seed);
         let started = Instant::now();
         let limits = config.limits;
@@ -275,6 +318,9 @@ impl Server {
             closing: Vec::with_capacity(64),
             deadlines: TimerWheel::with_capacity(0, 64),
             auth: None,
+            metrics: Metrics::default(),
+            http_listener,
+            http_conns: Slab::new(),
         })
     }
 
@@ -360,6 +406,7 @@ impl Server {
                 );
             }
             let _ = flush(conn, now);
+            self.metrics.count_close(CloseReason::Shutdown);
             self.mark_closing(key, now);
         }
         self.stop.store(true, Ordering::SeqCst);
@@ -411,8 +458,13 @@ impl Server {
             let gone = event.is_read_closed() || event.is_error();
             match event.token() {
                 LISTENER => self.accept(now),
+                HTTP_LISTENER => self.accept_http(now),
                 WAKER => {}
                 SIGNALS => self.on_signal(now),
+                // After the fixed tokens, which are above HTTP_TOKEN_BASE too.
+                Token(token) if token >= HTTP_TOKEN_BASE => {
+                    self.service_http(token - HTTP_TOKEN_BASE, now)
+                }
                 Token(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         conn.want_read |= event.is_readable() || gone;
@@ -486,10 +538,12 @@ impl Server {
             };
             if self.conns.len() >= self.table.limits().connections_max {
                 refuse(stream, peer, self.table.limits().connections_max);
+                self.metrics.connections_refused += 1;
                 continue;
             }
-            if let Err(e) = self.register(stream, peer, now) {
-                debug!("{peer}: cannot register: {e}");
+            match self.register(stream, peer, now) {
+                Ok(()) => self.metrics.connections_accepted += 1,
+                Err(e) => debug!("{peer}: cannot register: {e}"),
             }
         }
         // More may be waiting; the listener is edge-triggered, so come back.
@@ -543,19 +597,28 @@ impl Server {
         // With a full input buffer that read cannot happen; the RDHUP hint
         // covers it.
         if conn.peer_gone || (conn.want_read && read_available(conn, now).is_err()) {
+            self.metrics.count_close(CloseReason::Peer);
             self.mark_closing(key, now);
             return;
         }
         let conn = &mut self.conns[key];
+        let started = Instant::now();
         let mut ctx = Context {
             table: &mut self.table,
             session: conn.session,
             now_ms: now,
-            uptime_ms: self.started.elapsed().as_millis() as u64,
+            uptime_ms: started.duration_since(self.started).as_millis() as u64,
         };
-        let more = match process_frames(conn, &mut ctx, self.auth.as_ref()) {
+        let frames = process_frames(conn, &mut ctx, self.auth.as_ref(), &mut self.metrics);
+        let elapsed_ns = started.elapsed().as_nanos() as u64;
+        self.metrics.observe_handling(elapsed_ns, frames.executed);
+        let more = match frames.end {
             Ok(more) => more,
-            Err(()) => {
+            Err(refusal) => {
+                self.metrics.count_close(match refusal {
+                    Refusal::Decode(_) => CloseReason::ProtocolError,
+                    Refusal::Unauthenticated => CloseReason::AuthFailed,
+                });
                 let _ = flush(&mut self.conns[key], now);
                 self.mark_closing(key, now);
                 return;
@@ -685,6 +748,10 @@ impl Server {
     /// and re-arms those whose deadline moved later.
     fn expire_connections(&mut self, now: u64) {
         while let Some((_, key)) = self.deadlines.poll(now) {
+            if key >= HTTP_TOKEN_BASE {
+                self.expire_http(key - HTTP_TOKEN_BASE, now);
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -700,6 +767,11 @@ impl Server {
     }
 
     fn expire(&mut self, key: usize, why: Expired, now: u64) {
+        self.metrics.count_close(match why {
+            Expired::Frame => CloseReason::FrameTimeout,
+            Expired::Write => CloseReason::WriteTimeout,
+            Expired::Idle => CloseReason::IdleTimeout,
+        });
         let limits = self.table.limits();
         let conn = &mut self.conns[key];
         match why {
@@ -731,6 +803,198 @@ impl Server {
         self.mark_closing(key, now);
     }
 
+    /// The address `GET /health` and `GET /metrics` are served on, if any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    fn accept_http(&mut self, now: u64) {
+        let Some(listener) = self.http_listener.as_ref() else {
+            return;
+        };
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!("HTTP accept failed: {e}");
+                    break;
+                }
+            };
+            if self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
+                let mut out = Vec::new();
+                http::write_error(
+                    &mut out,
+                    503,
+                    "HTTP_CONNECTIONS_MAX connections open; retry later",
+                );
+                let _ = stream.write(&out);
+                self.metrics.count_http(503);
+                close_gently(&mut stream);
+                continue;
+            }
+            let entry = self.http_conns.vacant_entry();
+            let token = HTTP_TOKEN_BASE + entry.key();
+            if self
+                .poll
+                .registry()
+                .register(&mut stream, Token(token), Interest::READABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let deadline = now + self.table.limits().frame_timeout_ms as u64;
+            entry.insert(HttpConn {
+                stream,
+                input: ConnBuffer::with_capacity(HTTP_REQUEST_SIZE_MAX),
+                output: Vec::new(),
+                written: 0,
+                answered: false,
+                deadline: Some(self.deadlines.insert(deadline, token)),
+            });
+        }
+        let _ = self.waker.wake();
+    }
+
+    /// Reads the request, answers it, writes the answer, closes.
+    fn service_http(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.http_conns.get_mut(key) else {
+            return;
+        };
+        if !conn.answered {
+            let eof = match read_http(conn) {
+                Ok(eof) => eof,
+                Err(()) => return self.close_http(key),
+            };
+            let parsed = http::parse(conn.input.unread(), conn.input.is_full());
+            let (code, body, content_type, head_only) = match parsed {
+                Parsed::NeedMore if eof => return self.close_http(key),
+                Parsed::NeedMore => return,
+                Parsed::Error { code, message } => (
+                    code,
+                    format!("{{\"error\":\"{message}\"}}\n"),
+                    "application/json",
+                    false,
+                ),
+                Parsed::Request { route, head_only } => {
+                    let (code, body, content_type) = self.http_body(route);
+                    (code, body, content_type, head_only)
+                }
+            };
+            self.metrics.count_http(code);
+            let conn = &mut self.http_conns[key];
+            http::write_response(
+                &mut conn.output,
+                code,
+                content_type,
+                body.as_bytes(),
+                head_only,
+            );
+            conn.answered = true;
+            if let Some(handle) = conn.deadline.take() {
+                self.deadlines.cancel(handle);
+            }
+            let deadline = now + self.table.limits().write_timeout_ms as u64;
+            conn.deadline = Some(self.deadlines.insert(deadline, HTTP_TOKEN_BASE + key));
+        }
+        let conn = &mut self.http_conns[key];
+        loop {
+            match conn.stream.write(&conn.output[conn.written..]) {
+                Ok(0) => return self.close_http(key),
+                Ok(n) => {
+                    conn.written += n;
+                    if conn.written == conn.output.len() {
+                        return self.close_http(key);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.close_http(key),
+            }
+        }
+        let token = Token(HTTP_TOKEN_BASE + key);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self
+            .poll
+            .registry()
+            .reregister(&mut conn.stream, token, interest)
+            .is_err()
+        {
+            self.close_http(key);
+        }
+    }
+
+    /// The response to a parsed request: status, body, content type.
+    fn http_body(&self, route: Route) -> (u16, String, &'static str) {
+        let uptime_ms = self.started.elapsed().as_millis() as u64;
+        match route {
+            Route::Health => {
+                let limits = self.table.limits();
+                let (code, status) = if self.shutting_down {
+                    (503, "shutting_down")
+                } else {
+                    (200, "ok")
+                };
+                let body = format!(
+                    "{{\"status\":\"{status}\",\"version\":\"{SERVER_VERSION}\",\"uptime_ms\":{uptime_ms},\"connections\":{},\"connections_full\":{},\"locks_held\":{},\"waiters\":{}}}\n",
+                    self.conns.len(),
+                    self.conns.len() >= limits.connections_max,
+                    self.table.len(),
+                    self.table.waiter_count()
+                );
+                (code, body, "application/json")
+            }
+            Route::Metrics => {
+                let mut body = String::with_capacity(8 * 1024);
+                self.metrics.render(
+                    &Snapshot {
+                        version: SERVER_VERSION,
+                        uptime_ms,
+                        connections: self.conns.len(),
+                        connections_max: self.table.limits().connections_max,
+                        http_connections: self.http_conns.len(),
+                        locks_held: self.table.len(),
+                        locks_max: self.table.limits().locks_max,
+                        waiters: self.table.waiter_count(),
+                        table: self.table.stats(),
+                    },
+                    &mut body,
+                );
+                (200, body, "text/plain; version=0.0.4; charset=utf-8")
+            }
+        }
+    }
+
+    /// The request did not arrive in time (408), or the response was not
+    /// taken in time.
+    fn expire_http(&mut self, key: usize, now: u64) {
+        let Some(conn) = self.http_conns.get_mut(key) else {
+            return;
+        };
+        conn.deadline = None;
+        if !conn.answered {
+            let mut out = Vec::new();
+            http::write_error(&mut out, 408, "request incomplete after frame_timeout_ms");
+            let _ = conn.stream.write(&out);
+            self.metrics.count_http(408);
+        }
+        debug!("HTTP connection {key}: timed out at {now} ms");
+        self.close_http(key);
+    }
+
+    fn close_http(&mut self, key: usize) {
+        let Some(mut conn) = self.http_conns.try_remove(key) else {
+            return;
+        };
+        if let Some(handle) = conn.deadline {
+            self.deadlines.cancel(handle);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        close_gently(&mut conn.stream);
+    }
+
     /// Ends the connection's session at once (its queued ACQUIRE leaves the
     /// queue, its SESSION holds pass to their waiters) so that nothing is
     /// granted to it in the rest of this turn; its slab slot is freed at the
@@ -757,6 +1021,7 @@ impl Server {
             self.deadlines.cancel(handle);
         }
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        close_gently(&mut conn.stream);
         debug!("{}: closed (connection {key})", conn.peer);
     }
 }
@@ -831,6 +1096,24 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
     }
 }
 
+/// Reads an HTTP request until WouldBlock or a full buffer. Ok(true): the
+/// peer closed its side. Err: the socket failed.
+fn read_http(conn: &mut HttpConn) -> Result<bool, ()> {
+    loop {
+        let spare = conn.input.spare_mut();
+        if spare.is_empty() {
+            return Ok(false);
+        }
+        match conn.stream.read(spare) {
+            Ok(0) => return Ok(true),
+            Ok(n) => conn.input.commit(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(()),
+        }
+    }
+}
+
 /// Writes buffered replies until WouldBlock. Err: the socket failed.
 /// Any progress, or nothing to write, restarts the write timeout.
 fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
@@ -855,15 +1138,41 @@ fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
     Ok(())
 }
 
-/// Decodes and executes up to FRAMES_PER_TURN_MAX frames. Ok(true): frames
-/// may be left that this turn did not reach. Err: undecodable input was
-/// answered and the connection must close.
-fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>, auth: Option<&Auth>) -> Result<bool, ()> {
+/// What [`process_frames`] did.
+struct Frames {
+    /// Requests executed.
+    executed: u64,
+    /// Ok(true): frames may be left that this turn did not reach. Err: the
+    /// input was refused (answered if possible) and the connection must
+    /// close.
+    end: Result<bool, Refusal>,
+}
+
+/// Decodes and executes up to FRAMES_PER_TURN_MAX frames.
+fn process_frames(
+    conn: &mut Conn,
+    ctx: &mut Context<'_>,
+    auth: Option<&Auth>,
+    metrics: &mut Metrics,
+) -> Frames {
+    let mut executed = 0;
+    let end = process_frames_counted(conn, ctx, auth, metrics, &mut executed);
+    Frames { executed, end }
+}
+
+fn process_frames_counted(
+    conn: &mut Conn,
+    ctx: &mut Context<'_>,
+    auth: Option<&Auth>,
+    metrics: &mut Metrics,
+    executed: &mut u64,
+) -> Result<bool, Refusal> {
     for _ in 0..FRAMES_PER_TURN_MAX {
         if conn.waiting || conn.output.free_space() < REPLY_SIZE_MAX {
             return Ok(false);
         }
         let input = conn.input.unread();
+        let first_byte = input.first().copied().unwrap_or(0);
         match execute::step_gated(input, ctx, auth, &mut conn.authenticated, &mut conn.output) {
             Ok(Step::NeedMore) => {
                 if conn.input.is_empty() {
@@ -877,14 +1186,17 @@ fn process_frames(conn: &mut Conn, ctx: &mut Context<'_>, auth: Option<&Auth>) -
                 conn.input.consume(used);
                 conn.waiting = queued;
                 conn.partial_since_ms = None;
+                metrics.count_command(first_byte);
+                *executed += 1;
             }
-            Err(Refusal::Decode(e)) => {
-                debug!("{}: protocol error: {e}", conn.peer);
-                return Err(());
-            }
-            Err(Refusal::Unauthenticated) => {
-                debug!("{}: not authenticated; closing", conn.peer);
-                return Err(());
+            Err(refusal) => {
+                match refusal {
+                    Refusal::Decode(e) => debug!("{}: protocol error: {e}", conn.peer),
+                    Refusal::Unauthenticated => {
+                        debug!("{}: not authenticated; closing", conn.peer)
+                    }
+                }
+                return Err(refusal);
             }
         }
     }
@@ -901,7 +1213,27 @@ fn refuse(mut stream: TcpStream, peer: SocketAddr, max: usize) {
         format_args!("server is at connections_max {max}; retry later or raise --connections-max"),
     );
     let _ = stream.write(out.unread());
+    close_gently(&mut stream);
     debug!("{peer}: refused, at connections_max {max}");
+}
+
+/// Bytes read and dropped before closing a connection we answered and are
+/// done with: closing with unread bytes in the socket makes the kernel send
+/// a reset, which can destroy our last reply before the peer reads it.
+const CLOSE_DRAIN_BYTES_MAX: usize = 64 * 1024;
+
+/// Reads (non-blocking, bounded) and drops what the peer already sent, then
+/// sends FIN; the socket is closed when the caller drops it.
+fn close_gently(stream: &mut TcpStream) {
+    let mut scratch = [0u8; 4096];
+    let mut drained = 0;
+    while drained < CLOSE_DRAIN_BYTES_MAX {
+        match stream.read(&mut scratch) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn keepalive() -> socket2::TcpKeepalive {

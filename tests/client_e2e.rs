@@ -594,6 +594,7 @@ fn server_errors_are_reported_and_the_connection_stays_usable() {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits,
         token_seed: None,
+        ..Config::default()
     });
     let c = client(server.local_addr());
     let info = c.server_info().unwrap();

@@ -298,6 +298,7 @@ fn test_distlockd_prints_the_original_report() {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         limits: Limits::default(),
         token_seed: Some(1),
+        ..Config::default()
     })
     .unwrap();
     let port = server.local_addr().port().to_string();

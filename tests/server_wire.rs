@@ -16,6 +16,7 @@ fn start(limits: Limits) -> ServerHandle {
         listen: "127.0.0.1:0".parse().unwrap(),
         limits,
         token_seed: None,
+        ..Config::default()
     };
     Server::spawn(config).unwrap()
 }
