@@ -70,7 +70,8 @@ use log::{debug, warn};
 use crate::auth::{SECRET_LEN_MAX, Secret};
 use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
 use crate::protocol::{
-    Acquire, ErrorCode, FLAG_SESSION, HelloReply, NotHeldReason, Reply, Request, decode_reply,
+    Acquire, ErrorCode, FLAG_SESSION, HelloReply, NotHeldReason, Reply, Request, StatusEntry,
+    decode_reply,
 };
 
 /// How long a hold lasts unless released or extended (the original's 10 s).
@@ -283,6 +284,42 @@ impl Drop for LockGuard<'_> {
             );
         }
     }
+}
+
+/// One held lock, as STATUS shows it (owners are never shown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockStatus {
+    /// The name, with bytes that are not UTF-8 replaced.
+    pub name: String,
+    pub token: u64,
+    /// Time until the hold expires unless extended or released.
+    pub remaining: Duration,
+    /// ACQUIREs queued on the lock.
+    pub waiters: u32,
+    /// The hold ends when the connection that took it closes.
+    pub session: bool,
+}
+
+impl From<&StatusEntry<'_>> for LockStatus {
+    fn from(e: &StatusEntry<'_>) -> LockStatus {
+        LockStatus {
+            name: String::from_utf8_lossy(e.name).into_owned(),
+            token: e.token,
+            remaining: Duration::from_millis(e.remaining_ms as u64),
+            waiters: e.waiters,
+            session: e.session,
+        }
+    }
+}
+
+/// A page of held locks from [`Client::list_locks`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockList {
+    /// Locks held on the server.
+    pub total: u32,
+    pub locks: Vec<LockStatus>,
+    /// More locks follow (the listing stopped at `limit`).
+    pub truncated: bool,
 }
 
 /// The server's version and limits, from its HELLO reply.
@@ -508,6 +545,51 @@ impl Client {
             Answer::Hello(info) => Ok(info),
             Answer::Error { code, message } => Err(Error::Server { code, message }),
             other => unreachable!("Op::accepts admitted {other:?} for HELLO"),
+        }
+    }
+
+    /// The state of lock `name`: `None` if nobody holds it.
+    pub fn status(&self, name: &str) -> Result<Option<LockStatus>> {
+        check_name(name)?;
+        match self.call(&Op::Status { name, cursor: 0 }, self.retries)? {
+            Answer::Status { locks, .. } => Ok(locks.into_iter().next()),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for STATUS"),
+        }
+    }
+
+    /// Up to `limit` held locks, fetched page by page. A listing that spans
+    /// changes may miss or repeat locks taken or released meanwhile.
+    pub fn list_locks(&self, limit: usize) -> Result<LockList> {
+        let mut list = LockList {
+            total: 0,
+            locks: Vec::new(),
+            truncated: false,
+        };
+        let mut cursor = 0;
+        loop {
+            let op = Op::Status { name: "", cursor };
+            let (total, next_cursor, locks) = match self.call(&op, self.retries)? {
+                Answer::Status {
+                    total,
+                    next_cursor,
+                    locks,
+                } => (total, next_cursor, locks),
+                Answer::Error { code, message } => return Err(Error::Server { code, message }),
+                other => unreachable!("Op::accepts admitted {other:?} for STATUS"),
+            };
+            list.total = total;
+            for lock in locks {
+                if list.locks.len() == limit {
+                    list.truncated = true;
+                    return Ok(list);
+                }
+                list.locks.push(lock);
+            }
+            if next_cursor == 0 {
+                return Ok(list);
+            }
+            cursor = next_cursor;
         }
     }
 
@@ -847,6 +929,10 @@ enum Op<'a> {
         token: u64,
         ttl_ms: u32,
     },
+    Status {
+        name: &'a str,
+        cursor: u32,
+    },
 }
 
 impl Op<'_> {
@@ -898,6 +984,10 @@ impl Op<'_> {
                 token,
                 ttl_ms,
             },
+            Op::Status { name, cursor } => Request::Status {
+                name: name.as_bytes(),
+                cursor,
+            },
         }
     }
 
@@ -908,6 +998,7 @@ impl Op<'_> {
             Op::Acquire { .. } => "ACQUIRE",
             Op::Release { .. } => "RELEASE",
             Op::Extend { .. } => "EXTEND",
+            Op::Status { .. } => "STATUS",
         }
     }
 
@@ -928,6 +1019,7 @@ impl Op<'_> {
                     Op::Extend { .. },
                     Answer::Extended { .. } | Answer::NotHeld(_)
                 )
+                | (Op::Status { .. }, Answer::Status { .. })
         )
     }
 }
@@ -937,14 +1029,27 @@ impl Op<'_> {
 enum Answer {
     Hello(ServerInfo),
     Pong,
-    Granted { token: u64, ttl_ms: u32 },
+    Granted {
+        token: u64,
+        ttl_ms: u32,
+    },
     Busy,
     Timeout,
     Released,
-    Extended { ttl_ms: u32 },
+    Extended {
+        ttl_ms: u32,
+    },
     NotHeld(NotHeldReason),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     Authed,
+    Status {
+        total: u32,
+        next_cursor: u32,
+        locks: Vec<LockStatus>,
+    },
 }
 
 impl Answer {
@@ -963,6 +1068,11 @@ impl Answer {
                 message: String::from_utf8_lossy(message).into_owned(),
             },
             Reply::Authed => Answer::Authed,
+            Reply::Status(status) => Answer::Status {
+                total: status.total,
+                next_cursor: status.next_cursor,
+                locks: status.entries().map(|e| LockStatus::from(&e)).collect(),
+            },
         }
     }
 

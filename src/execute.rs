@@ -11,8 +11,10 @@ use std::fmt::Write as _;
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
 use crate::legacy::{self, Command, LegacyRequest};
-use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX};
-use crate::protocol::{self, DecodeError, ErrorCode, HelloReply, Reply, Request, kind};
+use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX, STATUS_REPLY_SIZE_MAX};
+use crate::protocol::{
+    self, DecodeError, ErrorCode, HelloReply, Reply, Request, StatusWriter, kind,
+};
 use crate::table::{ArgError, LockTable, Outcome, SessionId};
 
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -174,6 +176,10 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
             hello(version, table.limits(), out);
             return false;
         }
+        Request::Status { name, cursor } => {
+            status(name, cursor, ctx, out);
+            return false;
+        }
         Request::Auth { .. } => {
             // Only reached without a secret (see `step_gated`).
             out.write_with(REPLY_SIZE_MAX, |buf| Reply::Authed.encode(buf));
@@ -323,6 +329,37 @@ fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
         server_version: SERVER_VERSION.as_bytes(),
     });
     out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
+}
+
+/// Answers STATUS: one lock's state, or a page of all held locks packed
+/// into as much of the output buffer as is free (up to
+/// STATUS_REPLY_SIZE_MAX; REPLY_SIZE_MAX, which the caller reserved, holds
+/// at least one entry).
+fn status(name: &[u8], cursor: u32, ctx: &mut Context<'_>, out: &mut ConnBuffer) {
+    let (table, now) = (&mut *ctx.table, ctx.now_ms);
+    let max = table.limits().name_len_max;
+    if name.len() > max {
+        let e = ArgError::NameTooLong {
+            len: name.len(),
+            max,
+        };
+        write_error(out, ErrorCode::BadArgument, format_args!("{e}"));
+        return;
+    }
+    let room = out.free_space().min(STATUS_REPLY_SIZE_MAX);
+    let total = u32::try_from(table.len()).unwrap_or(u32::MAX);
+    out.write_with(room, |buf| {
+        let mut writer = StatusWriter::begin(&mut buf[..room], total);
+        let next_cursor = if name.is_empty() {
+            table.status_page(cursor, now, |entry| writer.push(entry))
+        } else {
+            table.status_of(name, now, |entry| {
+                writer.push(entry);
+            });
+            0
+        };
+        writer.finish(next_cursor)
+    });
 }
 
 /// Encodes a native ERROR reply whose message is formatted on the stack,

@@ -22,9 +22,24 @@ pub const NAME_LEN_CEILING: usize = 255;
 /// keeps waiters fixed-size.
 pub const OWNER_LEN_CEILING: usize = 64;
 
-/// Longest reply the server ever encodes: an ERROR with a 255-byte message.
-/// Output space for one reply is reserved before a request is executed.
-pub const REPLY_SIZE_MAX: usize = FRAME_HEADER_SIZE + 2 + 1 + 255;
+/// Longest encoding of one lock in a STATUS reply: name (1 + 255), token
+/// (8), remaining_ms (4), waiters (4), flags (1).
+pub const STATUS_ENTRY_SIZE_MAX: usize = 1 + NAME_LEN_CEILING + 8 + 4 + 4 + 1;
+
+/// A STATUS reply before its entries: header, total (4), next_cursor (4),
+/// count (1).
+pub const STATUS_REPLY_HEADER_SIZE: usize = FRAME_HEADER_SIZE + 4 + 4 + 1;
+
+/// A STATUS reply packs as many entries as fit in this many bytes (and as
+/// the connection's free output space allows; at least one always fits).
+pub const STATUS_REPLY_SIZE_MAX: usize = FRAME_SIZE_CEILING;
+
+/// Longest fixed-size reply: a STATUS with one entry of a 255-byte name
+/// (285 bytes), just above an ERROR with a 255-byte message (261). Output
+/// space for one reply is reserved before a request is executed.
+pub const REPLY_SIZE_MAX: usize = STATUS_REPLY_HEADER_SIZE + STATUS_ENTRY_SIZE_MAX;
+const _: () = assert!(REPLY_SIZE_MAX >= FRAME_HEADER_SIZE + 2 + 1 + 255);
+const _: () = assert!(STATUS_REPLY_SIZE_MAX >= REPLY_SIZE_MAX);
 
 /// Per-connection input buffer: a few pipelined frames per read syscall.
 pub const CONN_INPUT_BUFFER_SIZE: usize = 4096;
@@ -97,6 +112,7 @@ pub const FDS_RESERVED: usize = 16;
 const _: () = assert!((u32::MAX as u64) * 2 < crate::wheel::WHEEL_HORIZON_MS);
 const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);
 const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE >= CONN_OUTPUT_BUFFER_SIZE_MIN);
+const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE_MIN >= STATUS_REPLY_SIZE_MAX);
 const _: () = assert!(FRAME_SIZE_CEILING <= u16::MAX as usize + FRAME_HEADER_SIZE);
 const _: () = assert!(request_size_max(NAME_LEN_CEILING, OWNER_LEN_CEILING) <= FRAME_SIZE_CEILING);
 

@@ -40,7 +40,7 @@ Options:
   --waiters-per-lock-max N ACQUIREs queued on one lock; past it a LIMIT error
                            (default 1024)
   --output-buffer-size BYTES
-                           unwritten replies per connection, 1044-1048576
+                           unwritten replies per connection, 1140-1048576
                            (default 16384; allocated per connection)
   --frame-timeout-ms MS    a started frame must be whole within this, else
                            LIMIT error and close (default 10000)

@@ -41,6 +41,7 @@ pub mod kind {
     pub const NOT_HELD: u8 = b'n';
     pub const ERROR: u8 = b'-';
     pub const AUTHED: u8 = b'u';
+    pub const STATUS_REPLY: u8 = b's';
     /// First bytes of the original daemon's frames: acquire, release, health.
     pub const LEGACY_RESERVED: [u8; 3] = [0x01, 0x02, 0x03];
 }
@@ -73,6 +74,12 @@ pub enum Request<'a> {
     /// The shared secret, when the server requires authentication.
     Auth {
         secret: &'a [u8],
+    },
+    /// One lock's state (`name` not empty), or a page of all held locks
+    /// starting at `cursor` (`name` empty; 0 is the first page).
+    Status {
+        name: &'a [u8],
+        cursor: u32,
     },
 }
 
@@ -198,6 +205,97 @@ pub enum Reply<'a> {
     },
     /// AUTH accepted: every request may follow.
     Authed,
+    Status(StatusReply<'a>),
+}
+
+/// What STATUS tells about one held lock. Owners are never revealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusEntry<'a> {
+    pub name: &'a [u8],
+    pub token: u64,
+    /// Time until the hold expires, unless extended or released.
+    pub remaining_ms: u32,
+    /// ACQUIREs queued on the lock.
+    pub waiters: u32,
+    /// The hold ends when its connection closes (SESSION).
+    pub session: bool,
+}
+
+/// STATUS entry flag: a SESSION hold.
+pub const STATUS_FLAG_SESSION: u8 = 0x01;
+
+/// A STATUS reply: `count` entries, checked when decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusReply<'a> {
+    /// Locks held on the server.
+    pub total: u32,
+    /// Where the next page starts; 0: this is the last page.
+    pub next_cursor: u32,
+    pub count: u8,
+    /// The encoded entries.
+    pub entries: &'a [u8],
+}
+
+impl<'a> StatusReply<'a> {
+    pub fn entries(&self) -> impl Iterator<Item = StatusEntry<'a>> + use<'a> {
+        let mut r = Reader {
+            body: self.entries,
+            kind: kind::STATUS_REPLY,
+        };
+        (0..self.count)
+            .map(move |_| read_status_entry(&mut r).expect("entries were checked when decoded"))
+    }
+}
+
+fn read_status_entry<'a>(r: &mut Reader<'a>) -> Result<StatusEntry<'a>, DecodeError> {
+    Ok(StatusEntry {
+        name: r.bytes()?,
+        token: r.u64()?,
+        remaining_ms: r.u32()?,
+        waiters: r.u32()?,
+        session: r.u8()? & STATUS_FLAG_SESSION != 0,
+    })
+}
+
+/// Encodes a STATUS reply entry by entry into `out`, whose length bounds
+/// the frame (at most [`crate::limits::STATUS_REPLY_SIZE_MAX`]).
+pub struct StatusWriter<'a> {
+    w: Writer<'a>,
+    count: u8,
+}
+
+impl<'a> StatusWriter<'a> {
+    pub fn begin(out: &'a mut [u8], total: u32) -> StatusWriter<'a> {
+        debug_assert!(out.len() >= crate::limits::STATUS_REPLY_HEADER_SIZE);
+        let mut w = Writer::begin(out, kind::STATUS_REPLY);
+        w.u32(total);
+        w.u32(0); // next_cursor, set by finish
+        w.u8(0); // count, set by finish
+        StatusWriter { w, count: 0 }
+    }
+
+    /// Adds an entry if it fits; false (and nothing written) if not.
+    pub fn push(&mut self, e: &StatusEntry<'_>) -> bool {
+        let size = 1 + e.name.len() + 8 + 4 + 4 + 1;
+        if self.count == u8::MAX || self.w.pos + size > self.w.out.len() {
+            return false;
+        }
+        self.w.bytes(e.name);
+        self.w.u64(e.token);
+        self.w.u32(e.remaining_ms);
+        self.w.u32(e.waiters);
+        self.w.u8(if e.session { STATUS_FLAG_SESSION } else { 0 });
+        self.count += 1;
+        true
+    }
+
+    pub fn finish(self, next_cursor: u32) -> usize {
+        let StatusWriter { w, count } = self;
+        let at = FRAME_HEADER_SIZE + 4;
+        w.out[at..at + 4].copy_from_slice(&next_cursor.to_be_bytes());
+        w.out[at + 4] = count;
+        w.finish()
+    }
 }
 
 /// The server's answer to HELLO: its version and the limits a client needs.
@@ -276,7 +374,13 @@ impl std::error::Error for DecodeError {}
 fn is_request_kind(kind: u8) -> bool {
     matches!(
         kind,
-        kind::HELLO | kind::PING | kind::ACQUIRE | kind::RELEASE | kind::EXTEND | kind::AUTH
+        kind::HELLO
+            | kind::PING
+            | kind::ACQUIRE
+            | kind::RELEASE
+            | kind::EXTEND
+            | kind::AUTH
+            | kind::STATUS
     )
 }
 
@@ -293,6 +397,7 @@ fn is_reply_kind(kind: u8) -> bool {
             | kind::NOT_HELD
             | kind::ERROR
             | kind::AUTHED
+            | kind::STATUS_REPLY
     )
 }
 
@@ -406,6 +511,13 @@ pub fn decode_request(
             }
         }
         kind::AUTH => Request::Auth { secret: r.bytes()? },
+        kind::STATUS => {
+            let cursor = r.u32()?;
+            Request::Status {
+                cursor,
+                name: r.bytes()?,
+            }
+        }
         _ => unreachable!("split_frame admits request kinds only"),
     };
     r.finish()?;
@@ -460,6 +572,21 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, DecodeErro
             message: r.bytes()?,
         },
         kind::AUTHED => Reply::Authed,
+        kind::STATUS_REPLY => {
+            let total = r.u32()?;
+            let next_cursor = r.u32()?;
+            let count = r.u8()?;
+            let entries = r.body;
+            for _ in 0..count {
+                read_status_entry(&mut r)?;
+            }
+            Reply::Status(StatusReply {
+                total,
+                next_cursor,
+                count,
+                entries: &entries[..entries.len() - r.body.len()],
+            })
+        }
         _ => unreachable!("split_frame admits reply kinds only"),
     };
     r.finish()?;
@@ -577,6 +704,7 @@ impl Request<'_> {
                 Request::Release { name, owner, .. } => 8 + 2 + name.len() + owner.len(),
                 Request::Extend { name, owner, .. } => 8 + 4 + 2 + name.len() + owner.len(),
                 Request::Auth { secret } => 1 + secret.len().min(255),
+                Request::Status { name, .. } => 4 + 1 + name.len().min(255),
             }
     }
 
@@ -626,6 +754,12 @@ impl Request<'_> {
             Request::Auth { secret } => {
                 let mut w = Writer::begin(out, kind::AUTH);
                 w.bytes(secret);
+                w.finish()
+            }
+            Request::Status { name, cursor } => {
+                let mut w = Writer::begin(out, kind::STATUS);
+                w.u32(cursor);
+                w.bytes(name);
                 w.finish()
             }
         };
@@ -705,6 +839,14 @@ impl Reply<'_> {
                 w.finish()
             }
             Reply::Authed => Writer::begin(out, kind::AUTHED).finish(),
+            Reply::Status(status) => {
+                let mut w = Writer::begin(out, kind::STATUS_REPLY);
+                w.u32(status.total);
+                w.u32(status.next_cursor);
+                w.u8(status.count);
+                w.put(status.entries);
+                w.finish()
+            }
         }
     }
 }
@@ -752,7 +894,63 @@ mod tests {
                 token: 42,
                 ttl_ms: 1,
             },
+            Request::Auth {
+                secret: b"0123456789abcdef",
+            },
+            Request::Status {
+                name: b"",
+                cursor: 7,
+            },
+            Request::Status {
+                name: long_name,
+                cursor: 0,
+            },
         ]
+    }
+
+    /// A STATUS reply built with the writer, as the server does, then
+    /// decoded and iterated.
+    #[test]
+    fn status_replies_pack_entries_up_to_the_room_given() {
+        let long: &[u8] = &[b'n'; 255];
+        let entry = |name, token| StatusEntry {
+            name,
+            token,
+            remaining_ms: 5,
+            waiters: 2,
+            session: token % 2 == 0,
+        };
+        let mut buf = vec![0u8; crate::limits::STATUS_REPLY_SIZE_MAX];
+        let mut w = StatusWriter::begin(&mut buf, 9);
+        let mut pushed = 0u64;
+        while w.push(&entry(long, pushed)) {
+            pushed += 1;
+        }
+        assert_eq!(pushed, 3, "three 273-byte entries fit in 1024 bytes");
+        let n = w.finish(42);
+        assert!(n <= crate::limits::STATUS_REPLY_SIZE_MAX);
+        let (reply, used) = decode_reply(&buf[..n]).unwrap().unwrap();
+        assert_eq!(used, n);
+        let Reply::Status(status) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!((status.total, status.next_cursor, status.count), (9, 42, 3));
+        let tokens: Vec<u64> = status.entries().map(|e| e.token).collect();
+        assert_eq!(tokens, [0, 1, 2]);
+        assert!(status.entries().all(|e| e.name == long && e.waiters == 2));
+        assert_eq!(
+            status.entries().map(|e| e.session).collect::<Vec<_>>(),
+            [true, false, true]
+        );
+        // The smallest room the server gives still takes one longest entry.
+        let mut small = vec![0u8; crate::limits::REPLY_SIZE_MAX];
+        let mut w = StatusWriter::begin(&mut small, 1);
+        assert!(w.push(&entry(long, 1)));
+        assert!(!w.push(&entry(b"x", 2)));
+        // A count larger than the entries present is malformed.
+        let n = StatusWriter::begin(&mut buf, 0).finish(0);
+        buf[n - 1] = 1;
+        assert!(decode_reply(&buf[..n]).is_err());
     }
 
     fn sample_replies() -> Vec<Reply<'static>> {
@@ -799,6 +997,7 @@ mod tests {
                 code: ErrorCode::Other(999),
                 message: &[b'm'; 255],
             },
+            Reply::Authed,
         ]
     }
 

@@ -37,6 +37,7 @@
 //! reallocates at most once per halving or doubling (see [`store`]).
 
 mod names;
+mod status;
 mod store;
 
 use std::collections::HashMap;

@@ -100,6 +100,7 @@ enum OwnedReply {
     Pong,
     Hello(u16),
     Authed,
+    Status(u32),
 }
 
 impl From<Reply<'_>> for OwnedReply {
@@ -120,6 +121,7 @@ impl From<Reply<'_>> for OwnedReply {
             Reply::Pong { .. } => OwnedReply::Pong,
             Reply::Hello(h) => OwnedReply::Hello(h.version),
             Reply::Authed => OwnedReply::Authed,
+            Reply::Status(status) => OwnedReply::Status(status.total),
         }
     }
 }

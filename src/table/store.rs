@@ -399,6 +399,12 @@ impl Store {
         }
     }
 
+    /// Iterates over the indexes of live records from `start` on.
+    pub fn live_locks_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
+        let end = self.records.len() as u32;
+        (start.min(end)..end).filter(|&i| self.records[i as usize].is_live())
+    }
+
     /// Iterates over the indexes of live records.
     pub fn live_locks(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.records.len() as u32).filter(|&i| self.records[i as usize].is_live())
