@@ -122,6 +122,38 @@ impl Source for ByteSource<'_> {
     }
 }
 
+/// Wraps a source and records every choice as the bytes that make a
+/// [`ByteSource`] give the same choice: a run from a PRNG, saved as a fuzz
+/// input that replays it (how the seed corpora in `fuzz/corpus/` are made).
+pub struct Recorder<S> {
+    pub inner: S,
+    pub bytes: Vec<u8>,
+}
+
+impl<S: Source> Source for Recorder<S> {
+    fn next_u64(&mut self) -> u64 {
+        let value = self.inner.next_u64();
+        self.bytes.extend_from_slice(&value.to_le_bytes());
+        value
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        let value = self.inner.below(bound);
+        match bound.max(1) {
+            0..=0x100 => self.bytes.push(value as u8),
+            0x101..=0x1_0000 => self.bytes.extend_from_slice(&(value as u16).to_le_bytes()),
+            _ => self.bytes.extend_from_slice(&value.to_le_bytes()),
+        }
+        value
+    }
+
+    fn byte(&mut self) -> u8 {
+        let value = self.inner.byte();
+        self.bytes.push(value);
+        value
+    }
+}
+
 /// Prints the seed of a randomized check if it panics (see
 /// `tests/model.rs`): create one per seed and keep it alive during the run.
 pub struct SeedReport {

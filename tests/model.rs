@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use distlockd::check::connection::Tally;
 use distlockd::check::decode::{self, Case, Side};
-use distlockd::check::{SeedReport, Source, SplitMix64, connection, wheel};
+use distlockd::check::{ByteSource, Recorder, SeedReport, Source, SplitMix64, connection, wheel};
 
 /// The seeds to run: the one asked for, or `count` fresh ones.
 fn seeds(count: u64) -> Vec<u64> {
@@ -77,5 +77,51 @@ fn timer_wheel_matches_an_ordered_map() {
             seed,
         };
         wheel::run(&mut SplitMix64(seed), 1000);
+    }
+}
+
+/// A run recorded as bytes replays the same from a `ByteSource`: the fuzz
+/// targets and these tests explore the same space, and a PRNG run can be
+/// saved as a fuzz input.
+#[test]
+fn recorded_runs_replay_from_bytes() {
+    for seed in seeds(20) {
+        let _report = SeedReport {
+            name: "recorded_runs_replay_from_bytes",
+            seed,
+        };
+        let mut recorder = Recorder {
+            inner: SplitMix64(seed),
+            bytes: Vec::new(),
+        };
+        let recorded = connection::run(&mut recorder, 200);
+        let replayed = connection::run(&mut ByteSource::new(&recorder.bytes), usize::MAX);
+        assert_eq!(replayed, recorded);
+    }
+}
+
+/// Writes the seed corpora of the fuzz targets `connection` and `wheel`:
+/// `cargo test --test model write_seed_corpora -- --ignored`.
+#[test]
+#[ignore = "writes fuzz/corpus/; run by hand"]
+fn write_seed_corpora() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    for seed in 1..=8u64 {
+        let mut recorder = Recorder {
+            inner: SplitMix64(seed),
+            bytes: Vec::new(),
+        };
+        connection::run(&mut recorder, 20 * seed as usize);
+        let dir = root.join("connection");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{seed}")), &recorder.bytes).unwrap();
+        let mut recorder = Recorder {
+            inner: SplitMix64(seed),
+            bytes: Vec::new(),
+        };
+        wheel::run(&mut recorder, 30 * seed as usize);
+        let dir = root.join("wheel");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{seed}")), &recorder.bytes).unwrap();
     }
 }
