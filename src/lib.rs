@@ -11,6 +11,7 @@ pub mod auth;
 pub mod buffer;
 #[doc(hidden)]
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod execute;
 pub mod http;

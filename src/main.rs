@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
+use distlockd::cli::string_value;
 use distlockd::limits::Limits;
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
@@ -14,8 +15,13 @@ distlockd: a named-lock daemon
 
 Usage:
   distlockd server [options]     run the lock server
-  distlockd test distlockd|redis|compare [options]
-                                 benchmark a server, or compare with Redis
+  distlockd run NAME [options] -- COMMAND [ARGS...]
+                                 run a command while holding lock NAME
+  distlockd acquire|release|extend|status|ping [options]
+                                 lock commands against a server
+  distlockd test distlockd|redis|compare|stress [options]
+                                 benchmark a server, compare with Redis, or
+                                 check exclusion under faults
   distlockd --version            print the version
   distlockd --help               print this help
 
@@ -72,6 +78,16 @@ fn run() -> Result<ExitCode, String> {
     match parser.next().map_err(|e| e.to_string())? {
         Some(Value(cmd)) if cmd == "server" => server(&mut parser),
         Some(Value(cmd)) if cmd == "test" => loadtest_cli(&mut parser),
+        Some(Value(cmd)) if cmd == "run" => distlockd::cli::run::main(&mut parser),
+        Some(Value(cmd)) => match cmd.to_str() {
+            Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
+                distlockd::cli::lock::main(c, &mut parser)
+            }
+            _ => Err(format!(
+                "{}: unknown command; run `distlockd --help` for the commands",
+                cmd.to_string_lossy()
+            )),
+        },
         Some(Long("version") | Short('V')) => {
             println!("distlockd {SERVER_VERSION}");
             Ok(ExitCode::SUCCESS)
@@ -80,10 +96,6 @@ fn run() -> Result<ExitCode, String> {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
-        Some(Value(cmd)) => Err(format!(
-            "{}: unknown command; run `distlockd --help` for the commands",
-            cmd.to_string_lossy()
-        )),
         Some(other) => Err(format!("{}; run `distlockd --help`", other.unexpected())),
     }
 }
@@ -247,15 +259,6 @@ fn flag_named(message: &str) -> String {
         }
     }
     message.to_string()
-}
-
-fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
-    let value = parser
-        .value()
-        .map_err(|_| format!("{flag}: missing value"))?;
-    value
-        .into_string()
-        .map_err(|v| format!("{flag} {}: not valid UTF-8", v.to_string_lossy()))
 }
 
 fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {

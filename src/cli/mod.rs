@@ -1,0 +1,175 @@
+//! The client-side commands of the `distlockd` binary: `run` (a command
+//! under a lock) and the lock CLI (`acquire`, `release`, `extend`,
+//! `status`, `ping`). The daemon itself is `distlockd server` (src/main.rs).
+//!
+//! Shared here: the connection options every command takes, duration
+//! parsing, and the exit codes.
+
+pub mod lock;
+pub mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::auth::{SECRET_FILE_ENV, read_secret_file};
+use crate::client::{Client, ClientBuilder};
+
+/// Exit status: the command did what was asked.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the lock was not obtained (busy, or the wait ran out), or
+/// a release/extend found it not held.
+pub const EXIT_NOT_OBTAINED: u8 = 1;
+/// Exit status: bad command line.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the server could not be reached or refused the request.
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// Help text for the options of [`ConnectOptions`].
+pub const CONNECT_OPTIONS_HELP: &str = "\
+  --host HOST              server address (default 127.0.0.1)
+  --port PORT              server port (default 9999)
+  --auth-secret-file PATH  the server's secret (default: $DISTLOCKD_AUTH_SECRET_FILE)
+  --timeout DURATION       connect/read/write timeout (default 5s)";
+
+/// Where the server is and how to talk to it.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
+    pub secret_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            host: "127.0.0.1".into(),
+            port: 9999,
+            secret_file: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// Takes `arg` if it is one of the connection options. Ok(false): not
+    /// one of them.
+    pub fn parse(
+        &mut self,
+        arg: &lexopt::Arg<'_>,
+        parser: &mut lexopt::Parser,
+    ) -> Result<bool, String> {
+        use lexopt::Arg::Long;
+        match arg {
+            Long("host") => self.host = string_value(parser, "--host")?,
+            Long("port") => {
+                let v = string_value(parser, "--port")?;
+                self.port = v
+                    .parse()
+                    .map_err(|_| format!("--port {v}: not a port number (1-65535)"))?;
+            }
+            Long("auth-secret-file") => {
+                self.secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
+            }
+            Long("timeout") => self.timeout = duration_value(parser, "--timeout")?,
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// A client builder for the server, with the secret (from
+    /// `--auth-secret-file`, else `$DISTLOCKD_AUTH_SECRET_FILE`) if any.
+    pub fn builder(&self) -> Result<ClientBuilder, String> {
+        let mut builder = Client::builder(self.addr()).timeout(self.timeout);
+        let file = self.secret_file.clone().or_else(|| {
+            std::env::var_os(SECRET_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        if let Some(file) = file {
+            let (secret, _) = read_secret_file(&file)?;
+            builder = builder.auth_secret(secret);
+        }
+        Ok(builder)
+    }
+}
+
+/// A flag's value as UTF-8 text; errors name the flag.
+pub fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, String> {
+    let value = parser
+        .value()
+        .map_err(|_| format!("{flag}: missing value"))?;
+    value
+        .into_string()
+        .map_err(|v| format!("{flag} {}: not valid UTF-8", v.to_string_lossy()))
+}
+
+/// A flag's value as a [`parse_duration`] duration.
+pub fn duration_value(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, String> {
+    let v = string_value(parser, flag)?;
+    parse_duration(&v).map_err(|e| format!("{flag} {v}: {e}"))
+}
+
+/// A duration: a number with a unit, `ms`, `s`, `m` or `h` (`250ms`,
+/// `1.5s`, `10m`), or a bare number of seconds, as flock(1) and timeout(1)
+/// take them.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| "not a duration; use e.g. 500ms, 10s, 5m or 1h".to_owned())?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds > 1e9 {
+        return Err("too long".to_owned());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Milliseconds, for output.
+pub fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        let mut o = ConnectOptions::default();
+        assert_eq!(o.addr(), "127.0.0.1:9999");
+        o.host = "::1".into();
+        assert_eq!(o.addr(), "[::1]:9999");
+    }
+}
