@@ -216,6 +216,17 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease known by its parts, e.g. from another process (the lock
+    /// CLI's `release --owner --token`), to release or extend it.
+    pub fn from_parts(name: &str, owner: &str, token: u64, ttl: Duration) -> Lease {
+        Lease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            ttl,
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
