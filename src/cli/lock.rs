@@ -1,8 +1,441 @@
-//! The lock CLI: `distlockd acquire|release|extend|status|ping`.
+//! The lock CLI: `distlockd acquire|release|extend|status|ping`, for
+//! scripts and operators. Human-readable output by default, one JSON object
+//! with `--json`. Exit codes: see [`super`].
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{
+    Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
+    EXIT_USAGE, duration_value, string_value,
+};
+use crate::client::{Error, Lease, LockStatus};
+
+/// Locks `status` lists when no `--limit` is given.
+pub const STATUS_LIMIT_DEFAULT: usize = 100;
+
+const USAGE: &str = "\
+Usage:
+  distlockd acquire NAME [--wait DURATION] [--ttl DURATION] [--owner ID]
+  distlockd release NAME --owner OWNER --token TOKEN
+  distlockd extend NAME --owner OWNER --token TOKEN --ttl DURATION
+  distlockd status [NAME] [--limit N]
+  distlockd ping
+
+acquire takes the lock and exits, leaving it held until released, extended
+past its TTL, or expired; it prints the owner and token that release and
+extend need. status shows whether a lock is held, its token, the time left
+and the waiters, for one name or for all held locks (up to --limit, default
+100); owners are never shown. ping checks the server and prints its version
+and round-trip time.
+
+Options:
+  --wait DURATION          acquire: wait this long for a held lock (default 0:
+                           fail at once); 500ms, 10s, 5m, 1h or seconds
+  --ttl DURATION           acquire, extend: the hold's TTL (default 10s)
+  --owner ID               acquire: owner id prefix (default: generated);
+                           release, extend: the owner acquire printed
+  --token TOKEN            release, extend: the token acquire printed
+  --limit N                status: most locks to list (default 100)
+  --json                   one JSON object on standard output
+";
+
+const EXIT_CODES: &str = "\
+Exit status: 0 done; 1 the lock was busy, the wait ran out, or the hold is
+not held (released, expired or taken by another owner); 2 bad usage; 3 the
+server could not be reached or refused the request.";
+
+/// The parsed command line of one lock command.
+#[derive(Default)]
+struct Args {
+    connect: ConnectOptions,
+    name: Option<String>,
+    wait: Duration,
+    ttl: Option<Duration>,
+    owner: Option<String>,
+    token: Option<u64>,
+    limit: Option<usize>,
+    json: bool,
+}
 
 /// Runs one lock command; `command` is its name.
-pub fn main(command: &str, _parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    Err(format!("{command}: not available in this build"))
+pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let mut args = Args::default();
+    while let Some(arg) = Arg::next(parser)? {
+        if args.connect.parse(&arg, parser)? {
+            continue;
+        }
+        let flag = match &arg {
+            Arg::Long(flag) => flag.as_str(),
+            Arg::Short('h') => "help",
+            _ => "",
+        };
+        match flag {
+            "wait" => args.wait = duration_value(parser, "--wait")?,
+            "ttl" => args.ttl = Some(duration_value(parser, "--ttl")?),
+            "owner" => args.owner = Some(string_value(parser, "--owner")?),
+            "token" => {
+                let v = string_value(parser, "--token")?;
+                args.token = Some(
+                    v.parse()
+                        .map_err(|_| format!("--token {v}: not a token (a whole number)"))?,
+                );
+            }
+            "limit" => {
+                let v = string_value(parser, "--limit")?;
+                args.limit = Some(
+                    v.parse()
+                        .map_err(|_| format!("--limit {v}: not a whole number"))?,
+                );
+            }
+            "json" => args.json = true,
+            "help" => {
+                println!("{USAGE}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            _ => match arg {
+                Arg::Value(v) if args.name.is_none() => {
+                    args.name = Some(
+                        v.into_string()
+                            .map_err(|v| format!("lock name {v:?}: not valid UTF-8"))?,
+                    )
+                }
+                other => {
+                    return Err(format!(
+                        "{command}: {}; run `distlockd {command} --help`",
+                        other.unexpected()
+                    ));
+                }
+            },
+        }
+    }
+    let outcome = match command {
+        "acquire" => acquire(&args),
+        "release" => release(&args),
+        "extend" => extend(&args),
+        "status" => status(&args),
+        "ping" => ping(&args),
+        _ => unreachable!("main dispatches only the lock commands"),
+    };
+    match outcome {
+        Ok(code) => Ok(ExitCode::from(code)),
+        Err(Failure::Usage(message)) => Err(format!(
+            "{command}: {message}; run `distlockd {command} --help`"
+        )),
+        Err(Failure::Client(e)) => {
+            eprintln!("distlockd {command}: {e}");
+            Ok(ExitCode::from(exit_code(&e)))
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Client(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::Usage(message)
+    }
+}
+
+fn exit_code(e: &Error) -> u8 {
+    match e {
+        Error::AcquireTimeout { .. } | Error::NotHeld { .. } => EXIT_NOT_OBTAINED,
+        Error::InvalidArgument { .. } => EXIT_USAGE,
+        _ => EXIT_UNAVAILABLE,
+    }
+}
+
+fn name(args: &Args) -> Result<&str, Failure> {
+    args.name
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("the lock NAME is missing".into()))
+}
+
+fn owner_and_token(args: &Args) -> Result<(&str, u64), Failure> {
+    match (&args.owner, args.token) {
+        (Some(owner), Some(token)) => Ok((owner, token)),
+        _ => Err(Failure::Usage(
+            "--owner and --token are required: use the ones `distlockd acquire` printed".into(),
+        )),
+    }
+}
+
+fn acquire(args: &Args) -> Result<u8, Failure> {
+    let name = name(args)?;
+    let mut builder = args.connect.builder()?;
+    if let Some(ttl) = args.ttl {
+        builder = builder.ttl(ttl);
+    }
+    if let Some(owner) = &args.owner {
+        builder = builder.client_id(owner.clone());
+    }
+    let client = builder.build()?;
+    let lease = if args.wait.is_zero() {
+        client.try_acquire(name)?
+    } else {
+        match client.acquire(name, args.wait) {
+            Ok(lease) => Some(lease),
+            Err(Error::AcquireTimeout { .. }) => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let Some(lease) = lease else {
+        let status = client.status(name)?;
+        if args.json {
+            println!(
+                "{{\"acquired\":false,\"name\":{},\"held\":{}}}",
+                json_string(name),
+                status.as_ref().map_or("null".to_owned(), status_json)
+            );
+        } else {
+            let left = status.map_or(String::new(), |s| {
+                format!(
+                    " (token {}, {} left, {} waiting)",
+                    s.token,
+                    human(s.remaining),
+                    s.waiters
+                )
+            });
+            eprintln!("{name}: held by another owner{left}");
+        }
+        return Ok(EXIT_NOT_OBTAINED);
+    };
+    if args.json {
+        println!(
+            "{{\"acquired\":true,\"name\":{},\"owner\":{},\"token\":{},\"ttl_ms\":{}}}",
+            json_string(lease.name()),
+            json_string(lease.owner()),
+            lease.token(),
+            lease.ttl().as_millis()
+        );
+    } else {
+        println!(
+            "acquired {}: owner {} token {} ttl {}",
+            lease.name(),
+            lease.owner(),
+            lease.token(),
+            human(lease.ttl())
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn release(args: &Args) -> Result<u8, Failure> {
+    let name = name(args)?;
+    let (owner, token) = owner_and_token(args)?;
+    let client = args.connect.builder()?.build()?;
+    let lease = Lease::from_parts(name, owner, token, Duration::ZERO);
+    let result = client.release_lease(&lease);
+    report(args, "released", name, token, None, result.map(|()| None))
+}
+
+fn extend(args: &Args) -> Result<u8, Failure> {
+    let name = name(args)?;
+    let (owner, token) = owner_and_token(args)?;
+    let ttl = args
+        .ttl
+        .ok_or_else(|| Failure::Usage("--ttl is required: the hold's new TTL".into()))?;
+    let client = args.connect.builder()?.build()?;
+    let lease = Lease::from_parts(name, owner, token, ttl);
+    let result = client.extend(&lease, ttl);
+    report(args, "extended", name, token, Some(ttl), result.map(Some))
+}
+
+/// Prints the outcome of a release or extend.
+fn report(
+    args: &Args,
+    verb: &str,
+    name: &str,
+    token: u64,
+    _asked: Option<Duration>,
+    result: Result<Option<Duration>, Error>,
+) -> Result<u8, Failure> {
+    match result {
+        Ok(ttl) => {
+            if args.json {
+                let ttl = ttl.map_or(String::new(), |t| format!(",\"ttl_ms\":{}", t.as_millis()));
+                println!(
+                    "{{\"{verb}\":true,\"name\":{},\"token\":{token}{ttl}}}",
+                    json_string(name)
+                );
+            } else {
+                let ttl = ttl.map_or(String::new(), |t| format!(" ttl {}", human(t)));
+                println!("{verb} {name}: token {token}{ttl}");
+            }
+            Ok(EXIT_OK)
+        }
+        Err(e @ Error::NotHeld { .. }) => {
+            if args.json {
+                println!(
+                    "{{\"{verb}\":false,\"name\":{},\"token\":{token},\"not_held\":{}}}",
+                    json_string(name),
+                    json_string(&e.to_string())
+                );
+            } else {
+                eprintln!("{e} (token {token}); nothing changed");
+            }
+            Ok(EXIT_NOT_OBTAINED)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn status(args: &Args) -> Result<u8, Failure> {
+    let client = args.connect.builder()?.build()?;
+    if let Some(name) = &args.name {
+        let status = client.status(name)?;
+        if args.json {
+            println!(
+                "{{\"name\":{},\"held\":{}}}",
+                json_string(name),
+                status.as_ref().map_or("null".to_owned(), status_json)
+            );
+        } else {
+            match status {
+                Some(s) => println!(
+                    "{name}: held, token {}, {} left, {} waiting{}",
+                    s.token,
+                    human(s.remaining),
+                    s.waiters,
+                    if s.session { ", session" } else { "" }
+                ),
+                None => println!("{name}: free"),
+            }
+        }
+        return Ok(EXIT_OK);
+    }
+    let limit = args.limit.unwrap_or(STATUS_LIMIT_DEFAULT);
+    let list = client.list_locks(limit)?;
+    if args.json {
+        let locks: Vec<String> = list.locks.iter().map(status_json).collect();
+        println!(
+            "{{\"total\":{},\"truncated\":{},\"locks\":[{}]}}",
+            list.total,
+            list.truncated,
+            locks.join(",")
+        );
+        return Ok(EXIT_OK);
+    }
+    let width = list
+        .locks
+        .iter()
+        .map(|l| l.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = format!(
+        "{:<width$}  {:>20}  {:>10}  {:>7}  SESSION\n",
+        "NAME", "TOKEN", "LEFT", "WAITING"
+    );
+    for l in &list.locks {
+        let _ = writeln!(
+            out,
+            "{:<width$}  {:>20}  {:>10}  {:>7}  {}",
+            l.name,
+            l.token,
+            human(l.remaining),
+            l.waiters,
+            if l.session { "yes" } else { "no" }
+        );
+    }
+    let shown = list.locks.len();
+    let _ = write!(out, "{shown} of {} held locks shown", list.total);
+    if list.truncated {
+        out.push_str(" (raise --limit for more)");
+    }
+    println!("{out}");
+    Ok(EXIT_OK)
+}
+
+fn ping(args: &Args) -> Result<u8, Failure> {
+    let client = args.connect.builder()?.retries(0).build()?;
+    let started = Instant::now();
+    let info = client.server_info()?;
+    let rtt = started.elapsed();
+    if args.json {
+        println!(
+            "{{\"ok\":true,\"addr\":{},\"server_version\":{},\"protocol_version\":{},\"round_trip_us\":{}}}",
+            json_string(client.addr()),
+            json_string(&info.server_version),
+            info.protocol_version,
+            rtt.as_micros()
+        );
+    } else {
+        println!(
+            "distlockd {} at {}: protocol {}, connect and HELLO in {:.2} ms",
+            info.server_version,
+            client.addr(),
+            info.protocol_version,
+            rtt.as_secs_f64() * 1000.0
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn status_json(s: &LockStatus) -> String {
+    format!(
+        "{{\"name\":{},\"token\":{},\"remaining_ms\":{},\"waiters\":{},\"session\":{}}}",
+        json_string(&s.name),
+        s.token,
+        s.remaining.as_millis(),
+        s.waiters,
+        s.session
+    )
+}
+
+/// `1.5 s`, `250 ms`: a duration for people.
+fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("job"), "\"job\"");
+        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human(Duration::from_millis(250)), "250 ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5 s");
+    }
 }

@@ -54,24 +54,22 @@ impl Default for ConnectOptions {
 impl ConnectOptions {
     /// Takes `arg` if it is one of the connection options. Ok(false): not
     /// one of them.
-    pub fn parse(
-        &mut self,
-        arg: &lexopt::Arg<'_>,
-        parser: &mut lexopt::Parser,
-    ) -> Result<bool, String> {
-        use lexopt::Arg::Long;
-        match arg {
-            Long("host") => self.host = string_value(parser, "--host")?,
-            Long("port") => {
+    pub fn parse(&mut self, arg: &Arg, parser: &mut lexopt::Parser) -> Result<bool, String> {
+        let Arg::Long(flag) = arg else {
+            return Ok(false);
+        };
+        match flag.as_str() {
+            "host" => self.host = string_value(parser, "--host")?,
+            "port" => {
                 let v = string_value(parser, "--port")?;
                 self.port = v
                     .parse()
                     .map_err(|_| format!("--port {v}: not a port number (1-65535)"))?;
             }
-            Long("auth-secret-file") => {
+            "auth-secret-file" => {
                 self.secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
             }
-            Long("timeout") => self.timeout = duration_value(parser, "--timeout")?,
+            "timeout" => self.timeout = duration_value(parser, "--timeout")?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -99,6 +97,36 @@ impl ConnectOptions {
             builder = builder.auth_secret(secret);
         }
         Ok(builder)
+    }
+}
+
+/// A command-line argument, owned, so that options can take their values
+/// from the parser while it is being matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    Long(String),
+    Short(char),
+    Value(std::ffi::OsString),
+}
+
+impl Arg {
+    /// The next argument, if any.
+    pub fn next(parser: &mut lexopt::Parser) -> Result<Option<Arg>, String> {
+        Ok(match parser.next().map_err(|e| e.to_string())? {
+            None => None,
+            Some(lexopt::Arg::Long(flag)) => Some(Arg::Long(flag.to_owned())),
+            Some(lexopt::Arg::Short(c)) => Some(Arg::Short(c)),
+            Some(lexopt::Arg::Value(v)) => Some(Arg::Value(v)),
+        })
+    }
+
+    /// "unexpected option --x" and the like, for errors.
+    pub fn unexpected(&self) -> String {
+        match self {
+            Arg::Long(flag) => format!("unexpected option --{flag}"),
+            Arg::Short(c) => format!("unexpected option -{c}"),
+            Arg::Value(v) => format!("unexpected argument {:?}", v.to_string_lossy()),
+        }
     }
 }
 
