@@ -566,7 +566,7 @@ impl LockTable {
         }
         if req.wait_ms == 0 {
             return Outcome::Busy {
-                remaining_ms: clamp_u32(record.deadline_ms().saturating_sub(now_ms)),
+                remaining_ms: remaining_ms(record.deadline_ms(), now_ms),
                 waiters: self.extra(lock).waiter_count,
             };
         }
@@ -838,7 +838,7 @@ impl LockTable {
     ) -> u32 {
         let lock = self.store.insert(name, owner, token);
         self.wheel
-            .link(&mut self.store, lock, now_ms + ttl_ms as u64);
+            .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
         let (store, hasher) = (&self.store, &self.name_hasher);
         self.index
             .insert_unique(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
@@ -856,7 +856,7 @@ impl LockTable {
     fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
         self.wheel.unlink(&mut self.store, lock);
         self.wheel
-            .link(&mut self.store, lock, now_ms + ttl_ms as u64);
+            .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
     }
 
     /// The lock's side data, or the empty one.
@@ -966,7 +966,7 @@ impl LockTable {
         record.owner = w.owner;
         record.token = token;
         self.wheel
-            .link(&mut self.store, lock, now_ms + w.ttl_ms as u64);
+            .link(&mut self.store, lock, expiry_ms(now_ms, w.ttl_ms));
         let session = if w.flags & FLAG_SESSION != 0 {
             w.session
         } else {
@@ -1157,6 +1157,24 @@ fn hash_bytes(state: &RandomState, bytes: &[u8]) -> u64 {
     let mut hasher = state.build_hasher();
     hasher.write(bytes);
     hasher.finish()
+}
+
+/// The clock the table is given counts whole milliseconds, rounded down: a
+/// hold granted during millisecond `now_ms` may have begun up to 1 ms after
+/// it. Expiring at `now_ms + ttl_ms + 1` means a hold never ends before its
+/// full TTL has passed, as the server promises (it fires within one 1 ms
+/// tick after that).
+pub const EXPIRY_ROUNDING_MS: u64 = 1;
+
+/// When a hold of `ttl_ms` granted or extended at `now_ms` expires.
+fn expiry_ms(now_ms: u64, ttl_ms: u32) -> u64 {
+    now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS
+}
+
+/// The TTL a hold expiring at `deadline_ms` has left at `now_ms`, as
+/// clients count it (the rounding millisecond is not theirs).
+fn remaining_ms(deadline_ms: u64, now_ms: u64) -> u32 {
+    clamp_u32(deadline_ms.saturating_sub(now_ms + EXPIRY_ROUNDING_MS))
 }
 
 fn clamp_u32(v: u64) -> u32 {

@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::limits::Limits;
+use crate::table::EXPIRY_ROUNDING_MS;
 
 /// Numbers a connection for the model; never reused.
 pub type Conn = usize;
@@ -199,7 +200,7 @@ impl Model {
             let hold = Hold {
                 owner: owner.to_vec(),
                 token,
-                expires_at_ms: now_ms + ttl_ms as u64,
+                expires_at_ms: now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS,
                 timer_seq: seq,
                 bound: session_flag.then_some((conn, seq)),
             };
@@ -209,7 +210,7 @@ impl Model {
         };
         let hold = &mut lock.hold;
         if hold.owner == owner {
-            hold.expires_at_ms = now_ms + ttl_ms as u64;
+            hold.expires_at_ms = now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS;
             hold.timer_seq = seq;
             hold.bound = match (session_flag, hold.bound) {
                 (false, _) => None,
@@ -225,7 +226,7 @@ impl Model {
         }
         if wait_ms == 0 {
             return Answer::Busy {
-                remaining_ms: clamp_u32(hold.expires_at_ms - now_ms),
+                remaining_ms: clamp_u32(hold.expires_at_ms - now_ms - EXPIRY_ROUNDING_MS),
                 waiters: lock.waiters.len() as u32,
             };
         }
@@ -284,7 +285,7 @@ impl Model {
         let ttl_ms = self.effective_ttl(ttl_ms);
         let seq = self.take_seq();
         let hold = &mut self.locks.get_mut(name).expect("checked held").hold;
-        hold.expires_at_ms = now_ms + ttl_ms as u64;
+        hold.expires_at_ms = now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS;
         hold.timer_seq = seq;
         Answer::Extended { ttl_ms }
     }
@@ -367,7 +368,7 @@ impl Model {
             lock.hold = Hold {
                 owner: w.owner,
                 token,
-                expires_at_ms: now_ms + w.ttl_ms as u64,
+                expires_at_ms: now_ms + w.ttl_ms as u64 + EXPIRY_ROUNDING_MS,
                 timer_seq: seq,
                 bound: w.session_flag.then_some((w.conn, seq)),
             };

@@ -5,7 +5,7 @@
 //! is still deferred is shown as free: STATUS never shows a hold that a
 //! command would not see.
 
-use super::{LockTable, clamp_u32, hash_bytes};
+use super::{LockTable, hash_bytes, remaining_ms};
 use crate::protocol::StatusEntry;
 
 impl LockTable {
@@ -48,7 +48,7 @@ impl LockTable {
         StatusEntry {
             name: self.store.name(lock),
             token: record.token,
-            remaining_ms: clamp_u32(record.deadline_ms().saturating_sub(now_ms)),
+            remaining_ms: remaining_ms(record.deadline_ms(), now_ms),
             waiters: extra.waiter_count,
             session: extra.session != super::store::NIL,
         }

@@ -52,7 +52,8 @@ fn free_lock_is_granted_with_a_new_token_and_ttl() {
         }
     );
     assert_eq!(t.len(), 1);
-    assert_eq!(t.next_deadline(), Some(510));
+    // Expiry: now + ttl + the rounding millisecond (see EXPIRY_ROUNDING_MS).
+    assert_eq!(t.next_deadline(), Some(511));
     t.invariants();
 }
 
@@ -67,7 +68,7 @@ fn zero_ttl_means_the_default() {
             ttl_ms: LOCK_TTL_DEFAULT
         }
     );
-    assert_eq!(t.next_deadline(), Some(LOCK_TTL_DEFAULT as u64));
+    assert_eq!(t.next_deadline(), Some(LOCK_TTL_DEFAULT as u64 + 1));
 }
 
 const LOCK_TTL_DEFAULT: u32 = crate::limits::LOCK_TTL_MS_DEFAULT;
@@ -84,6 +85,8 @@ fn same_owner_reacquire_keeps_token_and_resets_ttl() {
     t.advance(150);
     assert_eq!(t.len(), 1, "the reset TTL keeps it past the first expiry");
     t.advance(390);
+    assert_eq!(t.len(), 1, "a full 300 ms after the re-acquire at 90");
+    t.advance(391);
     assert_eq!(t.len(), 0);
     t.invariants();
 }
@@ -204,13 +207,15 @@ fn expiry_frees_at_ttl_and_not_before() {
     let mut t = table();
     let s = t.open_session(1);
     let token = granted_token(t.acquire(s, &acq(b"job", b"a", 1000, 0), 5));
-    t.advance(1004);
-    assert_eq!(t.len(), 1);
+    // Granted during millisecond 5, maybe at 5.9: held through 1005 so
+    // that it never ends before its full TTL.
     t.advance(1005);
+    assert_eq!(t.len(), 1);
+    t.advance(1006);
     assert_eq!(t.len(), 0);
     assert_eq!(t.stats().expiries, 1);
     assert_eq!(
-        t.release(b"job", b"a", token, 1006),
+        t.release(b"job", b"a", token, 1007),
         Outcome::NotHeld(NotHeldReason::Free)
     );
 }
@@ -225,6 +230,8 @@ fn expiry_hands_the_lock_to_the_head_waiter() {
         Outcome::Queued
     );
     t.advance(100);
+    assert!(take_events(&mut t).is_empty(), "not before the full TTL");
+    t.advance(101);
     let events = take_events(&mut t);
     assert_eq!(
         events,
@@ -237,7 +244,7 @@ fn expiry_hands_the_lock_to_the_head_waiter() {
             }
         }]
     );
-    assert_eq!(t.next_deadline(), Some(600));
+    assert_eq!(t.next_deadline(), Some(602));
 }
 
 #[test]
@@ -258,7 +265,7 @@ fn a_late_advance_still_grants_a_waiter_whose_deadline_came_after_the_expiry() {
         "{events:?}"
     );
     // The new hold's TTL counts from when the grant is made.
-    assert_eq!(t.next_deadline(), Some(700));
+    assert_eq!(t.next_deadline(), Some(701));
 }
 
 #[test]
@@ -266,14 +273,15 @@ fn a_waiter_whose_deadline_equals_the_expiry_times_out() {
     let mut t = table();
     let (a, b) = (t.open_session(1), t.open_session(2));
     granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 0));
+    // The hold expires at 101 (100 ms + the rounding millisecond).
     assert_eq!(
-        t.acquire(b, &acq(b"job", b"b", 500, 100), 0),
+        t.acquire(b, &acq(b"job", b"b", 500, 101), 0),
         Outcome::Queued
     );
-    t.advance(100);
+    t.advance(101);
     let events = take_events(&mut t);
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, EventKind::TimedOut { waited_ms: 100 });
+    assert_eq!(events[0].kind, EventKind::TimedOut { waited_ms: 101 });
     assert!(t.is_empty());
 }
 
@@ -319,9 +327,9 @@ fn extend_resets_the_ttl_only_for_the_holder() {
         t.extend(b"job", b"a", token - 1, 1000, 50),
         Outcome::NotHeld(NotHeldReason::TokenMismatch)
     );
-    t.advance(1049);
-    assert_eq!(t.len(), 1);
     t.advance(1050);
+    assert_eq!(t.len(), 1);
+    t.advance(1051);
     assert_eq!(t.len(), 0);
     assert_eq!(
         t.extend(b"job", b"a", token, 1000, 2000),
