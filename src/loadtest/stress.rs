@@ -43,9 +43,10 @@
 //!   `D`, or by dying; if the connection broke under the worker, `C`, we
 //!   only know it was after the ACQUIRE was sent).
 //!
-//! The server's clock has 1 ms ticks and counts a TTL from the tick the
-//! grant fell in, so an expiry may come up to one tick before `grant +
-//! ttl`; expiry bounds take `--clock-slack-us` (default one tick) off.
+//! The server never expires a hold before its full TTL (its millisecond
+//! clock adds the rounding millisecond), so expiry bounds need no slack;
+//! `--clock-slack-us` (default 0) takes some off, for servers that round
+//! differently.
 //!
 //! Then, with a correct server, per name and in token order (which is grant
 //! order: one counter, increasing with time), each hold is granted after
@@ -104,7 +105,7 @@ Options:
   --hold-ms MS        longest ordinary hold (default 10)
   --kill-every-ms MS  mean time between kill -9s of a worker; 0: none (default 250)
   --clock-slack-us US how much earlier than acquire+TTL an expiry may be seen
-                      (default 1000: the server's 1 ms tick)
+                      (default 0: the server never expires a hold early)
   --seconds-max S     stop starting work after this long, check what ran
                       (default 3600)
   --seed N            random seed (default: from the clock)
@@ -190,7 +191,7 @@ pub fn parse(command: &str, parser: &mut lexopt::Parser) -> Result<StressCommand
         ttl_ms: 200,
         hold_ms: 10,
         kill_every_ms: 250,
-        clock_slack_us: 1000,
+        clock_slack_us: 0,
         seconds_max: 3600,
         seed: 0,
         addr: None,
