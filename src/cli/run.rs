@@ -1,8 +1,850 @@
-//! `distlockd run NAME [options] -- COMMAND ARGS...`: a command under a lock.
+//! `distlockd run NAME [options] [--] COMMAND [ARGS...]`: a command under a
+//! lock, like flock(1), `etcdctl lock` and `consul lock`, for distributed
+//! cron and other jobs that must not run twice at once.
+//!
+//! This module owns the whole life of one run: acquire the lock, start the
+//! command in its own process group with `DISTLOCKD_LOCK` and
+//! `DISTLOCKD_TOKEN` in its environment, renew the lease from a background
+//! thread, forward signals, stop the command if the lease is lost, release
+//! the lock after the command exits, and turn all that into an exit status.
+//!
+//! # Threads
+//!
+//! ```text
+//!   renewer  ──Renewed/RenewFailed/Lost──┐
+//!   waiter   ──Exited (child.wait())─────┼──► main: Supervisor decides,
+//!   signals  ──(kill -SIG -pgid directly)┘          main signals the group
+//! ```
+//!
+//! The main thread never blocks on the network while the command runs: a
+//! renewal stuck on a hung server cannot delay the SIGTERM/SIGKILL.
+//!
+//! # When the command is stopped
+//!
+//! The server starts a hold's TTL when it handles the ACQUIRE or EXTEND, which
+//! is after the client sent it. So the server cannot expire the hold before
+//!
+//! ```text
+//!   expiry_earliest = t_sent + ttl_granted
+//! ```
+//!
+//! where `t_sent` is read from this process's monotonic clock just before
+//! the request that succeeded was sent (before the client's first attempt,
+//! which is no later than the attempt that succeeded). With `grace` =
+//! `--kill-grace` and `margin` = TTL/10 (for scheduling delays, signal
+//! delivery and clock-rate differences between the two machines):
+//!
+//! - renewals: every TTL/3 after the last success; after a failure, again
+//!   after TTL/10.
+//! - renewals failing: SIGTERM to the command's process group at
+//!   `expiry_earliest - margin - grace`, SIGKILL at
+//!   `min(sigterm_time + grace, expiry_earliest - margin)`, so the group is
+//!   dead `margin` before any other owner could be granted the lock.
+//! - a renewal answered NOT_HELD (the hold is gone already): SIGTERM at once,
+//!   SIGKILL by the same rule.
+//!
+//! Once started, the termination goes on even if a later renewal succeeds.
+//! If the command's first process exits but others of its group remain,
+//! SIGKILL still goes to the group at its time. `--kill-grace` is at most
+//! TTL/2, so termination never begins before the first renewal (at TTL/3)
+//! has been tried.
+//!
+//! After a wait (`--wait`), the grant may have come at any moment of it, so
+//! the hold is extended once before the command starts, to learn its
+//! expiry.
+//!
+//! # Exit status
+//!
+//! The command's status; 128+N if it died of signal N; `--conflict-exit-code`
+//! (default 1) when the lock was not obtained; 2 for a bad command line; 3
+//! when the server could not be reached or refused the request; 4
+//! ([`EXIT_LEASE_LOST`]) when the lease was lost and the command was
+//! terminated, whatever its own status; 126 if COMMAND could not be
+//! executed and 127 if it was not found (the shell's codes).
 
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process_group, test_kill_process_group};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::{Handle, Signals};
+
+use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
+use crate::client::{Client, Error, Lease};
+
+/// Exit status when the lease was lost and the command was terminated.
+pub const EXIT_LEASE_LOST: u8 = 4;
+/// Exit status when COMMAND exists but could not be executed (the shell's).
+pub const EXIT_CANNOT_EXECUTE: u8 = 126;
+/// Exit status when COMMAND was not found (the shell's).
+pub const EXIT_NOT_FOUND: u8 = 127;
+
+/// `--ttl` default: a cron job survives a server restart of a few seconds
+/// with renewals failing, and a lock dies within half a minute of its
+/// holder.
+pub const TTL_DEFAULT: Duration = Duration::from_secs(30);
+/// Shortest `--ttl`: renewals every TTL/3 must stay well above a round trip
+/// and the server's 1 ms timer tick.
+pub const TTL_MIN: Duration = Duration::from_millis(100);
+/// `--kill-grace` default is TTL/4, at most this: long enough for a job to
+/// clean up, short enough to leave most of the TTL for renewal retries.
+pub const KILL_GRACE_DEFAULT_MAX: Duration = Duration::from_secs(5);
+/// `--kill-grace` is at most TTL / this, so termination never starts before
+/// the first renewal (at TTL/3) has been tried.
+const KILL_GRACE_TTL_DIVISOR_MIN: u32 = 2;
+/// Renewals per TTL while they succeed.
+const RENEWALS_PER_TTL: u32 = 3;
+/// After a failed renewal, the next one comes after TTL / this.
+const RENEW_RETRIES_PER_TTL: u32 = 10;
+/// The safety margin is TTL / this: the group is dead that long before the
+/// earliest moment the server could expire the hold.
+const MARGIN_TTL_DIVISOR: u32 = 10;
+const _: () = assert!(MARGIN_TTL_DIVISOR > KILL_GRACE_TTL_DIVISOR_MIN);
+const _: () = assert!(RENEWALS_PER_TTL > KILL_GRACE_TTL_DIVISOR_MIN);
+
+/// Signals `run` passes on to the command's process group.
+const FORWARDED_SIGNALS: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+
+/// The environment variables the command gets.
+pub const ENV_LOCK: &str = "DISTLOCKD_LOCK";
+pub const ENV_TOKEN: &str = "DISTLOCKD_TOKEN";
+
+const USAGE: &str = "\
+Usage: distlockd run NAME [options] [--] COMMAND [ARGS...]
+
+Runs COMMAND while holding lock NAME, like flock(1): takes the lock (or
+waits up to --wait for it), runs COMMAND with DISTLOCKD_LOCK=NAME and
+DISTLOCKD_TOKEN=<fencing token> in its environment, renews the lease every
+TTL/3 while it runs, releases the lock when it exits, and exits with its
+status. Options may come before or after NAME; everything from COMMAND on
+(or after `--`) is the command's.
+
+If the lease is lost (a renewal finds the hold gone, or renewals fail until
+the TTL could run out), COMMAND's process group gets SIGTERM, then SIGKILL
+after --kill-grace, timed so that it is dead TTL/10 before the server could
+give the lock to anyone else; this is reported on standard error. With
+renewals failing SIGTERM goes at T + TTL - TTL/10 - grace, where T is when
+the last successful renewal (or the acquire) was sent.
+
+SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to run are passed
+to COMMAND's process group; run keeps holding the lock until COMMAND exits.
+COMMAND runs in its own process group, so it should not read the terminal.
+
+Options:
+  --wait DURATION          wait this long for a held lock (default 0: fail at
+                           once)
+  --ttl DURATION           the lease's TTL (default 30s, at least 100ms)
+  --conflict-exit-code N   exit status when the lock is not obtained, 0-255
+                           (default 1; flock's -E)
+  --kill-grace DURATION    SIGTERM to SIGKILL delay when the lease is lost
+                           (default TTL/4, at most 5s; at most TTL/2)
+  --session                a SESSION hold: the server also releases it as soon
+                           as run's connection closes (run killed or crashed)
+  -q, --quiet              no message when the lock is busy, a renewal fails
+                           or the release fails
+  -h, --help               print this help
+Durations: 500ms, 10s, 5m, 1h, or a number of seconds.
+
+Connection options:";
+
+const EXIT_CODES: &str = "\
+Exit status: COMMAND's, or 128+N if it died of signal N; 1 (or
+--conflict-exit-code) the lock is held by another owner (after --wait); 2 bad
+usage; 3 the server could not be reached or refused the request; 4 the lease
+was lost and COMMAND was terminated; 126 COMMAND could not be executed; 127
+COMMAND was not found.";
+
+/// The parsed command line.
+#[derive(Debug)]
+struct Options {
+    connect: ConnectOptions,
+    name: String,
+    command: Vec<OsString>,
+    wait: Duration,
+    ttl: Duration,
+    conflict_exit_code: u8,
+    kill_grace: Duration,
+    session: bool,
+    quiet: bool,
+}
 
 /// Runs `distlockd run`.
-pub fn main(_parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    Err("run: not available in this build".to_owned())
+pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let Some(options) =
+        parse(parser).map_err(|e| format!("run: {e}; run `distlockd run --help`"))?
+    else {
+        println!("{USAGE}\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    run(&options).map(ExitCode::from)
+}
+
+/// `Ok(None)`: `--help`.
+fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
+    let mut connect = ConnectOptions::default();
+    let mut name = None;
+    let mut command = Vec::new();
+    let mut wait = Duration::ZERO;
+    let mut ttl = TTL_DEFAULT;
+    let mut conflict_exit_code = super::EXIT_NOT_OBTAINED;
+    let mut kill_grace = None;
+    let mut session = false;
+    let mut quiet = false;
+    while let Some(arg) = Arg::next(parser)? {
+        if connect.parse(&arg, parser)? {
+            continue;
+        }
+        match &arg {
+            Arg::Long(flag) => match flag.as_str() {
+                "wait" => wait = duration_value(parser, "--wait")?,
+                "ttl" => ttl = duration_value(parser, "--ttl")?,
+                "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
+                "conflict-exit-code" => {
+                    let v = super::string_value(parser, "--conflict-exit-code")?;
+                    conflict_exit_code = v.parse().map_err(|_| {
+                        format!("--conflict-exit-code {v}: not an exit status (0-255)")
+                    })?;
+                }
+                "session" => session = true,
+                "quiet" => quiet = true,
+                "help" => return Ok(None),
+                _ => return Err(arg.unexpected()),
+            },
+            Arg::Short('q') => quiet = true,
+            Arg::Short('h') => return Ok(None),
+            Arg::Value(v) if name.is_none() => {
+                name = Some(
+                    v.clone()
+                        .into_string()
+                        .map_err(|v| format!("lock name {v:?}: not valid UTF-8"))?,
+                );
+            }
+            Arg::Value(v) => {
+                // The command and everything after it are the command's own,
+                // options included.
+                command.push(v.clone());
+                command.extend(parser.raw_args().map_err(|e| e.to_string())?);
+                break;
+            }
+            Arg::Short(_) => return Err(arg.unexpected()),
+        }
+    }
+    let name = name.ok_or("the lock NAME is missing")?;
+    if command.is_empty() {
+        return Err(format!(
+            "COMMAND is missing: put it after NAME and the options, e.g. `distlockd run {name} -- /usr/local/bin/job`"
+        ));
+    }
+    if ttl < TTL_MIN {
+        return Err(format!(
+            "--ttl {}ms: under the minimum {}ms; renewals every TTL/3 need time for a round trip",
+            ttl.as_millis(),
+            TTL_MIN.as_millis()
+        ));
+    }
+    let kill_grace_max = ttl / KILL_GRACE_TTL_DIVISOR_MIN;
+    let kill_grace = kill_grace.unwrap_or((ttl / 4).min(KILL_GRACE_DEFAULT_MAX));
+    if kill_grace > kill_grace_max {
+        return Err(format!(
+            "--kill-grace {}ms: over half of --ttl ({}ms); use a shorter grace or a longer TTL, so renewals get time to succeed before termination starts",
+            kill_grace.as_millis(),
+            ttl.as_millis()
+        ));
+    }
+    Ok(Some(Options {
+        connect,
+        name,
+        command,
+        wait,
+        ttl,
+        conflict_exit_code,
+        kill_grace,
+        session,
+        quiet,
+    }))
+}
+
+/// Acquires, runs, supervises, releases. Returns the exit status.
+fn run(options: &Options) -> Result<u8, String> {
+    let client = options
+        .connect
+        .builder()?
+        .ttl(options.ttl)
+        .session(options.session)
+        .build()
+        .map_err(|e| format!("run: {e}"))?;
+    let client = Arc::new(client);
+    let (lease, sent_at) = match obtain(&client, options) {
+        Ok(Some(held)) => held,
+        Ok(None) => {
+            if !options.quiet {
+                eprintln!(
+                    "distlockd run: lock {:?} is held by another owner{}; not running the command",
+                    options.name,
+                    if options.wait.is_zero() {
+                        " (use --wait to wait for it)".to_owned()
+                    } else {
+                        format!(" after waiting {}ms", options.wait.as_millis())
+                    }
+                );
+            }
+            return Ok(options.conflict_exit_code);
+        }
+        Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
+        Err(e) => {
+            eprintln!("distlockd run: {e}");
+            return Ok(EXIT_UNAVAILABLE);
+        }
+    };
+    let code = run_under_lease(&client, &lease, sent_at, options);
+    release(&client, &lease, options.quiet, code == EXIT_LEASE_LOST);
+    Ok(code)
+}
+
+/// The lease and the time its expiry counts from; `Ok(None)`: held by
+/// another owner.
+fn obtain(client: &Client, options: &Options) -> Result<Option<(Lease, Instant)>, Error> {
+    let sent_at = Instant::now();
+    if options.wait.is_zero() {
+        return Ok(client.try_acquire(&options.name)?.map(|l| (l, sent_at)));
+    }
+    let lease = match client.acquire(&options.name, options.wait) {
+        Ok(lease) => lease,
+        Err(Error::AcquireTimeout { .. }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Granted at some moment of the wait: extend now to know the expiry.
+    let sent_at = Instant::now();
+    match client.extend(&lease, options.ttl) {
+        Ok(ttl) => Ok(Some((
+            Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl),
+            sent_at,
+        ))),
+        Err(e) => {
+            let _ = client.release_lease(&lease);
+            Err(e)
+        }
+    }
+}
+
+/// Starts the command and supervises it until it exits; the exit status.
+/// `sent_at`: when the request that granted `lease` was sent.
+fn run_under_lease(client: &Arc<Client>, lease: &Lease, sent_at: Instant, options: &Options) -> u8 {
+    let clock = LeaseClock::new(sent_at, lease.ttl(), options.ttl, options.kill_grace);
+    // Registered before the command starts, so a signal that arrives in
+    // between is queued and forwarded once it runs, never lost.
+    let signals = match Signals::new(FORWARDED_SIGNALS) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("distlockd run: cannot install signal handlers: {e}");
+            return EXIT_UNAVAILABLE;
+        }
+    };
+    let child = match spawn(lease, &options.command) {
+        Ok(child) => child,
+        Err(e) => {
+            let program = options.command[0].to_string_lossy();
+            eprintln!("distlockd run: cannot run {program:?}: {e}");
+            return match e.kind() {
+                io::ErrorKind::NotFound => EXIT_NOT_FOUND,
+                _ => EXIT_CANNOT_EXECUTE,
+            };
+        }
+    };
+    let group = Pid::from_child(&child);
+    let (events, inbox) = mpsc::channel();
+    let (stop_renewer, renewer_stopped) = mpsc::channel::<()>();
+    let forwarder = Forwarder::start(signals, group);
+    let waiter = {
+        let events = events.clone();
+        thread::spawn(move || wait_for(child, &events))
+    };
+    let renewer = {
+        let (client, lease, ttl) = (Arc::clone(client), lease.clone(), options.ttl);
+        let first = sent_at + lease.ttl() / RENEWALS_PER_TTL;
+        thread::spawn(move || renew(&client, &lease, ttl, first, &events, &renewer_stopped))
+    };
+    let mut supervisor = Supervisor::new(clock);
+    let status = supervise(&mut supervisor, group, &inbox, &options.name, options.quiet);
+    // The renewal thread stops before the release, so no EXTEND follows it.
+    drop(stop_renewer);
+    let _ = renewer.join();
+    let _ = waiter.join();
+    forwarder.stop();
+    match (supervisor.phase, status) {
+        (Phase::Holding, Ok(status)) => exit_code(status),
+        (Phase::Holding, Err(e)) => {
+            eprintln!("distlockd run: waiting for the command failed: {e}");
+            EXIT_CANNOT_EXECUTE
+        }
+        (Phase::Terminating { .. } | Phase::Killed, _) => EXIT_LEASE_LOST,
+    }
+}
+
+fn spawn(lease: &Lease, command: &[OsString]) -> io::Result<Child> {
+    Command::new(&command[0])
+        .args(&command[1..])
+        .env(ENV_LOCK, lease.name())
+        .env(ENV_TOKEN, lease.token().to_string())
+        // Its own group, so a lost lease stops the command's children too
+        // (a shell script's), not only the process we started.
+        .process_group(0)
+        .spawn()
+}
+
+/// The shell's convention: the exit code, or 128+N for death by signal N.
+fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => (128 + signal).min(255) as u8,
+        (None, None) => EXIT_CANNOT_EXECUTE,
+    }
+}
+
+/// What the supervisor hears from the other threads.
+#[derive(Debug)]
+enum Event {
+    Exited(io::Result<ExitStatus>),
+    Renewed { sent_at: Instant, ttl: Duration },
+    RenewFailed(String),
+    Lost(String),
+}
+
+fn wait_for(mut child: Child, events: &Sender<Event>) {
+    let _ = events.send(Event::Exited(child.wait()));
+}
+
+/// Extends the lease every TTL/3 (TTL/10 after a failure) until `stop` is
+/// dropped or the hold is found gone.
+fn renew(
+    client: &Client,
+    lease: &Lease,
+    ttl: Duration,
+    first: Instant,
+    events: &Sender<Event>,
+    stop: &Receiver<()>,
+) {
+    let mut next = first;
+    loop {
+        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let sent_at = Instant::now();
+        let event = match client.extend(lease, ttl) {
+            Ok(granted) => {
+                next = sent_at + granted / RENEWALS_PER_TTL;
+                Event::Renewed {
+                    sent_at,
+                    ttl: granted,
+                }
+            }
+            Err(e @ Error::NotHeld { .. }) => {
+                let _ = events.send(Event::Lost(e.to_string()));
+                return;
+            }
+            Err(e) => {
+                next = Instant::now() + ttl / RENEW_RETRIES_PER_TTL;
+                Event::RenewFailed(e.to_string())
+            }
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for the command to exit, signalling its group as the supervisor
+/// decides. Returns its status.
+fn supervise(
+    supervisor: &mut Supervisor,
+    group: Pid,
+    inbox: &Receiver<Event>,
+    name: &str,
+    quiet: bool,
+) -> io::Result<ExitStatus> {
+    loop {
+        let now = Instant::now();
+        if let Some(action) = supervisor.poll(now) {
+            act(action, group, name, supervisor.clock.grace);
+        }
+        let event = match supervisor.wake_at() {
+            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(now)) {
+                Ok(event) => event,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return Err(waiter_gone()),
+            },
+            None => inbox.recv().map_err(|_| waiter_gone())?,
+        };
+        match event {
+            Event::Exited(status) => {
+                finish_group(supervisor, group);
+                return status;
+            }
+            Event::Renewed { sent_at, ttl } => supervisor.renewed(sent_at, ttl),
+            Event::RenewFailed(e) => {
+                if !quiet && matches!(supervisor.phase, Phase::Holding) {
+                    let left = supervisor
+                        .clock
+                        .terminate_at()
+                        .saturating_duration_since(Instant::now());
+                    eprintln!(
+                        "distlockd run: renewing lock {name:?} failed: {e}; retrying, the command is stopped in {}ms unless a renewal succeeds",
+                        left.as_millis()
+                    );
+                }
+            }
+            Event::Lost(why) => {
+                if matches!(supervisor.phase, Phase::Holding) {
+                    eprintln!("distlockd run: lost lock {name:?}: {why}");
+                }
+                supervisor.lost();
+            }
+        }
+    }
+}
+
+/// The waiter thread ended without sending the command's status: only if
+/// it panicked.
+fn waiter_gone() -> io::Error {
+    io::Error::other("the thread waiting for the command ended without its status")
+}
+
+/// After the command's first process exited during a termination: other
+/// processes of its group may live on, and get SIGKILL at its time.
+fn finish_group(supervisor: &mut Supervisor, group: Pid) {
+    let Phase::Terminating { kill_at } = supervisor.phase else {
+        return;
+    };
+    // Between the reap and here the group id could in principle be reused,
+    // but pids are handed out in sequence, so not within a grace period.
+    while test_kill_process_group(group).is_ok() {
+        let now = Instant::now();
+        if now >= kill_at {
+            let _ = kill_process_group(group, Signal::KILL);
+            break;
+        }
+        thread::sleep((kill_at - now).min(Duration::from_millis(20)));
+    }
+    supervisor.phase = Phase::Killed;
+}
+
+fn act(action: Action, group: Pid, name: &str, grace: Duration) {
+    match action {
+        Action::Terminate { lease_ran_out } => {
+            if lease_ran_out {
+                eprintln!(
+                    "distlockd run: lost lock {name:?}: renewals failed until the lease could run out"
+                );
+            }
+            eprintln!(
+                "distlockd run: stopping the command: SIGTERM to its process group, SIGKILL within {}ms",
+                grace.as_millis()
+            );
+            let _ = kill_process_group(group, Signal::TERM);
+        }
+        Action::Kill => {
+            eprintln!(
+                "distlockd run: the command outlived the grace period: SIGKILL to its process group"
+            );
+            let _ = kill_process_group(group, Signal::KILL);
+        }
+    }
+}
+
+fn release(client: &Client, lease: &Lease, quiet: bool, lost: bool) {
+    match client.release_lease(lease) {
+        Ok(()) => {}
+        // After a loss the hold is gone or someone else's: nothing to say.
+        Err(Error::NotHeld { .. }) if lost => {}
+        Err(e) => {
+            if !quiet {
+                eprintln!("distlockd run: releasing lock {:?}: {e}", lease.name());
+            }
+        }
+    }
+}
+
+/// The signal-forwarding thread.
+struct Forwarder {
+    handle: Handle,
+    thread: JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn start(mut signals: Signals, group: Pid) -> Forwarder {
+        let handle = signals.handle();
+        let thread = thread::spawn(move || {
+            for signal in signals.forever() {
+                if let Some(signal) = Signal::from_named_raw(signal) {
+                    // ESRCH: the command is gone already.
+                    let _ = kill_process_group(group, signal);
+                }
+            }
+        });
+        Forwarder { handle, thread }
+    }
+
+    fn stop(self) {
+        self.handle.close();
+        let _ = self.thread.join();
+    }
+}
+
+/// What is known of the lease's expiry, and the termination times it
+/// implies. See the module documentation.
+#[derive(Clone, Copy, Debug)]
+struct LeaseClock {
+    /// The server cannot expire the hold before this.
+    expiry_earliest: Instant,
+    grace: Duration,
+    margin: Duration,
+}
+
+impl LeaseClock {
+    /// `sent_at`: just before the ACQUIRE or EXTEND that granted `granted`
+    /// was sent; `ttl` is `--ttl`.
+    fn new(sent_at: Instant, granted: Duration, ttl: Duration, grace: Duration) -> LeaseClock {
+        LeaseClock {
+            expiry_earliest: sent_at + granted,
+            grace,
+            margin: ttl / MARGIN_TTL_DIVISOR,
+        }
+    }
+
+    fn renewed(&mut self, sent_at: Instant, granted: Duration) {
+        self.expiry_earliest = self.expiry_earliest.max(sent_at + granted);
+    }
+
+    /// The group must be dead by then.
+    fn kill_by(&self) -> Instant {
+        self.expiry_earliest
+            .checked_sub(self.margin)
+            .unwrap_or(self.expiry_earliest)
+    }
+
+    /// SIGTERM then, unless renewed meanwhile.
+    fn terminate_at(&self) -> Instant {
+        let kill_by = self.kill_by();
+        kill_by.checked_sub(self.grace).unwrap_or(kill_by)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Holding,
+    /// SIGTERM sent; SIGKILL due at `kill_at`.
+    Terminating {
+        kill_at: Instant,
+    },
+    /// SIGKILL sent.
+    Killed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// SIGTERM to the group; `lease_ran_out`: because renewals failed (not
+    /// because one answered NOT_HELD, which was reported already).
+    Terminate { lease_ran_out: bool },
+    /// SIGKILL to the group.
+    Kill,
+}
+
+/// Decides when to stop the command; pure: time is passed in.
+#[derive(Debug)]
+struct Supervisor {
+    clock: LeaseClock,
+    phase: Phase,
+    /// A renewal found the hold gone: terminate at the next poll.
+    lost: bool,
+}
+
+impl Supervisor {
+    fn new(clock: LeaseClock) -> Supervisor {
+        Supervisor {
+            clock,
+            phase: Phase::Holding,
+            lost: false,
+        }
+    }
+
+    fn renewed(&mut self, sent_at: Instant, granted: Duration) {
+        self.clock.renewed(sent_at, granted);
+    }
+
+    fn lost(&mut self) {
+        self.lost = true;
+    }
+
+    /// What to do to the group at `now`, if anything; advances the phase.
+    fn poll(&mut self, now: Instant) -> Option<Action> {
+        match self.phase {
+            Phase::Holding if self.lost || now >= self.clock.terminate_at() => {
+                // Late (a slow wake-up), the grace shrinks so that SIGKILL
+                // still lands by kill_by.
+                let kill_at = (now + self.clock.grace).min(self.clock.kill_by()).max(now);
+                self.phase = Phase::Terminating { kill_at };
+                Some(Action::Terminate {
+                    lease_ran_out: !self.lost,
+                })
+            }
+            Phase::Terminating { kill_at } if now >= kill_at => {
+                self.phase = Phase::Killed;
+                Some(Action::Kill)
+            }
+            _ => None,
+        }
+    }
+
+    /// When [`Supervisor::poll`] next has something to do, if ever without
+    /// new events.
+    fn wake_at(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Holding => Some(self.clock.terminate_at()),
+            Phase::Terminating { kill_at } => Some(kill_at),
+            Phase::Killed => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn parse_args(args: &[&str]) -> Result<Option<Options>, String> {
+        let mut parser = lexopt::Parser::from_args(args.iter().copied());
+        parse(&mut parser)
+    }
+
+    fn options(args: &[&str]) -> Options {
+        parse_args(args).unwrap().unwrap()
+    }
+
+    #[test]
+    fn command_starts_at_the_second_value_or_after_dashes() {
+        let o = options(&["job", "--ttl", "2s", "--", "sh", "-c", "exit 7"]);
+        assert_eq!(o.name, "job");
+        assert_eq!(o.command, ["sh", "-c", "exit 7"]);
+        assert_eq!(o.ttl, Duration::from_secs(2));
+        // The command's own options are not ours.
+        let o = options(&["--wait", "1s", "job", "ls", "--ttl", "-q"]);
+        assert_eq!(o.command, ["ls", "--ttl", "-q"]);
+        assert_eq!(o.wait, Duration::from_secs(1));
+        assert!(!o.quiet);
+    }
+
+    #[test]
+    fn defaults() {
+        let o = options(&["job", "true"]);
+        assert_eq!(o.ttl, TTL_DEFAULT);
+        assert_eq!(o.wait, Duration::ZERO);
+        assert_eq!(o.conflict_exit_code, 1);
+        assert_eq!(o.kill_grace, KILL_GRACE_DEFAULT_MAX);
+        assert_eq!(
+            options(&["job", "--ttl", "1s", "true"]).kill_grace,
+            250 * MS
+        );
+        assert!(parse_args(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_command_lines_name_the_problem() {
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        assert!(err(&[]).contains("NAME is missing"));
+        assert!(err(&["job"]).contains("COMMAND is missing"));
+        assert!(err(&["job", "--ttl", "50ms", "true"]).contains("under the minimum"));
+        assert!(
+            err(&["job", "--ttl", "1s", "--kill-grace", "600ms", "true"]).contains("over half")
+        );
+        assert!(err(&["job", "--conflict-exit-code", "300", "true"]).contains("0-255"));
+        assert!(err(&["job", "--bogus", "true"]).contains("--bogus"));
+    }
+
+    fn clock(t0: Instant) -> LeaseClock {
+        // TTL 1 s, grace 200 ms: margin 100 ms, SIGTERM at 700 ms, dead by 900 ms.
+        LeaseClock::new(t0, 1000 * MS, 1000 * MS, 200 * MS)
+    }
+
+    #[test]
+    fn failing_renewals_terminate_so_that_kill_lands_before_expiry() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(clock(t0));
+        assert_eq!(s.wake_at(), Some(t0 + 700 * MS));
+        assert_eq!(s.poll(t0 + 699 * MS), None);
+        assert_eq!(
+            s.poll(t0 + 700 * MS),
+            Some(Action::Terminate {
+                lease_ran_out: true
+            })
+        );
+        assert_eq!(s.wake_at(), Some(t0 + 900 * MS));
+        assert_eq!(s.poll(t0 + 899 * MS), None);
+        assert_eq!(s.poll(t0 + 900 * MS), Some(Action::Kill));
+        assert_eq!(s.wake_at(), None);
+        assert_eq!(s.poll(t0 + 5000 * MS), None);
+    }
+
+    #[test]
+    fn a_late_wake_up_shortens_the_grace() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(clock(t0));
+        assert!(s.poll(t0 + 850 * MS).is_some());
+        assert_eq!(
+            s.phase,
+            Phase::Terminating {
+                kill_at: t0 + 900 * MS
+            }
+        );
+        let mut s = Supervisor::new(clock(t0));
+        assert!(s.poll(t0 + 2000 * MS).is_some());
+        assert_eq!(s.poll(t0 + 2000 * MS), Some(Action::Kill));
+    }
+
+    #[test]
+    fn renewals_push_the_deadline_and_stale_ones_do_not_pull_it() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(clock(t0));
+        s.renewed(t0 + 333 * MS, 1000 * MS);
+        assert_eq!(s.wake_at(), Some(t0 + 1033 * MS));
+        assert_eq!(s.poll(t0 + 800 * MS), None);
+        s.renewed(t0 + 100 * MS, 1000 * MS);
+        assert_eq!(s.wake_at(), Some(t0 + 1033 * MS));
+    }
+
+    #[test]
+    fn not_held_terminates_at_once() {
+        let t0 = Instant::now();
+        let mut s = Supervisor::new(clock(t0));
+        s.lost();
+        assert_eq!(
+            s.poll(t0 + 10 * MS),
+            Some(Action::Terminate {
+                lease_ran_out: false
+            })
+        );
+        assert_eq!(
+            s.phase,
+            Phase::Terminating {
+                kill_at: t0 + 210 * MS
+            }
+        );
+        // A renewal that succeeds later does not call it off.
+        s.renewed(t0 + 20 * MS, 1000 * MS);
+        assert_eq!(s.poll(t0 + 210 * MS), Some(Action::Kill));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+        assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    }
 }
