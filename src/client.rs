@@ -33,8 +33,9 @@
 //! # Guarantees
 //!
 //! - **Exclusion while the lease is valid.** A hold ends at [`Client::release`],
-//!   at its TTL (the server expires it; this client never renews on its own,
-//!   call [`Client::extend`]), or, for a client built with
+//!   at its TTL (the server expires it; only a [`RenewingGuard`] from
+//!   [`Client::lock_renewing`] or a [`Leadership`] renews on its own,
+//!   otherwise call [`Client::extend`]), or, for a client built with
 //!   [`ClientBuilder::session`], when the connection that acquired it closes.
 //!   Work that may outlive the TTL must be fenced: the resource compares
 //!   [`Lease::token`]s, which only ever increase, also across server restarts.
@@ -53,6 +54,12 @@
 //!   A thread that finds all `pool_size` connections busy waits (without a
 //!   timeout of its own) for one of those requests to finish, and each of
 //!   them is bounded as above.
+//! - **Renewal never outlives its guard, and loss is told.** A
+//!   [`RenewingGuard`] renews from a background thread that is stopped and
+//!   joined before the guard's release is sent. It reports the lease lost
+//!   when the server says so, or at the earliest moment the server could
+//!   have expired it with no renewal confirmed (see [`Lost`]).
+//!   [`Election`] builds leader election on the same guard.
 //! - **A release is never starved by waiters.** At most `pool_size - 1`
 //!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
 //!   always reach the server to release it.
@@ -66,6 +73,12 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
+
+mod election;
+mod renew;
+
+pub use election::{Election, Leadership};
+pub use renew::{Lost, RenewingGuard};
 
 use crate::auth::{SECRET_LEN_MAX, Secret};
 use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
@@ -81,6 +94,15 @@ pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 /// Retries after a connection failure, so four attempts in all.
 pub const RETRIES_DEFAULT: u32 = 3;
+/// A renewing guard renews every TTL/3: two renewals can fail before the
+/// lease ends.
+pub const RENEWALS_PER_TTL_DEFAULT: u32 = 3;
+/// At least two renewals per TTL, so one failed renewal leaves time for
+/// another before the lease ends.
+pub const RENEWALS_PER_TTL_MIN: u32 = 2;
+/// More than this would renew every few milliseconds at common TTLs and
+/// only load the server.
+pub const RENEWALS_PER_TTL_MAX: u32 = 100;
 /// Connections per client: enough for a handful of threads waiting at once.
 pub const POOL_SIZE_DEFAULT: usize = 8;
 /// One connection for waiting ACQUIREs and one kept for everything else, so
@@ -372,6 +394,7 @@ pub struct ClientBuilder {
     session: bool,
     client_id: Option<String>,
     auth_secret: Option<Secret>,
+    renewals_per_ttl: u32,
 }
 
 impl ClientBuilder {
@@ -405,6 +428,13 @@ impl ClientBuilder {
     /// holds survive disconnects until released or expired.
     pub fn session(mut self, session: bool) -> Self {
         self.session = session;
+        self
+    }
+
+    /// How often a [`RenewingGuard`] (and a [`Leadership`]) renews: every
+    /// TTL / `renewals_per_ttl` (default 3, from 2 to 100).
+    pub fn renewals_per_ttl(mut self, renewals_per_ttl: u32) -> Self {
+        self.renewals_per_ttl = renewals_per_ttl;
         self
     }
 
@@ -448,6 +478,12 @@ impl ClientBuilder {
                 self.pool_size
             ));
         }
+        if !(RENEWALS_PER_TTL_MIN..=RENEWALS_PER_TTL_MAX).contains(&self.renewals_per_ttl) {
+            return invalid(format!(
+                "renewals_per_ttl {}: use {RENEWALS_PER_TTL_MIN} to {RENEWALS_PER_TTL_MAX} (3 renews every TTL/3)",
+                self.renewals_per_ttl
+            ));
+        }
         let client_id = match self.client_id {
             Some(id) => id,
             None => generated_client_id(),
@@ -470,6 +506,7 @@ impl ClientBuilder {
             pool: Pool::new(self.pool_size),
             holds: Mutex::new(HashMap::new()),
             auth_secret: self.auth_secret,
+            renewals_per_ttl: self.renewals_per_ttl,
         })
     }
 }
@@ -490,6 +527,7 @@ pub struct Client {
     /// The latest hold this client took on each name, for [`Client::release`].
     holds: Mutex<HashMap<String, Lease>>,
     auth_secret: Option<Secret>,
+    renewals_per_ttl: u32,
 }
 
 impl fmt::Debug for Client {
@@ -502,6 +540,7 @@ impl fmt::Debug for Client {
             .field("retries", &self.retries)
             .field("session", &(self.flags & FLAG_SESSION != 0))
             .field("pool_size", &self.pool.size)
+            .field("renewals_per_ttl", &self.renewals_per_ttl)
             .finish()
     }
 }
@@ -522,6 +561,7 @@ impl Client {
             session: false,
             client_id: None,
             auth_secret: None,
+            renewals_per_ttl: RENEWALS_PER_TTL_DEFAULT,
         }
     }
 
@@ -608,7 +648,7 @@ impl Client {
     /// for up to `wait`. `Err(AcquireTimeout)` if it stayed held.
     pub fn acquire(&self, name: &str, wait: Duration) -> Result<Lease> {
         let started = Instant::now();
-        match self.acquire_inner(name, wait)? {
+        match self.acquire_inner(name, wait, self.flags)? {
             Some(lease) => Ok(lease),
             None => Err(Error::AcquireTimeout {
                 name: name.to_owned(),
@@ -619,7 +659,7 @@ impl Client {
 
     /// Takes `name` if it is free: `Ok(None)` if someone else holds it.
     pub fn try_acquire(&self, name: &str) -> Result<Option<Lease>> {
-        self.acquire_inner(name, Duration::ZERO)
+        self.acquire_inner(name, Duration::ZERO, self.flags)
     }
 
     /// [`Client::acquire`] returning a guard that releases on drop.
@@ -677,6 +717,18 @@ impl Client {
     /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
     /// TTL the server applied. `Err(NotHeld)` if the hold was lost.
     pub fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Duration> {
+        self.extend_within(lease, ttl, self.retries, None)
+    }
+
+    /// [`Client::extend`] with `retries` and, if given, no I/O past
+    /// `deadline` (see [`Client::call_within`]).
+    fn extend_within(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        retries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Duration> {
         if ttl.is_zero() {
             // On the wire 0 means "the server's default", which is not what
             // a caller passing zero means.
@@ -688,7 +740,7 @@ impl Client {
             token: lease.token,
             ttl_ms: duration_to_ms(ttl),
         };
-        match self.call(&op, self.retries)? {
+        match self.call_within(&op, retries, deadline)? {
             Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
             Answer::NotHeld(reason) => {
                 self.forget(lease);
@@ -703,7 +755,7 @@ impl Client {
     }
 
     /// `Ok(None)`: still held by another owner when the wait ended.
-    fn acquire_inner(&self, name: &str, wait: Duration) -> Result<Option<Lease>> {
+    fn acquire_inner(&self, name: &str, wait: Duration, flags: u8) -> Result<Option<Lease>> {
         check_name(name)?;
         let owner = self.next_owner();
         let op = Op::Acquire {
@@ -711,7 +763,7 @@ impl Client {
             owner: &owner,
             ttl_ms: self.ttl_ms,
             wait,
-            flags: self.flags,
+            flags,
         };
         match self.call(&op, self.retries)? {
             Answer::Granted { token, ttl_ms } => {
@@ -759,6 +811,14 @@ impl Client {
     /// Sends `op` and returns its reply, retrying connection failures up to
     /// `retries` times with backoff.
     fn call(&self, op: &Op<'_>, retries: u32) -> Result<Answer> {
+        self.call_within(op, retries, None)
+    }
+
+    /// [`Client::call`], and with a `deadline` no attempt starts at or after
+    /// it, each attempt's connect and read timeouts end by it, and backoff
+    /// sleeps stop at it. Writes keep the client's timeout: a request frame
+    /// is small enough for an empty socket buffer, so a write does not block.
+    fn call_within(&self, op: &Op<'_>, retries: u32, deadline: Option<Instant>) -> Result<Answer> {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut stale_retry_used = false;
@@ -768,7 +828,24 @@ impl Client {
             // against the caller's wait too.
             let wait_ms = op.wait_ms_left(started.elapsed());
             let reused = slot.conn.is_some();
-            let error = match self.attempt(&mut slot, op, wait_ms) {
+            let io_timeout = match deadline {
+                None => self.timeout,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Error::Connection {
+                            addr: self.addr.clone(),
+                            attempts,
+                            source: io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("{} not sent: its deadline passed", op.kind_name()),
+                            ),
+                        });
+                    }
+                    left.min(self.timeout)
+                }
+            };
+            let error = match self.attempt(&mut slot, op, wait_ms, io_timeout) {
                 Ok(answer) => return Ok(answer),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Io(e)) => e,
@@ -794,7 +871,10 @@ impl Client {
                     source: error,
                 });
             }
-            let delay = self.backoff(attempts);
+            let mut delay = self.backoff(attempts);
+            if let Some(deadline) = deadline {
+                delay = delay.min(deadline.saturating_duration_since(Instant::now()));
+            }
             debug!(
                 "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
                 self.addr
@@ -806,16 +886,22 @@ impl Client {
     /// One request on one connection. On any failure the connection is
     /// dropped (it is not in `slot`), so the pool never holds a connection
     /// whose next bytes are unknown.
-    fn attempt(&self, slot: &mut Slot<'_>, op: &Op<'_>, wait_ms: u32) -> Result<Answer, Failure> {
+    /// `io_timeout` bounds connecting and each read (plus the server's wait
+    /// for a waiting ACQUIRE).
+    fn attempt(
+        &self,
+        slot: &mut Slot<'_>,
+        op: &Op<'_>,
+        wait_ms: u32,
+        io_timeout: Duration,
+    ) -> Result<Answer, Failure> {
         let mut conn = match slot.conn.take() {
             Some(conn) => conn,
-            None => self.connect()?,
+            None => self.connect(io_timeout)?,
         };
         let mut frame = Vec::with_capacity(64);
         op.request(wait_ms).encode_to_vec(&mut frame);
-        let read_timeout = self
-            .timeout
-            .saturating_add(Duration::from_millis(wait_ms as u64));
+        let read_timeout = io_timeout.saturating_add(Duration::from_millis(wait_ms as u64));
         let answer = conn.exchange(&frame, read_timeout)?;
         if !op.accepts(&answer) {
             return Err(Failure::Fatal(Error::Protocol {
@@ -829,11 +915,11 @@ impl Client {
     }
 
     /// Opens a connection and exchanges HELLO.
-    fn connect(&self) -> Result<Conn, Failure> {
+    fn connect(&self, io_timeout: Duration) -> Result<Conn, Failure> {
         let mut last_error = None;
         for addr in self.addr.to_socket_addrs().map_err(Failure::Io)? {
-            match TcpStream::connect_timeout(&addr, self.timeout) {
-                Ok(stream) => return self.handshake(stream),
+            match TcpStream::connect_timeout(&addr, io_timeout) {
+                Ok(stream) => return self.handshake(stream, io_timeout),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -845,7 +931,7 @@ impl Client {
         })))
     }
 
-    fn handshake(&self, stream: TcpStream) -> Result<Conn, Failure> {
+    fn handshake(&self, stream: TcpStream, io_timeout: Duration) -> Result<Conn, Failure> {
         // Requests are single small frames; Nagle would hold each one back
         // waiting for an ACK.
         stream.set_nodelay(true).map_err(Failure::Io)?;
@@ -863,9 +949,9 @@ impl Client {
             client_name: CLIENT_NAME.as_bytes(),
         }
         .encode_to_vec(&mut frame);
-        match conn.exchange(&frame, self.timeout)? {
+        match conn.exchange(&frame, io_timeout)? {
             Answer::Hello(info) if (1..=PROTOCOL_VERSION).contains(&info.protocol_version) => {
-                self.authenticate(&mut conn)?;
+                self.authenticate(&mut conn, io_timeout)?;
                 Ok(conn)
             }
             Answer::Hello(info) => Err(Failure::Fatal(Error::Protocol {
@@ -882,14 +968,14 @@ impl Client {
     }
 
     /// Sends AUTH when this client has a secret.
-    fn authenticate(&self, conn: &mut Conn) -> Result<(), Failure> {
+    fn authenticate(&self, conn: &mut Conn, io_timeout: Duration) -> Result<(), Failure> {
         let Some(secret) = &self.auth_secret else {
             return Ok(());
         };
         let secret = secret.as_bytes();
         let mut frame = Vec::with_capacity(4 + secret.len());
         Request::Auth { secret }.encode_to_vec(&mut frame);
-        match conn.exchange(&frame, self.timeout)? {
+        match conn.exchange(&frame, io_timeout)? {
             Answer::Authed => Ok(()),
             Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
             other => Err(Failure::Fatal(Error::Protocol {

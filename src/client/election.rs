@@ -1,0 +1,129 @@
+//! Leader election on one lock name: whoever holds the lock leads.
+//!
+//! A candidate [campaigns](Election::campaign) by waiting for the lock in the
+//! server's FIFO queue, so candidates become leader in the order they asked.
+//! The leader's hold is a SESSION hold (whatever the client's own
+//! [`session`](super::ClientBuilder::session) setting): if the leader's
+//! process dies or its connection to the server breaks, the server frees the
+//! lock at once and the next candidate leads, without waiting for the TTL.
+//! While leading, a [`RenewingGuard`] keeps the hold alive.
+//!
+//! # What is guaranteed, and what is not
+//!
+//! - **Leadership is a lease.** At most one candidate holds the lock at any
+//!   moment on the server, and each term has its own fencing token, larger
+//!   than every earlier term's. But a leader that is paused (GC, swap, a
+//!   stopped VM) or cut off may lose the lock and not know it until its next
+//!   renewal or the lease's end; another leader may act meanwhile. Anything
+//!   the leader changes must therefore check the token
+//!   ([`Leadership::token`]) and refuse writes from older terms.
+//! - **Losing is told**, as for any [`RenewingGuard`]: by
+//!   [`Leadership::is_lost`], [`Leadership::wait_lost`] and
+//!   [`Leadership::on_lost`], at the lease's end at the latest (see the
+//!   timing rule in [`RenewingGuard`]'s module).
+//! - **The leader's identity is not published.** The server never reveals
+//!   owners; [`Election::leader`] tells the current term's token and how
+//!   long its hold has left. A leader that must be found (to send it work)
+//!   publishes its address elsewhere, tagged with its token, so readers can
+//!   ignore entries from older terms.
+//! - **A SESSION hold is bound to one pooled connection** (the one that
+//!   carried the winning ACQUIRE). If that connection fails or is closed,
+//!   for example by the server's `idle_timeout_ms` while it sits unused in
+//!   the pool, the leadership ends and the next renewal reports it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Client, Lease, LockStatus, Lost, RenewingGuard, Result, check_name};
+use crate::protocol::FLAG_SESSION;
+
+/// Candidates for leadership of one name, sharing a client.
+#[derive(Clone, Debug)]
+pub struct Election {
+    client: Arc<Client>,
+    name: String,
+}
+
+impl Election {
+    /// An election on lock `name`. Nothing is sent until
+    /// [`campaign`](Election::campaign) or [`leader`](Election::leader).
+    pub fn new(client: Arc<Client>, name: impl Into<String>) -> Result<Election> {
+        let name = name.into();
+        check_name(&name)?;
+        Ok(Election { client, name })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Blocks until this candidate leads, or `wait` passes
+    /// (`Err(AcquireTimeout)`; campaign again to keep waiting). The wait is
+    /// the server's: at most its `wait_ms_max` (an hour by default).
+    ///
+    /// # Panics
+    ///
+    /// As [`Client::lock_renewing`].
+    pub fn campaign(&self, wait: Duration) -> Result<Leadership> {
+        let flags = self.client.flags | FLAG_SESSION;
+        let guard = RenewingGuard::acquire(Arc::clone(&self.client), &self.name, wait, flags)?;
+        Ok(Leadership { guard })
+    }
+
+    /// The current term: its token and how long its hold has left unless
+    /// renewed; `None` while nobody leads. `waiters` counts the candidates
+    /// queued behind the leader. Only a snapshot: a new term may begin as
+    /// soon as it is read.
+    pub fn leader(&self) -> Result<Option<LockStatus>> {
+        self.client.status(&self.name)
+    }
+}
+
+/// This candidate leads until it [resigns](Leadership::resign), drops this
+/// value (which resigns too), or loses the lease.
+#[must_use = "leadership ends as soon as it is dropped"]
+#[derive(Debug)]
+pub struct Leadership {
+    guard: RenewingGuard,
+}
+
+impl Leadership {
+    /// The term's fencing token: pass it with every action taken as leader.
+    pub fn token(&self) -> u64 {
+        self.guard.token()
+    }
+
+    pub fn name(&self) -> &str {
+        self.guard.name()
+    }
+
+    pub fn lease(&self) -> &Lease {
+        self.guard.lease()
+    }
+
+    /// See [`RenewingGuard::is_lost`].
+    pub fn is_lost(&self) -> bool {
+        self.guard.is_lost()
+    }
+
+    /// See [`RenewingGuard::lost`].
+    pub fn lost(&self) -> Option<Lost> {
+        self.guard.lost()
+    }
+
+    /// See [`RenewingGuard::wait_lost`].
+    pub fn wait_lost(&self, timeout: Duration) -> Option<Lost> {
+        self.guard.wait_lost(timeout)
+    }
+
+    /// See [`RenewingGuard::on_lost`].
+    pub fn on_lost(&self, f: impl FnOnce(&Lost) + Send + 'static) {
+        self.guard.on_lost(f)
+    }
+
+    /// Stops renewing and releases the lock, so the next candidate leads at
+    /// once. `Err(NotHeld)` if leadership was already lost.
+    pub fn resign(self) -> Result<()> {
+        self.guard.unlock()
+    }
+}

@@ -1,0 +1,496 @@
+//! Auto-renewing holds: a [`RenewingGuard`] and the thread that renews it.
+//!
+//! The guard owns one background thread that sends EXTEND every TTL / n
+//! ([`ClientBuilder::renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl),
+//! n = 3 by default) until the guard is dropped or unlocked, or the lease is
+//! lost. Guard and thread share one [`State`] under a mutex; the condition
+//! variable wakes the thread when the guard stops it and wakes
+//! [`RenewingGuard::wait_lost`] when the lease is renewed or lost.
+//!
+//! # When the lease counts as lost
+//!
+//! The client cannot see the server's clock, so it keeps the earliest moment
+//! at which the server may expire the hold, `valid_until`: the moment the
+//! last confirmed ACQUIRE or EXTEND was *sent* (before any of its retries),
+//! plus the TTL the server granted. The server started that TTL on
+//! receiving the request, which is no earlier (assuming both clocks run at
+//! the same rate). The lease is lost:
+//!
+//! - when the server answers an EXTEND with NOT_HELD ([`Lost::NotHeld`]), or
+//! - at `valid_until` if no EXTEND was confirmed before it
+//!   ([`Lost::LeaseEnded`]), even if the server has not expired it yet: past
+//!   that moment the holder can no longer know.
+//!
+//! Loss is final: an EXTEND confirmed after `valid_until` does not bring the
+//! lease back, because someone may already have seen it lost.
+//! [`RenewingGuard::is_lost`] reads the clock itself, so it is exact even
+//! while the renewal thread is blocked in I/O; the thread never blocks past
+//! `valid_until` either (its connect and read timeouts end there), so the
+//! [`RenewingGuard::on_lost`] callback and [`RenewingGuard::wait_lost`] learn
+//! of a loss at `valid_until` at the latest, give or take scheduling.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use super::{Client, Error, Lease, NotHeldCause, Result, not_held_text};
+use crate::protocol::NotHeldReason;
+
+/// The shortest gap between two renewals, so a tiny granted TTL cannot make
+/// the thread spin.
+const RENEW_INTERVAL_MIN: Duration = Duration::from_millis(1);
+
+/// How a lease was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lost {
+    /// The server answered a renewal with NOT_HELD: the hold expired, was
+    /// released (e.g. by another process holding its owner and token), or,
+    /// for a SESSION hold, ended with the connection that took it.
+    NotHeld(NotHeldReason),
+    /// No renewal was confirmed before the lease's end (see the module
+    /// documentation); `last_error` is why the latest renewal failed, `None`
+    /// if it was still under way.
+    LeaseEnded { last_error: Option<String> },
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lost::NotHeld(reason) => write!(
+                f,
+                "the server refused to renew the lease: {}",
+                not_held_text(NotHeldCause::Server(*reason))
+            ),
+            Lost::LeaseEnded { last_error: None } => f.write_str(
+                "the lease ended before a renewal was confirmed (one was still under way)",
+            ),
+            Lost::LeaseEnded {
+                last_error: Some(error),
+            } => write!(
+                f,
+                "the lease ended before a renewal was confirmed; the last renewal failed: {error}"
+            ),
+        }
+    }
+}
+
+type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
+
+/// A held lock that a background thread keeps renewing until the guard is
+/// dropped or [unlocked](RenewingGuard::unlock), or the lease is lost.
+/// See [`Client::lock_renewing`] and the module documentation of the timing.
+///
+/// Dropping or unlocking stops the renewal thread and joins it *before* the
+/// RELEASE is sent, so no renewal is ever sent once drop or `unlock`
+/// returns. If an EXTEND is in flight at that moment, drop waits for it,
+/// which takes at most the client's timeout and never past the lease's end.
+/// A failed release on drop is logged, never panics.
+///
+/// Loss is told three ways: [`is_lost`](RenewingGuard::is_lost) to poll,
+/// [`wait_lost`](RenewingGuard::wait_lost) to block, and
+/// [`on_lost`](RenewingGuard::on_lost) to be called back. After a loss the
+/// thread stops renewing; the hold may still exist on the server until its
+/// TTL, and dropping the guard still releases it unless the server already
+/// said it was not held.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct RenewingGuard {
+    client: Arc<Client>,
+    lease: Lease,
+    shared: Arc<Shared>,
+    /// `None` once stopped (in `unlock` or drop).
+    renewer: Option<JoinHandle<()>>,
+    released: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    /// Set by the guard: the thread exits without sending anything more.
+    stopping: bool,
+    /// The earliest moment the server may expire the hold.
+    valid_until: Instant,
+    /// Final once set.
+    lost: Option<Lost>,
+    /// Why the latest renewal failed, cleared by a success.
+    last_error: Option<String>,
+    on_lost: Option<LostCallback>,
+    /// The thread has handed the loss to `on_lost` (or found none set), so
+    /// a callback set from now on runs at once on the caller's thread.
+    loss_delivered: bool,
+}
+
+impl State {
+    /// The loss, declaring it first if the lease's end has passed.
+    fn check(&mut self, now: Instant) -> Option<&Lost> {
+        if self.lost.is_none() && now >= self.valid_until {
+            self.lost = Some(Lost::LeaseEnded {
+                last_error: self.last_error.clone(),
+            });
+        }
+        debug_assert!(self.lost.is_some() || !self.loss_delivered);
+        self.lost.as_ref()
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A user callback never runs under this lock, and every update is
+        // complete before anything that could panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What the renewal thread woke up for.
+enum Wake {
+    Stop,
+    Lost,
+    /// Renew now; no I/O past this moment (the lease's end).
+    Renew {
+        deadline: Instant,
+    },
+}
+
+impl Client {
+    /// [`Client::lock`] with a guard that renews the hold in the background
+    /// every TTL / [`renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl)
+    /// until it is dropped, unlocked or lost. Needs an `Arc<Client>` because
+    /// the renewal thread shares the client.
+    ///
+    /// A grant that came later than the first renewal was due (after a wait
+    /// in the queue) is renewed once before this returns: its TTL counts from
+    /// the grant, which the client cannot see, and renewing pins it. If that
+    /// renewal fails the hold is released (best effort) and the error
+    /// returned.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start a thread (after releasing the
+    /// hold), as [`std::thread::spawn`] does.
+    pub fn lock_renewing(self: &Arc<Self>, name: &str, wait: Duration) -> Result<RenewingGuard> {
+        RenewingGuard::acquire(Arc::clone(self), name, wait, self.flags)
+    }
+
+    /// Time between renewals for a hold granted `ttl`.
+    fn renew_interval(&self, ttl: Duration) -> Duration {
+        (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
+    }
+}
+
+impl RenewingGuard {
+    /// Acquires `name` with `flags` and starts renewing it.
+    pub(super) fn acquire(
+        client: Arc<Client>,
+        name: &str,
+        wait: Duration,
+        flags: u8,
+    ) -> Result<RenewingGuard> {
+        let sent = Instant::now();
+        let Some(lease) = client.acquire_inner(name, wait, flags)? else {
+            return Err(Error::AcquireTimeout {
+                name: name.to_owned(),
+                waited: sent.elapsed(),
+            });
+        };
+        let (confirmed_at, ttl) = if sent.elapsed() < client.renew_interval(lease.ttl) {
+            (sent, lease.ttl)
+        } else {
+            pin_late_grant(&client, &lease)?
+        };
+        let valid_until = confirmed_at + ttl;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                stopping: false,
+                valid_until,
+                lost: None,
+                last_error: None,
+                on_lost: None,
+                loss_delivered: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let renewer = Renewer {
+            client: Arc::clone(&client),
+            lease: lease.clone(),
+            shared: Arc::clone(&shared),
+            next: confirmed_at + client.renew_interval(ttl),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("distlockd-renew".to_owned())
+            .spawn(move || renewer.run());
+        let renewer = match spawned {
+            Ok(handle) => handle,
+            Err(e) => {
+                if let Err(release) = client.release_lease(&lease) {
+                    warn!("releasing lock {name:?} after a failed thread start: {release}");
+                }
+                panic!("cannot start the renewal thread for lock {name:?}: {e}");
+            }
+        };
+        Ok(RenewingGuard {
+            client,
+            lease,
+            shared,
+            renewer: Some(renewer),
+            released: false,
+        })
+    }
+
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// The fencing token; it does not change when the hold is renewed.
+    pub fn token(&self) -> u64 {
+        self.lease.token
+    }
+
+    pub fn name(&self) -> &str {
+        &self.lease.name
+    }
+
+    /// Whether the lease is lost. Reads the clock: true from the lease's end
+    /// on, even while a renewal is still under way.
+    pub fn is_lost(&self) -> bool {
+        self.lost().is_some()
+    }
+
+    /// How the lease was lost, or `None` while it is held.
+    pub fn lost(&self) -> Option<Lost> {
+        self.shared.state().check(Instant::now()).cloned()
+    }
+
+    /// Blocks until the lease is lost (returning how) or `timeout` passes
+    /// (returning `None`).
+    pub fn wait_lost(&self, timeout: Duration) -> Option<Lost> {
+        let give_up = Instant::now() + timeout;
+        let mut state = self.shared.state();
+        loop {
+            let now = Instant::now();
+            if let Some(lost) = state.check(now) {
+                return Some(lost.clone());
+            }
+            if now >= give_up {
+                return None;
+            }
+            // Renewals move `valid_until` and notify; wake at it regardless.
+            let until = give_up.min(state.valid_until);
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Calls `f` once when the lease is lost, on the renewal thread, which
+    /// waits for it (so must the guard's drop: keep `f` short, e.g. set a
+    /// flag or send on a channel). If the loss was already handed on, `f`
+    /// runs at once on this thread. A later call replaces an earlier `f`
+    /// that has not run. Never called after the guard is dropped or
+    /// unlocked, nor for a guard that was not lost.
+    pub fn on_lost(&self, f: impl FnOnce(&Lost) + Send + 'static) {
+        let mut state = self.shared.state();
+        if state.loss_delivered {
+            let lost = state.lost.clone().expect("a delivered loss is recorded");
+            drop(state);
+            f(&lost);
+            return;
+        }
+        let replaced = state.on_lost.replace(Box::new(f));
+        drop(state);
+        drop(replaced); // outside the lock: its drop is user code
+    }
+
+    /// Stops renewing, releases now and reports the outcome: `NotHeld` if the
+    /// hold was already gone.
+    pub fn unlock(mut self) -> Result<()> {
+        self.stop_renewing();
+        self.released = true;
+        self.client.release_lease(&self.lease)
+    }
+
+    /// Stops the renewal thread and waits for it; returns the loss, if any.
+    fn stop_renewing(&mut self) -> Option<Lost> {
+        if let Some(renewer) = self.renewer.take() {
+            let callback = {
+                let mut state = self.shared.state();
+                state.stopping = true;
+                state.on_lost.take()
+            };
+            self.shared.changed.notify_all();
+            drop(callback);
+            if renewer.join().is_err() {
+                // Only a panicking on_lost callback gets here; its message
+                // was printed by the panic hook.
+                warn!(
+                    "the on_lost callback of lock {:?} (token {}) panicked",
+                    self.lease.name, self.lease.token
+                );
+            }
+        }
+        self.shared.state().lost.clone()
+    }
+}
+
+impl Drop for RenewingGuard {
+    fn drop(&mut self) {
+        let lost = self.stop_renewing();
+        if self.released || matches!(lost, Some(Lost::NotHeld(_))) {
+            return;
+        }
+        if let Err(e) = self.client.release_lease(&self.lease) {
+            warn!(
+                "releasing lock {:?} (token {}) on drop failed: {e}",
+                self.lease.name, self.lease.token
+            );
+        }
+    }
+}
+
+impl fmt::Debug for RenewingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewingGuard")
+            .field("lease", &self.lease)
+            .field("lost", &self.shared.state().lost)
+            .field("renewing", &self.renewer.is_some())
+            .finish()
+    }
+}
+
+/// Renews a grant that may have come after a wait, so the lease's end is
+/// counted from a moment known to be after the grant. Returns when that
+/// renewal was sent and the TTL it got.
+fn pin_late_grant(client: &Client, lease: &Lease) -> Result<(Instant, Duration)> {
+    let sent = Instant::now();
+    match client.extend(lease, lease.ttl) {
+        Ok(ttl) => Ok((sent, ttl)),
+        Err(e) => {
+            if !matches!(e, Error::NotHeld { .. })
+                && let Err(release) = client.release_lease(lease)
+            {
+                warn!(
+                    "releasing lock {:?} (token {}) after its first renewal failed: {release}",
+                    lease.name, lease.token
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The renewal thread's side.
+struct Renewer {
+    client: Arc<Client>,
+    lease: Lease,
+    shared: Arc<Shared>,
+    /// When to send the next EXTEND.
+    next: Instant,
+}
+
+impl Renewer {
+    fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            let deadline = match self.wait_until_due() {
+                Wake::Stop => return,
+                Wake::Lost => break,
+                Wake::Renew { deadline } => deadline,
+            };
+            let sent = Instant::now();
+            // One attempt per round: the retries are the rounds themselves,
+            // spaced by the client's backoff, until the lease's end. Giving
+            // up after a count would forfeit a lease that is still valid.
+            let result = self
+                .client
+                .extend_within(&self.lease, self.lease.ttl, 0, Some(deadline));
+            let mut state = self.shared.state();
+            if state.stopping {
+                return;
+            }
+            match result {
+                Ok(ttl) => {
+                    if state.check(Instant::now()).is_some() {
+                        // Confirmed too late: the loss may have been seen.
+                        break;
+                    }
+                    state.valid_until = sent + ttl;
+                    state.last_error = None;
+                    failures = 0;
+                    self.next = sent + self.client.renew_interval(ttl);
+                }
+                Err(Error::NotHeld {
+                    reason: NotHeldCause::Server(reason),
+                    ..
+                }) => {
+                    state.lost.get_or_insert(Lost::NotHeld(reason));
+                    break;
+                }
+                Err(e) => {
+                    debug!(
+                        "renewing lock {:?} (token {}): {e}",
+                        self.lease.name, self.lease.token
+                    );
+                    failures += 1;
+                    state.last_error = Some(e.to_string());
+                    self.next = Instant::now() + self.client.backoff(failures);
+                }
+            }
+            drop(state);
+            self.shared.changed.notify_all();
+        }
+        self.deliver_loss();
+    }
+
+    /// Sleeps until the next renewal is due, the guard stops it, or the
+    /// lease's end passes.
+    fn wait_until_due(&self) -> Wake {
+        let mut state = self.shared.state();
+        loop {
+            if state.stopping {
+                return Wake::Stop;
+            }
+            let now = Instant::now();
+            if state.check(now).is_some() {
+                return Wake::Lost;
+            }
+            if now >= self.next {
+                return Wake::Renew {
+                    deadline: state.valid_until,
+                };
+            }
+            let until = self.next.min(state.valid_until);
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Wakes `wait_lost` and runs the `on_lost` callback, outside the lock.
+    fn deliver_loss(&self) {
+        let (callback, lost) = {
+            let mut state = self.shared.state();
+            state.loss_delivered = true;
+            let lost = state.lost.clone().expect("the loop ends on a loss");
+            (state.on_lost.take(), lost)
+        };
+        self.shared.changed.notify_all();
+        warn!(
+            "lock {:?} (token {}) lost: {lost}",
+            self.lease.name, self.lease.token
+        );
+        if let Some(callback) = callback {
+            callback(&lost);
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! End-to-end tests of `Client::lock_renewing` against an in-process server
+//! over loopback: renewal keeps a short lease, stops when the guard goes,
+//! and loss is told. Waits are bounded; timing bounds are loose upper bounds.
+
+mod proxy;
+
+#[allow(dead_code)] // its `main` is for `cargo run --example`
+#[path = "../examples/cron_job.rs"]
+mod cron_job;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use distlockd::client::{Client, Error, Lost, NotHeldCause, RenewingGuard};
+use distlockd::protocol::NotHeldReason;
+use distlockd::server::{Config, Server, ServerHandle};
+
+use proxy::Proxy;
+
+const TTL: Duration = Duration::from_millis(300);
+/// Generous bound for things that should take milliseconds.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn start() -> ServerHandle {
+    Server::spawn(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .expect("start server on loopback")
+}
+
+/// A server that also serves `/metrics`, and that address.
+fn start_with_metrics() -> (ServerHandle, SocketAddr) {
+    let server = Server::bind(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .unwrap();
+    let http = server.http_addr().expect("HTTP listener");
+    (server.start().unwrap(), http)
+}
+
+fn renewing_client(addr: impl ToString, ttl: Duration) -> Arc<Client> {
+    Arc::new(
+        Client::builder(addr)
+            .ttl(ttl)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn plain_client(addr: SocketAddr) -> Client {
+    Client::builder(addr).timeout(PATIENCE).build().unwrap()
+}
+
+/// `distlockd_requests_total{command="extend"}` from the server's metrics.
+fn extends_served(http: SocketAddr) -> u64 {
+    let mut stream = TcpStream::connect(http).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let series = "distlockd_requests_total{command=\"extend\"} ";
+    let line = response
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series:?} in {response}"));
+    line.trim().parse().unwrap()
+}
+
+/// A channel that receives the guard's loss from its `on_lost` callback.
+fn loss_channel(guard: &RenewingGuard) -> mpsc::Receiver<(Lost, thread::ThreadId)> {
+    let (tx, rx) = mpsc::channel();
+    guard.on_lost(move |lost| {
+        let _ = tx.send((lost.clone(), thread::current().id()));
+    });
+    rx
+}
+
+#[test]
+fn renewal_keeps_a_short_lease_held_for_many_ttls() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = renewing_client(addr, TTL);
+    let other = plain_client(addr);
+
+    let guard = client.lock_renewing("report", PATIENCE).unwrap();
+    let token = guard.token();
+    let until = Instant::now() + TTL * 5;
+    while Instant::now() < until {
+        let status = client.status("report").unwrap().expect("still held");
+        assert_eq!(status.token, token, "the hold was never re-granted");
+        assert!(other.try_acquire("report").unwrap().is_none());
+        thread::sleep(TTL / 4);
+    }
+    assert!(!guard.is_lost());
+    assert_eq!(guard.lost(), None);
+    assert_eq!(guard.wait_lost(Duration::ZERO), None);
+
+    guard.unlock().expect("still ours, so the release succeeds");
+    let next = other
+        .try_acquire("report")
+        .unwrap()
+        .expect("free after unlock");
+    assert!(next.token() > token);
+}
+
+/// Runs `stop` on a renewing guard while EXTENDs are frequent, then checks
+/// that the server sees no EXTEND after `stop` returns.
+fn assert_no_renewal_after(stop: impl Fn(RenewingGuard)) {
+    let (server, http) = start_with_metrics();
+    let addr = server.local_addr();
+    // Renewing every 3 ms makes it likely that `stop` lands while an
+    // EXTEND is in flight, the case where it must wait for the thread.
+    let client = Arc::new(
+        Client::builder(addr)
+            .ttl(TTL)
+            .renewals_per_ttl(100)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    );
+    let other = plain_client(addr);
+    for round in 0..10 {
+        let before = extends_served(http);
+        let guard = client.lock_renewing("job", PATIENCE).unwrap();
+        thread::sleep(Duration::from_millis(20 + round * 3));
+        stop(guard);
+        let after_stop = extends_served(http);
+        assert!(
+            after_stop > before,
+            "round {round}: the guard never renewed"
+        );
+        assert_eq!(client.status("job").unwrap(), None, "released on stop");
+        // Dozens of renewal intervals: a live renewal thread would show.
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            extends_served(http),
+            after_stop,
+            "round {round}: an EXTEND was sent after the guard was stopped"
+        );
+    }
+    // The name is free for others, and theirs to keep.
+    let lease = other.try_acquire("job").unwrap().expect("free");
+    thread::sleep(Duration::from_millis(50));
+    let status = other.status("job").unwrap().expect("held");
+    assert_eq!(status.token, lease.token());
+}
+
+#[test]
+fn dropping_the_guard_stops_renewal_before_it_returns() {
+    assert_no_renewal_after(drop);
+}
+
+#[test]
+fn unlocking_the_guard_stops_renewal_before_it_returns() {
+    assert_no_renewal_after(|guard| guard.unlock().unwrap());
+}
+
+#[test]
+fn loss_is_told_when_the_server_no_longer_has_the_hold() {
+    let server = start();
+    let addr = server.local_addr();
+    // A long TTL, renewed often: the loss must come from the server's
+    // NOT_HELD at the next renewal, long before the lease could end.
+    let client = Arc::new(
+        Client::builder(addr)
+            .ttl(Duration::from_secs(30))
+            .renewals_per_ttl(100) // every 300 ms
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    );
+    let other = plain_client(addr);
+    let guard = client.lock_renewing("cache", PATIENCE).unwrap();
+    let losses = loss_channel(&guard);
+    assert!(!guard.is_lost());
+
+    // Someone who knows the owner and token (an operator's CLI) releases it.
+    other.release_lease(guard.lease()).unwrap();
+    let (lost, thread) = losses.recv_timeout(PATIENCE).expect("on_lost called");
+    assert_eq!(lost, Lost::NotHeld(NotHeldReason::Free));
+    assert_ne!(thread, thread::current().id(), "runs on the renewal thread");
+    assert!(guard.is_lost());
+    assert_eq!(guard.wait_lost(Duration::ZERO), Some(lost.clone()));
+    assert!(lost.to_string().contains("refused to renew"), "{lost}");
+
+    // A callback set after the loss runs at once, here.
+    let late = loss_channel(&guard);
+    let (late_lost, late_thread) = late.try_recv().expect("ran at once");
+    assert_eq!((late_lost, late_thread), (lost, thread::current().id()));
+
+    // Another owner takes it; the lost guard's drop must not disturb it.
+    let lease = other.try_acquire("cache").unwrap().expect("free");
+    drop(guard);
+    let status = client.status("cache").unwrap().expect("held by other");
+    assert_eq!(status.token, lease.token());
+}
+
+#[test]
+fn unlock_after_a_loss_reports_not_held() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = renewing_client(addr, TTL);
+    let guard = client.lock_renewing("cache", PATIENCE).unwrap();
+    plain_client(addr).release_lease(guard.lease()).unwrap();
+    assert!(guard.wait_lost(PATIENCE).is_some());
+    match guard.unlock() {
+        Err(Error::NotHeld {
+            reason: NotHeldCause::Server(NotHeldReason::Free),
+            ..
+        }) => {}
+        other => panic!("expected NotHeld(Free), got {other:?}"),
+    }
+}
+
+#[test]
+fn loss_is_told_by_the_lease_end_when_the_server_is_gone() {
+    let server = start();
+    let client = Arc::new(
+        Client::builder(server.local_addr())
+            .ttl(TTL)
+            .retries(1) // keeps the drop's failed RELEASE short
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    );
+    let guard = client.lock_renewing("report", PATIENCE).unwrap();
+    let losses = loss_channel(&guard);
+    thread::sleep(TTL); // a few renewals
+    assert!(!guard.is_lost());
+
+    let stopped_at = Instant::now();
+    server.stop().unwrap();
+    let lost = guard
+        .wait_lost(PATIENCE)
+        .expect("lost once the server is gone");
+    assert!(
+        matches!(lost, Lost::LeaseEnded { .. }),
+        "expected LeaseEnded, got {lost:?}"
+    );
+    // At the latest one TTL after the last renewal, which preceded the
+    // stop; the slack is for a loaded machine.
+    assert!(stopped_at.elapsed() < TTL + Duration::from_secs(2));
+    let (told, _) = losses.recv_timeout(PATIENCE).expect("on_lost called");
+    assert_eq!(told, lost);
+    assert!(guard.is_lost(), "loss is final");
+}
+
+#[test]
+fn a_renewal_that_gets_no_answer_does_not_delay_the_loss() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    // The I/O timeout is far longer than the TTL: only a renewal whose I/O
+    // ends at the lease's end reports the loss well before the timeout.
+    let io_timeout = Duration::from_secs(20);
+    let client = Arc::new(
+        Client::builder(proxy.addr())
+            .ttl(TTL)
+            .retries(0)
+            .timeout(io_timeout)
+            .build()
+            .unwrap(),
+    );
+    let guard = client.lock_renewing("report", PATIENCE).unwrap();
+    let losses = loss_channel(&guard);
+    thread::sleep(TTL);
+    assert!(!guard.is_lost());
+
+    let stalled_at = Instant::now();
+    proxy.stall();
+    let (lost, _) = losses.recv_timeout(io_timeout / 2).expect("on_lost called");
+    assert!(matches!(lost, Lost::LeaseEnded { .. }), "{lost:?}");
+    assert!(stalled_at.elapsed() < io_timeout / 2);
+    assert!(guard.is_lost());
+
+    // Close the proxy so the drop's RELEASE fails fast instead of waiting.
+    drop(proxy);
+    drop(guard);
+}
+
+#[test]
+fn a_grant_after_a_long_wait_is_pinned_by_a_renewal() {
+    let server = start();
+    let addr = server.local_addr();
+    let holder = plain_client(addr);
+    let first = holder.acquire("queue", PATIENCE).unwrap();
+    let client = renewing_client(addr, TTL);
+    let waiter = {
+        let client = Arc::clone(&client);
+        thread::spawn(move || client.lock_renewing("queue", PATIENCE))
+    };
+    // Longer than the TTL: counted from the ACQUIRE's send time, the lease
+    // would have ended before it was even granted.
+    thread::sleep(TTL * 2);
+    holder.release_lease(&first).unwrap();
+    let guard = waiter.join().unwrap().expect("granted after the release");
+    assert!(!guard.is_lost(), "{:?}", guard.lost());
+    thread::sleep(TTL * 2);
+    assert!(!guard.is_lost(), "{:?}", guard.lost());
+    let status = client.status("queue").unwrap().expect("held");
+    assert_eq!(status.token, guard.token());
+}
+
+#[test]
+fn a_busy_lock_is_not_taken_without_waiting() {
+    let server = start();
+    let client = renewing_client(server.local_addr(), TTL);
+    let _held = client.lock_renewing("busy", PATIENCE).unwrap();
+    match client.lock_renewing("busy", Duration::ZERO) {
+        Err(Error::AcquireTimeout { name, .. }) => assert_eq!(name, "busy"),
+        other => panic!("expected AcquireTimeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn renewals_per_ttl_is_checked() {
+    for bad in [0, 1, 101] {
+        let err = Client::builder("127.0.0.1:9")
+            .renewals_per_ttl(bad)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. })
+                && err.to_string().contains("renewals_per_ttl"),
+            "{bad}: {err}"
+        );
+    }
+    for good in [2, 3, 100] {
+        assert!(
+            Client::builder("127.0.0.1:9")
+                .renewals_per_ttl(good)
+                .build()
+                .is_ok()
+        );
+    }
+}
+
+#[test]
+fn cron_job_example_runs_once_at_a_time_and_outlives_its_ttl() {
+    let server = start();
+    let addr = server.local_addr();
+    let worker_a = renewing_client(addr, TTL);
+    let worker_b = renewing_client(addr, TTL);
+
+    let mut skipped_b = None;
+    let mut steps_done = 0;
+    let outcome = cron_job::run_job(&worker_a, "nightly-report", 4, |_guard, step| {
+        if step == 0 {
+            // Worker B starts while A runs: it must skip.
+            skipped_b = Some(cron_job::run_job(&worker_b, "nightly-report", 4, |_, _| {
+                panic!("B ran while A held the lock")
+            }));
+        }
+        steps_done += 1;
+        thread::sleep(TTL / 2); // four steps: twice the TTL in all
+    })
+    .unwrap();
+    let cron_job::Outcome::Done { token } = outcome else {
+        panic!("A did not finish: {outcome:?}");
+    };
+    assert_eq!(steps_done, 4);
+    assert!(
+        matches!(skipped_b, Some(Ok(cron_job::Outcome::Skipped))),
+        "{skipped_b:?}"
+    );
+
+    // Released at the end: the next run goes ahead with a newer token.
+    let outcome = cron_job::run_job(&worker_b, "nightly-report", 1, |_, _| {}).unwrap();
+    assert!(
+        matches!(outcome, cron_job::Outcome::Done { token: t } if t > token),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn cron_job_example_stops_when_the_lock_is_lost() {
+    let server = start();
+    let addr = server.local_addr();
+    let worker = renewing_client(addr, TTL);
+    let operator = plain_client(addr);
+    let outcome = cron_job::run_job(&worker, "nightly-report", 100, |guard, step| {
+        if step == 1 {
+            let status = worker.status("nightly-report").unwrap().expect("held");
+            assert_eq!(status.token, guard.token());
+        }
+        if step == 2 {
+            // An operator frees the lock behind the job's back; the next
+            // renewal notices.
+            operator.release_lease(guard.lease()).unwrap();
+            assert!(guard.wait_lost(PATIENCE).is_some());
+        }
+    })
+    .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            cron_job::Outcome::Abandoned {
+                step: 3,
+                lost: Lost::NotHeld(NotHeldReason::Free),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
