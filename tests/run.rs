@@ -1,0 +1,436 @@
+//! `distlockd run` end to end: a real server process, `run` as a user runs
+//! it, and shell commands as the jobs. What is checked: exit status
+//! passthrough, the environment, conflicts and waits, release on exit,
+//! renewal past several TTLs, the command killed when the lease is lost
+//! (renewals failing, or a renewal answered NOT_HELD), SESSION holds, and
+//! signals passed on to the command.
+//!
+//! Timing: the precise SIGTERM/SIGKILL schedule is unit-tested on the pure
+//! supervisor in src/cli/run.rs; here bounds are loose (seconds), and the
+//! commands are shell scripts that wait for marker files, not for time.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use distlockd::client::Client;
+
+mod common;
+use common::{send_signal, start_server, start_server_on};
+
+/// Bound on any one `run` in these tests.
+const RUN_WAIT_MAX: Duration = Duration::from_secs(20);
+/// Bound on waiting for a marker file a command writes.
+const MARKER_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// A scratch directory for one test's marker files, removed at the end.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("distlockd-run-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// The path as shell text (the directory has no quotes or spaces).
+    fn sh(&self, file: &str) -> String {
+        self.path(file).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `distlockd run NAME --port PORT EXTRA... -- sh -c SCRIPT`.
+fn run_cmd(port: u16, name: &str, extra: &[&str], script: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+    cmd.args(["run", name, "--port", &port.to_string()])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// A `run` process, killed if the test ends early.
+struct Run(Option<Child>);
+
+impl Run {
+    fn start(cmd: &mut Command) -> Run {
+        Run(Some(cmd.spawn().expect("start distlockd run")))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.as_mut().unwrap().try_wait().unwrap()
+    }
+
+    /// Waits (bounded) for the exit; status, stdout and stderr.
+    fn finish(mut self) -> Output {
+        let deadline = Instant::now() + RUN_WAIT_MAX;
+        while self.exited().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "distlockd run did not exit within {RUN_WAIT_MAX:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn wait_for_file(path: &Path) -> String {
+    let deadline = Instant::now() + MARKER_WAIT_MAX;
+    loop {
+        if let Ok(content) = fs::read_to_string(path)
+            && content.ends_with('\n')
+        {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not written within {MARKER_WAIT_MAX:?}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A shell loop that waits (bounded, 10 s) for `file` to exist.
+fn wait_script(file: &str) -> String {
+    format!("i=0; while [ ! -e {file} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done")
+}
+
+/// Whether a process is gone: no /proc entry, or a zombie nobody reaped
+/// yet (a killed grandchild whose parent died).
+fn process_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn client(port: u16) -> Client {
+    Client::builder(format!("127.0.0.1:{port}"))
+        .ttl(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn exit_status_passes_through() {
+    let (_server, addr) = start_server();
+    let out = Run::start(&mut run_cmd(addr.port(), "job", &[], "exit 7")).finish();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    // Death by signal N: 128+N, as a shell reports it.
+    let out = Run::start(&mut run_cmd(addr.port(), "job", &[], "kill -USR1 $$")).finish();
+    assert_eq!(out.status.code(), Some(128 + 10), "{}", text(&out.stderr));
+    let out = Run::start(&mut run_cmd(addr.port(), "job", &[], "exit 0")).finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_command_sees_the_lock_name_and_its_token() {
+    let (_server, addr) = start_server();
+    let dir = Scratch::new("env");
+    let script = format!(
+        "echo \"$DISTLOCKD_LOCK $DISTLOCKD_TOKEN\" > {}; {}",
+        dir.sh("env"),
+        wait_script(&dir.sh("go"))
+    );
+    let run = Run::start(&mut run_cmd(addr.port(), "nightly", &[], &script));
+    let env = wait_for_file(&dir.path("env"));
+    let (name, token) = env.trim().split_once(' ').expect("two words");
+    assert_eq!(name, "nightly");
+    let status = client(addr.port())
+        .status("nightly")
+        .unwrap()
+        .expect("held while the command runs");
+    assert_eq!(token, status.token.to_string());
+    fs::write(dir.path("go"), "").unwrap();
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_second_run_fails_fast_with_the_conflict_code_or_waits() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("conflict");
+    let first_script = format!(
+        "echo started > {}; {}",
+        dir.sh("first"),
+        wait_script(&dir.sh("go"))
+    );
+    let first = Run::start(&mut run_cmd(port, "job", &[], &first_script));
+    wait_for_file(&dir.path("first"));
+
+    let second = Run::start(&mut run_cmd(
+        port,
+        "job",
+        &["--conflict-exit-code", "42"],
+        "echo ran",
+    ));
+    let out = second.finish();
+    assert_eq!(out.status.code(), Some(42), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "",
+        "the command must not run without the lock"
+    );
+    assert!(
+        text(&out.stderr).contains("held by another owner"),
+        "{}",
+        text(&out.stderr)
+    );
+    let quiet = Run::start(&mut run_cmd(port, "job", &["-q"], "echo ran")).finish();
+    assert_eq!(quiet.status.code(), Some(1));
+    assert_eq!(text(&quiet.stderr), "");
+
+    // With --wait: runs once the first one is done.
+    let mut waiter = Run::start(&mut run_cmd(port, "job", &["--wait", "15s"], "echo ran"));
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        waiter.exited().is_none(),
+        "the waiter ran while the lock was held"
+    );
+    fs::write(dir.path("go"), "").unwrap();
+    assert_eq!(first.finish().status.code(), Some(0));
+    let out = waiter.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+}
+
+#[test]
+fn the_lock_is_released_when_the_command_exits() {
+    let (_server, addr) = start_server();
+    let out = Run::start(&mut run_cmd(
+        addr.port(),
+        "job",
+        &["--ttl", "30s"],
+        "exit 3",
+    ))
+    .finish();
+    assert_eq!(out.status.code(), Some(3));
+    // Long before the 30 s TTL: released, not expired.
+    let lease = client(addr.port()).try_acquire("job").unwrap();
+    assert!(lease.is_some(), "lock still held after run exited");
+}
+
+#[test]
+fn renewal_holds_the_lock_past_several_ttls() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("renewal");
+    let script = format!("echo up > {}; sleep 2", dir.sh("up"));
+    let mut run = Run::start(&mut run_cmd(port, "job", &["--ttl", "600ms"], &script));
+    wait_for_file(&dir.path("up"));
+    let other = client(port);
+    let started = Instant::now();
+    let mut checks = 0;
+    while run.exited().is_none() {
+        assert!(started.elapsed() < RUN_WAIT_MAX, "run did not exit");
+        // Taken only if the command has exited: then the lock is free.
+        if let Some(lease) = other.try_acquire("job").unwrap() {
+            let exited = run.exited().is_some() || {
+                thread::sleep(Duration::from_millis(200));
+                run.exited().is_some()
+            };
+            assert!(
+                exited,
+                "another client took the lock after {:?} while the command ran",
+                started.elapsed()
+            );
+            other.release_lease(&lease).unwrap();
+            break;
+        }
+        checks += 1;
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(started.elapsed() >= Duration::from_millis(1800));
+    assert!(checks >= 10, "only {checks} checks while held");
+}
+
+/// The server dies: renewals fail, and `run` must stop the command, a
+/// shell that ignores SIGTERM and its child, with SIGKILL.
+#[test]
+fn renewals_failing_kill_the_command_group() {
+    let (mut server, addr) = start_server();
+    let dir = Scratch::new("lost");
+    let script = format!(
+        "trap '' TERM; echo $$ > {}; sleep 30 & echo $! > {}; wait; wait",
+        dir.sh("shell"),
+        dir.sh("sleeper")
+    );
+    let ttl = Duration::from_secs(2);
+    let run = Run::start(&mut run_cmd(
+        addr.port(),
+        "job",
+        &["--ttl", "2s", "--kill-grace", "300ms"],
+        &script,
+    ));
+    let shell: u32 = wait_for_file(&dir.path("shell")).trim().parse().unwrap();
+    let sleeper: u32 = wait_for_file(&dir.path("sleeper")).trim().parse().unwrap();
+    server.0.kill().unwrap();
+    let killed_at = Instant::now();
+    // The last renewal was sent before the kill, so the server could not
+    // have given the lock away before killed_at + TTL; run aims to have the
+    // group dead TTL/10 before that. Loose bound: another TTL of slack.
+    while !(process_gone(shell) && process_gone(sleeper)) {
+        assert!(
+            killed_at.elapsed() < 2 * ttl,
+            "the command group outlived the lease: shell gone {}, sleeper gone {}",
+            process_gone(shell),
+            process_gone(sleeper)
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let out = run.finish();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("lost lock \"job\""), "{stderr}");
+    assert!(stderr.contains("SIGKILL to its process group"), "{stderr}");
+}
+
+/// The server restarts and forgets the hold: the next renewal is answered
+/// NOT_HELD and the command gets SIGTERM at once, long before the lease
+/// could have run out.
+#[test]
+fn a_renewal_answered_not_held_terminates_the_command_at_once() {
+    let (mut server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("notheld");
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; echo up > {}; {}",
+        dir.sh("term"),
+        dir.sh("up"),
+        wait_script(&dir.sh("never"))
+    );
+    let run = Run::start(&mut run_cmd(
+        port,
+        "job",
+        &["--ttl", "6s", "--kill-grace", "1s"],
+        &script,
+    ));
+    wait_for_file(&dir.path("up"));
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    let _restarted = start_server_on(port, &[]);
+    wait_for_file(&dir.path("term"));
+    let out = run.finish();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("not held"), "{stderr}");
+    assert!(!stderr.contains("renewals failed until"), "{stderr}");
+}
+
+#[test]
+fn signals_sent_to_run_reach_the_command() {
+    let (_server, addr) = start_server();
+    let dir = Scratch::new("signals");
+    let script = format!(
+        "trap 'echo got > {}; exit 0' TERM; echo up > {}; {}",
+        dir.sh("marker"),
+        dir.sh("up"),
+        wait_script(&dir.sh("never"))
+    );
+    let run = Run::start(&mut run_cmd(addr.port(), "job", &[], &script));
+    wait_for_file(&dir.path("up"));
+    send_signal(run.pid(), "TERM");
+    let out = run.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(wait_for_file(&dir.path("marker")), "got\n");
+    assert!(client(addr.port()).try_acquire("job").unwrap().is_some());
+}
+
+/// `--session`: if `run` itself is killed, the server frees the lock at
+/// once instead of after the TTL.
+#[test]
+fn a_session_hold_ends_when_run_is_killed() {
+    let (_server, addr) = start_server();
+    let dir = Scratch::new("session");
+    let script = format!(
+        "echo $$ > {}; {}",
+        dir.sh("pid"),
+        wait_script(&dir.sh("never"))
+    );
+    let mut run = Run::start(&mut run_cmd(
+        addr.port(),
+        "job",
+        &["--session", "--ttl", "60s"],
+        &script,
+    ));
+    let command: u32 = wait_for_file(&dir.path("pid")).trim().parse().unwrap();
+    run.0.as_mut().unwrap().kill().unwrap();
+    let _ = run.0.as_mut().unwrap().wait();
+    // The orphaned command is ours to stop.
+    send_signal(command, "KILL");
+    let other = client(addr.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while other.try_acquire("job").unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a SESSION hold outlived run's connection"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_unreachable_server_exits_3_without_running_the_command() {
+    let (mut server, addr) = start_server();
+    server.0.kill().unwrap();
+    let _ = server.0.wait();
+    let out = Run::start(&mut run_cmd(addr.port(), "job", &[], "echo ran")).finish();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "");
+}
+
+#[test]
+fn bad_usage_exits_2_and_help_exits_0() {
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["run", "job"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("COMMAND is missing"));
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("--kill-grace"));
+}
