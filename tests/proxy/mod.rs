@@ -1,6 +1,8 @@
 //! A loopback TCP proxy that tests can cut or stall, to break a client's
 //! connections to an in-process server without stopping the server.
 
+#![allow(dead_code)] // each test crate uses a part of it
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,216 @@
+//! End-to-end tests of `Election` against an in-process server over
+//! loopback: one candidate leads, the others wait in line; resigning,
+//! dropping or being cut off hands leadership on with a larger token, and a
+//! leader that lost its lease learns it. Waits are bounded.
+
+mod proxy;
+
+#[allow(dead_code)] // its `main` is for `cargo run --example`
+#[path = "../examples/leader_election.rs"]
+mod leader_election;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use distlockd::client::{Client, Election, Error, Leadership, Lost};
+use distlockd::protocol::NotHeldReason;
+use distlockd::server::{Config, Server, ServerHandle};
+
+use proxy::Proxy;
+
+const TTL: Duration = Duration::from_millis(300);
+/// Generous bound for things that should take milliseconds.
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn start() -> ServerHandle {
+    Server::spawn(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    })
+    .expect("start server on loopback")
+}
+
+fn candidate(addr: impl ToString, ttl: Duration) -> Election {
+    let client = Client::builder(addr)
+        .ttl(ttl)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    Election::new(Arc::new(client), "leader").unwrap()
+}
+
+/// Campaigns on another thread; the leadership arrives on the channel.
+fn campaign_in_background(
+    election: &Election,
+    wait: Duration,
+) -> mpsc::Receiver<Result<Leadership, Error>> {
+    let (tx, rx) = mpsc::channel();
+    let election = election.clone();
+    thread::spawn(move || {
+        let _ = tx.send(election.campaign(wait));
+    });
+    rx
+}
+
+/// Polls until `waiters` candidates are queued behind the leader.
+fn wait_for_waiters(election: &Election, waiters: u32) {
+    let deadline = Instant::now() + PATIENCE;
+    while election.leader().unwrap().map(|l| l.waiters) != Some(waiters) {
+        assert!(
+            Instant::now() < deadline,
+            "{waiters} waiter(s) never queued"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn one_leads_the_other_waits_and_takes_over_on_resign() {
+    let server = start();
+    let a = candidate(server.local_addr(), TTL);
+    let b = candidate(server.local_addr(), TTL);
+    assert_eq!(a.leader().unwrap(), None, "nobody leads yet");
+
+    let leader_a = a.campaign(PATIENCE).unwrap();
+    let term = b.leader().unwrap().expect("a term is on");
+    assert_eq!(term.token, leader_a.token());
+    assert!(term.session, "a campaign's hold is a SESSION hold");
+
+    let elected_b = campaign_in_background(&b, PATIENCE);
+    wait_for_waiters(&b, 1);
+    // Several TTLs: renewal keeps A leading while B waits.
+    assert!(
+        elected_b.recv_timeout(TTL * 4).is_err(),
+        "B led while A did"
+    );
+    assert!(!leader_a.is_lost());
+    assert_eq!(a.leader().unwrap().unwrap().token, leader_a.token());
+
+    leader_a.resign().unwrap();
+    let leader_b = elected_b.recv_timeout(PATIENCE).unwrap().unwrap();
+    assert!(
+        leader_b.token() > term.token,
+        "a new term has a larger token"
+    );
+    assert_eq!(a.leader().unwrap().unwrap().token, leader_b.token());
+
+    drop(leader_b); // dropping resigns too
+    assert_eq!(a.leader().unwrap(), None);
+}
+
+#[test]
+fn a_campaign_gives_up_after_its_wait() {
+    let server = start();
+    let a = candidate(server.local_addr(), TTL);
+    let b = candidate(server.local_addr(), TTL);
+    let _leader = a.campaign(PATIENCE).unwrap();
+    match b.campaign(TTL) {
+        Err(Error::AcquireTimeout { name, .. }) => assert_eq!(name, "leader"),
+        other => panic!("expected AcquireTimeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    // A's lease is long and renewed often (every 300 ms): B can only lead
+    // within its 5 s wait if the server freed the SESSION hold when A's
+    // connection closed, not at A's TTL.
+    let a_client = Client::builder(proxy.addr())
+        .ttl(Duration::from_secs(30))
+        .renewals_per_ttl(100)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let a = Election::new(Arc::new(a_client), "leader").unwrap();
+    let b = candidate(server.local_addr(), TTL);
+
+    let leader_a = a.campaign(PATIENCE).unwrap();
+    let (told, losses) = mpsc::channel();
+    leader_a.on_lost(move |lost| {
+        let _ = told.send(lost.clone());
+    });
+    let elected_b = campaign_in_background(&b, PATIENCE);
+    wait_for_waiters(&b, 1);
+
+    proxy.cut(); // as if A's host crashed or its network failed
+    let leader_b = elected_b.recv_timeout(PATIENCE * 2).unwrap().unwrap();
+    assert!(leader_b.token() > leader_a.token());
+    assert_eq!(b.leader().unwrap().unwrap().token, leader_b.token());
+
+    // A's next renewal reaches the server again and is refused.
+    let lost = leader_a.wait_lost(PATIENCE).expect("A learns it lost");
+    assert_eq!(lost, Lost::NotHeld(NotHeldReason::OtherOwner));
+    assert_eq!(losses.recv_timeout(PATIENCE).unwrap(), lost);
+    assert!(leader_a.is_lost());
+
+    // The old leader going away does not disturb the new one.
+    drop(leader_a);
+    assert_eq!(b.leader().unwrap().unwrap().token, leader_b.token());
+    assert!(!leader_b.is_lost());
+}
+
+#[test]
+fn a_leader_whose_lease_ends_unrenewed_learns_it() {
+    let server = start();
+    let a = candidate(server.local_addr(), TTL);
+    let leader_a = a.campaign(PATIENCE).unwrap();
+    assert!(!leader_a.is_lost());
+    server.stop().unwrap();
+    let lost = leader_a
+        .wait_lost(PATIENCE)
+        .expect("lost at the lease's end");
+    assert!(matches!(lost, Lost::LeaseEnded { .. }), "{lost:?}");
+    assert!(matches!(leader_a.resign(), Err(Error::Connection { .. })));
+}
+
+#[test]
+fn leader_election_example_campaigns_leads_and_stops() {
+    let server = start();
+    let a = candidate(server.local_addr(), TTL);
+    let b = candidate(server.local_addr(), TTL);
+    let stop = AtomicBool::new(false);
+
+    let leader_a = leader_election::campaign(&a, &stop)
+        .unwrap()
+        .expect("elected");
+    // A leads for several TTLs and works under its own token every tick.
+    let mut tokens = Vec::new();
+    let ending = leader_election::lead(&leader_a, TTL * 4, &stop, |t| tokens.push(t));
+    assert!(
+        matches!(ending, leader_election::Ending::TimeUp),
+        "{ending:?}"
+    );
+    assert!(!tokens.is_empty() && tokens.iter().all(|&t| t == leader_a.token()));
+
+    // A stop request ends a campaign and a term alike.
+    let stopped = AtomicBool::new(true);
+    assert!(leader_election::campaign(&b, &stopped).unwrap().is_none());
+    let ending = leader_election::lead(&leader_a, PATIENCE, &stopped, |_| {});
+    assert!(
+        matches!(ending, leader_election::Ending::Stopped),
+        "{ending:?}"
+    );
+
+    // Losing the lease ends the term with the loss.
+    let operator = Client::new(server.local_addr()).unwrap();
+    operator.release_lease(leader_a.lease()).unwrap();
+    let ending = leader_election::lead(&leader_a, PATIENCE * 2, &stop, |_| {});
+    assert!(
+        matches!(
+            ending,
+            leader_election::Ending::Lost(Lost::NotHeld(NotHeldReason::Free))
+        ),
+        "{ending:?}"
+    );
+
+    // B, campaigning the example's way, leads next with a larger token.
+    let leader_b = leader_election::campaign(&b, &stop)
+        .unwrap()
+        .expect("elected");
+    assert!(leader_b.token() > leader_a.token());
+}
