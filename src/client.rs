@@ -1522,5 +1522,8 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<Client>();
         assert_send_sync::<Error>();
+        assert_send_sync::<RenewingGuard>();
+        assert_send_sync::<Leadership>();
+        assert_send_sync::<Election>();
     }
 }

@@ -20,7 +20,7 @@
 //! - **Losing is told**, as for any [`RenewingGuard`]: by
 //!   [`Leadership::is_lost`], [`Leadership::wait_lost`] and
 //!   [`Leadership::on_lost`], at the lease's end at the latest (see the
-//!   timing rule in [`RenewingGuard`]'s module).
+//!   timing rule on [`RenewingGuard`]).
 //! - **The leader's identity is not published.** The server never reveals
 //!   owners; [`Election::leader`] tells the current term's token and how
 //!   long its hold has left. A leader that must be found (to send it work)

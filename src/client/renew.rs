@@ -7,27 +7,7 @@
 //! variable wakes the thread when the guard stops it and wakes
 //! [`RenewingGuard::wait_lost`] when the lease is renewed or lost.
 //!
-//! # When the lease counts as lost
-//!
-//! The client cannot see the server's clock, so it keeps the earliest moment
-//! at which the server may expire the hold, `valid_until`: the moment the
-//! last confirmed ACQUIRE or EXTEND was *sent* (before any of its retries),
-//! plus the TTL the server granted. The server started that TTL on
-//! receiving the request, which is no earlier (assuming both clocks run at
-//! the same rate). The lease is lost:
-//!
-//! - when the server answers an EXTEND with NOT_HELD ([`Lost::NotHeld`]), or
-//! - at `valid_until` if no EXTEND was confirmed before it
-//!   ([`Lost::LeaseEnded`]), even if the server has not expired it yet: past
-//!   that moment the holder can no longer know.
-//!
-//! Loss is final: an EXTEND confirmed after `valid_until` does not bring the
-//! lease back, because someone may already have seen it lost.
-//! [`RenewingGuard::is_lost`] reads the clock itself, so it is exact even
-//! while the renewal thread is blocked in I/O; the thread never blocks past
-//! `valid_until` either (its connect and read timeouts end there), so the
-//! [`RenewingGuard::on_lost`] callback and [`RenewingGuard::wait_lost`] learn
-//! of a loss at `valid_until` at the latest, give or take scheduling.
+//! The timing rule for loss is documented on [`RenewingGuard`].
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -51,8 +31,8 @@ pub enum Lost {
     /// released (e.g. by another process holding its owner and token), or,
     /// for a SESSION hold, ended with the connection that took it.
     NotHeld(NotHeldReason),
-    /// No renewal was confirmed before the lease's end (see the module
-    /// documentation); `last_error` is why the latest renewal failed, `None`
+    /// No renewal was confirmed before the lease's end (see
+    /// [`RenewingGuard`]); `last_error` is why the latest renewal failed, `None`
     /// if it was still under way.
     LeaseEnded { last_error: Option<String> },
 }
@@ -82,7 +62,7 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 
 /// A held lock that a background thread keeps renewing until the guard is
 /// dropped or [unlocked](RenewingGuard::unlock), or the lease is lost.
-/// See [`Client::lock_renewing`] and the module documentation of the timing.
+/// See [`Client::lock_renewing`].
 ///
 /// Dropping or unlocking stops the renewal thread and joins it *before* the
 /// RELEASE is sent, so no renewal is ever sent once drop or `unlock`
@@ -96,6 +76,32 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 /// thread stops renewing; the hold may still exist on the server until its
 /// TTL, and dropping the guard still releases it unless the server already
 /// said it was not held.
+///
+/// # When the lease counts as lost
+///
+/// The client cannot see the server's clock, so it keeps the earliest moment
+/// at which the server may expire the hold, `valid_until`: the moment the
+/// last confirmed ACQUIRE or EXTEND was *sent* (before any of its retries),
+/// plus the TTL the server granted. The server started that TTL on
+/// receiving the request, which is no earlier (assuming both clocks run at
+/// the same rate). A grant that came after a wait in the queue is renewed
+/// once before the guard is returned, because the grant's own moment is
+/// unknown. The lease is lost:
+///
+/// - when the server answers an EXTEND with NOT_HELD ([`Lost::NotHeld`]), or
+/// - at `valid_until` if no EXTEND was confirmed before it
+///   ([`Lost::LeaseEnded`]), even if the server has not expired it yet: past
+///   that moment the holder can no longer know.
+///
+/// Loss is final: an EXTEND confirmed after `valid_until` does not bring the
+/// lease back, because someone may already have seen it lost.
+/// [`RenewingGuard::is_lost`] reads the clock itself, so it is exact even
+/// while the renewal thread is blocked in I/O. The thread's connect and
+/// read timeouts end at `valid_until` too, so the
+/// [`RenewingGuard::on_lost`] callback and [`RenewingGuard::wait_lost`] learn
+/// of a loss at `valid_until` at the latest, give or take scheduling (and
+/// unless the thread is still waiting for a free pooled connection, which
+/// other threads' requests hold for at most their own timeouts).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RenewingGuard {
     client: Arc<Client>,
