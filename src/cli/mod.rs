@@ -25,8 +25,10 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// Help text for the options of [`ConnectOptions`].
-pub const CONNECT_OPTIONS_HELP: &str = "\
-  --host HOST              server address (default 127.0.0.1)
+/// (No `\` line continuation before the first line: it would also eat that
+/// line's indent.)
+pub const CONNECT_OPTIONS_HELP: &str =
+    "  --host HOST              server address (default 127.0.0.1)
   --port PORT              server port (default 9999)
   --auth-secret-file PATH  the server's secret (default: $DISTLOCKD_AUTH_SECRET_FILE)
   --timeout DURATION       connect/read/write timeout (default 5s)";
@@ -191,6 +193,13 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn connect_options_help_lines_are_indented_alike() {
+        for line in CONNECT_OPTIONS_HELP.lines() {
+            assert!(line.starts_with("  --"), "{line:?}");
+        }
     }
 
     #[test]
