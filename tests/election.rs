@@ -21,7 +21,7 @@ use distlockd::server::{Config, Server, ServerHandle};
 
 use proxy::Proxy;
 
-const TTL: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_millis(500);
 /// Generous bound for things that should take milliseconds.
 const PATIENCE: Duration = Duration::from_secs(5);
 

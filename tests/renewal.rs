@@ -21,7 +21,7 @@ use distlockd::server::{Config, Server, ServerHandle};
 
 use proxy::Proxy;
 
-const TTL: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_millis(500);
 /// Generous bound for things that should take milliseconds.
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -118,7 +118,7 @@ fn renewal_keeps_a_short_lease_held_for_many_ttls() {
 fn assert_no_renewal_after(stop: impl Fn(RenewingGuard)) {
     let (server, http) = start_with_metrics();
     let addr = server.local_addr();
-    // Renewing every 3 ms makes it likely that `stop` lands while an
+    // Renewing every 5 ms makes it likely that `stop` lands while an
     // EXTEND is in flight, the case where it must wait for the thread.
     let client = Arc::new(
         Client::builder(addr)
