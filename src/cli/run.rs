@@ -49,6 +49,11 @@
 //! TTL/2, so termination never begins before the first renewal (at TTL/3)
 //! has been tried.
 //!
+//! Outside a loss, `run` signals the group only to forward a signal: the
+//! lock is released when the command's first process exits, and
+//! background processes it leaves behind are neither waited for nor
+//! stopped.
+//!
 //! After a wait (`--wait`), the grant may have come at any moment of it, so
 //! the hold is extended once before the command starts, to learn its
 //! expiry.
@@ -134,7 +139,10 @@ the last successful renewal (or the acquire) was sent.
 
 SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to run are passed
 to COMMAND's process group; run keeps holding the lock until COMMAND exits.
-COMMAND runs in its own process group, so it should not read the terminal.
+COMMAND runs in its own process group, so it should not read the terminal,
+and Ctrl-Z (SIGTSTP) stops run, not COMMAND. The lock is released when
+COMMAND exits; processes it left running in the background are not waited
+for.
 
 Options:
   --wait DURATION          wait this long for a held lock (default 0: fail at
