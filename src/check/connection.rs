@@ -150,9 +150,11 @@ impl World {
     }
 
     fn random_op(&mut self, src: &mut impl Source) {
+        // Every operation takes at least one choice from `src`, so a run
+        // recorded as bytes replays to its last operation (a replay stops
+        // when the bytes run out).
         if self.conns.is_empty() {
             self.open();
-            return;
         }
         let c = src.below(self.conns.len() as u64) as usize;
         match src.below(32) {
