@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod execute;
 pub mod http;
+pub mod json;
 pub mod legacy;
 pub mod limits;
 pub mod loadtest;

@@ -11,6 +11,7 @@ use super::{
     EXIT_USAGE, duration_value, string_value,
 };
 use crate::client::{Error, Lease, LockStatus};
+use crate::json::string as json_string;
 
 /// Locks `status` lists when no `--limit` is given.
 pub const STATUS_LIMIT_DEFAULT: usize = 100;
@@ -402,36 +403,9 @@ fn human(d: Duration) -> String {
     }
 }
 
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("job"), "\"job\"");
-        assert_eq!(json_string("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-    }
 
     #[test]
     fn durations_for_people() {

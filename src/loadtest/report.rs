@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::Backend;
 use super::procstat::SystemInfo;
 use super::scenarios::{Better, Scenario, format_value, original::Figures};
+use crate::json::string;
 
 /// `YYYY-MM-DD HH:MM:SS UTC`, from the system clock.
 pub fn utc_now() -> String {
@@ -485,27 +486,6 @@ fn num(v: f64) -> String {
     } else {
         "null".into()
     }
-}
-
-/// A JSON string literal.
-fn string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
