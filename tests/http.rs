@@ -187,18 +187,34 @@ fn bad_http_requests_get_their_status_and_the_lock_side_is_unharmed() {
     assert_eq!(exchange(http, huge.as_bytes()).0, 431);
     // A request that never completes: 408 after frame_timeout_ms, closed.
     assert_eq!(exchange(http, b"GET /health HT").0, 408);
-    // Past HTTP_CONNECTIONS_MAX open connections: 503.
-    let idle: Vec<TcpStream> = (0..distlockd::http::HTTP_CONNECTIONS_MAX)
-        .map(|_| TcpStream::connect(http).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(get(http, "/health").0, 503);
-    drop(idle);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(get(http, "/health").0, 200);
     client.extend(&lease, Duration::from_secs(5)).unwrap();
     client.release_lease(&lease).unwrap();
     let m = parse_metrics(body(&get(http, "/metrics").1));
     assert_eq!(m["distlockd_http_responses_total{code=\"404\"}"], 1.0);
-    assert_eq!(m["distlockd_http_responses_total{code=\"503\"}"], 1.0);
+    assert_eq!(m["distlockd_http_responses_total{code=\"408\"}"], 1.0);
+}
+
+/// Past HTTP_CONNECTIONS_MAX open HTTP connections, new ones get 503; once
+/// they close, 200 again.
+#[test]
+fn http_connections_past_the_limit_get_503() {
+    let (_server, http) = start(Limits::default());
+    let idle: Vec<TcpStream> = (0..distlockd::http::HTTP_CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect(http).unwrap())
+        .collect();
+    let until = |code: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while get(http, "/health").0 != code {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never answered {code}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    until(503);
+    drop(idle);
+    until(200);
+    let m = parse_metrics(body(&get(http, "/metrics").1));
+    assert!(m["distlockd_http_responses_total{code=\"503\"}"] >= 1.0);
 }

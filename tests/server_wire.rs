@@ -214,6 +214,7 @@ fn queued_waiters_are_counted_and_served_in_order() {
     let mut holder = Wire::connect(&server);
     let t = token(holder.acquire(b"fifo", b"h", 60_000, 0));
     let mut waiters: Vec<Wire> = (0..3).map(|_| Wire::connect(&server)).collect();
+    let mut probe = Wire::connect(&server);
     for (i, w) in waiters.iter_mut().enumerate() {
         let owner = format!("w{i}");
         w.send(Request::Acquire(Acquire {
@@ -223,13 +224,14 @@ fn queued_waiters_are_counted_and_served_in_order() {
             wait_ms: 10_000,
             flags: 0,
         }));
-        std::thread::sleep(Duration::from_millis(30));
+        // Queue them one at a time: the next is sent only once this one is
+        // counted, so the queue order is the order of `waiters`.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while probe.acquire(b"fifo", b"probe", 1, 0).busy_waiters() != Some(i as u32 + 1) {
+            assert!(Instant::now() < deadline, "waiter {i} never queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
-    let mut probe = Wire::connect(&server);
-    assert_eq!(
-        probe.acquire(b"fifo", b"probe", 1, 0).busy_waiters(),
-        Some(3)
-    );
     holder.send(Request::Release {
         name: b"fifo",
         owner: b"h",
@@ -463,7 +465,7 @@ fn ping(wire: &mut Wire) {
 #[test]
 fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
     let server = start(Limits {
-        frame_timeout_ms: 300,
+        frame_timeout_ms: 1500,
         ..Limits::default()
     });
     let mut loris = Wire::connect(&server);
@@ -481,14 +483,14 @@ fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
     assert_eq!(slow.reply(), OwnedReply::Pong);
     match loris.reply() {
         OwnedReply::Error(ErrorCode::Limit, message) => {
-            assert!(message.contains("frame_timeout_ms 300"), "{message}")
+            assert!(message.contains("frame_timeout_ms 1500"), "{message}")
         }
         other => panic!("expected ERROR LIMIT, got {other:?}"),
     }
     assert!(loris.closed_by_server());
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(300),
+        elapsed >= Duration::from_millis(1500),
         "closed after {elapsed:?}, before frame_timeout_ms"
     );
     ping(&mut slow);
@@ -552,8 +554,10 @@ fn a_client_that_never_reads_is_closed_after_write_timeout() {
 /// talks, and one whose ACQUIRE waits longer than the timeout, are not.
 #[test]
 fn idle_connections_are_closed_when_idle_timeout_is_set() {
+    // Margins of 10× around the timeout: a slow machine cannot make a
+    // talking connection look idle.
     let server = start(Limits {
-        idle_timeout_ms: 300,
+        idle_timeout_ms: 1000,
         ..Limits::default()
     });
     let mut holder = Wire::connect(&server);
@@ -568,10 +572,10 @@ fn idle_connections_are_closed_when_idle_timeout_is_set() {
         name: b"idle",
         owner: b"waiter",
         ttl_ms: 0,
-        wait_ms: 700,
+        wait_ms: 1800,
         flags: 0,
     }));
-    for _ in 0..8 {
+    for _ in 0..16 {
         std::thread::sleep(Duration::from_millis(100));
         ping(&mut chatty);
     }
