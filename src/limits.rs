@@ -67,6 +67,10 @@ pub const FRAME_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 /// sends but never reads is closed after this long.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u32 = 30_000;
 
+/// Default time a connection has to authenticate, on a server with a
+/// secret: a client that has the secret sends AUTH in its first exchange.
+pub const AUTH_TIMEOUT_MS_DEFAULT: u32 = 10_000;
+
 /// Frames decoded per connection per turn of the event loop, so one
 /// pipelining client cannot starve the others.
 pub const FRAMES_PER_TURN_MAX: usize = 64;
@@ -147,6 +151,9 @@ pub struct Limits {
     /// A connection with nothing received, nothing queued and nothing
     /// pending for this long is closed; 0 disables the idle timeout.
     pub idle_timeout_ms: u32,
+    /// On a server with a secret, a connection without a good AUTH this
+    /// long after it was accepted gets ERROR AUTH and is closed.
+    pub auth_timeout_ms: u32,
 }
 
 impl Default for Limits {
@@ -165,6 +172,7 @@ impl Default for Limits {
             frame_timeout_ms: FRAME_TIMEOUT_MS_DEFAULT,
             write_timeout_ms: WRITE_TIMEOUT_MS_DEFAULT,
             idle_timeout_ms: 0,
+            auth_timeout_ms: AUTH_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -228,6 +236,12 @@ impl Limits {
         check(
             "write_timeout_ms",
             self.write_timeout_ms as u64,
+            1,
+            u32::MAX as u64,
+        )?;
+        check(
+            "auth_timeout_ms",
+            self.auth_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;

@@ -55,10 +55,15 @@ Options:
   --idle-timeout-ms MS     close connections idle this long; 0 = never
                            (default 0)
   --auth-secret-file PATH  require every connection to AUTH with the secret in
-                           this file (16-255 bytes; trailing newline ignored);
+                           this file (16-255 bytes; trailing white space ignored);
                            default: $DISTLOCKD_AUTH_SECRET_FILE if set, else none
   --auth-allow-legacy      with a secret, still serve the original Python
                            client's protocol, which cannot authenticate
+  --auth-timeout-ms MS     with a secret, close connections that have not
+                           authenticated this long after connecting
+                           (default 10000)
+  --frame-size-max BYTES   longest frame accepted, header included; at least
+                           what the name and owner limits need (default 1024)
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";
@@ -162,6 +167,10 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             Long("write-timeout-ms") => {
                 limits.write_timeout_ms = number(parser, "--write-timeout-ms")?
             }
+            Long("auth-timeout-ms") => {
+                limits.auth_timeout_ms = number(parser, "--auth-timeout-ms")?
+            }
+            Long("frame-size-max") => limits.frame_size_max = number(parser, "--frame-size-max")?,
             Long("idle-timeout-ms") => {
                 limits.idle_timeout_ms = number(parser, "--idle-timeout-ms")?
             }
@@ -237,7 +246,9 @@ fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 
 /// Limits name their fields; a person at the command line typed a flag.
 fn flag_named(message: &str) -> String {
-    const FLAGS: [(&str, &str); 12] = [
+    const FLAGS: [(&str, &str); 14] = [
+        ("auth_timeout_ms", "--auth-timeout-ms"),
+        ("frame_size_max", "--frame-size-max"),
         ("waiters_per_lock_max", "--waiters-per-lock-max"),
         ("output_buffer_size", "--output-buffer-size"),
         ("frame_timeout_ms", "--frame-timeout-ms"),

@@ -179,6 +179,8 @@ struct Conn {
     write_progress_ms: u64,
     /// Last time bytes arrived.
     read_ms: u64,
+    /// When the connection was accepted (for auth_timeout_ms).
+    accepted_ms: u64,
     /// This connection's entry in `Server::deadlines`, and when it fires.
     /// Lazy: a deadline that moved later is found when the entry fires and
     /// re-armed then, so the common path never touches the wheel.
@@ -194,6 +196,8 @@ enum Expired {
     Write,
     /// Nothing happened for idle_timeout_ms.
     Idle,
+    /// No good AUTH within auth_timeout_ms of the accept.
+    Auth,
 }
 
 pub struct Server {
@@ -227,6 +231,9 @@ pub struct Server {
     /// The shared secret every native connection must send, if set.
     auth: Option<Auth>,
     metrics: Metrics,
+    /// Milliseconds since start as last read; never goes back (see
+    /// [`Server::tick`]).
+    clock_ms: u64,
     http_listener: Option<TcpListener>,
     http_conns: Slab<HttpConn>,
 }
@@ -270,10 +277,13 @@ impl Server {
                 })?;
                 poll.registry()
                     .register(&mut listener, HTTP_LISTENER, Interest::READABLE)?;
-                info!(
-                    "HTTP health and metrics on http://{}/health and /metrics",
-                    listener.local_addr()?
-                );
+                let http_addr = listener.local_addr()?;
+                info!("HTTP health and metrics on http://{http_addr}/health and /metrics");
+                if !http_addr.ip().is_loopback() {
+                    warn!(
+                        "HTTP health and metrics on {http_addr} are served without authentication to anyone who can reach it; use --http-host 127.0.0.1 or a firewall"
+                    );
+                }
                 Some(listener)
             }
             None => None,
@@ -319,6 +329,7 @@ impl Server {
             deadlines: TimerWheel::with_capacity(0, 64),
             auth: None,
             metrics: Metrics::default(),
+            clock_ms: 0,
             http_listener,
             http_conns: Slab::new(),
         })
@@ -423,7 +434,7 @@ impl Server {
         while !self.stop.load(Ordering::SeqCst) {
             self.turn()?;
         }
-        let now = self.now_ms();
+        let now = self.tick();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, now);
@@ -441,7 +452,7 @@ impl Server {
                 return Err(e);
             }
         }
-        let now = self.now_ms();
+        let now = self.tick();
         self.table.advance(now);
         if self.table.has_deferred_work() {
             self.table.run_deferred(now, SESSION_RELEASES_PER_TURN_MAX);
@@ -450,12 +461,14 @@ impl Server {
         self.expire_connections(now);
         if self.accept_retry {
             self.accept(now);
+            self.accept_http(now);
         }
         // Take the events out of `self` so handlers can borrow it mutably;
         // an empty `Events` does not allocate.
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             let gone = event.is_read_closed() || event.is_error();
+            let now = self.tick();
             match event.token() {
                 LISTENER => self.accept(now),
                 HTTP_LISTENER => self.accept_http(now),
@@ -469,7 +482,7 @@ impl Server {
                     if let Some(conn) = self.conns.get_mut(key) {
                         conn.want_read |= event.is_readable() || gone;
                         conn.peer_gone |= gone;
-                        self.service(key, now);
+                        self.service(key);
                     }
                 }
             }
@@ -480,10 +493,11 @@ impl Server {
             let key = self.ready_next[i];
             if let Some(conn) = self.conns.get_mut(key) {
                 conn.in_ready = false;
-                self.service(key, now);
+                self.service(key);
             }
         }
         self.ready_next.clear();
+        let now = self.tick();
         self.write_pending(now);
         for i in 0..self.closing.len() {
             let key = self.closing[i];
@@ -493,8 +507,19 @@ impl Server {
         Ok(())
     }
 
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    /// Reads the clock. Every handler takes a fresh reading, and every
+    /// reading is at least the one before, so the table's time never goes
+    /// back. A request is executed with a reading taken after its bytes
+    /// were read, so a TTL counted from it (plus the table's rounding
+    /// millisecond) never ends before the TTL counted from when it was sent.
+    fn tick(&mut self) -> u64 {
+        self.tick_at(Instant::now())
+    }
+
+    fn tick_at(&mut self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.started).as_millis() as u64;
+        self.clock_ms = self.clock_ms.max(ms);
+        self.clock_ms
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -578,6 +603,7 @@ impl Server {
             partial_since_ms: None,
             write_progress_ms: now,
             read_ms: now,
+            accepted_ms: now,
             deadline: None,
         });
         self.arm_deadline(key, now);
@@ -587,7 +613,8 @@ impl Server {
 
     /// Reads, decodes, executes and writes for one connection, within the
     /// per-turn bounds; re-queues it if work is left.
-    fn service(&mut self, key: usize, now: u64) {
+    fn service(&mut self, key: usize) {
+        let now = self.clock_ms;
         let conn = &mut self.conns[key];
         if conn.closing {
             return;
@@ -601,8 +628,14 @@ impl Server {
             self.mark_closing(key, now);
             return;
         }
-        let conn = &mut self.conns[key];
+        // The clock is read after the bytes: see `tick`.
         let started = Instant::now();
+        let now = self.tick_at(started);
+        let conn = &mut self.conns[key];
+        if conn.output.is_empty() {
+            // The write timeout counts from when replies start to wait.
+            conn.write_progress_ms = now;
+        }
         let mut ctx = Context {
             table: &mut self.table,
             session: conn.session,
@@ -712,6 +745,9 @@ impl Server {
             };
             debug_assert!(conn.waiting);
             conn.waiting = false;
+            if conn.output.is_empty() {
+                conn.write_progress_ms = self.clock_ms;
+            }
             let reply = match event.kind {
                 EventKind::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
                 EventKind::TimedOut { waited_ms } => Reply::Timeout { waited_ms },
@@ -771,6 +807,7 @@ impl Server {
             Expired::Frame => CloseReason::FrameTimeout,
             Expired::Write => CloseReason::WriteTimeout,
             Expired::Idle => CloseReason::IdleTimeout,
+            Expired::Auth => CloseReason::AuthFailed,
         });
         let limits = self.table.limits();
         let conn = &mut self.conns[key];
@@ -799,6 +836,22 @@ impl Server {
                 "{}: idle for {} ms (idle_timeout_ms); closing (connection {key})",
                 conn.peer, limits.idle_timeout_ms
             ),
+            Expired::Auth => {
+                let ms = limits.auth_timeout_ms;
+                debug!(
+                    "{}: no AUTH within {ms} ms; closing (connection {key})",
+                    conn.peer
+                );
+                write_error_for(
+                    conn.input.unread(),
+                    &mut conn.output,
+                    ErrorCode::Auth,
+                    format_args!(
+                        "not authenticated within {ms} ms (auth_timeout_ms {ms}); send AUTH with the server's secret first"
+                    ),
+                );
+                let _ = flush(conn, now);
+            }
         }
         self.mark_closing(key, now);
     }
@@ -819,8 +872,10 @@ impl Server {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
+                    // As for the lock port: retry every ACCEPT_RETRY_MS.
                     debug!("HTTP accept failed: {e}");
-                    break;
+                    self.accept_retry = true;
+                    return;
                 }
             };
             if self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
@@ -1032,7 +1087,10 @@ impl Server {
 ///   server, not the client, holds the frame back);
 /// - write: replies pending and no progress in writing them;
 /// - idle: nothing pending, nothing queued, nothing received (idle_timeout_ms
-///   0 turns it off). An idle connection's SESSION holds end with it.
+///   0 turns it off). An idle connection's SESSION holds end with it;
+/// - auth: on a server with a secret, no good AUTH yet, auth_timeout_ms
+///   after the accept (a connection without the secret cannot sit on a
+///   connection slot).
 fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
     let frame = conn
         .partial_since_ms
@@ -1049,7 +1107,13 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
         let active = conn.read_ms.max(conn.write_progress_ms);
         (active + limits.idle_timeout_ms as u64, Expired::Idle)
     });
-    [frame, write, idle]
+    let auth = (!conn.authenticated).then(|| {
+        (
+            conn.accepted_ms + limits.auth_timeout_ms as u64,
+            Expired::Auth,
+        )
+    });
+    [frame, write, idle, auth]
         .into_iter()
         .flatten()
         .min_by_key(|&(at, _)| at)

@@ -9,14 +9,20 @@ use std::time::Duration;
 use distlockd::auth::Auth;
 use distlockd::client::{Client, Error};
 use distlockd::legacy::{self, Command};
+use distlockd::limits::Limits;
 use distlockd::protocol::{Acquire, ErrorCode, Reply, Request, decode_reply};
 use distlockd::server::{Config, Server, ServerHandle};
 
 const SECRET: &[u8] = b"correct horse battery staple";
 
 fn start(auth: Option<Auth>) -> ServerHandle {
+    start_with(auth, Limits::default())
+}
+
+fn start_with(auth: Option<Auth>, limits: Limits) -> ServerHandle {
     let mut server = Server::bind(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        limits,
         ..Config::default()
     })
     .unwrap();
@@ -199,4 +205,53 @@ fn the_client_authenticates_with_its_secret() {
             ..
         })
     ));
+}
+
+/// A connection that does not authenticate in time is closed, so peers
+/// without the secret cannot sit on connection slots; one that did stays.
+#[test]
+fn connections_that_never_authenticate_are_closed() {
+    let server = start_with(
+        Some(Auth::new(SECRET.to_vec(), false).unwrap()),
+        Limits {
+            auth_timeout_ms: 300,
+            ..Limits::default()
+        },
+    );
+    let mut silent = Wire::connect(&server);
+    let mut hello_only = Wire::connect(&server);
+    let mut authed = Wire::connect(&server);
+    assert!(
+        hello_only
+            .send(Request::Hello {
+                version: 1,
+                client_name: b"t",
+            })
+            .starts_with("Hello(")
+    );
+    assert_eq!(authed.send(Request::Auth { secret: SECRET }), "Authed");
+    let mut buf = [0u8; 512];
+    let n = silent.0.read(&mut buf).unwrap();
+    let (reply, _) = decode_reply(&buf[..n]).unwrap().unwrap();
+    match reply {
+        Reply::Error { code, message } => {
+            assert_eq!(code, ErrorCode::Auth);
+            let message = String::from_utf8_lossy(message);
+            assert!(message.contains("auth_timeout_ms 300"), "{message}");
+        }
+        other => panic!("expected ERROR AUTH, got {other:?}"),
+    }
+    assert!(silent.closed());
+    let n = hello_only.0.read(&mut buf).unwrap();
+    assert!(matches!(
+        decode_reply(&buf[..n]),
+        Ok(Some((
+            Reply::Error {
+                code: ErrorCode::Auth,
+                ..
+            },
+            _
+        )))
+    ));
+    assert!(authed.send(Request::Ping).starts_with("Pong"));
 }

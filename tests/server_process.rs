@@ -228,3 +228,42 @@ fn connections_max_above_the_open_file_limit_logs_a_warning() {
         "{log}"
     );
 }
+
+#[test]
+fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", "0", "--frame-size-max", "100"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--frame-size-max 100") && err.contains("336"),
+        "{err}"
+    );
+    let (_server, addr) = start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args([
+        "server",
+        "--port",
+        "0",
+        "--frame-size-max",
+        "100",
+        "--name-len-max",
+        "16",
+        "--owner-len-max",
+        "16",
+    ]));
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // A header announcing a 200-byte body is refused from the header alone.
+    stream.write_all(&[b'A', 0, 200]).unwrap();
+    let mut reply = [0u8; 256];
+    let n = stream.read(&mut reply).unwrap();
+    assert_eq!(reply[0], b'-', "{:?}", &reply[..n]);
+    assert_eq!(
+        u16::from_be_bytes([reply[3], reply[4]]),
+        3,
+        "FRAME_TOO_LARGE"
+    );
+}
