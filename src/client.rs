@@ -39,6 +39,9 @@
 //!   [`ClientBuilder::session`], when the connection that acquired it closes.
 //!   Work that may outlive the TTL must be fenced: the resource compares
 //!   [`Lease::token`]s, which only ever increase, also across server restarts.
+//!   A SESSION hold can end at any moment its connection closes, so for
+//!   it "gone before another holder could be granted" is not promised:
+//!   only fencing protects the resource then.
 //! - **Each acquisition has its own owner** (`{client_id}:{counter}`), so
 //!   threads sharing one `Client` exclude each other like separate processes.
 //!   For the same reason a lock is not reentrant: acquiring a name this
@@ -423,9 +426,17 @@ impl ClientBuilder {
     }
 
     /// `true`: the server also releases a hold when the connection that took
-    /// it closes (the client is dropped, the process dies, or this client
-    /// drops that connection after an I/O error on it). `false` (default):
-    /// holds survive disconnects until released or expired.
+    /// it closes (the client is dropped, the process dies, a network
+    /// failure, the server's idle or write timeout, or this client drops
+    /// that connection after an I/O error on it). `false` (default): holds
+    /// survive disconnects until released or expired.
+    ///
+    /// A hold from [`Client::acquire`], [`Client::lock`] or
+    /// [`Client::try_acquire`] is bound to a pooled connection, which any
+    /// request of this client may drop after an I/O error, ending the hold
+    /// without a word. [`Client::lock_renewing`] (and [`Election`]) gives a
+    /// SESSION hold a connection of its own and reports its loss; see
+    /// [SESSION holds](RenewingGuard#session-holds).
     pub fn session(mut self, session: bool) -> Self {
         self.session = session;
         self
@@ -765,7 +776,14 @@ impl Client {
             wait,
             flags,
         };
-        match self.call(&op, self.retries)? {
+        let answer = self.call(&op, self.retries)?;
+        self.acquired(name, owner, answer)
+    }
+
+    /// The lease an ACQUIRE's `answer` grants, recorded for
+    /// [`Client::release`]; `Ok(None)` if it was not granted.
+    fn acquired(&self, name: &str, owner: String, answer: Answer) -> Result<Option<Lease>> {
+        match answer {
             Answer::Granted { token, ttl_ms } => {
                 let lease = Lease {
                     name: name.to_owned(),
@@ -781,6 +799,132 @@ impl Client {
             Answer::Busy | Answer::Timeout => Ok(None),
             Answer::Error { code, message } => Err(Error::Server { code, message }),
             other => unreachable!("Op::accepts admitted {other:?} for ACQUIRE"),
+        }
+    }
+
+    /// Takes `name` as a SESSION hold over a new connection that stays out
+    /// of the pool (a [`Binding`]), so no other request can break it.
+    /// `Ok(None)`: still held by another owner when the wait ended.
+    ///
+    /// Connection failures are retried on a new connection with the same
+    /// owner, which is safe: if a lost reply had granted the hold to the
+    /// closed connection, the server either released it at the close or
+    /// rebinds it to the new one on the same-owner ACQUIRE.
+    pub(crate) fn acquire_bound(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<(Lease, Binding)>> {
+        check_name(name)?;
+        let owner = self.next_owner();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let op = Op::Acquire {
+                name,
+                owner: &owner,
+                ttl_ms: self.ttl_ms,
+                wait,
+                flags: self.flags | FLAG_SESSION,
+            };
+            let wait_ms = op.wait_ms_left(started.elapsed());
+            let exchanged = self.connect(self.timeout).and_then(|mut conn| {
+                let answer = self.exchange_op(&mut conn, &op, wait_ms, self.timeout)?;
+                Ok((conn, answer))
+            });
+            let error = match exchanged {
+                Ok((conn, answer)) => {
+                    let closes = answer.closes_connection();
+                    let Some(lease) = self.acquired(name, owner, answer)? else {
+                        return Ok(None);
+                    };
+                    // A granted ACQUIRE is never answered by a closing ERROR.
+                    debug_assert!(!closes);
+                    let binding = Binding::new(conn).map_err(|e| Error::Connection {
+                        addr: self.addr.clone(),
+                        attempts: attempts + 1,
+                        source: e,
+                    })?;
+                    return Ok(Some((lease, binding)));
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Io(e)) => e,
+            };
+            attempts += 1;
+            if attempts > self.retries {
+                return Err(Error::Connection {
+                    addr: self.addr.clone(),
+                    attempts,
+                    source: error,
+                });
+            }
+            let delay = self.backoff(attempts);
+            debug!(
+                "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
+                self.addr
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// EXTEND of a SESSION hold over its own connection, waiting for the
+    /// reply until `read_until` (the lease's end; `None`: the client's
+    /// timeout) rather than the client's timeout: giving up would close the connection, and the server would
+    /// release the hold at the close. One attempt: a new connection cannot
+    /// carry the binding. Nothing is sent once [`Binding::stop`] was called.
+    /// If the connection fails, [`Binding::closed`] says why.
+    pub(crate) fn extend_bound(
+        &self,
+        binding: &Binding,
+        lease: &Lease,
+        ttl: Duration,
+        read_until: Option<Instant>,
+    ) -> Result<Duration> {
+        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.timeout);
+        let op = Op::Extend {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+            ttl_ms: duration_to_ms(ttl),
+        };
+        match binding.request(self, &op, read_until, true)? {
+            Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
+            Answer::NotHeld(reason) => {
+                self.forget(lease);
+                Err(Error::NotHeld {
+                    name: lease.name.clone(),
+                    reason: NotHeldCause::Server(reason),
+                })
+            }
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for EXTEND"),
+        }
+    }
+
+    /// RELEASE of a SESSION hold: over its own connection while that is
+    /// open, else through the pool (the server released the hold at the
+    /// close, or will when it sees it; a RELEASE in between frees it
+    /// sooner and otherwise answers NOT_HELD).
+    pub(crate) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
+        let op = Op::Release {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+        };
+        let answer = match binding.request(self, &op, Instant::now() + self.timeout, false) {
+            Ok(answer) => answer,
+            Err(_) if binding.closed().is_some() => return self.release_lease(lease),
+            Err(e) => return Err(e),
+        };
+        self.forget(lease);
+        match answer {
+            Answer::Released => Ok(()),
+            Answer::NotHeld(reason) => Err(Error::NotHeld {
+                name: lease.name.clone(),
+                reason: NotHeldCause::Server(reason),
+            }),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
         }
     }
 
@@ -899,6 +1043,22 @@ impl Client {
             Some(conn) => conn,
             None => self.connect(io_timeout)?,
         };
+        let answer = self.exchange_op(&mut conn, op, wait_ms, io_timeout)?;
+        if !answer.closes_connection() {
+            slot.conn = Some(conn);
+        }
+        Ok(answer)
+    }
+
+    /// Sends `op` on `conn` and reads its reply. On `Err` the connection's
+    /// next bytes are unknown and it must be dropped.
+    fn exchange_op(
+        &self,
+        conn: &mut Conn,
+        op: &Op<'_>,
+        wait_ms: u32,
+        io_timeout: Duration,
+    ) -> Result<Answer, Failure> {
         let mut frame = Vec::with_capacity(64);
         op.request(wait_ms).encode_to_vec(&mut frame);
         let read_timeout = io_timeout.saturating_add(Duration::from_millis(wait_ms as u64));
@@ -907,9 +1067,6 @@ impl Client {
             return Err(Failure::Fatal(Error::Protocol {
                 message: format!("{} answered {} with {answer:?}", self.addr, op.kind_name()),
             }));
-        }
-        if !answer.closes_connection() {
-            slot.conn = Some(conn);
         }
         Ok(answer)
     }
@@ -1279,6 +1436,162 @@ fn is_dead_connection(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
     )
+}
+
+/// How often a holder of a SESSION hold looks, between renewals, whether
+/// the server closed the hold's connection: a closed connection means the
+/// hold is gone, and the holder should know within this long.
+pub(crate) const SESSION_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The connection a SESSION hold is bound to, kept out of the pool: the
+/// server releases the hold the moment this connection closes, so only the
+/// hold's own requests use it, and any failure on it counts as the end of
+/// the hold (the client closes the connection, so the server releases the
+/// hold if it has not already).
+pub(crate) struct Binding {
+    /// `None` once closed.
+    conn: Mutex<Option<Conn>>,
+    /// Why the connection closed; set once, read without waiting for a
+    /// request in flight.
+    closed: Mutex<Option<String>>,
+    /// Another handle on the socket, to shut it down while a request is
+    /// blocked on it.
+    socket: TcpStream,
+    /// Set by [`Binding::stop`]: renewals send nothing more.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+impl Binding {
+    fn new(conn: Conn) -> io::Result<Binding> {
+        Ok(Binding {
+            socket: conn.stream.try_clone()?,
+            conn: Mutex::new(Some(conn)),
+            closed: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Option<Conn>> {
+        // Every update is one assignment: a panic cannot leave it half done.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the connection closed (the server has released the hold, or
+    /// will when it sees the close), or `None` while it is open.
+    pub(crate) fn closed(&self) -> Option<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn close(&self, conn: &mut Option<Conn>, why: String) {
+        *conn = None;
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+
+    /// Looks, without blocking, whether the server closed the connection;
+    /// `false` if it did (then [`Binding::closed`] says so). A request in
+    /// flight is not disturbed: the probe is skipped and that request finds
+    /// out itself.
+    pub(crate) fn probe(&self) -> bool {
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return self.closed().is_none();
+        };
+        let Some(open) = conn.as_mut() else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let peeked = open
+            .stream
+            .set_nonblocking(true)
+            .and_then(|()| open.stream.peek(&mut byte));
+        let restored = open.stream.set_nonblocking(false);
+        let why = match (peeked, restored) {
+            (Ok(0), _) => "the server closed the connection".to_owned(),
+            (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => e.to_string(),
+            (_, Err(e)) => e.to_string(),
+            // Open: nothing to read, or bytes the next request will see.
+            _ => return true,
+        };
+        self.close(&mut conn, why);
+        false
+    }
+
+    /// Sends no more renewals, and unblocks one in flight by shutting the
+    /// socket down (which ends the hold on the server, as a release would).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Held only by a request; one that takes it after this sees
+        // `stopping`.
+        if self.conn.try_lock().is_err() {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// One request, reading until `read_until`; any failure closes the
+    /// connection. `renewal`: refused once stopped.
+    fn request(
+        &self,
+        client: &Client,
+        op: &Op<'_>,
+        read_until: Instant,
+        renewal: bool,
+    ) -> Result<Answer> {
+        let mut conn = self.conn();
+        let unsent = |why: String| Error::Connection {
+            addr: client.addr.clone(),
+            attempts: 0,
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{} not sent: {why}", op.kind_name()),
+            ),
+        };
+        if renewal && self.stopping.load(Ordering::SeqCst) {
+            return Err(unsent("renewal stopped".to_owned()));
+        }
+        let Some(open) = conn.as_mut() else {
+            return Err(unsent(format!(
+                "the SESSION connection was closed: {}",
+                self.closed().unwrap_or_default()
+            )));
+        };
+        let left = read_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(unsent("its deadline passed".to_owned()));
+        }
+        match client.exchange_op(open, op, 0, left) {
+            Ok(answer) => {
+                if answer.closes_connection() {
+                    self.close(&mut conn, format!("the server answered {answer:?}"));
+                }
+                Ok(answer)
+            }
+            Err(Failure::Io(e)) => {
+                self.close(&mut conn, e.to_string());
+                Err(Error::Connection {
+                    addr: client.addr.clone(),
+                    attempts: 1,
+                    source: e,
+                })
+            }
+            Err(Failure::Fatal(e)) => {
+                self.close(&mut conn, e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binding")
+            .field("closed", &self.closed())
+            .finish_non_exhaustive()
+    }
 }
 
 /// At most `size` connections; idle ones wait in `idle`.

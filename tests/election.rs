@@ -113,16 +113,17 @@ fn a_campaign_gives_up_after_its_wait() {
     }
 }
 
+/// The leader's connection is cut (as by a network failure): the server
+/// frees the SESSION hold at once and B leads, long before A's TTL. A
+/// learns it from the closed connection, not from a renewal: A renews only
+/// every 15 s, and is told within a few seconds.
 #[test]
 fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
     let server = start();
     let proxy = Proxy::start(server.local_addr());
-    // A's lease is long and renewed often (every 300 ms): B can only lead
-    // within its 5 s wait if the server freed the SESSION hold when A's
-    // connection closed, not at A's TTL.
     let a_client = Client::builder(proxy.addr())
         .ttl(Duration::from_secs(30))
-        .renewals_per_ttl(100)
+        .renewals_per_ttl(2)
         .timeout(PATIENCE)
         .build()
         .unwrap();
@@ -137,16 +138,31 @@ fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
     let elected_b = campaign_in_background(&b, PATIENCE);
     wait_for_waiters(&b, 1);
 
-    proxy.cut(); // as if A's host crashed or its network failed
+    assert!(!leader_a.is_lost(), "the probe of an open connection");
+    proxy.cut(); // as if A's network failed
+    let cut_at = Instant::now();
     let leader_b = elected_b.recv_timeout(PATIENCE * 2).unwrap().unwrap();
     assert!(leader_b.token() > leader_a.token());
     assert_eq!(b.leader().unwrap().unwrap().token, leader_b.token());
 
-    // A's next renewal reaches the server again and is refused.
+    // is_lost looks at the connection itself: true once B leads, with no
+    // renewal sent since the cut.
+    assert!(
+        leader_a.is_lost(),
+        "is_lost still false after B was granted"
+    );
     let lost = leader_a.wait_lost(PATIENCE).expect("A learns it lost");
-    assert_eq!(lost, Lost::NotHeld(NotHeldReason::OtherOwner));
+    assert!(matches!(lost, Lost::SessionClosed { .. }), "{lost:?}");
+    assert!(
+        lost.to_string().contains("SESSION connection was lost"),
+        "{lost}"
+    );
     assert_eq!(losses.recv_timeout(PATIENCE).unwrap(), lost);
-    assert!(leader_a.is_lost());
+    assert!(
+        cut_at.elapsed() < Duration::from_secs(10),
+        "told only after {:?}: a renewal, not the connection, told it",
+        cut_at.elapsed()
+    );
 
     // The old leader going away does not disturb the new one.
     drop(leader_a);
@@ -154,18 +170,53 @@ fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
     assert!(!leader_b.is_lost());
 }
 
+/// A stopping server closes the leader's connection, which ends a SESSION
+/// hold: the leader is told so, without waiting for the lease's end.
 #[test]
-fn a_leader_whose_lease_ends_unrenewed_learns_it() {
+fn a_leader_whose_server_stops_learns_it() {
     let server = start();
-    let a = candidate(server.local_addr(), TTL);
+    let a = candidate(server.local_addr(), Duration::from_secs(30));
     let leader_a = a.campaign(PATIENCE).unwrap();
     assert!(!leader_a.is_lost());
     server.stop().unwrap();
     let lost = leader_a
         .wait_lost(PATIENCE)
-        .expect("lost at the lease's end");
-    assert!(matches!(lost, Lost::LeaseEnded { .. }), "{lost:?}");
+        .expect("lost when the connection closed");
+    assert!(matches!(lost, Lost::SessionClosed { .. }), "{lost:?}");
     assert!(matches!(leader_a.resign(), Err(Error::Connection { .. })));
+}
+
+/// The leader's hold has a connection of its own: the same client's other
+/// requests, reconnecting through the pool after their connections were
+/// cut, neither use nor disturb it, and resigning over it frees the lock.
+#[test]
+fn the_clients_other_requests_do_not_disturb_the_leader() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let client = Arc::new(
+        Client::builder(proxy.addr())
+            .ttl(TTL)
+            .timeout(PATIENCE)
+            .pool_size(2)
+            .build()
+            .unwrap(),
+    );
+    let election = Election::new(Arc::clone(&client), "leader").unwrap();
+    // Both pooled connections exist before the campaign, so cutting them
+    // all leaves only connections made afterwards, the leader's included.
+    let _ = client.status("leader").unwrap();
+    proxy.cut();
+    let leader = election.campaign(PATIENCE).unwrap();
+    for _ in 0..5 {
+        // Each finds its pooled connection dead and reconnects.
+        assert!(client.status("leader").unwrap().is_some());
+    }
+    thread::sleep(TTL * 3); // several renewals
+    assert!(!leader.is_lost(), "{:?}", leader.lost());
+    let token = leader.token();
+    assert_eq!(client.status("leader").unwrap().unwrap().token, token);
+    leader.resign().unwrap();
+    assert_eq!(election.leader().unwrap(), None);
 }
 
 #[test]

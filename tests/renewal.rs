@@ -412,3 +412,66 @@ fn cron_job_example_stops_when_the_lock_is_lost() {
         "{outcome:?}"
     );
 }
+
+/// A SESSION guard whose connection is cut: the server frees the lock at
+/// once (a waiter gets it), and the guard says why it lost, long before a
+/// renewal (every 15 s) or the lease's end (30 s) could have told it.
+#[test]
+fn a_session_guard_cut_off_is_told_at_once_why_it_lost() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let client = Arc::new(
+        Client::builder(proxy.addr())
+            .ttl(Duration::from_secs(30))
+            .renewals_per_ttl(2)
+            .session(true)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    );
+    let guard = client.lock_renewing("cache", PATIENCE).unwrap();
+    let losses = loss_channel(&guard);
+    let other = plain_client(server.local_addr());
+    let waiter = thread::spawn(move || other.acquire("cache", PATIENCE * 2));
+    thread::sleep(Duration::from_millis(200)); // let the waiter queue
+    assert!(!guard.is_lost());
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let granted = waiter.join().unwrap().expect("the waiter is granted");
+    assert!(granted.token() > guard.token());
+    let (lost, _) = losses.recv_timeout(PATIENCE).expect("on_lost called");
+    assert!(matches!(lost, Lost::SessionClosed { .. }), "{lost:?}");
+    assert!(
+        lost.to_string().contains("SESSION connection was lost"),
+        "{lost}"
+    );
+    assert!(cut_at.elapsed() < Duration::from_secs(10));
+    assert!(guard.is_lost());
+    // The release after the loss finds the lock someone else's.
+    assert!(matches!(guard.unlock(), Err(Error::NotHeld { .. })));
+}
+
+/// A SESSION guard renews and releases over its own connection: the lock
+/// stays held for several TTLs and is free the moment the guard drops.
+#[test]
+fn a_session_guard_renews_and_releases_over_its_connection() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = Arc::new(
+        Client::builder(addr)
+            .ttl(TTL)
+            .session(true)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap(),
+    );
+    let guard = client.lock_renewing("cache", PATIENCE).unwrap();
+    thread::sleep(TTL * 3);
+    assert!(!guard.is_lost(), "{:?}", guard.lost());
+    let status = client.status("cache").unwrap().expect("held");
+    assert!(status.session);
+    assert_eq!(status.token, guard.token());
+    drop(guard);
+    assert!(plain_client(addr).try_acquire("cache").unwrap().is_some());
+}

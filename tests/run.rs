@@ -2,8 +2,8 @@
 //! it, and shell commands as the jobs. What is checked: exit status
 //! passthrough, the environment, conflicts and waits, release on exit,
 //! renewal past several TTLs, the command killed when the lease is lost
-//! (renewals failing, or a renewal answered NOT_HELD), SESSION holds, and
-//! signals passed on to the command.
+//! (renewals failing, or a renewal answered NOT_HELD), SESSION holds (their
+//! connection cut, the server paused), and signals passed on to the command.
 //!
 //! Timing: the precise SIGTERM/SIGKILL schedule is unit-tested on the pure
 //! supervisor in src/cli/run.rs; here bounds are loose (seconds), and the
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use distlockd::client::Client;
 
 mod common;
+mod proxy;
 use common::{send_signal, start_server, start_server_on};
+use proxy::Proxy;
 
 /// Bound on any one `run` in these tests.
 const RUN_WAIT_MAX: Duration = Duration::from_secs(20);
@@ -407,6 +409,106 @@ fn a_session_hold_ends_when_run_is_killed() {
         );
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `--session`, and run's connection is cut (as by a network failure): the
+/// server frees the lock at once and a waiter gets it. run notices the
+/// closed connection itself (no renewal is due for 20 s, and the TTL is
+/// 60 s), stops the command at once and says why. The command is not
+/// guaranteed to be gone before the waiter's grant; it is stopped promptly
+/// after.
+#[test]
+fn a_session_connection_cut_stops_the_command_at_once() {
+    let (_server, addr) = start_server();
+    let proxy = Proxy::start(addr);
+    let dir = Scratch::new("session-cut");
+    let script = format!(
+        "trap 'echo term > {}; exit 0' TERM; echo up > {}; {}",
+        dir.sh("term"),
+        dir.sh("up"),
+        wait_script(&dir.sh("never"))
+    );
+    let run = Run::start(&mut run_cmd(
+        proxy.addr().port(),
+        "job",
+        &["--session", "--ttl", "60s", "--kill-grace", "1s"],
+        &script,
+    ));
+    wait_for_file(&dir.path("up"));
+    let port = addr.port();
+    let waiter = thread::spawn(move || client(port).acquire("job", Duration::from_secs(15)));
+    thread::sleep(Duration::from_millis(200)); // let the waiter queue
+
+    proxy.cut();
+    let cut_at = Instant::now();
+    let granted = waiter.join().unwrap().expect("the waiter is granted");
+    wait_for_file(&dir.path("term"));
+    let stopped_after = cut_at.elapsed();
+    let out = run.finish();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("the SESSION connection was lost"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("released the lock at the disconnect"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("longer ttl"), "{stderr}");
+    assert!(
+        stopped_after < Duration::from_secs(10),
+        "the command was stopped {stopped_after:?} after the cut"
+    );
+    // run's release after the loss leaves the new owner alone.
+    let status = client(port).status("job").unwrap().expect("held");
+    assert_eq!(status.token, granted.token());
+}
+
+/// `--session` with a 200 ms I/O timeout, and the server stopped (SIGSTOP)
+/// for 2.5 s, longer than the renewal interval (2 s): the renewal sent
+/// meanwhile waits for its reply until the lease's end instead of timing
+/// out, which would close the connection and end the hold. Nothing is
+/// lost: the command finishes and the hold is the same one throughout.
+#[test]
+fn a_session_hold_survives_a_server_pause_shorter_than_the_lease() {
+    let (server, addr) = start_server();
+    let dir = Scratch::new("session-pause");
+    let script = format!(
+        "echo up > {}; {}; echo done > {}",
+        dir.sh("up"),
+        wait_script(&dir.sh("go")),
+        dir.sh("done")
+    );
+    let run = Run::start(&mut run_cmd(
+        addr.port(),
+        "job",
+        &[
+            "--session",
+            "--ttl",
+            "6s",
+            "--kill-grace",
+            "200ms",
+            "--timeout",
+            "200ms",
+        ],
+        &script,
+    ));
+    wait_for_file(&dir.path("up"));
+    let token = client(addr.port()).status("job").unwrap().unwrap().token;
+    let pid = server.0.id();
+    send_signal(pid, "STOP");
+    thread::sleep(Duration::from_millis(2500));
+    send_signal(pid, "CONT");
+    thread::sleep(Duration::from_millis(300));
+    let status = client(addr.port()).status("job").unwrap();
+    assert_eq!(status.map(|s| s.token), Some(token), "the hold changed");
+    fs::write(dir.path("go"), "").unwrap();
+    let out = run.finish();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(wait_for_file(&dir.path("done")), "done\n");
+    assert!(!stderr.contains("lost lock"), "{stderr}");
 }
 
 #[test]

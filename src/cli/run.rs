@@ -58,6 +58,23 @@
 //! the hold is extended once before the command starts, to learn its
 //! expiry.
 //!
+//! # `--session`
+//!
+//! The server releases a SESSION hold the moment the connection that
+//! acquired it closes, and may grant the lock to a waiter at once. That
+//! connection can close at any moment (a network failure, the server's idle
+//! or write timeout), so with `--session` the rule above, dead before any
+//! other owner could be granted the lock, cannot be kept; `--session` trades
+//! it for fast release when `run` dies. To make a close rare and seen
+//! quickly, the hold gets a connection of its own (a
+//! `Binding`), outside the client's pool: renewals
+//! and the release go over it, a renewal waits for its reply until
+//! `expiry_earliest` instead of `--timeout` (a server paused for less costs
+//! nothing), and the renewal thread probes it every
+//! `SESSION_PROBE_INTERVAL` (100 ms) between renewals. Any failure or close of it
+//! counts as a loss, like NOT_HELD: SIGTERM at once, SIGKILL by the same
+//! rule, and the message says the SESSION connection was lost.
+//!
 //! # Exit status
 //!
 //! The command's status; 128+N if it died of signal N; `--conflict-exit-code`
@@ -81,7 +98,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 
 use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
-use crate::client::{Client, Error, Lease};
+use crate::client::{Binding, Client, Error, Lease, SESSION_PROBE_INTERVAL};
 
 /// Exit status when the lease was lost and the command was terminated.
 pub const EXIT_LEASE_LOST: u8 = 4;
@@ -153,7 +170,12 @@ Options:
   --kill-grace DURATION    SIGTERM to SIGKILL delay when the lease is lost
                            (default TTL/4, at most 5s; at most TTL/2)
   --session                a SESSION hold: the server also releases it as soon
-                           as run's connection closes (run killed or crashed)
+                           as run's connection closes (run killed or crashed,
+                           but also a network failure or the server's idle or
+                           write timeout). If that connection closes while
+                           COMMAND runs, COMMAND gets SIGTERM at once, but
+                           another owner may have the lock already: the
+                           timing above is not guaranteed with --session
   -q, --quiet              no message when the lock is busy, a renewal fails
                            or the release fails
   -h, --help               print this help
@@ -288,7 +310,7 @@ fn run(options: &Options) -> Result<u8, String> {
         .build()
         .map_err(|e| format!("run: {e}"))?;
     let client = Arc::new(client);
-    let (lease, sent_at) = match obtain(&client, options) {
+    let (lease, sent_at, binding) = match obtain(&client, options) {
         Ok(Some(held)) => held,
         Ok(None) => {
             if !options.quiet {
@@ -310,40 +332,90 @@ fn run(options: &Options) -> Result<u8, String> {
             return Ok(EXIT_UNAVAILABLE);
         }
     };
-    let code = run_under_lease(&client, &lease, sent_at, options);
-    release(&client, &lease, options.quiet, code == EXIT_LEASE_LOST);
+    let binding = binding.map(Arc::new);
+    let code = run_under_lease(&client, &lease, sent_at, binding.clone(), options);
+    let lost = code == EXIT_LEASE_LOST;
+    release(&client, &lease, binding.as_deref(), options.quiet, lost);
     Ok(code)
 }
 
-/// The lease and the time its expiry counts from; `Ok(None)`: held by
-/// another owner.
-fn obtain(client: &Client, options: &Options) -> Result<Option<(Lease, Instant)>, Error> {
+/// The lease, the time its expiry counts from, and for `--session` the
+/// connection the hold is bound to; `Ok(None)`: held by another owner.
+type Obtained = (Lease, Instant, Option<Binding>);
+
+/// Takes the lock: over a connection of its own with `--session` (so
+/// nothing else can close it and end the hold), else through the pool.
+fn obtain(client: &Client, options: &Options) -> Result<Option<Obtained>, Error> {
     let sent_at = Instant::now();
-    if options.wait.is_zero() {
-        return Ok(client.try_acquire(&options.name)?.map(|l| (l, sent_at)));
-    }
-    let lease = match client.acquire(&options.name, options.wait) {
-        Ok(lease) => lease,
-        Err(Error::AcquireTimeout { .. }) => return Ok(None),
+    let acquired = if options.session {
+        client
+            .acquire_bound(&options.name, options.wait)
+            .map(|held| held.map(|(lease, binding)| (lease, Some(binding))))
+    } else if options.wait.is_zero() {
+        client
+            .try_acquire(&options.name)
+            .map(|lease| lease.map(|l| (l, None)))
+    } else {
+        client
+            .acquire(&options.name, options.wait)
+            .map(|l| Some((l, None)))
+    };
+    let (lease, binding) = match acquired {
+        Ok(Some(held)) => held,
+        Ok(None) | Err(Error::AcquireTimeout { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
+    if options.wait.is_zero() {
+        return Ok(Some((lease, sent_at, binding)));
+    }
     // Granted at some moment of the wait: extend now to know the expiry.
     let sent_at = Instant::now();
-    match client.extend(&lease, options.ttl) {
+    match extend(client, &lease, binding.as_ref(), options.ttl, None) {
         Ok(ttl) => Ok(Some((
             Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl),
             sent_at,
+            binding,
         ))),
         Err(e) => {
-            let _ = client.release_lease(&lease);
+            let _ = release_lease(client, &lease, binding.as_ref());
             Err(e)
         }
     }
 }
 
+/// EXTEND over the SESSION connection (waiting for the reply until
+/// `read_until`, the earliest expiry), or through the pool.
+fn extend(
+    client: &Client,
+    lease: &Lease,
+    binding: Option<&Binding>,
+    ttl: Duration,
+    read_until: Option<Instant>,
+) -> Result<Duration, Error> {
+    match binding {
+        Some(binding) => client.extend_bound(binding, lease, ttl, read_until),
+        None => client.extend(lease, ttl),
+    }
+}
+
+/// RELEASE over the SESSION connection, or through the pool.
+fn release_lease(client: &Client, lease: &Lease, binding: Option<&Binding>) -> Result<(), Error> {
+    match binding {
+        Some(binding) => client.release_bound(binding, lease),
+        None => client.release_lease(lease),
+    }
+}
+
 /// Starts the command and supervises it until it exits; the exit status.
 /// `sent_at`: when the request that granted `lease` was sent.
-fn run_under_lease(client: &Arc<Client>, lease: &Lease, sent_at: Instant, options: &Options) -> u8 {
+/// `binding`: the SESSION hold's own connection (`--session`).
+fn run_under_lease(
+    client: &Arc<Client>,
+    lease: &Lease,
+    sent_at: Instant,
+    binding: Option<Arc<Binding>>,
+    options: &Options,
+) -> u8 {
     let clock = LeaseClock::new(sent_at, lease.ttl(), options.ttl, options.kill_grace);
     // Registered before the command starts, so a signal that arrives in
     // between is queued and forwarded once it runs, never lost.
@@ -374,14 +446,24 @@ fn run_under_lease(client: &Arc<Client>, lease: &Lease, sent_at: Instant, option
         thread::spawn(move || wait_for(child, &events))
     };
     let renewer = {
-        let (client, lease, ttl) = (Arc::clone(client), lease.clone(), options.ttl);
+        let renewal = Renewal {
+            client: Arc::clone(client),
+            lease: lease.clone(),
+            binding: binding.clone(),
+            ttl: options.ttl,
+            expiry_earliest: sent_at + lease.ttl(),
+        };
         let first = sent_at + lease.ttl() / RENEWALS_PER_TTL;
-        thread::spawn(move || renew(&client, &lease, ttl, first, &events, &renewer_stopped))
+        thread::spawn(move || renewal.run(first, &events, &renewer_stopped))
     };
     let mut supervisor = Supervisor::new(clock);
     let status = supervise(&mut supervisor, group, &inbox, &options.name, options.quiet);
-    // The renewal thread stops before the release, so no EXTEND follows it.
+    // The renewal thread stops before the release, so no EXTEND follows it;
+    // a renewal blocked on the SESSION connection is cut short.
     drop(stop_renewer);
+    if let Some(binding) = &binding {
+        binding.stop();
+    }
     let _ = renewer.join();
     let _ = waiter.join();
     forwarder.stop();
@@ -419,52 +501,109 @@ fn exit_code(status: ExitStatus) -> u8 {
 #[derive(Debug)]
 enum Event {
     Exited(io::Result<ExitStatus>),
-    Renewed { sent_at: Instant, ttl: Duration },
+    Renewed {
+        sent_at: Instant,
+        ttl: Duration,
+    },
     RenewFailed(String),
+    /// A renewal was answered NOT_HELD.
     Lost(String),
+    /// The SESSION connection closed or failed: the server released the
+    /// hold at the disconnect.
+    SessionClosed(String),
 }
 
 fn wait_for(mut child: Child, events: &Sender<Event>) {
     let _ = events.send(Event::Exited(child.wait()));
 }
 
-/// Extends the lease every TTL/3 (TTL/10 after a failure) until `stop` is
-/// dropped or the hold is found gone.
-fn renew(
-    client: &Client,
-    lease: &Lease,
+/// The renewal thread's side.
+struct Renewal {
+    client: Arc<Client>,
+    lease: Lease,
+    /// The SESSION hold's own connection.
+    binding: Option<Arc<Binding>>,
+    /// `--ttl`, asked for on each renewal.
     ttl: Duration,
-    first: Instant,
-    events: &Sender<Event>,
-    stop: &Receiver<()>,
-) {
-    let mut next = first;
-    loop {
-        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-        }
-        let sent_at = Instant::now();
-        let event = match client.extend(lease, ttl) {
-            Ok(granted) => {
-                next = sent_at + granted / RENEWALS_PER_TTL;
-                Event::Renewed {
-                    sent_at,
-                    ttl: granted,
-                }
-            }
-            Err(e @ Error::NotHeld { .. }) => {
-                let _ = events.send(Event::Lost(e.to_string()));
+    /// The server cannot expire the hold before this; a renewal over the
+    /// SESSION connection waits for its reply until then.
+    expiry_earliest: Instant,
+}
+
+impl Renewal {
+    /// Extends the lease every TTL/3 (TTL/10 after a failure) until `stop`
+    /// is dropped, the hold is found gone, or the SESSION connection closes
+    /// (looked at every [`SESSION_PROBE_INTERVAL`] between renewals).
+    fn run(mut self, first: Instant, events: &Sender<Event>, stop: &Receiver<()>) {
+        let mut next = first;
+        loop {
+            if !self.sleep_until(next, stop) {
                 return;
             }
-            Err(e) => {
-                next = Instant::now() + ttl / RENEW_RETRIES_PER_TTL;
-                Event::RenewFailed(e.to_string())
+            if let Some(why) = self.session_closed() {
+                let _ = events.send(Event::SessionClosed(why));
+                return;
             }
-        };
-        if events.send(event).is_err() {
-            return;
+            let sent_at = Instant::now();
+            let read_until = self.binding.as_ref().map(|_| self.expiry_earliest);
+            let result = extend(
+                &self.client,
+                &self.lease,
+                self.binding.as_deref(),
+                self.ttl,
+                read_until,
+            );
+            let event = match result {
+                Ok(granted) => {
+                    next = sent_at + granted / RENEWALS_PER_TTL;
+                    self.expiry_earliest = self.expiry_earliest.max(sent_at + granted);
+                    Event::Renewed {
+                        sent_at,
+                        ttl: granted,
+                    }
+                }
+                Err(e @ Error::NotHeld { .. }) => {
+                    let _ = events.send(Event::Lost(e.to_string()));
+                    return;
+                }
+                Err(e) => {
+                    if let Some(why) = self.session_closed() {
+                        let _ = events.send(Event::SessionClosed(why));
+                        return;
+                    }
+                    next = Instant::now() + self.ttl / RENEW_RETRIES_PER_TTL;
+                    Event::RenewFailed(e.to_string())
+                }
+            };
+            if events.send(event).is_err() {
+                return;
+            }
         }
+    }
+
+    /// Waits until `until`, probing the SESSION connection meanwhile;
+    /// `false` if stopped. Returns early if the connection is found closed.
+    fn sleep_until(&self, until: Instant, stop: &Receiver<()>) -> bool {
+        loop {
+            let now = Instant::now();
+            let mut wake = until;
+            if let Some(binding) = &self.binding {
+                if !binding.probe() {
+                    return true;
+                }
+                wake = wake.min(now + SESSION_PROBE_INTERVAL);
+            }
+            match stop.recv_timeout(wake.saturating_duration_since(now)) {
+                Err(RecvTimeoutError::Timeout) if wake >= until => return true,
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Why the SESSION connection closed, if it did.
+    fn session_closed(&self) -> Option<String> {
+        self.binding.as_ref().and_then(|b| b.closed())
     }
 }
 
@@ -510,7 +649,17 @@ fn supervise(
             }
             Event::Lost(why) => {
                 if matches!(supervisor.phase, Phase::Holding) {
-                    eprintln!("distlockd run: lost lock {name:?}: {why}");
+                    eprintln!(
+                        "distlockd run: lost lock {name:?}: a renewal was answered NOT_HELD: {why}"
+                    );
+                }
+                supervisor.lost();
+            }
+            Event::SessionClosed(why) => {
+                if matches!(supervisor.phase, Phase::Holding) {
+                    eprintln!(
+                        "distlockd run: lost lock {name:?}: the SESSION connection was lost ({why}); the server released the lock at the disconnect and may have granted it to another owner already"
+                    );
                 }
                 supervisor.lost();
             }
@@ -566,8 +715,8 @@ fn act(action: Action, group: Pid, name: &str, grace: Duration) {
     }
 }
 
-fn release(client: &Client, lease: &Lease, quiet: bool, lost: bool) {
-    match client.release_lease(lease) {
+fn release(client: &Client, lease: &Lease, binding: Option<&Binding>, quiet: bool, lost: bool) {
+    match release_lease(client, lease, binding) {
         Ok(()) => {}
         // After a loss the hold is gone or someone else's: nothing to say.
         Err(Error::NotHeld { .. }) if lost => {}

@@ -20,16 +20,27 @@
 //! - **Losing is told**, as for any [`RenewingGuard`]: by
 //!   [`Leadership::is_lost`], [`Leadership::wait_lost`] and
 //!   [`Leadership::on_lost`], at the lease's end at the latest (see the
-//!   timing rule on [`RenewingGuard`]).
+//!   timing rule on [`RenewingGuard`]), and within about 100 ms of the
+//!   server closing the leader's connection ([`Lost::SessionClosed`]).
+//! - **Not promised: that a leader knows it lost before the next one
+//!   leads.** The server ends the term the moment the leader's connection
+//!   closes, and grants the lock to the next candidate at once; the old
+//!   leader learns it afterwards (see [SESSION
+//!   holds](RenewingGuard#session-holds)). Only the token check above keeps
+//!   two terms from acting on the same resource.
 //! - **The leader's identity is not published.** The server never reveals
 //!   owners; [`Election::leader`] tells the current term's token and how
 //!   long its hold has left. A leader that must be found (to send it work)
 //!   publishes its address elsewhere, tagged with its token, so readers can
 //!   ignore entries from older terms.
-//! - **A SESSION hold is bound to one pooled connection** (the one that
-//!   carried the winning ACQUIRE). If that connection fails or is closed,
-//!   for example by the server's `idle_timeout_ms` while it sits unused in
-//!   the pool, the leadership ends and the next renewal reports it.
+//! - **The leader's hold has a connection of its own**, opened for the
+//!   campaign and kept out of the client's pool, so other requests of the
+//!   same client cannot break it; renewals and the resignation go over it.
+//!   Any failure of that connection ends the leadership
+//!   ([`Lost::SessionClosed`]), and so does the server closing it (for
+//!   example at its `idle_timeout_ms`, if that is shorter than the renewal
+//!   interval). A renewal waits for its reply until the lease's end, so a
+//!   server that pauses for less than that does not end the term.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,7 +112,8 @@ impl Leadership {
         self.guard.lease()
     }
 
-    /// See [`RenewingGuard::is_lost`].
+    /// See [`RenewingGuard::is_lost`]: exact for the lease's end; a closed
+    /// connection is seen if the server's close has reached this client.
     pub fn is_lost(&self) -> bool {
         self.guard.is_lost()
     }

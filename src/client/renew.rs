@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{Client, Error, Lease, NotHeldCause, Result, not_held_text};
-use crate::protocol::NotHeldReason;
+use super::{
+    Binding, Client, Error, Lease, NotHeldCause, Result, SESSION_PROBE_INTERVAL, not_held_text,
+};
+use crate::protocol::{FLAG_SESSION, NotHeldReason};
 
 /// The shortest gap between two renewals, so a tiny granted TTL cannot make
 /// the thread spin.
@@ -27,14 +29,18 @@ const RENEW_INTERVAL_MIN: Duration = Duration::from_millis(1);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Lost {
-    /// The server answered a renewal with NOT_HELD: the hold expired, was
-    /// released (e.g. by another process holding its owner and token), or,
-    /// for a SESSION hold, ended with the connection that took it.
+    /// The server answered a renewal with NOT_HELD: the hold expired or was
+    /// released (e.g. by another process holding its owner and token).
     NotHeld(NotHeldReason),
     /// No renewal was confirmed before the lease's end (see
     /// [`RenewingGuard`]); `last_error` is why the latest renewal failed, `None`
     /// if it was still under way.
     LeaseEnded { last_error: Option<String> },
+    /// A SESSION hold's connection closed or failed (`error` says how),
+    /// before the lease's end: the server releases a SESSION hold the
+    /// moment its connection closes, so it may already have granted the
+    /// lock to someone else.
+    SessionClosed { error: String },
 }
 
 impl fmt::Display for Lost {
@@ -53,6 +59,10 @@ impl fmt::Display for Lost {
             } => write!(
                 f,
                 "the lease ended before a renewal was confirmed; the last renewal failed: {error}"
+            ),
+            Lost::SessionClosed { error } => write!(
+                f,
+                "the SESSION connection was lost ({error}); the server released the lock at the disconnect"
             ),
         }
     }
@@ -77,6 +87,29 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 /// TTL, and dropping the guard still releases it unless the server already
 /// said it was not held.
 ///
+/// # SESSION holds
+///
+/// A guard from a client built with
+/// [`session(true)`](super::ClientBuilder::session), and every
+/// [`Leadership`](super::Leadership), holds a SESSION hold. The server
+/// releases it the moment the connection that acquired it closes, whatever
+/// its TTL, so the guard keeps that connection to itself, out of the pool:
+/// renewals and the release go over it and no other request can break it.
+/// A renewal waits for its reply until the lease's end, not the client's
+/// timeout, because giving up would mean closing the connection (a server
+/// paused for less than the remaining lease costs nothing). Any failure of
+/// that connection ends the lease at once ([`Lost::SessionClosed`]).
+///
+/// This trades the timing rule below for fast release when the holder
+/// dies: a connection can close at any moment (a network failure, the
+/// server's `idle_timeout_ms` or `write_timeout_ms`), and the server may
+/// grant the lock to the next waiter before the holder can know. The guard
+/// learns of a close the server made (its FIN arrived) within
+/// 100 ms, by probing the idle connection between renewals (and on every
+/// [`is_lost`](RenewingGuard::is_lost)); of a connection that went silent,
+/// at the next renewal's failure or the lease's end. Only fencing tokens
+/// protect a resource across that gap.
+///
 /// # When the lease counts as lost
 ///
 /// The client cannot see the server's clock, so it keeps the earliest moment
@@ -95,8 +128,9 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 ///
 /// Loss is final: an EXTEND confirmed after `valid_until` does not bring the
 /// lease back, because someone may already have seen it lost.
-/// [`RenewingGuard::is_lost`] reads the clock itself, so it is exact even
-/// while the renewal thread is blocked in I/O. The thread's connect and
+/// [`RenewingGuard::is_lost`] reads the clock itself, so it is exact for
+/// the lease's end even while the renewal thread is blocked in I/O (for a
+/// SESSION hold's connection closing, see above). The thread's connect and
 /// read timeouts end at `valid_until` too, so the
 /// [`RenewingGuard::on_lost`] callback and [`RenewingGuard::wait_lost`] learn
 /// of a loss at `valid_until` at the latest, give or take scheduling (and
@@ -106,6 +140,8 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 pub struct RenewingGuard {
     client: Arc<Client>,
     lease: Lease,
+    /// A SESSION hold's own connection.
+    binding: Option<Arc<Binding>>,
     shared: Arc<Shared>,
     /// `None` once stopped (in `unlock` or drop).
     renewer: Option<JoinHandle<()>>,
@@ -141,6 +177,17 @@ impl State {
             });
         }
         debug_assert!(self.lost.is_some() || !self.loss_delivered);
+        self.lost.as_ref()
+    }
+
+    /// [`State::check`], and a SESSION hold whose connection closed before
+    /// the lease's end is lost too.
+    fn check_binding(&mut self, now: Instant, binding: Option<&Binding>) -> Option<&Lost> {
+        if self.check(now).is_none()
+            && let Some(error) = binding.and_then(Binding::closed)
+        {
+            self.lost = Some(Lost::SessionClosed { error });
+        }
         self.lost.as_ref()
     }
 }
@@ -198,7 +245,14 @@ impl RenewingGuard {
         flags: u8,
     ) -> Result<RenewingGuard> {
         let sent = Instant::now();
-        let Some(lease) = client.acquire_inner(name, wait, flags)? else {
+        let acquired = if flags & FLAG_SESSION != 0 {
+            client
+                .acquire_bound(name, wait)?
+                .map(|(lease, binding)| (lease, Some(Arc::new(binding))))
+        } else {
+            client.acquire_inner(name, wait, flags)?.map(|l| (l, None))
+        };
+        let Some((lease, binding)) = acquired else {
             return Err(Error::AcquireTimeout {
                 name: name.to_owned(),
                 waited: sent.elapsed(),
@@ -207,7 +261,7 @@ impl RenewingGuard {
         let (confirmed_at, ttl) = if sent.elapsed() < client.renew_interval(lease.ttl) {
             (sent, lease.ttl)
         } else {
-            pin_late_grant(&client, &lease)?
+            pin_late_grant(&client, &lease, binding.as_deref())?
         };
         let valid_until = confirmed_at + ttl;
         let shared = Arc::new(Shared {
@@ -224,6 +278,7 @@ impl RenewingGuard {
         let renewer = Renewer {
             client: Arc::clone(&client),
             lease: lease.clone(),
+            binding: binding.clone(),
             shared: Arc::clone(&shared),
             next: confirmed_at + client.renew_interval(ttl),
         };
@@ -233,7 +288,7 @@ impl RenewingGuard {
         let renewer = match spawned {
             Ok(handle) => handle,
             Err(e) => {
-                if let Err(release) = client.release_lease(&lease) {
+                if let Err(release) = release(&client, &lease, binding.as_deref()) {
                     warn!("releasing lock {name:?} after a failed thread start: {release}");
                 }
                 panic!("cannot start the renewal thread for lock {name:?}: {e}");
@@ -242,6 +297,7 @@ impl RenewingGuard {
         Ok(RenewingGuard {
             client,
             lease,
+            binding,
             shared,
             renewer: Some(renewer),
             released: false,
@@ -261,15 +317,33 @@ impl RenewingGuard {
         &self.lease.name
     }
 
-    /// Whether the lease is lost. Reads the clock: true from the lease's end
-    /// on, even while a renewal is still under way.
+    /// Whether the lease is lost. Exact for the lease's end: reads the
+    /// clock, so true from then on, even while a renewal is still under way.
+    /// For a SESSION hold it also looks whether the server closed the hold's
+    /// connection (true if it did); a connection that broke without the
+    /// server's close reaching the client is only found by the next renewal
+    /// (see [SESSION holds](RenewingGuard#session-holds)).
     pub fn is_lost(&self) -> bool {
         self.lost().is_some()
     }
 
-    /// How the lease was lost, or `None` while it is held.
+    /// How the lease was lost, or `None` while it is held. Looks as
+    /// [`is_lost`](RenewingGuard::is_lost) does.
     pub fn lost(&self) -> Option<Lost> {
-        self.shared.state().check(Instant::now()).cloned()
+        if let Some(binding) = &self.binding {
+            binding.probe();
+        }
+        let mut state = self.shared.state();
+        let was_lost = state.lost.is_some();
+        let lost = state
+            .check_binding(Instant::now(), self.binding.as_deref())
+            .cloned();
+        drop(state);
+        if !was_lost && lost.is_some() {
+            // The renewal thread delivers it (on_lost, wait_lost).
+            self.shared.changed.notify_all();
+        }
+        lost
     }
 
     /// Blocks until the lease is lost (returning how) or `timeout` passes
@@ -320,7 +394,7 @@ impl RenewingGuard {
     pub fn unlock(mut self) -> Result<()> {
         self.stop_renewing();
         self.released = true;
-        self.client.release_lease(&self.lease)
+        release(&self.client, &self.lease, self.binding.as_deref())
     }
 
     /// Stops the renewal thread and waits for it; returns the loss, if any.
@@ -333,6 +407,9 @@ impl RenewingGuard {
             };
             self.shared.changed.notify_all();
             drop(callback);
+            if let Some(binding) = &self.binding {
+                binding.stop();
+            }
             if renewer.join().is_err() {
                 // Only a panicking on_lost callback gets here; its message
                 // was printed by the panic hook.
@@ -352,7 +429,7 @@ impl Drop for RenewingGuard {
         if self.released || matches!(lost, Some(Lost::NotHeld(_))) {
             return;
         }
-        if let Err(e) = self.client.release_lease(&self.lease) {
+        if let Err(e) = release(&self.client, &self.lease, self.binding.as_deref()) {
             warn!(
                 "releasing lock {:?} (token {}) on drop failed: {e}",
                 self.lease.name, self.lease.token
@@ -371,16 +448,45 @@ impl fmt::Debug for RenewingGuard {
     }
 }
 
+/// RELEASE over a SESSION hold's own connection, or through the pool.
+fn release(client: &Client, lease: &Lease, binding: Option<&Binding>) -> Result<()> {
+    match binding {
+        Some(binding) => client.release_bound(binding, lease),
+        None => client.release_lease(lease),
+    }
+}
+
+/// EXTEND over a SESSION hold's own connection (reading until `deadline`),
+/// or through the pool (`retries`, no I/O past `deadline`).
+fn extend(
+    client: &Client,
+    lease: &Lease,
+    binding: Option<&Binding>,
+    retries: u32,
+    deadline: Option<Instant>,
+) -> Result<Duration> {
+    match binding {
+        Some(binding) => client.extend_bound(binding, lease, lease.ttl, deadline),
+        None => client.extend_within(lease, lease.ttl, retries, deadline),
+    }
+}
+
 /// Renews a grant that may have come after a wait, so the lease's end is
 /// counted from a moment known to be after the grant. Returns when that
 /// renewal was sent and the TTL it got.
-fn pin_late_grant(client: &Client, lease: &Lease) -> Result<(Instant, Duration)> {
+fn pin_late_grant(
+    client: &Client,
+    lease: &Lease,
+    binding: Option<&Binding>,
+) -> Result<(Instant, Duration)> {
     let sent = Instant::now();
-    match client.extend(lease, lease.ttl) {
+    // The grant's own moment is unknown, so the lease's end is too: wait no
+    // longer than the client's timeout.
+    match extend(client, lease, binding, client.retries, None) {
         Ok(ttl) => Ok((sent, ttl)),
         Err(e) => {
             if !matches!(e, Error::NotHeld { .. })
-                && let Err(release) = client.release_lease(lease)
+                && let Err(release) = release(client, lease, binding)
             {
                 warn!(
                     "releasing lock {:?} (token {}) after its first renewal failed: {release}",
@@ -396,6 +502,7 @@ fn pin_late_grant(client: &Client, lease: &Lease) -> Result<(Instant, Duration)>
 struct Renewer {
     client: Arc<Client>,
     lease: Lease,
+    binding: Option<Arc<Binding>>,
     shared: Arc<Shared>,
     /// When to send the next EXTEND.
     next: Instant,
@@ -414,19 +521,33 @@ impl Renewer {
             // One attempt per round: the retries are the rounds themselves,
             // spaced by the client's backoff, until the lease's end. Giving
             // up after a count would forfeit a lease that is still valid.
-            let result = self
-                .client
-                .extend_within(&self.lease, self.lease.ttl, 0, Some(deadline));
+            let result = extend(
+                &self.client,
+                &self.lease,
+                self.binding.as_deref(),
+                0,
+                Some(deadline),
+            );
             let mut state = self.shared.state();
             if state.stopping {
                 return;
             }
+            if let Err(e) = &result
+                && !matches!(e, Error::NotHeld { .. })
+            {
+                state.last_error = Some(e.to_string());
+            }
+            if state
+                .check_binding(Instant::now(), self.binding.as_deref())
+                .is_some()
+            {
+                // The lease ended (a confirmation this late does not count:
+                // the loss may have been seen), or its SESSION connection
+                // failed.
+                break;
+            }
             match result {
                 Ok(ttl) => {
-                    if state.check(Instant::now()).is_some() {
-                        // Confirmed too late: the loss may have been seen.
-                        break;
-                    }
                     state.valid_until = sent + ttl;
                     state.last_error = None;
                     failures = 0;
@@ -445,7 +566,6 @@ impl Renewer {
                         self.lease.name, self.lease.token
                     );
                     failures += 1;
-                    state.last_error = Some(e.to_string());
                     self.next = Instant::now() + self.client.backoff(failures);
                 }
             }
@@ -456,15 +576,19 @@ impl Renewer {
     }
 
     /// Sleeps until the next renewal is due, the guard stops it, or the
-    /// lease's end passes.
+    /// lease is lost (its end passes, or a SESSION hold's connection is
+    /// found closed, looking every [`SESSION_PROBE_INTERVAL`]).
     fn wait_until_due(&self) -> Wake {
-        let mut state = self.shared.state();
         loop {
+            if let Some(binding) = &self.binding {
+                binding.probe();
+            }
+            let mut state = self.shared.state();
             if state.stopping {
                 return Wake::Stop;
             }
             let now = Instant::now();
-            if state.check(now).is_some() {
+            if state.check_binding(now, self.binding.as_deref()).is_some() {
                 return Wake::Lost;
             }
             if now >= self.next {
@@ -472,13 +596,17 @@ impl Renewer {
                     deadline: state.valid_until,
                 };
             }
-            let until = self.next.min(state.valid_until);
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, until - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            let mut until = self.next.min(state.valid_until);
+            if self.binding.is_some() {
+                until = until.min(now + SESSION_PROBE_INTERVAL);
+            }
+            drop(
+                self.shared
+                    .changed
+                    .wait_timeout(state, until - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0,
+            );
         }
     }
 
