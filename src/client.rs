@@ -913,6 +913,16 @@ impl Client {
         };
         let answer = match binding.request(self, &op, Instant::now() + self.timeout, false) {
             Ok(answer) => answer,
+            // Stopping the renewals shut the socket down under a renewal in
+            // flight: the server ended the hold at that disconnect, which is
+            // the release asked for. The RELEASE through the pool then finds
+            // the lock free (or already someone else's).
+            Err(_) if binding.shut_by_stop() => {
+                return match self.release_lease(lease) {
+                    Err(Error::NotHeld { .. }) => Ok(()),
+                    other => other,
+                };
+            }
             Err(_) if binding.closed().is_some() => return self.release_lease(lease),
             Err(e) => return Err(e),
         };
@@ -1459,6 +1469,11 @@ pub(crate) struct Binding {
     socket: TcpStream,
     /// Set by [`Binding::stop`]: renewals send nothing more.
     stopping: std::sync::atomic::AtomicBool,
+    /// A renewal is between its `stopping` check and its reply.
+    renewal_in_flight: std::sync::atomic::AtomicBool,
+    /// [`Binding::stop`] shut the socket down under a renewal: the server
+    /// ended the hold at that disconnect, as a release would have.
+    shut_by_stop: std::sync::atomic::AtomicBool,
 }
 
 impl Binding {
@@ -1468,6 +1483,8 @@ impl Binding {
             conn: Mutex::new(Some(conn)),
             closed: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            renewal_in_flight: std::sync::atomic::AtomicBool::new(false),
+            shut_by_stop: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1523,13 +1540,21 @@ impl Binding {
 
     /// Sends no more renewals, and unblocks one in flight by shutting the
     /// socket down (which ends the hold on the server, as a release would).
+    /// A renewal marks itself in flight before it checks `stopping`, and
+    /// this sets `stopping` before it checks the mark, so either the
+    /// renewal sees `stopping` or this sees the renewal (both SeqCst).
+    /// Other holders of the connection lock (a probe) are not disturbed.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Held only by a request; one that takes it after this sees
-        // `stopping`.
-        if self.conn.try_lock().is_err() {
+        if self.renewal_in_flight.load(Ordering::SeqCst) {
+            self.shut_by_stop.store(true, Ordering::SeqCst);
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Whether [`Binding::stop`] ended the hold by shutting the socket down.
+    pub(crate) fn shut_by_stop(&self) -> bool {
+        self.shut_by_stop.load(Ordering::SeqCst)
     }
 
     /// One request, reading until `read_until`; any failure closes the
@@ -1550,9 +1575,28 @@ impl Binding {
                 format!("{} not sent: {why}", op.kind_name()),
             ),
         };
-        if renewal && self.stopping.load(Ordering::SeqCst) {
-            return Err(unsent("renewal stopped".to_owned()));
+        if renewal {
+            self.renewal_in_flight.store(true, Ordering::SeqCst);
+            if self.stopping.load(Ordering::SeqCst) {
+                self.renewal_in_flight.store(false, Ordering::SeqCst);
+                return Err(unsent("renewal stopped".to_owned()));
+            }
         }
+        let result = self.request_locked(client, op, read_until, &mut conn, unsent);
+        if renewal {
+            self.renewal_in_flight.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn request_locked(
+        &self,
+        client: &Client,
+        op: &Op<'_>,
+        read_until: Instant,
+        conn: &mut Option<Conn>,
+        unsent: impl Fn(String) -> Error,
+    ) -> Result<Answer> {
         let Some(open) = conn.as_mut() else {
             return Err(unsent(format!(
                 "the SESSION connection was closed: {}",
@@ -1566,12 +1610,12 @@ impl Binding {
         match client.exchange_op(open, op, 0, left) {
             Ok(answer) => {
                 if answer.closes_connection() {
-                    self.close(&mut conn, format!("the server answered {answer:?}"));
+                    self.close(conn, format!("the server answered {answer:?}"));
                 }
                 Ok(answer)
             }
             Err(Failure::Io(e)) => {
-                self.close(&mut conn, e.to_string());
+                self.close(conn, e.to_string());
                 Err(Error::Connection {
                     addr: client.addr.clone(),
                     attempts: 1,
@@ -1579,7 +1623,7 @@ impl Binding {
                 })
             }
             Err(Failure::Fatal(e)) => {
-                self.close(&mut conn, e.to_string());
+                self.close(conn, e.to_string());
                 Err(e)
             }
         }
