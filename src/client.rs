@@ -751,7 +751,13 @@ impl Client {
             token: lease.token,
             ttl_ms: duration_to_ms(ttl),
         };
-        match self.call_within(&op, retries, deadline)? {
+        let answer = self.call_within(&op, retries, deadline)?;
+        self.extend_answer(lease, answer)
+    }
+
+    /// What an EXTEND's answer means for `lease`.
+    fn extend_answer(&self, lease: &Lease, answer: Answer) -> Result<Duration> {
+        match answer {
             Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
             Answer::NotHeld(reason) => {
                 self.forget(lease);
@@ -887,18 +893,8 @@ impl Client {
             token: lease.token,
             ttl_ms: duration_to_ms(ttl),
         };
-        match binding.request(self, &op, read_until, true)? {
-            Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
-            Answer::NotHeld(reason) => {
-                self.forget(lease);
-                Err(Error::NotHeld {
-                    name: lease.name.clone(),
-                    reason: NotHeldCause::Server(reason),
-                })
-            }
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for EXTEND"),
-        }
+        let answer = binding.request(self, &op, read_until, true)?;
+        self.extend_answer(lease, answer)
     }
 
     /// RELEASE of a SESSION hold: over its own connection while that is
