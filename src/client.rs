@@ -714,15 +714,7 @@ impl Client {
         // Released or refused, the hold is not ours any more; a connection
         // failure keeps the record so the caller can release again.
         self.forget(lease);
-        match answer {
-            Answer::Released => Ok(()),
-            Answer::NotHeld(reason) => Err(Error::NotHeld {
-                name: lease.name.clone(),
-                reason: NotHeldCause::Server(reason),
-            }),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
-        }
+        release_answer(lease, answer)
     }
 
     /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
@@ -923,15 +915,7 @@ impl Client {
             Err(e) => return Err(e),
         };
         self.forget(lease);
-        match answer {
-            Answer::Released => Ok(()),
-            Answer::NotHeld(reason) => Err(Error::NotHeld {
-                name: lease.name.clone(),
-                reason: NotHeldCause::Server(reason),
-            }),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
-        }
+        release_answer(lease, answer)
     }
 
     fn next_owner(&self) -> String {
@@ -1281,6 +1265,19 @@ impl Op<'_> {
                 )
                 | (Op::Status { .. }, Answer::Status { .. })
         )
+    }
+}
+
+/// What a RELEASE's answer means for `lease`.
+fn release_answer(lease: &Lease, answer: Answer) -> Result<()> {
+    match answer {
+        Answer::Released => Ok(()),
+        Answer::NotHeld(reason) => Err(Error::NotHeld {
+            name: lease.name.clone(),
+            reason: NotHeldCause::Server(reason),
+        }),
+        Answer::Error { code, message } => Err(Error::Server { code, message }),
+        other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
     }
 }
 
