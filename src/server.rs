@@ -468,14 +468,24 @@ impl Server {
         let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             let gone = event.is_read_closed() || event.is_error();
-            let now = self.tick();
+            // `service` reads the clock itself, after reading the socket.
             match event.token() {
-                LISTENER => self.accept(now),
-                HTTP_LISTENER => self.accept_http(now),
+                LISTENER => {
+                    let now = self.tick();
+                    self.accept(now)
+                }
+                HTTP_LISTENER => {
+                    let now = self.tick();
+                    self.accept_http(now)
+                }
                 WAKER => {}
-                SIGNALS => self.on_signal(now),
+                SIGNALS => {
+                    let now = self.tick();
+                    self.on_signal(now)
+                }
                 // After the fixed tokens, which are above HTTP_TOKEN_BASE too.
                 Token(token) if token >= HTTP_TOKEN_BASE => {
+                    let now = self.tick();
                     self.service_http(token - HTTP_TOKEN_BASE, now)
                 }
                 Token(key) => {
@@ -825,15 +835,14 @@ impl Server {
                     "{}: frame incomplete after {ms} ms; closing (connection {key})",
                     conn.peer
                 );
-                write_error_for(
-                    conn.input.unread(),
-                    &mut conn.output,
+                last_error(
+                    conn,
+                    now,
                     ErrorCode::Limit,
                     format_args!(
                         "frame incomplete after {ms} ms (frame_timeout_ms {ms}); send each frame whole, or raise --frame-timeout-ms"
                     ),
                 );
-                let _ = flush(conn, now);
             }
             Expired::Write => debug!(
                 "{}: replies unread for {} ms (write_timeout_ms); closing (connection {key})",
@@ -849,15 +858,14 @@ impl Server {
                     "{}: no AUTH within {ms} ms; closing (connection {key})",
                     conn.peer
                 );
-                write_error_for(
-                    conn.input.unread(),
-                    &mut conn.output,
+                last_error(
+                    conn,
+                    now,
                     ErrorCode::Auth,
                     format_args!(
                         "not authenticated within {ms} ms (auth_timeout_ms {ms}); send AUTH with the server's secret first"
                     ),
                 );
-                let _ = flush(conn, now);
             }
         }
         self.mark_closing(key, now);
@@ -1170,6 +1178,13 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
             }
         }
     }
+}
+
+/// Writes a last error (in the protocol the connection speaks) before the
+/// server closes the connection, and tries once to send it.
+fn last_error(conn: &mut Conn, now: u64, code: ErrorCode, message: std::fmt::Arguments<'_>) {
+    write_error_for(conn.input.unread(), &mut conn.output, code, message);
+    let _ = flush(conn, now);
 }
 
 /// Reads an HTTP request until WouldBlock or a full buffer. Ok(true): the
