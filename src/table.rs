@@ -37,18 +37,18 @@
 //! reallocates at most once per halving or doubling (see [`store`]).
 
 mod names;
+mod shards;
 mod status;
 mod store;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
-use hashbrown::HashTable;
 use slab::Slab;
 
 use crate::limits::Limits;
 use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::WheelCore;
+use shards::{Extras, NameIndex};
 use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
 /// SESSION holds that [`LockTable::close_session`] releases itself; the rest
@@ -57,11 +57,6 @@ use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 /// this many releases (about 100 ns each).
 pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
 
-/// Hash index and `extras` capacities kept however empty the table gets
-/// (a few KiB); they shrink once under an eighth full: a rehash of what is
-/// left, so at most an eighth of the peak's entries at once.
-const INDEX_CAPACITY_MIN: usize = 512;
-const EXTRAS_CAPACITY_MIN: usize = 256;
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;
 /// Event capacity kept after a clear (2 KiB).
@@ -220,10 +215,10 @@ pub struct Stats {
 pub struct LockTable {
     limits: Limits,
     store: Store,
-    index: HashTable<u32>,
+    index: NameIndex,
     name_hasher: RandomState,
     owner_hasher: RandomState,
-    extras: HashMap<u32, LockExtra>,
+    extras: Extras,
     sessions: Slab<Session>,
     session_generation: u32,
     /// Closed sessions whose SESSION holds are still to be released, oldest
@@ -249,10 +244,10 @@ impl LockTable {
         LockTable {
             limits,
             store: Store::default(),
-            index: HashTable::new(),
+            index: NameIndex::default(),
             name_hasher: RandomState::new(),
             owner_hasher: RandomState::new(),
-            extras: HashMap::new(),
+            extras: Extras::default(),
             sessions: Slab::new(),
             session_generation: 0,
             closed_head: NIL,
@@ -413,18 +408,9 @@ impl LockTable {
     fn has_memory_to_return(&self) -> bool {
         self.store.waiters.is_sparse()
             || self.store.is_sparse()
-            || self.index_is_sparse()
-            || self.extras_is_sparse()
+            || self.index.has_sparse_shard()
+            || self.extras.has_sparse_shard()
             || self.sessions_are_sparse()
-    }
-
-    fn index_is_sparse(&self) -> bool {
-        self.index.capacity() > INDEX_CAPACITY_MIN && self.index.len() * 8 < self.index.capacity()
-    }
-
-    fn extras_is_sparse(&self) -> bool {
-        self.extras.capacity() > EXTRAS_CAPACITY_MIN
-            && self.extras.len() * 8 < self.extras.capacity()
     }
 
     fn sessions_are_sparse(&self) -> bool {
@@ -444,14 +430,12 @@ impl LockTable {
             if let Some((from, to)) = self.store.compact_step() {
                 self.move_last_record(from, to);
             }
-        } else if self.index_is_sparse() {
-            let min = (2 * self.index.len()).max(INDEX_CAPACITY_MIN / 2);
+        } else if self.index.has_sparse_shard() {
             let (store, hasher) = (&self.store, &self.name_hasher);
             self.index
-                .shrink_to(min, |&i| hash_bytes(hasher, store.name(i)));
-        } else if self.extras_is_sparse() {
-            let min = (2 * self.extras.len()).max(EXTRAS_CAPACITY_MIN / 2);
-            self.extras.shrink_to(min);
+                .shrink_one(|&i| hash_bytes(hasher, store.name(i)));
+        } else if self.extras.has_sparse_shard() {
+            self.extras.shrink_one();
         } else if self.sessions_are_sparse() {
             self.sessions.shrink_to_fit();
             self.sessions_removed = 0;
@@ -495,7 +479,7 @@ impl LockTable {
         if !self.store.record(to).has_extra() {
             return;
         }
-        let extra = self.extras.remove(&from).expect("a flagged extra");
+        let extra = self.extras.remove(from).expect("a flagged extra");
         self.extras.insert(to, extra);
         if extra.session != NIL {
             match extra.session_prev {
@@ -725,9 +709,7 @@ impl LockTable {
     }
 
     fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<u32> {
-        self.index
-            .find(hash, |&i| self.store.name(i) == name)
-            .copied()
+        self.index.find(hash, |&i| self.store.name(i) == name)
     }
 
     /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
@@ -782,7 +764,7 @@ impl LockTable {
         if self.closed_head == NIL || !self.store.record(lock).has_extra() {
             return None;
         }
-        let session = self.extras[&lock].session;
+        let session = self.extras.get(lock).expect("a flagged extra").session;
         if session == NIL {
             return None;
         }
@@ -841,7 +823,7 @@ impl LockTable {
             .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
         let (store, hasher) = (&self.store, &self.name_hasher);
         self.index
-            .insert_unique(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
+            .insert(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
         lock
     }
 
@@ -862,7 +844,7 @@ impl LockTable {
     /// The lock's side data, or the empty one.
     fn extra(&self, lock: u32) -> LockExtra {
         if self.store.record(lock).has_extra() {
-            self.extras[&lock]
+            *self.extras.get(lock).expect("a flagged extra")
         } else {
             LockExtra::NONE
         }
@@ -875,7 +857,7 @@ impl LockTable {
         if has {
             self.extras.insert(lock, extra);
         } else {
-            self.extras.remove(&lock);
+            self.extras.remove(lock);
         }
     }
 
@@ -1009,12 +991,8 @@ impl LockTable {
     fn delete_lock(&mut self, lock: u32, hash: Option<u64>) {
         debug_assert!(self.extra(lock).is_none());
         let hash = hash.unwrap_or_else(|| hash_bytes(&self.name_hasher, self.store.name(lock)));
-        match self.index.find_entry(hash, |&i| i == lock) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("lock {lock} missing from the index"),
-        }
+        let indexed = self.index.remove(hash, lock);
+        assert!(indexed, "lock {lock} missing from the index");
         self.store.remove(lock);
     }
 
@@ -1100,6 +1078,8 @@ impl LockTable {
             }
         }
         assert_eq!(extras_seen, self.extras.len());
+        self.index.invariants();
+        self.extras.invariants();
         assert_eq!(waiters_seen, self.store.waiters.len());
         self.closed_invariants();
         for (s, session) in &self.sessions {

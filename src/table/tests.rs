@@ -970,7 +970,12 @@ fn compaction_moves_live_locks_and_waiters_and_they_still_work() {
     t.invariants();
     let after = capacities(&t);
     for (part, (b, a)) in before.iter().zip(after).enumerate() {
-        assert!(a < *b / 4, "part {part}: capacity {b} -> {a}");
+        // The sharded maps keep a small floor per shard.
+        let floor = shards::SHARD_COUNT * shards::SHARD_CAPACITY_MIN;
+        assert!(
+            a < *b / 4 || (part >= 2 && part <= 3 && a <= floor),
+            "part {part}: capacity {b} -> {a}"
+        );
     }
     // Every kept lock, still held by h, goes to its waiter on release.
     for (j, &i) in kept.iter().enumerate() {
