@@ -45,6 +45,7 @@ use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Rou
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+    TIMER_STEPS_PER_TURN_MAX,
 };
 use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
@@ -453,7 +454,7 @@ impl Server {
             }
         }
         let now = self.tick();
-        self.table.advance(now);
+        self.table.advance_bounded(now, TIMER_STEPS_PER_TURN_MAX);
         if self.table.has_deferred_work() {
             self.table.run_deferred(now, SESSION_RELEASES_PER_TURN_MAX);
         }
@@ -1073,10 +1074,9 @@ impl Server {
         if self.conns[key].closing {
             return;
         }
-        // Deliver first what is due at `now`, this connection's own waiter
-        // timeout included: close_session advances the table to `now`, and
-        // an answer for the session it closes would have nowhere to go.
-        self.table.advance(now);
+        // Answers already made go out first: one for the session closed
+        // below would have nowhere to go. (close_session fires no timer, so
+        // it makes none for this session.)
         self.deliver_table_events();
         let conn = &mut self.conns[key];
         conn.closing = true;

@@ -399,10 +399,14 @@ impl Store {
         }
     }
 
-    /// Iterates over the indexes of live records from `start` on.
-    pub fn live_locks_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        let end = self.records.len() as u32;
-        (start.min(end)..end).filter(|&i| self.records[i as usize].is_live())
+    /// Record slots, live or vacant: indexes are below it.
+    pub fn slot_count(&self) -> u32 {
+        self.records.len() as u32
+    }
+
+    /// Whether record slot `lock` (below [`Store::slot_count`]) is held.
+    pub fn is_live(&self, lock: u32) -> bool {
+        self.records[lock as usize].is_live()
     }
 
     /// Iterates over the indexes of live records.

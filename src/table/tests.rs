@@ -681,10 +681,11 @@ fn a_closed_session_with_many_holds_is_released_over_budgeted_calls() {
     let granted = t.stats().grants;
     t.close_session(a, 2);
     assert_eq!(
-        t.len(),
+        t.store.len(),
         LOCKS as usize + 1,
         "only the fillers released by the close"
     );
+    assert_eq!(t.len(), 1, "deferred holds are not counted as held");
     assert!(take_events(&mut t).is_empty());
 
     let (mut calls, mut now) = (0, 2);
@@ -759,7 +760,12 @@ fn commands_never_see_a_deferred_hold_held() {
         t.extend(b"z", b"a", w_token - 2, 100, 5),
         Outcome::NotHeld(NotHeldReason::Free)
     );
-    assert_eq!(t.len(), 3, "x by c, y by b, w deferred; v, z released");
+    assert_eq!(
+        t.store.len(),
+        3,
+        "x by c, y by b, w deferred; v, z released"
+    );
+    assert_eq!(t.len(), 2, "w, deferred, is not counted as held");
     assert!(t.has_deferred_releases(), "w is still deferred");
     assert_eq!(t.run_deferred(6, 10), 1);
     assert!(!t.has_deferred_releases());
@@ -856,14 +862,16 @@ fn locks_max_does_not_count_deferred_holds() {
     granted_token(t.acquire(a, &session_acq(b"y", b"a", 60_000), 0));
     fill_session(&mut t, a, b"a", 0);
     t.close_session(a, 1);
-    assert_eq!(t.len(), 2, "x and y deferred");
+    assert_eq!(t.store.len(), 2, "x and y deferred");
+    assert_eq!(t.len(), 0, "deferred holds are not counted as held");
     fill_session(&mut t, b, b"b", 2);
     granted_token(t.acquire(b, &acq(b"z", b"b", 100, 0), 2));
     assert_eq!(
-        t.len(),
+        t.store.len(),
         2 + SESSION_CLOSE_RELEASES_MAX,
         "one of x and y released to make room"
     );
+    assert_eq!(t.len(), 1 + SESSION_CLOSE_RELEASES_MAX);
     assert!(t.has_deferred_releases(), "the other is still deferred");
     t.invariants();
 }
