@@ -14,7 +14,7 @@ use crate::protocol::StatusEntry;
 /// Record slots one STATUS page looks at, at most: each is a vacant slot
 /// skipped, a lock listed, or an ended hold freed (about 0.1 µs to 0.3 µs),
 /// so a page costs well under 0.5 ms whatever the table holds.
-pub const STATUS_PAGE_SLOTS_MAX: u32 = 1024;
+pub const STATUS_PAGE_SLOTS_MAX: u32 = 512;
 
 impl LockTable {
     /// Calls `f` with the state of the lock `name` if it is held.
