@@ -85,7 +85,7 @@ pub const SESSION_RELEASES_PER_TURN_MAX: usize = 1024;
 /// each), so a million locks expiring at once are spread over many turns
 /// instead of stalling every other client. A lock whose expiry is due but
 /// not fired yet is freed by the first request that touches it.
-pub const TIMER_STEPS_PER_TURN_MAX: usize = 2048;
+pub const TIMER_STEPS_PER_TURN_MAX: usize = 1024;
 
 /// Server default TTL when a request says 0 (the original's 10 s).
 pub const LOCK_TTL_MS_DEFAULT: u32 = 10_000;

@@ -36,6 +36,7 @@
 //! it holds, so a steady load never reallocates and a load that swings
 //! reallocates at most once per halving or doubling (see [`store`]).
 
+mod chunked;
 mod names;
 mod shards;
 mod status;
@@ -49,7 +50,7 @@ use crate::limits::Limits;
 use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::{PollStep, WheelCore};
 use shards::{Extras, NameIndex};
-use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
+use store::{CompactStep, LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
 /// SESSION holds that [`LockTable::close_session`] releases itself; the rest
 /// are left to [`LockTable::run_deferred`]. Most connections hold a few, so
@@ -61,6 +62,12 @@ pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
 /// holds that ended without being freed yet (deferred SESSION releases, due
 /// expiries) and so make room: about 0.1 ms at most.
 const MAKE_ROOM_STEPS_MAX: usize = 1024;
+
+/// What freeing a chunk of records or rehashing a hash-table shard counts
+/// for in [`LockTable::run_deferred`]'s budget: freeing memory costs the
+/// kernel about as much per 48 KiB (returning its pages) as 64 moves of a
+/// record, and a shard's rehash is of the same order.
+pub const MEMORY_FREE_STEPS: usize = 64;
 
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;
@@ -413,10 +420,9 @@ impl LockTable {
             done += 1;
         }
         while done < budget && self.has_memory_to_return() {
-            self.return_memory_step();
-            done += 1;
+            done += self.return_memory_step();
         }
-        done
+        done.min(budget)
     }
 
     /// Closed sessions still have SESSION holds to release.
@@ -439,25 +445,35 @@ impl LockTable {
             && self.sessions_removed * 4 >= capacity
     }
 
-    /// One bounded step of giving memory back (see [`store`]).
-    fn return_memory_step(&mut self) {
+    /// One bounded step of giving memory back (see [`store`]); returns its
+    /// cost in steps: one to move or drop a slot, [`MEMORY_FREE_STEPS`] to
+    /// free a chunk or rehash a shard.
+    fn return_memory_step(&mut self) -> usize {
         if self.store.waiters.is_sparse() {
             if let Some((from, to)) = self.store.waiters.compact_step() {
                 self.move_last_waiter(from, to);
             }
+            1
         } else if self.store.is_sparse() {
-            if let Some((from, to)) = self.store.compact_step() {
-                self.move_last_record(from, to);
+            match self.store.compact_step() {
+                CompactStep::Move { from, to } => self.move_last_record(from, to),
+                CompactStep::Popped => {}
+                CompactStep::FreedChunk => return MEMORY_FREE_STEPS,
             }
+            1
         } else if self.index.has_sparse_shard() {
             let (store, hasher) = (&self.store, &self.name_hasher);
             self.index
                 .shrink_one(|&i| hash_bytes(hasher, store.name(i)));
+            MEMORY_FREE_STEPS
         } else if self.extras.has_sparse_shard() {
             self.extras.shrink_one();
-        } else if self.sessions_are_sparse() {
+            MEMORY_FREE_STEPS
+        } else {
+            debug_assert!(self.sessions_are_sparse());
             self.sessions.shrink_to_fit();
             self.sessions_removed = 0;
+            MEMORY_FREE_STEPS
         }
     }
 
