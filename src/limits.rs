@@ -178,75 +178,90 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Checks every field against its ceiling; the error names the field,
+    /// Checks every field against its range; the error names the limit,
     /// its value and the allowed range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LimitsError> {
         let min_frame = request_size_max(self.name_len_max, self.owner_len_max);
         check(
-            "frame_size_max",
+            Limit::FrameSizeMax,
             self.frame_size_max as u64,
             min_frame as u64,
             FRAME_SIZE_CEILING as u64,
         )?;
         check(
-            "name_len_max",
+            Limit::NameLenMax,
             self.name_len_max as u64,
             1,
             NAME_LEN_CEILING as u64,
         )?;
         check(
-            "owner_len_max",
+            Limit::OwnerLenMax,
             self.owner_len_max as u64,
             1,
             OWNER_LEN_CEILING as u64,
         )?;
         check(
-            "lock_ttl_ms_max",
+            Limit::LockTtlMsMax,
             self.lock_ttl_ms_max as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "lock_ttl_ms_default",
+            Limit::LockTtlMsDefault,
             self.lock_ttl_ms_default as u64,
             1,
             self.lock_ttl_ms_max as u64,
         )?;
-        check("wait_ms_max", self.wait_ms_max as u64, 0, u32::MAX as u64)?;
-        check("connections_max", self.connections_max as u64, 1, 1 << 24)?;
-        check("locks_max", self.locks_max as u64, 1, LOCKS_CEILING as u64)?;
         check(
-            "waiters_per_lock_max",
+            Limit::WaitMsMax,
+            self.wait_ms_max as u64,
+            0,
+            u32::MAX as u64,
+        )?;
+        check(
+            Limit::ConnectionsMax,
+            self.connections_max as u64,
+            1,
+            1 << 24,
+        )?;
+        check(
+            Limit::LocksMax,
+            self.locks_max as u64,
+            1,
+            LOCKS_CEILING as u64,
+        )?;
+        check(
+            Limit::WaitersPerLockMax,
             self.waiters_per_lock_max as u64,
             1,
             1 << 24,
         )?;
         check(
-            "output_buffer_size",
+            Limit::OutputBufferSize,
             self.output_buffer_size as u64,
             CONN_OUTPUT_BUFFER_SIZE_MIN as u64,
             CONN_OUTPUT_BUFFER_SIZE_CEILING as u64,
         )?;
         check(
-            "frame_timeout_ms",
+            Limit::FrameTimeoutMs,
             self.frame_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "write_timeout_ms",
+            Limit::WriteTimeoutMs,
             self.write_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "auth_timeout_ms",
+            Limit::AuthTimeoutMs,
             self.auth_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "idle_timeout_ms",
+            Limit::IdleTimeoutMs,
             self.idle_timeout_ms as u64,
             0,
             u32::MAX as u64,
@@ -255,15 +270,99 @@ impl Limits {
     }
 }
 
-fn check(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+fn check(limit: Limit, value: u64, min: u64, max: u64) -> Result<(), LimitsError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(format!(
-            "{field} {value}: out of range; use a value from {min} to {max}"
-        ))
+        Err(LimitsError::OutOfRange {
+            limit,
+            value,
+            min,
+            max,
+        })
     }
 }
+
+/// One configurable limit: a field of [`Limits`]. Errors carry it rather
+/// than its name, so that each interface names it in its own words (the
+/// field for the library, the flag for `distlockd server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    FrameSizeMax,
+    NameLenMax,
+    OwnerLenMax,
+    LockTtlMsDefault,
+    LockTtlMsMax,
+    WaitMsMax,
+    ConnectionsMax,
+    LocksMax,
+    WaitersPerLockMax,
+    OutputBufferSize,
+    FrameTimeoutMs,
+    WriteTimeoutMs,
+    IdleTimeoutMs,
+    AuthTimeoutMs,
+}
+
+impl Limit {
+    /// The name of its [`Limits`] field.
+    pub fn field(self) -> &'static str {
+        match self {
+            Limit::FrameSizeMax => "frame_size_max",
+            Limit::NameLenMax => "name_len_max",
+            Limit::OwnerLenMax => "owner_len_max",
+            Limit::LockTtlMsDefault => "lock_ttl_ms_default",
+            Limit::LockTtlMsMax => "lock_ttl_ms_max",
+            Limit::WaitMsMax => "wait_ms_max",
+            Limit::ConnectionsMax => "connections_max",
+            Limit::LocksMax => "locks_max",
+            Limit::WaitersPerLockMax => "waiters_per_lock_max",
+            Limit::OutputBufferSize => "output_buffer_size",
+            Limit::FrameTimeoutMs => "frame_timeout_ms",
+            Limit::WriteTimeoutMs => "write_timeout_ms",
+            Limit::IdleTimeoutMs => "idle_timeout_ms",
+            Limit::AuthTimeoutMs => "auth_timeout_ms",
+        }
+    }
+}
+
+/// Why [`Limits::validate`] refused a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitsError {
+    /// A limit outside its allowed range.
+    OutOfRange {
+        limit: Limit,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+}
+
+impl LimitsError {
+    /// The message, with each limit named by `name`: [`Limit::field`] for
+    /// the library (the [`std::fmt::Display`] form), a flag for a CLI.
+    pub fn describe(&self, name: impl Fn(Limit) -> &'static str) -> String {
+        match *self {
+            LimitsError::OutOfRange {
+                limit,
+                value,
+                min,
+                max,
+            } => format!(
+                "{} {value}: out of range; use a value from {min} to {max}",
+                name(limit)
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(Limit::field))
+    }
+}
+
+impl std::error::Error for LimitsError {}
 
 #[cfg(test)]
 mod tests {
@@ -280,7 +379,7 @@ mod tests {
             owner_len_max: 65,
             ..Limits::default()
         };
-        let err = limits.validate().unwrap_err();
+        let err = limits.validate().unwrap_err().to_string();
         assert!(err.contains("owner_len_max 65"), "{err}");
         let limits = Limits {
             lock_ttl_ms_default: 0,
@@ -290,6 +389,7 @@ mod tests {
             limits
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("lock_ttl_ms_default 0")
         );
     }
