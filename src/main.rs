@@ -62,8 +62,10 @@ Options:
   --auth-timeout-ms MS     with a secret, close connections that have not
                            authenticated this long after connecting
                            (default 10000)
-  --frame-size-max BYTES   longest frame accepted, header included; at least
-                           what the name and owner limits need (default 1024)
+  --frame-size-max BYTES   longest frame accepted, header included, up to 1024;
+                           at least 261 (the longest HELLO) and 17 +
+                           --name-len-max + --owner-len-max (the longest
+                           EXTEND) (default 1024)
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";

@@ -366,7 +366,10 @@ impl Server {
     }
 
     /// Requires AUTH with this secret on every native connection (see
-    /// [`execute::step_gated`]). Call before [`Server::run`].
+    /// [`execute::step_gated`]). Call before [`Server::run`]. Every secret
+    /// [`Auth`] accepts fits in an AUTH under every valid `frame_size_max`
+    /// (see [`crate::limits::AUTH_SIZE_MAX`]), so no secret can leave the
+    /// server unable to authenticate anyone.
     pub fn set_auth(&mut self, auth: Option<Auth>) {
         self.auth = auth;
     }
