@@ -167,8 +167,8 @@ pub struct RequestSize {
 /// allows, AUTH with the longest secret, STATUS with the longest name,
 /// ACQUIRE, RELEASE and EXTEND with the longest name and owner, and the
 /// original protocol's requests with the longest name and client id (its
-/// client ids are owners). The one place that knows these sizes; the codec's
-/// tests check them against the encoder.
+/// client ids are owners). The one place that knows these sizes; the tests
+/// below check them against the encoder and the decoders.
 pub const fn request_sizes_max(name_len_max: usize, owner_len_max: usize) -> [RequestSize; 8] {
     let name = 1 + name_len_max;
     let owner = 1 + owner_len_max;
