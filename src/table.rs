@@ -1249,10 +1249,12 @@ fn expiry_ms(now_ms: u64, ttl_ms: u32) -> u64 {
     now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS
 }
 
-/// The TTL a hold expiring at `deadline_ms` has left at `now_ms`, as
-/// clients count it (the rounding millisecond is not theirs).
+/// The TTL a live hold expiring at `deadline_ms` has left at `now_ms`, as
+/// clients count it (the rounding millisecond is not theirs), and at least
+/// 1: a hold is live until its deadline, so in the rounding millisecond it
+/// still holds (up to 1 ms more), and 0 would read as already expired.
 fn remaining_ms(deadline_ms: u64, now_ms: u64) -> u32 {
-    clamp_u32(deadline_ms.saturating_sub(now_ms + EXPIRY_ROUNDING_MS))
+    clamp_u32(deadline_ms.saturating_sub(now_ms + EXPIRY_ROUNDING_MS)).max(1)
 }
 
 fn clamp_u32(v: u64) -> u32 {

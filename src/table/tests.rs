@@ -1169,3 +1169,28 @@ fn a_due_expiry_and_a_deferred_release_end_a_hold_at_the_earlier() {
     assert_eq!(t.stats().expiries, 1);
     t.invariants();
 }
+
+/// A hold is live until its deadline, and in the last millisecond before it
+/// (the rounding millisecond) its client-visible TTL reads 0; BUSY must
+/// still say at least 1, as the protocol promises.
+#[test]
+fn a_live_hold_always_has_at_least_1_ms_remaining() {
+    for ttl_ms in 1..=3 {
+        let mut t = table();
+        let s = t.open_session(1);
+        granted_token(t.acquire(s, &acq(b"job", b"a", ttl_ms, 0), 100));
+        let deadline_ms = t.next_deadline().unwrap();
+        for now_ms in 100..deadline_ms {
+            match t.acquire(s, &acq(b"job", b"b", 1000, 0), now_ms) {
+                Outcome::Busy { remaining_ms, .. } => assert!(
+                    (1..=ttl_ms).contains(&remaining_ms),
+                    "ttl {ttl_ms} at {now_ms}: remaining_ms {remaining_ms}"
+                ),
+                other => panic!("ttl {ttl_ms} at {now_ms}: expected BUSY, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(remaining_ms(11, 10), 1, "the rounding millisecond");
+    assert_eq!(remaining_ms(12, 10), 1);
+    assert_eq!(remaining_ms(13, 10), 2);
+}
