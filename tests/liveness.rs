@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request, decode_reply};
@@ -148,51 +148,66 @@ fn status_listings_during_a_big_session_release_delay_nobody() {
     let releases_before = metric(http, "distlockd_releases_total");
 
     // The lister keeps 64 whole-table STATUS pages in flight, from before
-    // the close until the release is done, and records each `total`.
+    // the close until the release is done. Once `settled` is set, every
+    // page it sends must leave the released holds out of `total` (replies
+    // come in request order, so reply n answers request n).
     let stop = Arc::new(AtomicBool::new(false));
-    let closed_at_total = Arc::new(AtomicU64::new(u64::MAX));
+    let settled = Arc::new(AtomicBool::new(false));
     let lister = {
-        let (stop, closed) = (stop.clone(), closed_at_total.clone());
+        let (stop, settled) = (stop.clone(), settled.clone());
         std::thread::spawn(move || {
             let mut wire = Wire::connect(addr);
+            let status = Request::Status {
+                name: b"",
+                cursor: 0,
+            };
             for _ in 0..IN_FLIGHT {
-                wire.queue(Request::Status {
-                    name: b"",
-                    cursor: 0,
-                });
+                wire.queue(status);
             }
             wire.flush();
-            let (mut pages, mut max_total_after_close) = (0u64, 0u32);
-            let mut first_low: Option<u64> = None;
+            let (mut sent, mut answered) = (IN_FLIGHT as u64, 0u64);
+            let mut checked_from = u64::MAX;
+            let mut max_total_checked = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 let total = wire.reply(|r| match r {
                     Reply::Status(s) => s.total,
                     other => panic!("{other:?}"),
                 });
-                pages += 1;
-                // Replies after this one was sent come after the close.
-                if closed.load(Ordering::SeqCst) <= pages {
-                    max_total_after_close = max_total_after_close.max(total);
+                if answered >= checked_from {
+                    max_total_checked = max_total_checked.max(total);
                 }
-                if total <= 1 && first_low.is_none() {
-                    first_low = Some(pages);
+                answered += 1;
+                if checked_from == u64::MAX && settled.load(Ordering::SeqCst) {
+                    checked_from = sent;
                 }
-                wire.queue(Request::Status {
-                    name: b"",
-                    cursor: 0,
-                });
+                wire.queue(status);
                 wire.flush();
+                sent += 1;
             }
-            (pages, max_total_after_close, first_low)
+            (
+                answered,
+                answered.saturating_sub(checked_from),
+                max_total_checked,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(50));
     drop(holder);
     let closed = Instant::now();
-    // The close is certainly seen once a PING sent after it is answered:
-    // from then on, pages the lister sends must not count the holds.
-    bystander.ping_rtt();
-    closed_at_total.store(0, Ordering::SeqCst);
+    // The close counts at once: /health stops counting the holds long
+    // before they are all released.
+    loop {
+        let (health, _) = http_get(http, "/health");
+        if health.contains("\"locks_held\":1,") {
+            break;
+        }
+        assert!(
+            closed.elapsed() < Duration::from_secs(10),
+            "/health still counts released holds: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    settled.store(true, Ordering::SeqCst);
 
     let (mut worst_ping, mut worst_health) = (Duration::ZERO, Duration::ZERO);
     let released = loop {
@@ -211,10 +226,10 @@ fn status_listings_during_a_big_session_release_delay_nobody() {
         std::thread::sleep(Duration::from_millis(5));
     };
     stop.store(true, Ordering::SeqCst);
-    let (pages, max_total_after_close, first_low) = lister.join().unwrap();
+    let (pages, checked, max_total_checked) = lister.join().unwrap();
     println!(
         "{HOLDS} SESSION holds released in {released:?} under {pages} STATUS pages; \
-         worst PING {worst_ping:?}, worst /health {worst_health:?}; first page with total <= 1: {first_low:?}"
+         worst PING {worst_ping:?}, worst /health {worst_health:?}"
     );
     assert!(
         worst_ping < Duration::from_secs(1),
@@ -224,9 +239,10 @@ fn status_listings_during_a_big_session_release_delay_nobody() {
         worst_health < Duration::from_secs(1),
         "/health took {worst_health:?}"
     );
+    assert!(checked > 0, "no STATUS page was checked after the close");
     assert!(
-        max_total_after_close <= 1,
-        "STATUS total counted released holds: {max_total_after_close}"
+        max_total_checked <= 1,
+        "STATUS total counted released holds: {max_total_checked}"
     );
     let (health, _) = http_get(http, "/health");
     assert!(health.contains("\"locks_held\":1,"), "{health}");
