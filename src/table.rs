@@ -64,10 +64,10 @@ pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
 const MAKE_ROOM_STEPS_MAX: usize = 1024;
 
 /// What freeing a chunk of records or rehashing a hash-table shard counts
-/// for in [`LockTable::run_deferred`]'s budget: freeing memory costs the
-/// kernel about as much per 48 KiB (returning its pages) as 64 moves of a
-/// record, and a shard's rehash is of the same order.
-pub const MEMORY_FREE_STEPS: usize = 64;
+/// for in [`LockTable::run_deferred`]'s budget: returning a 12 KiB chunk's
+/// pages costs the kernel about as much as 16 moves of a record, and a
+/// shard's rehash is of the same order.
+pub const MEMORY_FREE_STEPS: usize = 16;
 
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;

@@ -12,13 +12,13 @@
 //! chunks: [ptr0, ptr1, ptr2]      (a Vec of pointers: 8 bytes per chunk)
 //!           |     |     |
 //!           v     v     v
-//!         [0..1024) [1024..2048) [2048..3072)   elements; len <= 3 * 1024
+//!         [0..256) [256..512) [512..768)   elements; len <= 3 * 256
 //! ```
 
 use std::ops::{Index, IndexMut};
 
-/// Elements per chunk: 48 KiB of lock records.
-pub const CHUNK_LEN: usize = 1024;
+/// Elements per chunk: 12 KiB of lock records, 4 KiB to 64 KiB of names.
+pub const CHUNK_LEN: usize = 256;
 
 pub struct ChunkedVec<T: Copy> {
     chunks: Vec<Box<[T]>>,

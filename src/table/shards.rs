@@ -1,12 +1,13 @@
-//! The table's two hash maps, each split into [`SHARD_COUNT`] shards so that
-//! no single rehash stalls the event loop.
+//! The table's two hash maps, each split into shards ([`INDEX_SHARDS`],
+//! [`EXTRAS_SHARDS`]) so that no single rehash stalls the event loop.
 //!
 //! A hash table grows and shrinks by rehashing every entry at once: at a
 //! million locks one growth or shrink of a single table moves half a million
 //! entries, tens of milliseconds during which no client is answered. Split
 //! into shards that grow and shrink on their own, the largest rehash moves
-//! one shard's entries: about `len / SHARD_COUNT`, well under a millisecond
-//! at the default `locks_max`.
+//! one shard's entries: about 1/256 of the locks, well under a millisecond
+//! at the default `locks_max`. Side data (SESSION bindings and wait queues)
+//! is rarer, so its map has fewer shards and a smaller memory floor.
 //!
 //! - [`NameIndex`]: lock record indexes, found by the keyed hash of the
 //!   lock's name (stored in the record, not here); shard from hash bits
@@ -26,15 +27,23 @@ use hashbrown::HashTable;
 
 use super::store::LockExtra;
 
-/// Shards per map: the largest rehash is about 1/256 of the entries.
-pub const SHARD_COUNT: usize = 256;
+/// Shards of the name index: the largest rehash is about 1/256 of the locks.
+pub const INDEX_SHARDS: usize = 256;
+
+/// Shards of the side data: 1/64 of a million SESSION holds is a rehash of
+/// about 16,000 entries, a fraction of a millisecond.
+pub const EXTRAS_SHARDS: usize = 64;
+
+/// The most shards a map has, for the marks' bitmap.
+const SHARDS_MAX: usize = 256;
 
 /// Capacity each shard keeps however empty it gets; a shrink never goes
 /// under half of it, so a small steady load never rehashes.
 pub const SHARD_CAPACITY_MIN: usize = 16;
 
-const MARK_WORDS: usize = SHARD_COUNT / 64;
-const _: () = assert!(SHARD_COUNT.is_power_of_two() && SHARD_COUNT % 64 == 0);
+const MARK_WORDS: usize = SHARDS_MAX / 64;
+const _: () = assert!(INDEX_SHARDS.is_power_of_two() && INDEX_SHARDS <= SHARDS_MAX);
+const _: () = assert!(EXTRAS_SHARDS.is_power_of_two() && EXTRAS_SHARDS <= SHARDS_MAX);
 
 /// Shards that may be sparse.
 #[derive(Default)]
@@ -77,7 +86,7 @@ pub struct NameIndex {
 impl Default for NameIndex {
     fn default() -> NameIndex {
         NameIndex {
-            shards: (0..SHARD_COUNT).map(|_| HashTable::new()).collect(),
+            shards: (0..INDEX_SHARDS).map(|_| HashTable::new()).collect(),
             marks: Marks::default(),
             len: 0,
         }
@@ -85,7 +94,7 @@ impl Default for NameIndex {
 }
 
 fn name_shard(hash: u64) -> usize {
-    (hash >> 32) as usize % SHARD_COUNT
+    (hash >> 32) as usize % INDEX_SHARDS
 }
 
 impl NameIndex {
@@ -172,7 +181,7 @@ pub struct Extras {
 impl Default for Extras {
     fn default() -> Extras {
         Extras {
-            shards: (0..SHARD_COUNT).map(|_| HashMap::new()).collect(),
+            shards: (0..EXTRAS_SHARDS).map(|_| HashMap::new()).collect(),
             marks: Marks::default(),
             len: 0,
         }
@@ -180,7 +189,7 @@ impl Default for Extras {
 }
 
 fn extra_shard(lock: u32) -> usize {
-    lock as usize % SHARD_COUNT
+    lock as usize % EXTRAS_SHARDS
 }
 
 impl Extras {
@@ -257,7 +266,7 @@ mod tests {
         }
         let largest = index.shards.iter().map(|t| t.capacity()).max().unwrap();
         assert!(
-            largest < 4 * 100_000 / SHARD_COUNT,
+            largest < 4 * 100_000 / INDEX_SHARDS,
             "largest shard {largest}: the hash spreads over the shards"
         );
         for i in 0..99_000u32 {
@@ -296,8 +305,8 @@ mod tests {
             extras.shrink_one();
             steps += 1;
         }
-        assert!(steps <= SHARD_COUNT);
-        assert!(extras.capacity() <= SHARD_COUNT * SHARD_CAPACITY_MIN);
+        assert!(steps <= EXTRAS_SHARDS);
+        assert!(extras.capacity() <= EXTRAS_SHARDS * SHARD_CAPACITY_MIN);
         extras.invariants();
     }
 }

@@ -61,7 +61,7 @@ pub const NAME_INLINE_LEN_MAX: usize = 15;
 /// Most lock records: their indexes must stay below the waiter key bit.
 pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
 
-/// Record capacity kept however empty the table gets (one chunk, 48 KiB):
+/// Record capacity kept however empty the table gets (one chunk, 12 KiB):
 /// below it a table never compacts or reallocates, whatever its load
 /// pattern. At least one chunk, or a shrink could free nothing and compaction
 /// would never end.
