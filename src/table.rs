@@ -462,9 +462,7 @@ impl LockTable {
             }
             1
         } else if self.index.has_sparse_shard() {
-            let (store, hasher) = (&self.store, &self.name_hasher);
-            self.index
-                .shrink_one(|&i| hash_bytes(hasher, store.name(i)));
+            self.index.shrink_one();
             MEMORY_FREE_STEPS
         } else if self.extras.has_sparse_shard() {
             self.extras.shrink_one();
@@ -507,10 +505,8 @@ impl LockTable {
         self.store.move_last(to);
         self.wheel.link(&mut self.store, to, deadline_ms);
         let hash = hash_bytes(&self.name_hasher, self.store.name(to));
-        *self
-            .index
-            .find_mut(hash, |&i| i == from)
-            .expect("a moved lock is indexed") = to;
+        let indexed = self.index.repoint(hash, from, to);
+        assert!(indexed, "moved lock {from} missing from the index");
         if !self.store.record(to).has_extra() {
             return;
         }
@@ -760,7 +756,7 @@ impl LockTable {
     }
 
     fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<u32> {
-        self.index.find(hash, |&i| self.store.name(i) == name)
+        self.index.find(hash, |i| self.store.name(i) == name)
     }
 
     /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
@@ -905,9 +901,7 @@ impl LockTable {
         let lock = self.store.insert(name, owner, token);
         self.wheel
             .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
-        let (store, hasher) = (&self.store, &self.name_hasher);
-        self.index
-            .insert(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
+        self.index.insert(hash, lock);
         lock
     }
 
@@ -1170,7 +1164,8 @@ impl LockTable {
             }
         }
         assert_eq!(extras_seen, self.extras.len());
-        self.index.invariants();
+        self.index
+            .invariants(|i| hash_bytes(&self.name_hasher, self.store.name(i)));
         self.extras.invariants();
         assert_eq!(waiters_seen, self.store.waiters.len());
         self.closed_invariants();

@@ -10,9 +10,12 @@
 //! is rarer, so its map has fewer shards and a smaller memory floor.
 //!
 //! - [`NameIndex`]: lock record indexes, found by the keyed hash of the
-//!   lock's name (stored in the record, not here); shard from hash bits
-//!   that neither hashbrown's bucket index (low bits) nor its control byte
-//!   (top 7 bits) use, so entries within a shard still spread evenly.
+//!   lock's name (the name is in the record, not here). The shard comes
+//!   from bits 32 to 39 of the hash; each entry keeps the low 32 bits as a
+//!   tag, from which a growth or shrink recomputes where the entry goes
+//!   without reading the record or hashing the name again (that read, a
+//!   cache miss per entry, made a shard's growth at a million locks cost
+//!   2 ms), and which a lookup compares before it reads a record.
 //! - [`Extras`]: a lock's side data by record index; shard from the index's
 //!   low bits (indexes are dense).
 //!
@@ -76,9 +79,27 @@ fn shrink_target(len: usize) -> usize {
     (2 * len).max(SHARD_CAPACITY_MIN / 2)
 }
 
+/// One index entry: a lock record and the low 32 bits of its name's hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    lock: u32,
+    tag: u32,
+}
+
+/// Where an entry goes in its shard: a hash of its tag alone. Multiplying
+/// by an odd constant keeps the tag's randomness in the low bits (the
+/// bucket) and spreads it to the top 7 (hashbrown's control byte).
+fn placement(tag: u32) -> u64 {
+    (tag as u64 | (tag as u64) << 32).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+fn tag_of(hash: u64) -> u32 {
+    hash as u32
+}
+
 /// Lock record indexes by name hash.
 pub struct NameIndex {
-    shards: Box<[HashTable<u32>]>,
+    shards: Box<[HashTable<Entry>]>,
     marks: Marks,
     len: usize,
 }
@@ -103,26 +124,42 @@ impl NameIndex {
     }
 
     /// The first lock of this hash that `eq` accepts.
-    pub fn find(&self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<u32> {
-        self.shards[name_shard(hash)].find(hash, eq).copied()
+    pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let tag = tag_of(hash);
+        self.shards[name_shard(hash)]
+            .find(placement(tag), |e| e.tag == tag && eq(e.lock))
+            .map(|e| e.lock)
     }
 
-    /// Mutable access to that lock's entry (to point it at a moved record).
-    pub fn find_mut(&mut self, hash: u64, eq: impl FnMut(&u32) -> bool) -> Option<&mut u32> {
-        self.shards[name_shard(hash)].find_mut(hash, eq)
+    /// Points the entry of lock `from`, indexed under `hash`, at `to` (a
+    /// moved record). False if it was not there.
+    pub fn repoint(&mut self, hash: u64, from: u32, to: u32) -> bool {
+        let tag = tag_of(hash);
+        let shard = &mut self.shards[name_shard(hash)];
+        match shard.find_mut(placement(tag), |e| e.tag == tag && e.lock == from) {
+            Some(entry) => {
+                entry.lock = to;
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Adds `lock` under `hash`; `rehash` gives any entry's hash, for a
-    /// growth of the shard.
-    pub fn insert(&mut self, hash: u64, lock: u32, rehash: impl Fn(&u32) -> u64) {
-        self.shards[name_shard(hash)].insert_unique(hash, lock, rehash);
+    /// Adds `lock` under `hash`.
+    pub fn insert(&mut self, hash: u64, lock: u32) {
+        let tag = tag_of(hash);
+        let entry = Entry { lock, tag };
+        self.shards[name_shard(hash)].insert_unique(placement(tag), entry, |e| placement(e.tag));
         self.len += 1;
     }
 
     /// Removes `lock`, indexed under `hash`; false if it was not there.
     pub fn remove(&mut self, hash: u64, lock: u32) -> bool {
         let shard = name_shard(hash);
-        let Ok(entry) = self.shards[shard].find_entry(hash, |&i| i == lock) else {
+        let tag = tag_of(hash);
+        let found =
+            self.shards[shard].find_entry(placement(tag), |e| e.tag == tag && e.lock == lock);
+        let Ok(entry) = found else {
             return false;
         };
         entry.remove();
@@ -140,13 +177,13 @@ impl NameIndex {
 
     /// Shrinks one marked shard if it is still sparse: one rehash of at most
     /// an eighth of that shard's capacity.
-    pub fn shrink_one(&mut self, rehash: impl Fn(&u32) -> u64) {
+    pub fn shrink_one(&mut self) {
         let Some(shard) = self.marks.take_first() else {
             return;
         };
         let table = &mut self.shards[shard];
         if is_sparse(table.len(), table.capacity()) {
-            table.shrink_to(shrink_target(table.len()), rehash);
+            table.shrink_to(shrink_target(table.len()), |e| placement(e.tag));
         }
     }
 
@@ -156,10 +193,17 @@ impl NameIndex {
         self.shards.iter().map(|t| t.capacity()).sum()
     }
 
-    /// Checks the count and the marks; for tests.
-    pub fn invariants(&self) {
+    /// Checks the count and the marks, and that `hash_of` gives each
+    /// entry's lock the hash it is indexed under; for tests.
+    pub fn invariants(&self, hash_of: impl Fn(u32) -> u64) {
         let len: usize = self.shards.iter().map(|t| t.len()).sum();
         assert_eq!(len, self.len, "index length");
+        for (shard, table) in self.shards.iter().enumerate() {
+            for e in table.iter() {
+                let hash = hash_of(e.lock);
+                assert_eq!((name_shard(hash), tag_of(hash)), (shard, e.tag), "{e:?}");
+            }
+        }
         for (shard, table) in self.shards.iter().enumerate() {
             if is_sparse(table.len(), table.capacity()) {
                 assert!(
@@ -260,9 +304,13 @@ mod tests {
     #[test]
     fn a_shard_grows_and_shrinks_alone() {
         let mut index = NameIndex::default();
-        let hash = |i: &u32| (*i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let hash = |i: &u32| {
+            (*i as u64 + 1)
+                .wrapping_mul(0x2545_f491_4f6c_dd1d)
+                .rotate_left(17)
+        };
         for i in 0..100_000u32 {
-            index.insert(hash(&i), i, hash);
+            index.insert(hash(&i), i);
         }
         let largest = index.shards.iter().map(|t| t.capacity()).max().unwrap();
         assert!(
@@ -273,19 +321,19 @@ mod tests {
             assert!(index.remove(hash(&i), i));
         }
         assert!(!index.remove(hash(&0), 0));
-        index.invariants();
+        index.invariants(|i| hash(&i));
         let before = index.capacity();
         while index.has_sparse_shard() {
-            index.shrink_one(hash);
+            index.shrink_one();
         }
-        index.invariants();
+        index.invariants(|i| hash(&i));
         assert!(
             index.capacity() < before / 4,
             "{before} -> {}",
             index.capacity()
         );
         for i in 99_000..100_000u32 {
-            assert_eq!(index.find(hash(&i), |&l| l == i), Some(i));
+            assert_eq!(index.find(hash(&i), |l| l == i), Some(i));
         }
         assert_eq!(index.len(), 1000);
     }
