@@ -42,7 +42,7 @@ const SHARDS_MAX: usize = 256;
 
 /// Capacity each shard keeps however empty it gets; a shrink never goes
 /// under half of it, so a small steady load never rehashes.
-pub const SHARD_CAPACITY_MIN: usize = 16;
+pub const SHARD_CAPACITY_MIN: usize = 8;
 
 const MARK_WORDS: usize = SHARDS_MAX / 64;
 const _: () = assert!(INDEX_SHARDS.is_power_of_two() && INDEX_SHARDS <= SHARDS_MAX);
