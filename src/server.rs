@@ -177,6 +177,10 @@ struct Conn {
     partial_since_ms: Option<u64>,
     /// Last time the kernel took reply bytes or there were none to write.
     write_progress_ms: u64,
+    /// Last time the kernel took reply bytes (or the accept): unlike
+    /// `write_progress_ms`, a look at a connection with nothing to write
+    /// does not move it, so it can tell idleness.
+    replied_ms: u64,
     /// Last time bytes arrived.
     read_ms: u64,
     /// When the connection was accepted (for auth_timeout_ms).
@@ -612,6 +616,7 @@ impl Server {
             authenticated: self.auth.is_none(),
             partial_since_ms: None,
             write_progress_ms: now,
+            replied_ms: now,
             read_ms: now,
             accepted_ms: now,
             deadline: None,
@@ -797,12 +802,19 @@ impl Server {
         conn.deadline = Some((self.deadlines.insert(at, key), at));
     }
 
-    /// Closes the connections whose frame, write or idle timeout has passed,
-    /// and re-arms those whose deadline moved later.
+    /// Closes the connections whose frame, write, idle or auth timeout has
+    /// passed, and re-arms those whose deadline moved later.
+    ///
+    /// A timeout judges what the client did, not how late the server
+    /// looked: after a pause of the server (SIGSTOP, a VM pause, a long
+    /// turn) what the client sent, and the room it made by reading, wait in
+    /// the kernel, their events perhaps later in this very turn. So a
+    /// connection found due is first caught up ([`Server::catch_up`]) and
+    /// judged again on what that found.
     fn expire_connections(&mut self, now: u64) {
         while let Some((_, key)) = self.deadlines.poll(now) {
             if key >= HTTP_TOKEN_BASE {
-                self.expire_http(key - HTTP_TOKEN_BASE, now);
+                self.expire_http(key - HTTP_TOKEN_BASE);
                 continue;
             }
             let Some(conn) = self.conns.get_mut(key) else {
@@ -812,10 +824,39 @@ impl Server {
             if conn.closing {
                 continue;
             }
+            let limits = self.table.limits();
+            if next_timeout(conn, limits).is_none_or(|(due, _)| due > now) {
+                self.arm_deadline(key, now);
+                continue;
+            }
+            self.catch_up(key);
+            let now = self.clock_ms;
+            let Some(conn) = self.conns.get(key).filter(|c| !c.closing) else {
+                continue;
+            };
             match next_timeout(conn, self.table.limits()) {
                 Some((due, why)) if due <= now => self.expire(key, why, now),
                 _ => self.arm_deadline(key, now),
             }
+        }
+    }
+
+    /// Reads and serves what the connection's socket holds and writes what
+    /// its peer has room for, as its events would have: the last look
+    /// before one of its timeouts closes it.
+    fn catch_up(&mut self, key: usize) {
+        // Edge-triggered: the readiness may be in an event this turn has not
+        // handled yet, or one that did not fit in this poll's events.
+        self.conns[key].want_read = true;
+        self.service(key);
+        let now = self.clock_ms;
+        let conn = &mut self.conns[key];
+        if conn.closing {
+            return;
+        }
+        if flush(conn, now).is_err() || self.update_write_interest(key).is_err() {
+            self.metrics.count_close(CloseReason::Peer);
+            self.mark_closing(key, now);
         }
     }
 
@@ -1038,12 +1079,27 @@ impl Server {
     }
 
     /// The request did not arrive in time (408), or the response was not
-    /// taken in time.
-    fn expire_http(&mut self, key: usize, now: u64) {
+    /// taken in time. Judged, as for the lock protocol, after a last look
+    /// at the socket: a request that arrived is answered, and a response
+    /// that moved restarts the write deadline.
+    fn expire_http(&mut self, key: usize) {
         let Some(conn) = self.http_conns.get_mut(key) else {
             return;
         };
         conn.deadline = None;
+        let before = (conn.answered, conn.written);
+        let now = self.tick();
+        self.service_http(key, now);
+        let Some(conn) = self.http_conns.get_mut(key) else {
+            return; // answered and written
+        };
+        if (conn.answered, conn.written) != before {
+            if conn.deadline.is_none() {
+                let deadline = now + self.table.limits().write_timeout_ms as u64;
+                conn.deadline = Some(self.deadlines.insert(deadline, HTTP_TOKEN_BASE + key));
+            }
+            return;
+        }
         if !conn.answered {
             let mut out = Vec::new();
             http::write_error(&mut out, 408, "request incomplete after frame_timeout_ms");
@@ -1106,8 +1162,9 @@ impl Server {
 ///   (not while an ACQUIRE waits or replies fill the output buffer: then the
 ///   server, not the client, holds the frame back);
 /// - write: replies pending and no progress in writing them;
-/// - idle: nothing pending, nothing queued, nothing received (idle_timeout_ms
-///   0 turns it off). An idle connection's SESSION holds end with it;
+/// - idle: nothing pending, nothing queued, nothing received and no reply
+///   written (idle_timeout_ms 0 turns it off). An idle connection's SESSION
+///   holds end with it;
 /// - auth: on a server with a secret, no good AUTH yet, auth_timeout_ms
 ///   after the accept (a connection without the secret cannot sit on a
 ///   connection slot).
@@ -1124,7 +1181,7 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
     });
     let quiet = !conn.waiting && conn.input.is_empty() && conn.output.is_empty();
     let idle = (limits.idle_timeout_ms > 0 && quiet).then(|| {
-        let active = conn.read_ms.max(conn.write_progress_ms);
+        let active = conn.read_ms.max(conn.replied_ms);
         (active + limits.idle_timeout_ms as u64, Expired::Idle)
     });
     let auth = (!conn.authenticated).then(|| {
@@ -1217,6 +1274,7 @@ fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
             Ok(n) => {
                 conn.output.consume(n);
                 conn.write_progress_ms = now;
+                conn.replied_ms = now;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
