@@ -45,6 +45,7 @@ use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Rou
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE,
 };
 use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
@@ -591,8 +592,8 @@ impl Server {
 
     fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive()) {
-            debug!("{peer}: cannot set TCP keepalive: {e}");
+        if let Err(e) = set_socket_options(&stream, self.table.limits()) {
+            debug!("{peer}: cannot set socket options: {e}");
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -638,9 +639,16 @@ impl Server {
         // waiter's disconnect is seen, and it must leave the queue at once.
         // With a full input buffer that read cannot happen; the RDHUP hint
         // covers it.
-        if conn.peer_gone || (conn.want_read && read_available(conn, now).is_err()) {
-            self.metrics.count_close(CloseReason::Peer);
-            self.mark_closing(key, now);
+        let ended = if conn.peer_gone {
+            // A hint, not a read: the socket's pending error says why, if any.
+            Err(conn.stream.take_error().ok().flatten())
+        } else if conn.want_read {
+            read_available(conn, now).map_err(Some)
+        } else {
+            Ok(())
+        };
+        if let Err(error) = ended {
+            self.close_ended(key, error.as_ref(), now);
             return;
         }
         // The clock is read after the bytes: see `tick`.
@@ -712,8 +720,12 @@ impl Server {
             if conn.closing {
                 continue;
             }
-            if flush(conn, now).is_err() || self.update_write_interest(key).is_err() {
-                self.mark_closing(key, now);
+            if let Err(e) = flush(conn, now) {
+                self.close_ended(key, Some(&e), now);
+                continue;
+            }
+            if self.update_write_interest(key).is_err() {
+                self.close_ended(key, None, now);
                 continue;
             }
             let conn = &self.conns[key];
@@ -854,10 +866,27 @@ impl Server {
         if conn.closing {
             return;
         }
-        if flush(conn, now).is_err() || self.update_write_interest(key).is_err() {
-            self.metrics.count_close(CloseReason::Peer);
-            self.mark_closing(key, now);
+        if let Err(e) = flush(conn, now) {
+            self.close_ended(key, Some(&e), now);
+        } else if self.update_write_interest(key).is_err() {
+            self.close_ended(key, None, now);
         }
+    }
+
+    /// Closes a connection whose peer closed it or whose socket failed
+    /// (`error`, if one is known), counted under the reason it tells.
+    fn close_ended(&mut self, key: usize, error: Option<&io::Error>, now: u64) {
+        let conn = &self.conns[key];
+        let reason = ended_reason(conn, error, now);
+        if reason == CloseReason::WriteTimeout {
+            debug!(
+                "{}: the kernel gave up on replies the peer did not take for {} ms (write_timeout_ms); closing (connection {key})",
+                conn.peer,
+                self.table.limits().write_timeout_ms
+            );
+        }
+        self.metrics.count_close(reason);
+        self.mark_closing(key, now);
     }
 
     fn expire(&mut self, key: usize, why: Expired, now: u64) {
@@ -1196,15 +1225,15 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
         .min_by_key(|&(at, _)| at)
 }
 
-/// Reads until the socket is drained or the buffer is full. Err: EOF or a
-/// socket error.
+/// Reads until the socket is drained or the buffer is full. Err: EOF
+/// (UnexpectedEof) or a socket error.
 ///
 /// A read that fills less than the space offered has drained the socket:
 /// no second read is made just to see WouldBlock. That is safe with
 /// edge-triggered epoll, which reports any data (or FIN) arriving after this
 /// read as a new event, and it saves a syscall per request on the common
 /// path.
-fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
+fn read_available(conn: &mut Conn, now: u64) -> io::Result<()> {
     loop {
         let spare = conn.input.spare_mut();
         let offered = spare.len();
@@ -1214,7 +1243,7 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
         match conn.stream.read(spare) {
             Ok(0) => {
                 debug!("{}: peer closed", conn.peer);
-                return Err(());
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
             Ok(n) => {
                 conn.input.commit(n);
@@ -1231,7 +1260,7 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!("{}: read failed: {e}", conn.peer);
-                return Err(());
+                return Err(e);
             }
         }
     }
@@ -1264,13 +1293,13 @@ fn read_http(conn: &mut HttpConn) -> Result<bool, ()> {
 
 /// Writes buffered replies until WouldBlock. Err: the socket failed.
 /// Any progress, or nothing to write, restarts the write timeout.
-fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
+fn flush(conn: &mut Conn, now: u64) -> io::Result<()> {
     if conn.output.is_empty() {
         conn.write_progress_ms = now;
     }
     while !conn.output.is_empty() {
         match conn.stream.write(conn.output.unread()) {
-            Ok(0) => return Err(()),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 conn.output.consume(n);
                 conn.write_progress_ms = now;
@@ -1280,7 +1309,7 @@ fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!("{}: write failed: {e}", conn.peer);
-                return Err(());
+                return Err(e);
             }
         }
     }
@@ -1385,10 +1414,45 @@ fn close_gently(stream: &mut TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
-        .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S))
+/// Socket options of an accepted lock-protocol connection: keepalive finds
+/// a peer whose host vanished; a fixed send buffer and TCP_USER_TIMEOUT
+/// bound what replies the client does not read cost, and for how long (see
+/// [`TCP_SEND_BUFFER_SIZE`]). The receive buffer is the listener's.
+fn set_socket_options(stream: &TcpStream, limits: &Limits) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+            .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S)),
+    )?;
+    socket.set_send_buffer_size(TCP_SEND_BUFFER_SIZE)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(Duration::from_millis(limits.write_timeout_ms as u64)))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = limits; // elsewhere the kernel's own retransmission limits apply
+    Ok(())
+}
+
+/// The soonest a keepalive probe can find a peer dead: the first probe
+/// goes after TCP_KEEPALIVE_IDLE_S without a byte from the peer, the
+/// verdict comes at the next. Keepalive probes only a connection with
+/// nothing in flight, so by then every reply was acknowledged.
+const KEEPALIVE_VERDICT_MS_MIN: u64 = (TCP_KEEPALIVE_IDLE_S + TCP_KEEPALIVE_INTERVAL_S) * 1000;
+
+/// Why a connection whose socket ended is closed. With TCP_USER_TIMEOUT
+/// set to write_timeout_ms, the kernel aborts a connection with ETIMEDOUT
+/// when replies it holds stayed untaken that long (in a window the peer
+/// keeps closed, or unacknowledged): a write timeout, as if the server's
+/// own deadline had found it. Unanswered keepalive probes end in ETIMEDOUT
+/// too, but never sooner than KEEPALIVE_VERDICT_MS_MIN after the last reply
+/// the kernel took; such a close, like any other, is the peer's.
+fn ended_reason(conn: &Conn, error: Option<&io::Error>, now: u64) -> CloseReason {
+    let timed_out = error.is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+    if timed_out && now.saturating_sub(conn.replied_ms) < KEEPALIVE_VERDICT_MS_MIN {
+        CloseReason::WriteTimeout
+    } else {
+        CloseReason::Peer
+    }
 }
 
 /// Warns when connections_max cannot be reached under the process's
@@ -1423,6 +1487,9 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Before listen, so that accepted connections inherit it and their
+    // window scale is chosen for it.
+    socket.set_recv_buffer_size(TCP_RECEIVE_BUFFER_SIZE)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))

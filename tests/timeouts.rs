@@ -454,3 +454,147 @@ fn server_sockets(port: u16) -> Vec<SocketQueues> {
     }
     sockets
 }
+
+// ---------------------------------------------------------------------------
+// Part 2: replies a client does not read, wherever they wait.
+
+/// The largest send and receive queues seen on the server's sockets while
+/// it runs, sampled every 5 ms from /proc/net/tcp{,6}.
+struct QueueSampler {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<(u64, u64)>,
+}
+
+impl QueueSampler {
+    fn start(server_port: u16) -> QueueSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut tx, mut rx) = (0, 0);
+                while !stop.load(Ordering::SeqCst) {
+                    for socket in server_sockets(server_port) {
+                        tx = tx.max(socket.tx_queue);
+                        rx = rx.max(socket.rx_queue);
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                (tx, rx)
+            })
+        };
+        QueueSampler { stop, thread }
+    }
+
+    /// (largest send queue, largest receive queue), in bytes.
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// 20 clients each take a SESSION hold, pipeline 600 KB of PINGs and never
+/// read. The kernel holds at most its fixed send buffer of their replies,
+/// the server's output buffers fill behind, and `--write-timeout-ms 1000`
+/// closes every one of them: each lock goes to its waiter well within 10 s.
+#[test]
+fn clients_that_never_read_are_closed_and_hold_little_kernel_memory() {
+    use distlockd::limits::{TCP_RECEIVE_QUEUE_SIZE_MAX, TCP_SEND_QUEUE_SIZE_MAX};
+    const CLIENTS: usize = 20;
+    const PIPELINED_SIZE: usize = 600 * 1024;
+    let (_server, addr) = start_server_with(&["--write-timeout-ms", "1000"]);
+    let sampler = QueueSampler::start(addr.port());
+    let mut deaf: Vec<Wire> = (0..CLIENTS).map(|_| Wire::connect(addr)).collect();
+    for (i, wire) in deaf.iter_mut().enumerate() {
+        wire.acquire(&format!("deaf-{i}"), "deaf", 0, FLAG_SESSION);
+        wire.granted();
+        wire.stream.set_nonblocking(true).unwrap();
+    }
+    // Round-robin until each has sent PIPELINED_SIZE, has been blocked for
+    // 200 ms, or was closed.
+    let pings = b"P\x00\x00".repeat(10_000);
+    let mut sent = [0usize; CLIENTS];
+    let mut blocked_since: [Option<Instant>; CLIENTS] = [None; CLIENTS];
+    let mut done = [false; CLIENTS];
+    while done.iter().any(|d| !d) {
+        for (i, wire) in deaf.iter_mut().enumerate() {
+            if done[i] {
+                continue;
+            }
+            let left = PIPELINED_SIZE - sent[i];
+            match wire.stream.write(&pings[sent[i] % 3..][..left.min(9_000)]) {
+                Ok(n) => {
+                    sent[i] += n;
+                    blocked_since[i] = None;
+                    done[i] = sent[i] == PIPELINED_SIZE;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let since = *blocked_since[i].get_or_insert_with(Instant::now);
+                    done[i] = since.elapsed() > Duration::from_millis(200);
+                }
+                Err(_) => done[i] = true,
+            }
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let asked = Instant::now();
+    let mut waiters: Vec<Wire> = (0..CLIENTS).map(|_| Wire::connect(addr)).collect();
+    for (i, waiter) in waiters.iter_mut().enumerate() {
+        waiter.acquire(&format!("deaf-{i}"), "waiter", 10_000, 0);
+    }
+    for (i, waiter) in waiters.iter_mut().enumerate() {
+        let got = waiter.reply();
+        assert!(
+            matches!(got, Some(Got::Granted(_))),
+            "deaf-{i} after {:?} ({} bytes sent): {got:?}",
+            asked.elapsed(),
+            sent[i]
+        );
+    }
+    let (tx_max, rx_max) = sampler.finish();
+    assert!(tx_max > 0, "no reply ever waited in the kernel");
+    assert!(
+        tx_max <= TCP_SEND_QUEUE_SIZE_MAX as u64,
+        "{tx_max} bytes of replies in one connection's kernel send queue"
+    );
+    assert!(
+        rx_max <= TCP_RECEIVE_QUEUE_SIZE_MAX as u64,
+        "{rx_max} bytes of requests in one connection's kernel receive queue"
+    );
+    drop(deaf);
+}
+
+/// A client whose receive window stays closed takes none of the replies
+/// the kernel holds for it, while the server's own output buffer is empty:
+/// the kernel gives up after `--write-timeout-ms`, the server counts a
+/// write timeout, and the client's SESSION hold goes to the waiter.
+#[test]
+fn replies_parked_in_the_kernel_are_bounded_by_the_write_timeout() {
+    let (_server, addr, http) = start_server_with_http(&["--write-timeout-ms", "1000"]);
+    // A tiny receive buffer: its window closes after a few KB of replies;
+    // the rest, far less than the server's send buffer, waits there.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut deaf = Wire {
+        stream: socket.into(),
+        pending: Vec::new(),
+    };
+    deaf.stream.set_read_timeout(Some(REPLY_WAIT)).unwrap();
+    deaf.acquire("parked", "deaf", 0, FLAG_SESSION);
+    deaf.granted();
+    deaf.send_raw(&b"P\x00\x00".repeat(2_000));
+    let asked = Instant::now();
+    let mut waiter = Wire::connect(addr);
+    waiter.acquire("parked", "waiter", 10_000, 0);
+    let got = waiter.reply();
+    assert!(
+        matches!(got, Some(Got::Granted(_))),
+        "after {:?}: {got:?}",
+        asked.elapsed()
+    );
+    let metrics = http_get(http, "/metrics");
+    assert!(
+        metrics.contains("distlockd_connections_closed_total{reason=\"write_timeout\"} 1\n"),
+        "{metrics}"
+    );
+}
