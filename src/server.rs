@@ -241,6 +241,8 @@ pub struct Server {
     clock_ms: u64,
     http_listener: Option<TcpListener>,
     http_conns: Slab<HttpConn>,
+    /// HTTP connections accepted so far: each one's `seq`.
+    http_accepted: u64,
 }
 
 /// An HTTP connection: one request, one response, then closed.
@@ -252,6 +254,8 @@ struct HttpConn {
     written: usize,
     answered: bool,
     deadline: Option<TimerHandle>,
+    /// Accept order: the lowest is the oldest.
+    seq: u64,
 }
 
 impl Server {
@@ -337,6 +341,7 @@ impl Server {
             clock_ms: 0,
             http_listener,
             http_conns: Slab::new(),
+            http_accepted: 0,
         })
     }
 
@@ -949,10 +954,10 @@ impl Server {
     }
 
     fn accept_http(&mut self, now: u64) {
-        let Some(listener) = self.http_listener.as_ref() else {
-            return;
-        };
         for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let Some(listener) = self.http_listener.as_ref() else {
+                return;
+            };
             let mut stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -963,20 +968,10 @@ impl Server {
                     return;
                 }
             };
-            if self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
-                let mut out = Vec::new();
-                http::write_error(
-                    &mut out,
-                    503,
-                    "HTTP_CONNECTIONS_MAX connections open; retry later",
-                );
-                let _ = stream.write(&out);
-                self.metrics.count_http(503);
-                close_gently(&mut stream);
-                continue;
-            }
+            self.make_http_room(now);
             let entry = self.http_conns.vacant_entry();
-            let token = HTTP_TOKEN_BASE + entry.key();
+            let key = entry.key();
+            let token = HTTP_TOKEN_BASE + key;
             if self
                 .poll
                 .registry()
@@ -993,9 +988,56 @@ impl Server {
                 written: 0,
                 answered: false,
                 deadline: Some(self.deadlines.insert(deadline, token)),
+                seq: self.http_accepted,
             });
+            self.http_accepted += 1;
+            // Its request is often here already (always, once accepts lag
+            // behind a flood): answered now, it never waits for a slot.
+            self.service_http(key, now);
         }
         let _ = self.waker.wake();
+    }
+
+    /// Makes room for one more HTTP connection when HTTP_CONNECTIONS_MAX
+    /// are open: closes the oldest that has not sent a whole request (408),
+    /// or if every one has, the oldest whose response is not taken yet.
+    /// Before closing one, it reads its socket: a request that has arrived
+    /// is answered instead. So idle peers cannot keep a probe out: a probe
+    /// is lost only if enough newer connections (HTTP_CONNECTIONS_MAX when
+    /// all wait for a request) arrive between its connect and its request.
+    fn make_http_room(&mut self, now: u64) {
+        while self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
+            let oldest = |answered: bool| {
+                self.http_conns
+                    .iter()
+                    .filter(|(_, c)| c.answered == answered)
+                    .min_by_key(|(_, c)| c.seq)
+                    .map(|(key, _)| key)
+            };
+            let Some(key) = oldest(false).or_else(|| oldest(true)) else {
+                return;
+            };
+            if !self.http_conns[key].answered {
+                self.service_http(key, now);
+                match self.http_conns.get(key) {
+                    // Answered: closed if the response went out, else it is
+                    // an answered one now, and the next candidate is looked at.
+                    None => continue,
+                    Some(conn) if conn.answered => continue,
+                    Some(conn) => {
+                        let mut out = Vec::new();
+                        let message = format!(
+                            "no whole request while all {HTTP_CONNECTIONS_MAX} HTTP connections were taken; send the request as soon as you connect"
+                        );
+                        http::write_error(&mut out, 408, &message);
+                        let _ = (&conn.stream).write(&out);
+                        self.metrics.count_http(408);
+                    }
+                }
+            }
+            debug!("HTTP connection {key}: closed to make room for a new one");
+            self.close_http(key);
+        }
     }
 
     /// Reads the request, answers it, writes the answer, closes.
