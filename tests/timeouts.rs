@@ -1,10 +1,14 @@
 //! Connection timeouts judge what the client did, not when the server
-//! looked: a server paused (SIGSTOP, as a VM pause or swapping would) for
-//! longer than a timeout closes no connection whose client kept to it.
+//! looked, and wherever its unread replies wait:
+//! - a server paused (SIGSTOP, as a VM pause or swapping would) for longer
+//!   than a timeout closes no connection whose client kept to it; what the
+//!   client sends or reads during the pause waits in the kernel until
+//!   SIGCONT;
+//! - a client that does not read is closed after `--write-timeout-ms` even
+//!   when its replies sit in the kernel, and they take a bounded amount of
+//!   the kernel's memory meanwhile (read from /proc/net/tcp).
 //!
-//! Every test runs the daemon as a process on a free loopback port and
-//! stops it with SIGSTOP; what the client sends or reads during the pause
-//! waits in the kernel until SIGCONT.
+//! Every test runs the daemon as a process on a free loopback port.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -153,7 +157,7 @@ impl Wire {
 }
 
 // ---------------------------------------------------------------------------
-// Part 1: a pause of the server.
+// Timeouts across a pause of the server.
 
 /// `--idle-timeout-ms`: a SESSION holder that sent PING every 100 ms all
 /// through a 2 s pause of the server was never idle: it stays open and
@@ -456,7 +460,7 @@ fn server_sockets(port: u16) -> Vec<SocketQueues> {
 }
 
 // ---------------------------------------------------------------------------
-// Part 2: replies a client does not read, wherever they wait.
+// Replies a client does not read, wherever they wait.
 
 /// The largest send and receive queues seen on the server's sockets while
 /// it runs, sampled every 5 ms from /proc/net/tcp{,6}.
