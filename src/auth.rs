@@ -10,7 +10,8 @@ use std::path::Path;
 /// Shortest secret accepted: 16 bytes is 128 bits when random.
 pub const SECRET_LEN_MIN: usize = 16;
 
-/// Longest secret: its length is a u8 on the wire.
+/// Longest secret: its length is a u8 on the wire. An AUTH carrying it fits
+/// every valid `frame_size_max` ([`crate::limits::AUTH_SIZE_MAX`]).
 pub const SECRET_LEN_MAX: usize = 255;
 
 /// Where the daemon and the client tools look for the secret's file when

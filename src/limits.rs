@@ -11,8 +11,8 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub const FRAME_HEADER_SIZE: usize = 3;
 
 /// Largest frame the decoder accepts at all; a u16 body length allows more,
-/// but no request needs more than ~340 bytes and a small bound keeps
-/// per-connection buffers small.
+/// but no request needs more than 336 bytes (see [`longest_request`]) and a
+/// small bound keeps per-connection buffers small.
 pub const FRAME_SIZE_CEILING: usize = 1024;
 
 /// A lock name's length is a u8 on the wire.
@@ -79,6 +79,13 @@ pub const FRAMES_PER_TURN_MAX: usize = 64;
 /// (about 0.1 ms of work), so a disconnect with a million of them is spread
 /// over many turns instead of stalling every other client.
 pub const SESSION_RELEASES_PER_TURN_MAX: usize = 1024;
+
+/// Timer steps per turn of the event loop: expiries and wait deadlines
+/// fired, or timers the wheel's cascade places again (0.05 µs to 0.3 µs
+/// each), so a million locks expiring at once are spread over many turns
+/// instead of stalling every other client. A lock whose expiry is due but
+/// not fired yet is freed by the first request that touches it.
+pub const TIMER_STEPS_PER_TURN_MAX: usize = 1024;
 
 /// Server default TTL when a request says 0 (the original's 10 s).
 pub const LOCK_TTL_MS_DEFAULT: u32 = 10_000;
@@ -152,12 +159,98 @@ const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);
 const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE >= CONN_OUTPUT_BUFFER_SIZE_MIN);
 const _: () = assert!(CONN_OUTPUT_BUFFER_SIZE_MIN >= STATUS_REPLY_SIZE_MAX);
 const _: () = assert!(FRAME_SIZE_CEILING <= u16::MAX as usize + FRAME_HEADER_SIZE);
-const _: () = assert!(request_size_max(NAME_LEN_CEILING, OWNER_LEN_CEILING) <= FRAME_SIZE_CEILING);
+// Every request fits at the largest name and owner limits, so the default
+// limits are valid.
+const _: () =
+    assert!(longest_request(NAME_LEN_CEILING, OWNER_LEN_CEILING).size <= FRAME_SIZE_CEILING);
+// Whatever the name and owner limits, the floor of `frame_size_max` is at
+// least the longest HELLO, which also covers AUTH with the longest secret:
+// every valid secret fits every valid configuration.
+const _: () = assert!(longest_request(1, 1).size == HELLO_SIZE_MAX);
+const _: () = assert!(AUTH_SIZE_MAX <= HELLO_SIZE_MAX);
 
-/// The largest request with the given name and owner bounds: an EXTEND
-/// (token 8 + ttl 4 + two length bytes) has the most fixed bytes.
-pub const fn request_size_max(name_len_max: usize, owner_len_max: usize) -> usize {
-    FRAME_HEADER_SIZE + 8 + 4 + 1 + name_len_max + 1 + owner_len_max
+/// A HELLO's client name is `bytes` (its length a u8 on the wire), and the
+/// protocol bounds it no further.
+pub const CLIENT_NAME_LEN_CEILING: usize = 255;
+
+/// The longest HELLO the protocol allows. A client sends HELLO before it
+/// learns the server's limits, so it cannot shorten its client name to
+/// fit them: every server accepts this HELLO.
+pub const HELLO_SIZE_MAX: usize = FRAME_HEADER_SIZE + 2 + 1 + CLIENT_NAME_LEN_CEILING;
+
+/// The longest AUTH: the longest secret a server may have.
+pub const AUTH_SIZE_MAX: usize = FRAME_HEADER_SIZE + 1 + crate::auth::SECRET_LEN_MAX;
+
+/// The kinds of requests a client sends, for naming the longest one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    Hello,
+    Auth,
+    Ping,
+    Status,
+    Acquire,
+    Release,
+    Extend,
+    /// A request of the original protocol (acquire, release or health).
+    Legacy,
+}
+
+/// The longest frame of one request kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestSize {
+    pub kind: RequestKind,
+    pub size: usize,
+}
+
+/// The longest frame of each kind a valid client sends to a server whose
+/// names are at most `name_len_max` bytes and owners `owner_len_max`
+/// (header included): HELLO with the longest client name the protocol
+/// allows, AUTH with the longest secret, STATUS with the longest name,
+/// ACQUIRE, RELEASE and EXTEND with the longest name and owner, and the
+/// original protocol's requests with the longest name and client id (its
+/// client ids are owners). The one place that knows these sizes; the tests
+/// below check them against the encoder and the decoders.
+pub const fn request_sizes_max(name_len_max: usize, owner_len_max: usize) -> [RequestSize; 8] {
+    let name = 1 + name_len_max;
+    let owner = 1 + owner_len_max;
+    [
+        sized(RequestKind::Hello, HELLO_SIZE_MAX),
+        sized(RequestKind::Auth, AUTH_SIZE_MAX),
+        sized(RequestKind::Ping, FRAME_HEADER_SIZE),
+        sized(RequestKind::Status, FRAME_HEADER_SIZE + 4 + name),
+        sized(
+            RequestKind::Acquire,
+            FRAME_HEADER_SIZE + 1 + 4 + 4 + name + owner,
+        ),
+        sized(RequestKind::Release, FRAME_HEADER_SIZE + 8 + name + owner),
+        sized(
+            RequestKind::Extend,
+            FRAME_HEADER_SIZE + 8 + 4 + name + owner,
+        ),
+        sized(
+            RequestKind::Legacy,
+            crate::legacy::LEGACY_HEADER_SIZE + name_len_max + owner_len_max,
+        ),
+    ]
+}
+
+const fn sized(kind: RequestKind, size: usize) -> RequestSize {
+    RequestSize { kind, size }
+}
+
+/// The longest request of [`request_sizes_max`]: the least `frame_size_max`
+/// with which no valid request is refused for size. The first of equals.
+pub const fn longest_request(name_len_max: usize, owner_len_max: usize) -> RequestSize {
+    let sizes = request_sizes_max(name_len_max, owner_len_max);
+    let mut longest = sizes[0];
+    let mut i = 1;
+    while i < sizes.len() {
+        if sizes[i].size > longest.size {
+            longest = sizes[i];
+        }
+        i += 1;
+    }
+    longest
 }
 
 /// The configurable limits of one server.
@@ -212,75 +305,98 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Checks every field against its ceiling; the error names the field,
+    /// Checks every field against its range; the error names the limit,
     /// its value and the allowed range.
-    pub fn validate(&self) -> Result<(), String> {
-        let min_frame = request_size_max(self.name_len_max, self.owner_len_max);
+    pub fn validate(&self) -> Result<(), LimitsError> {
         check(
-            "frame_size_max",
-            self.frame_size_max as u64,
-            min_frame as u64,
-            FRAME_SIZE_CEILING as u64,
-        )?;
-        check(
-            "name_len_max",
+            Limit::NameLenMax,
             self.name_len_max as u64,
             1,
             NAME_LEN_CEILING as u64,
         )?;
         check(
-            "owner_len_max",
+            Limit::OwnerLenMax,
             self.owner_len_max as u64,
             1,
             OWNER_LEN_CEILING as u64,
         )?;
+        let longest = longest_request(self.name_len_max, self.owner_len_max);
+        if self.frame_size_max < longest.size {
+            return Err(LimitsError::FrameBelowRequest {
+                frame_size_max: self.frame_size_max,
+                longest,
+                name_len_max: self.name_len_max,
+                owner_len_max: self.owner_len_max,
+            });
+        }
         check(
-            "lock_ttl_ms_max",
+            Limit::FrameSizeMax,
+            self.frame_size_max as u64,
+            longest.size as u64,
+            FRAME_SIZE_CEILING as u64,
+        )?;
+        check(
+            Limit::LockTtlMsMax,
             self.lock_ttl_ms_max as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "lock_ttl_ms_default",
+            Limit::LockTtlMsDefault,
             self.lock_ttl_ms_default as u64,
             1,
             self.lock_ttl_ms_max as u64,
         )?;
-        check("wait_ms_max", self.wait_ms_max as u64, 0, u32::MAX as u64)?;
-        check("connections_max", self.connections_max as u64, 1, 1 << 24)?;
-        check("locks_max", self.locks_max as u64, 1, LOCKS_CEILING as u64)?;
         check(
-            "waiters_per_lock_max",
+            Limit::WaitMsMax,
+            self.wait_ms_max as u64,
+            0,
+            u32::MAX as u64,
+        )?;
+        check(
+            Limit::ConnectionsMax,
+            self.connections_max as u64,
+            1,
+            1 << 24,
+        )?;
+        check(
+            Limit::LocksMax,
+            self.locks_max as u64,
+            1,
+            LOCKS_CEILING as u64,
+        )?;
+        check(
+            Limit::WaitersPerLockMax,
             self.waiters_per_lock_max as u64,
             1,
             1 << 24,
         )?;
         check(
-            "output_buffer_size",
+            Limit::OutputBufferSize,
             self.output_buffer_size as u64,
             CONN_OUTPUT_BUFFER_SIZE_MIN as u64,
             CONN_OUTPUT_BUFFER_SIZE_CEILING as u64,
         )?;
         check(
-            "frame_timeout_ms",
+            Limit::FrameTimeoutMs,
             self.frame_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "write_timeout_ms",
+            Limit::WriteTimeoutMs,
             self.write_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "auth_timeout_ms",
+            Limit::AuthTimeoutMs,
             self.auth_timeout_ms as u64,
             1,
             u32::MAX as u64,
         )?;
         check(
-            "idle_timeout_ms",
+            Limit::IdleTimeoutMs,
             self.idle_timeout_ms as u64,
             0,
             u32::MAX as u64,
@@ -289,15 +405,161 @@ impl Limits {
     }
 }
 
-fn check(field: &str, value: u64, min: u64, max: u64) -> Result<(), String> {
+fn check(limit: Limit, value: u64, min: u64, max: u64) -> Result<(), LimitsError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(format!(
-            "{field} {value}: out of range; use a value from {min} to {max}"
-        ))
+        Err(LimitsError::OutOfRange {
+            limit,
+            value,
+            min,
+            max,
+        })
     }
 }
+
+/// One configurable limit: a field of [`Limits`]. Errors carry it rather
+/// than its name, so that each interface names it in its own words (the
+/// field for the library, the flag for `distlockd server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    FrameSizeMax,
+    NameLenMax,
+    OwnerLenMax,
+    LockTtlMsDefault,
+    LockTtlMsMax,
+    WaitMsMax,
+    ConnectionsMax,
+    LocksMax,
+    WaitersPerLockMax,
+    OutputBufferSize,
+    FrameTimeoutMs,
+    WriteTimeoutMs,
+    IdleTimeoutMs,
+    AuthTimeoutMs,
+}
+
+impl Limit {
+    /// The name of its [`Limits`] field.
+    pub fn field(self) -> &'static str {
+        match self {
+            Limit::FrameSizeMax => "frame_size_max",
+            Limit::NameLenMax => "name_len_max",
+            Limit::OwnerLenMax => "owner_len_max",
+            Limit::LockTtlMsDefault => "lock_ttl_ms_default",
+            Limit::LockTtlMsMax => "lock_ttl_ms_max",
+            Limit::WaitMsMax => "wait_ms_max",
+            Limit::ConnectionsMax => "connections_max",
+            Limit::LocksMax => "locks_max",
+            Limit::WaitersPerLockMax => "waiters_per_lock_max",
+            Limit::OutputBufferSize => "output_buffer_size",
+            Limit::FrameTimeoutMs => "frame_timeout_ms",
+            Limit::WriteTimeoutMs => "write_timeout_ms",
+            Limit::IdleTimeoutMs => "idle_timeout_ms",
+            Limit::AuthTimeoutMs => "auth_timeout_ms",
+        }
+    }
+}
+
+/// Why [`Limits::validate`] refused a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimitsError {
+    /// A limit outside its allowed range.
+    OutOfRange {
+        limit: Limit,
+        value: u64,
+        min: u64,
+        max: u64,
+    },
+    /// `frame_size_max` below the longest request a valid client may send
+    /// (see [`longest_request`]): such a request would be refused.
+    FrameBelowRequest {
+        frame_size_max: usize,
+        longest: RequestSize,
+        name_len_max: usize,
+        owner_len_max: usize,
+    },
+}
+
+impl LimitsError {
+    /// The message, with each limit named by `name`: [`Limit::field`] for
+    /// the library (the [`std::fmt::Display`] form), a flag for a CLI.
+    pub fn describe(&self, name: impl Fn(Limit) -> &'static str) -> String {
+        match *self {
+            LimitsError::OutOfRange {
+                limit,
+                value,
+                min,
+                max,
+            } => format!(
+                "{} {value}: out of range; use a value from {min} to {max}",
+                name(limit)
+            ),
+            LimitsError::FrameBelowRequest {
+                frame_size_max,
+                longest,
+                name_len_max,
+                owner_len_max,
+            } => {
+                let frame = name(Limit::FrameSizeMax);
+                let (names, owners) = (name(Limit::NameLenMax), name(Limit::OwnerLenMax));
+                let lengths = format!(
+                    "a {name_len_max}-byte name ({names} {name_len_max}) and a {owner_len_max}-byte owner ({owners} {owner_len_max})"
+                );
+                let (what, or_else) = match longest.kind {
+                    RequestKind::Hello => (
+                        format!(
+                            "a HELLO with a {CLIENT_NAME_LEN_CEILING}-byte client name, the longest the protocol allows (a client sends HELLO before it learns the server's limits)"
+                        ),
+                        String::new(),
+                    ),
+                    RequestKind::Auth => (
+                        format!(
+                            "an AUTH with a {}-byte secret, the longest allowed",
+                            crate::auth::SECRET_LEN_MAX
+                        ),
+                        String::new(),
+                    ),
+                    RequestKind::Ping => ("a PING".to_owned(), String::new()),
+                    RequestKind::Status => (
+                        format!(
+                            "a STATUS with a {name_len_max}-byte name ({names} {name_len_max})"
+                        ),
+                        format!(", or lower {names}"),
+                    ),
+                    RequestKind::Acquire => (
+                        format!("an ACQUIRE with {lengths}"),
+                        format!(", or lower {names} or {owners}"),
+                    ),
+                    RequestKind::Release => (
+                        format!("a RELEASE with {lengths}"),
+                        format!(", or lower {names} or {owners}"),
+                    ),
+                    RequestKind::Extend => (
+                        format!("an EXTEND with {lengths}"),
+                        format!(", or lower {names} or {owners}"),
+                    ),
+                    RequestKind::Legacy => (
+                        format!("an original-protocol request with {lengths}"),
+                        format!(", or lower {names} or {owners}"),
+                    ),
+                };
+                let size = longest.size;
+                format!(
+                    "{frame} {frame_size_max} is below {size}, the size of {what}; raise {frame} to at least {size}{or_else}"
+                )
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LimitsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(Limit::field))
+    }
+}
+
+impl std::error::Error for LimitsError {}
 
 #[cfg(test)]
 mod tests {
@@ -314,7 +576,7 @@ mod tests {
             owner_len_max: 65,
             ..Limits::default()
         };
-        let err = limits.validate().unwrap_err();
+        let err = limits.validate().unwrap_err().to_string();
         assert!(err.contains("owner_len_max 65"), "{err}");
         let limits = Limits {
             lock_ttl_ms_default: 0,
@@ -324,7 +586,130 @@ mod tests {
             limits
                 .validate()
                 .unwrap_err()
+                .to_string()
                 .contains("lock_ttl_ms_default 0")
         );
+    }
+
+    /// Frame size limits that left a request of a valid client too long:
+    /// a HELLO, and the AUTH of a 40-byte secret.
+    #[test]
+    fn frame_size_max_fits_every_request_of_a_valid_client() {
+        let small = |frame_size_max, name_len_max, owner_len_max| Limits {
+            frame_size_max,
+            name_len_max,
+            owner_len_max,
+            ..Limits::default()
+        };
+        for limits in [small(33, 8, 8), small(19, 1, 1)] {
+            let err = limits.validate().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("frame_size_max {}", limits.frame_size_max))
+                    && err.contains("HELLO"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_error_names_the_longest_request_and_the_limits_to_change() {
+        let limits = Limits {
+            frame_size_max: 300,
+            ..Limits::default()
+        };
+        let err = limits.validate().unwrap_err();
+        let flag = |limit: Limit| match limit {
+            Limit::FrameSizeMax => "--frame-size-max",
+            Limit::NameLenMax => "--name-len-max",
+            Limit::OwnerLenMax => "--owner-len-max",
+            other => other.field(),
+        };
+        assert_eq!(
+            err.describe(flag),
+            "--frame-size-max 300 is below 336, the size of an EXTEND with a 255-byte name \
+             (--name-len-max 255) and a 64-byte owner (--owner-len-max 64); raise \
+             --frame-size-max to at least 336, or lower --name-len-max or --owner-len-max"
+        );
+        let hello = Limits {
+            frame_size_max: 33,
+            name_len_max: 8,
+            owner_len_max: 8,
+            ..Limits::default()
+        };
+        let err = hello.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("frame_size_max 33 is below 261, the size of a HELLO")
+                && err.ends_with("raise frame_size_max to at least 261"),
+            "{err}"
+        );
+    }
+
+    /// The sizes in `request_sizes_max` are the encoder's, and at the
+    /// smallest valid `frame_size_max` the decoder takes the longest request
+    /// of every kind.
+    #[test]
+    fn at_the_floor_every_longest_request_decodes() {
+        use crate::legacy::{self, Command};
+        use crate::protocol::{Acquire, Request, decode_request};
+        for (name_len_max, owner_len_max) in [(1, 1), (8, 8), (255, 1), (255, 64), (100, 64)] {
+            let limits = Limits {
+                frame_size_max: longest_request(name_len_max, owner_len_max).size,
+                name_len_max,
+                owner_len_max,
+                ..Limits::default()
+            };
+            limits.validate().unwrap();
+            let too_small = Limits {
+                frame_size_max: limits.frame_size_max - 1,
+                ..limits.clone()
+            };
+            assert!(too_small.validate().is_err(), "{too_small:?}");
+            let name = vec![b'n'; name_len_max];
+            let owner = vec![b'o'; owner_len_max];
+            let client_name = [b'c'; CLIENT_NAME_LEN_CEILING];
+            let secret = [b's'; crate::auth::SECRET_LEN_MAX];
+            let (name, owner) = (&name[..], &owner[..]);
+            for size in request_sizes_max(name_len_max, owner_len_max) {
+                let mut frame = Vec::new();
+                if size.kind == RequestKind::Legacy {
+                    legacy::encode_request(Command::Acquire, name, owner, &mut frame);
+                    let decoded = legacy::decode_request(&frame, limits.frame_size_max);
+                    assert!(matches!(decoded, Ok(Some(_))), "{decoded:?}");
+                } else {
+                    let request = match size.kind {
+                        RequestKind::Hello => Request::Hello {
+                            version: PROTOCOL_VERSION,
+                            client_name: &client_name,
+                        },
+                        RequestKind::Auth => Request::Auth { secret: &secret },
+                        RequestKind::Ping => Request::Ping,
+                        RequestKind::Status => Request::Status { name, cursor: 0 },
+                        RequestKind::Acquire => Request::Acquire(Acquire {
+                            name,
+                            owner,
+                            ttl_ms: 1,
+                            wait_ms: 1,
+                            flags: 0,
+                        }),
+                        RequestKind::Release => Request::Release {
+                            name,
+                            owner,
+                            token: 1,
+                        },
+                        RequestKind::Extend => Request::Extend {
+                            name,
+                            owner,
+                            token: 1,
+                            ttl_ms: 1,
+                        },
+                        RequestKind::Legacy => unreachable!("encoded above"),
+                    };
+                    request.encode_to_vec(&mut frame);
+                    let decoded = decode_request(&frame, limits.frame_size_max);
+                    assert_eq!(decoded, Ok(Some((request, frame.len()))));
+                }
+                assert_eq!(frame.len(), size.size, "{size:?}");
+            }
+        }
     }
 }

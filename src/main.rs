@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
 use distlockd::cli::string_value;
-use distlockd::limits::Limits;
+use distlockd::limits::{Limit, Limits};
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
 
@@ -62,8 +62,10 @@ Options:
   --auth-timeout-ms MS     with a secret, close connections that have not
                            authenticated this long after connecting
                            (default 10000)
-  --frame-size-max BYTES   longest frame accepted, header included; at least
-                           what the name and owner limits need (default 1024)
+  --frame-size-max BYTES   longest frame accepted, header included, up to 1024;
+                           at least 261 (the longest HELLO) and 17 +
+                           --name-len-max + --owner-len-max (the longest
+                           EXTEND) (default 1024)
   --name-len-max BYTES     longest lock name, 1-255 (default 255)
   --owner-len-max BYTES    longest owner id, 1-64 (default 64)
   -h, --help               print this help";
@@ -190,7 +192,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     }
     limits
         .validate()
-        .map_err(|e| format!("{} (see `distlockd server --help`)", flag_named(&e)))?;
+        .map_err(|e| format!("{} (see `distlockd server --help`)", e.describe(flag)))?;
     init_logging(verbose);
     let auth = load_auth(secret_file, allow_legacy)?;
     let config = Config {
@@ -244,32 +246,25 @@ fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     distlockd::loadtest::main(parser)
 }
 
-/// Limits name their fields; a person at the command line typed a flag.
-fn flag_named(message: &str) -> String {
-    const FLAGS: [(&str, &str); 14] = [
-        ("auth_timeout_ms", "--auth-timeout-ms"),
-        ("frame_size_max", "--frame-size-max"),
-        ("waiters_per_lock_max", "--waiters-per-lock-max"),
-        ("output_buffer_size", "--output-buffer-size"),
-        ("frame_timeout_ms", "--frame-timeout-ms"),
-        ("write_timeout_ms", "--write-timeout-ms"),
-        ("idle_timeout_ms", "--idle-timeout-ms"),
-        ("lock_ttl_ms_default", "--ttl-default-ms"),
-        ("lock_ttl_ms_max", "--ttl-max-ms"),
-        ("wait_ms_max", "--wait-max-ms"),
-        ("connections_max", "--connections-max"),
-        ("locks_max", "--locks-max"),
-        ("name_len_max", "--name-len-max"),
-        ("owner_len_max", "--owner-len-max"),
-    ];
-    for (field, flag) in FLAGS {
-        if let Some(rest) = message.strip_prefix(field) {
-            if rest.starts_with(' ') {
-                return format!("{flag}{rest}");
-            }
-        }
+/// The flag that sets a limit: a person at the command line typed flags,
+/// so errors name limits by them.
+fn flag(limit: Limit) -> &'static str {
+    match limit {
+        Limit::FrameSizeMax => "--frame-size-max",
+        Limit::NameLenMax => "--name-len-max",
+        Limit::OwnerLenMax => "--owner-len-max",
+        Limit::LockTtlMsDefault => "--ttl-default-ms",
+        Limit::LockTtlMsMax => "--ttl-max-ms",
+        Limit::WaitMsMax => "--wait-max-ms",
+        Limit::ConnectionsMax => "--connections-max",
+        Limit::LocksMax => "--locks-max",
+        Limit::WaitersPerLockMax => "--waiters-per-lock-max",
+        Limit::OutputBufferSize => "--output-buffer-size",
+        Limit::FrameTimeoutMs => "--frame-timeout-ms",
+        Limit::WriteTimeoutMs => "--write-timeout-ms",
+        Limit::IdleTimeoutMs => "--idle-timeout-ms",
+        Limit::AuthTimeoutMs => "--auth-timeout-ms",
     }
-    message.to_string()
 }
 
 fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {

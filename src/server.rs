@@ -45,7 +45,7 @@ use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Rou
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
-    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE,
+    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE, TIMER_STEPS_PER_TURN_MAX,
 };
 use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
@@ -376,7 +376,10 @@ impl Server {
     }
 
     /// Requires AUTH with this secret on every native connection (see
-    /// [`execute::step_gated`]). Call before [`Server::run`].
+    /// [`execute::step_gated`]). Call before [`Server::run`]. Every secret
+    /// [`Auth`] accepts fits in an AUTH under every valid `frame_size_max`
+    /// (see [`crate::limits::AUTH_SIZE_MAX`]), so no secret can leave the
+    /// server unable to authenticate anyone.
     pub fn set_auth(&mut self, auth: Option<Auth>) {
         self.auth = auth;
     }
@@ -463,7 +466,7 @@ impl Server {
             }
         }
         let now = self.tick();
-        self.table.advance(now);
+        self.table.advance_bounded(now, TIMER_STEPS_PER_TURN_MAX);
         if self.table.has_deferred_work() {
             self.table.run_deferred(now, SESSION_RELEASES_PER_TURN_MAX);
         }
@@ -556,8 +559,7 @@ impl Server {
                 None => return retry,
             },
         };
-        let at = self.started + Duration::from_millis(deadline);
-        let until_deadline = at.saturating_duration_since(Instant::now());
+        let until_deadline = poll_sleep(deadline, self.started.elapsed());
         Some(retry.map_or(until_deadline, |r| r.min(until_deadline)))
     }
 
@@ -1200,10 +1202,9 @@ impl Server {
         if self.conns[key].closing {
             return;
         }
-        // Deliver first what is due at `now`, this connection's own waiter
-        // timeout included: close_session advances the table to `now`, and
-        // an answer for the session it closes would have nowhere to go.
-        self.table.advance(now);
+        // Answers already made go out first: one for the session closed
+        // below would have nowhere to go. (close_session fires no timer, so
+        // it makes none for this session.)
         self.deliver_table_events();
         let conn = &mut self.conns[key];
         conn.closing = true;
@@ -1537,6 +1538,19 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into()))
 }
 
+/// How long to sleep in poll, `elapsed` after the server started, so that
+/// [`Server::tick`] reads at least `deadline_ms` on waking: the time left,
+/// rounded up to whole milliseconds. epoll counts whole milliseconds (mio
+/// rounds up too); rounding here makes the sleep asked for the sleep taken.
+/// So a wake-up for a deadline is never before it and less than 1 ms after
+/// it, plus the kernel's timer slack and the thread's scheduling delay.
+fn poll_sleep(deadline_ms: u64, elapsed: Duration) -> Duration {
+    let left = Duration::from_millis(deadline_ms).saturating_sub(elapsed);
+    Duration::from_millis(left.as_nanos().div_ceil(NANOS_PER_MS) as u64)
+}
+
+const NANOS_PER_MS: u128 = 1_000_000;
+
 /// Nanoseconds since the Unix epoch: every token this run hands out is above
 /// every token an earlier run handed out, as long as the earlier run granted
 /// fewer than one lock per nanosecond on average and the wall clock did not
@@ -1551,7 +1565,140 @@ fn wall_clock_token_seed() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::open_file_soft_limit;
+    use super::{Duration, open_file_soft_limit, poll_sleep};
+    use crate::limits::Limits;
+    use crate::protocol::Acquire;
+    use crate::table::{EventKind, LockTable};
+
+    /// The server's clock reading at `elapsed` (see `Server::tick_at`).
+    fn reading_ms(elapsed: Duration) -> u64 {
+        elapsed.as_millis() as u64
+    }
+
+    /// Instants from `from` to `to`, in steps that fall on every offset
+    /// within a millisecond.
+    fn instants(from: Duration, to: Duration) -> impl Iterator<Item = Duration> {
+        let step = Duration::from_nanos(7_919);
+        std::iter::successors(Some(from), move |&t| Some(t + step)).take_while(move |&t| t <= to)
+    }
+
+    #[test]
+    fn poll_wakes_at_a_deadline_never_before_and_less_than_1_ms_after() {
+        for deadline_ms in [0, 1, 2, 7, 1_000] {
+            let deadline = Duration::from_millis(deadline_ms);
+            let late = deadline + Duration::from_millis(2);
+            for elapsed in instants(deadline.saturating_sub(Duration::from_millis(3)), late) {
+                let sleep = poll_sleep(deadline_ms, elapsed);
+                assert_eq!(sleep.subsec_nanos() % 1_000_000, 0, "whole ms: {sleep:?}");
+                let wake = elapsed + sleep;
+                if elapsed >= deadline {
+                    assert_eq!(sleep, Duration::ZERO, "due at {elapsed:?}");
+                    continue;
+                }
+                assert!(wake >= deadline, "{deadline_ms}: woke at {wake:?}");
+                assert!(wake < deadline + Duration::from_millis(1), "{wake:?}");
+                assert!(reading_ms(wake) >= deadline_ms, "fires on waking");
+            }
+        }
+        let far = u32::MAX as u64 * 2;
+        assert_eq!(poll_sleep(far, Duration::ZERO), Duration::from_millis(far));
+    }
+
+    /// Where the last poll before a deadline may start: anywhere from
+    /// `from` to just before the deadline.
+    fn polls_before(from: Duration, deadline_ms: u64) -> [Duration; 3] {
+        let deadline = Duration::from_millis(deadline_ms);
+        [
+            from,
+            (from + deadline) / 2,
+            deadline - Duration::from_nanos(1),
+        ]
+    }
+
+    /// The documented precision (docs/PROTOCOL.md, "Timing"): a hold ends,
+    /// and its lock passes to the head waiter, more than TTL and less than
+    /// TTL + 2 ms after the grant in real time (plus scheduling delay),
+    /// wherever the grant and the last poll before the end fall within
+    /// their milliseconds.
+    #[test]
+    fn holds_end_between_ttl_and_ttl_plus_2_ms_after_the_grant() {
+        const MS: Duration = Duration::from_millis(1);
+        for ttl_ms in [1u32, 2, 3, 250] {
+            let ttl = Duration::from_millis(ttl_ms as u64);
+            for granted in instants(Duration::ZERO, 3 * MS) {
+                let mut table = LockTable::new(Limits::default(), 1, 0);
+                let (holder, waiter) = (table.open_session(1), table.open_session(2));
+                let acquire = |owner, wait_ms| Acquire {
+                    name: b"job",
+                    owner,
+                    ttl_ms,
+                    wait_ms,
+                    flags: 0,
+                };
+                let at = reading_ms(granted);
+                let _ = table.acquire(holder, &acquire(b"a", 0), at);
+                let _ = table.acquire(waiter, &acquire(b"b", 60_000), at);
+                let deadline_ms = table.next_deadline().unwrap();
+                for polled in polls_before(granted, deadline_ms) {
+                    let woke = polled + poll_sleep(deadline_ms, polled);
+                    let after = woke - granted;
+                    assert!(
+                        after > ttl && after < ttl + 2 * MS,
+                        "ttl {ttl_ms}: {after:?}"
+                    );
+                }
+                table.advance(deadline_ms - 1);
+                assert!(table.events().is_empty(), "ended before its deadline");
+                // Any wake-up for the deadline reads it (see the test above).
+                table.advance(deadline_ms);
+                assert!(
+                    matches!(table.events(), [e] if matches!(e.kind, EventKind::Granted { .. })),
+                    "{:?}",
+                    table.events()
+                );
+            }
+        }
+    }
+
+    /// A queued ACQUIRE is answered TIMEOUT when the server's clock reads
+    /// its arrival + wait_ms: in real time more than wait_ms - 1 ms and less
+    /// than wait_ms + 1 ms after it arrived.
+    #[test]
+    fn waits_time_out_within_1_ms_either_side_of_wait_ms() {
+        const MS: Duration = Duration::from_millis(1);
+        for wait_ms in [1u32, 2, 250] {
+            let wait = Duration::from_millis(wait_ms as u64);
+            for arrived in instants(Duration::ZERO, 3 * MS) {
+                let mut table = LockTable::new(Limits::default(), 1, 0);
+                let (holder, waiter) = (table.open_session(1), table.open_session(2));
+                let acquire = |owner, ttl_ms, wait_ms| Acquire {
+                    name: b"job",
+                    owner,
+                    ttl_ms,
+                    wait_ms,
+                    flags: 0,
+                };
+                let at = reading_ms(arrived);
+                let _ = table.acquire(holder, &acquire(b"a", 60_000, 0), 0);
+                let _ = table.acquire(waiter, &acquire(b"b", 1, wait_ms), at);
+                let deadline_ms = table.next_deadline().unwrap();
+                for polled in polls_before(arrived, deadline_ms) {
+                    let woke = polled + poll_sleep(deadline_ms, polled);
+                    let after = woke - arrived;
+                    assert!(
+                        after + MS > wait && after < wait + MS,
+                        "wait {wait_ms}: {after:?}"
+                    );
+                }
+                table.advance(deadline_ms);
+                assert!(
+                    matches!(table.events(), [e] if e.kind == EventKind::TimedOut { waited_ms: wait_ms }),
+                    "{:?}",
+                    table.events()
+                );
+            }
+        }
+    }
 
     #[test]
     fn reads_the_soft_open_file_limit() {

@@ -36,20 +36,21 @@
 //! it holds, so a steady load never reallocates and a load that swings
 //! reallocates at most once per halving or doubling (see [`store`]).
 
+mod chunked;
 mod names;
+mod shards;
 mod status;
 mod store;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
-use hashbrown::HashTable;
 use slab::Slab;
 
 use crate::limits::Limits;
 use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
-use crate::wheel::WheelCore;
-use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
+use crate::wheel::{PollStep, WheelCore};
+use shards::{Extras, NameIndex};
+use store::{CompactStep, LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
 /// SESSION holds that [`LockTable::close_session`] releases itself; the rest
 /// are left to [`LockTable::run_deferred`]. Most connections hold a few, so
@@ -57,11 +58,17 @@ use store::{LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 /// this many releases (about 100 ns each).
 pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
 
-/// Hash index and `extras` capacities kept however empty the table gets
-/// (a few KiB); they shrink once under an eighth full: a rehash of what is
-/// left, so at most an eighth of the peak's entries at once.
-const INDEX_CAPACITY_MIN: usize = 512;
-const EXTRAS_CAPACITY_MIN: usize = 256;
+/// Steps an ACQUIRE of a new name may take, on a table at locks_max, to end
+/// holds that ended without being freed yet (deferred SESSION releases, due
+/// expiries) and so make room: about 0.1 ms at most.
+const MAKE_ROOM_STEPS_MAX: usize = 1024;
+
+/// What freeing a chunk of records or rehashing a hash-table shard counts
+/// for in [`LockTable::run_deferred`]'s budget: returning a 12 KiB chunk's
+/// pages costs the kernel about as much as 16 moves of a record, and a
+/// shard's rehash is of the same order.
+pub const MEMORY_FREE_STEPS: usize = 16;
+
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;
 /// Event capacity kept after a clear (2 KiB).
@@ -193,11 +200,21 @@ pub enum EventKind {
 struct Session {
     tag: u64,
     generation: u32,
+    /// SESSION holds bound to it, listed from `locks_head`.
+    holds: u32,
     locks_head: u32,
     waiter: u32,
     /// Set when the session closed with SESSION holds left to release (see
     /// [`LockTable::run_deferred`]); its slot stays reserved until they are.
     closed: Option<Closed>,
+}
+
+/// How a hold ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    Expired,
+    /// Released by its session's close.
+    Released,
 }
 
 /// A closed session's place in the table's list of deferred releases.
@@ -220,16 +237,18 @@ pub struct Stats {
 pub struct LockTable {
     limits: Limits,
     store: Store,
-    index: HashTable<u32>,
+    index: NameIndex,
     name_hasher: RandomState,
     owner_hasher: RandomState,
-    extras: HashMap<u32, LockExtra>,
+    extras: Extras,
     sessions: Slab<Session>,
     session_generation: u32,
     /// Closed sessions whose SESSION holds are still to be released, oldest
     /// close first, linked through `Session::closed`.
     closed_head: u32,
     closed_tail: u32,
+    /// SESSION holds of closed sessions whose release is still deferred.
+    deferred_holds: usize,
     /// Sessions removed since `sessions` last shrank: slab keys cannot move,
     /// so a shrink (O(capacity)) only drops vacant slots at its end, and is
     /// tried again only after this reaches a quarter of the capacity
@@ -249,14 +268,15 @@ impl LockTable {
         LockTable {
             limits,
             store: Store::default(),
-            index: HashTable::new(),
+            index: NameIndex::default(),
             name_hasher: RandomState::new(),
             owner_hasher: RandomState::new(),
-            extras: HashMap::new(),
+            extras: Extras::default(),
             sessions: Slab::new(),
             session_generation: 0,
             closed_head: NIL,
             closed_tail: NIL,
+            deferred_holds: 0,
             sessions_removed: 0,
             wheel: WheelCore::new(now_ms),
             next_token: token_seed.max(1),
@@ -273,14 +293,16 @@ impl LockTable {
         self.stats
     }
 
-    /// Locks currently held, counting the SESSION holds of closed sessions
-    /// whose release is deferred (see [`LockTable::run_deferred`]).
+    /// Locks currently held. The SESSION holds of closed sessions whose
+    /// release is deferred (see [`LockTable::run_deferred`]) are not
+    /// counted: no command sees them held. Holds whose expiry is due but not
+    /// yet fired (see [`LockTable::advance_bounded`]) still are.
     pub fn len(&self) -> usize {
-        self.store.len()
+        self.store.len() - self.deferred_holds
     }
 
     pub fn is_empty(&self) -> bool {
-        self.store.len() == 0
+        self.len() == 0
     }
 
     /// ACQUIREs currently queued.
@@ -318,6 +340,7 @@ impl LockTable {
         let key = self.sessions.insert(Session {
             tag,
             generation,
+            holds: 0,
             locks_head: NIL,
             waiter: NIL,
             closed: None,
@@ -337,7 +360,6 @@ impl LockTable {
     /// first, and a timer of one (its expiry, a waiter's deadline) releases
     /// it when it fires.
     pub fn close_session(&mut self, id: SessionId, now_ms: u64) {
-        self.advance(now_ms);
         let session = self.session_key(id);
         let waiter = self.sessions[session as usize].waiter;
         if waiter != NIL {
@@ -360,11 +382,12 @@ impl LockTable {
             tail => self.closed_mut(tail).next = session,
         }
         self.closed_tail = session;
+        self.deferred_holds += self.sessions[session as usize].holds as usize;
         for _ in 0..SESSION_CLOSE_RELEASES_MAX {
             let lock = self.sessions[session as usize].locks_head;
             let last = self.extra(lock).session_next == NIL;
             // Releasing the last hold retires the session.
-            self.release_deferred(lock, now_ms, now_ms, None);
+            self.settle(lock, now_ms, None);
             if last {
                 return;
             }
@@ -378,31 +401,28 @@ impl LockTable {
         self.has_deferred_releases() || self.has_memory_to_return()
     }
 
-    /// Fires due timers (as [`LockTable::advance`]), then does up to
-    /// `budget` steps of deferred work and returns how many it did. First it
+    /// Does up to `budget` steps of deferred work and returns how many it
+    /// did (it fires no timer: see [`LockTable::advance_bounded`]). First it
     /// releases SESSION holds of closed sessions, oldest close first, handing
     /// each to its next waiter (answers go to [`LockTable::events`]); a
     /// waiter is eligible if its deadline comes after the close, as if the
     /// hold had been released at the close, and its grant counts from
     /// `now_ms`. Then, with the budget left, it gives memory back: one step
     /// moves one record or waiter, or shrinks one structure (the hash index
-    /// and `extras` by one rehash of at most an eighth of their capacity).
-    /// Nothing it does changes a reply, a token or an event.
+    /// and `extras` by one rehash of at most an eighth of one shard's
+    /// capacity). Giving memory back changes no reply, token or event.
     pub fn run_deferred(&mut self, now_ms: u64, budget: usize) -> usize {
-        self.advance(now_ms);
         let mut done = 0;
         while done < budget && self.closed_head != NIL {
             let lock = self.sessions[self.closed_head as usize].locks_head;
             debug_assert_ne!(lock, NIL, "a closed session left with no holds");
-            let closed_at_ms = self.closed(self.closed_head).at_ms;
-            self.release_deferred(lock, closed_at_ms, now_ms, None);
+            self.settle(lock, now_ms, None);
             done += 1;
         }
         while done < budget && self.has_memory_to_return() {
-            self.return_memory_step();
-            done += 1;
+            done += self.return_memory_step();
         }
-        done
+        done.min(budget)
     }
 
     /// Closed sessions still have SESSION holds to release.
@@ -413,18 +433,9 @@ impl LockTable {
     fn has_memory_to_return(&self) -> bool {
         self.store.waiters.is_sparse()
             || self.store.is_sparse()
-            || self.index_is_sparse()
-            || self.extras_is_sparse()
+            || self.index.has_sparse_shard()
+            || self.extras.has_sparse_shard()
             || self.sessions_are_sparse()
-    }
-
-    fn index_is_sparse(&self) -> bool {
-        self.index.capacity() > INDEX_CAPACITY_MIN && self.index.len() * 8 < self.index.capacity()
-    }
-
-    fn extras_is_sparse(&self) -> bool {
-        self.extras.capacity() > EXTRAS_CAPACITY_MIN
-            && self.extras.len() * 8 < self.extras.capacity()
     }
 
     fn sessions_are_sparse(&self) -> bool {
@@ -434,27 +445,35 @@ impl LockTable {
             && self.sessions_removed * 4 >= capacity
     }
 
-    /// One bounded step of giving memory back (see [`store`]).
-    fn return_memory_step(&mut self) {
+    /// One bounded step of giving memory back (see [`store`]); returns its
+    /// cost in steps: one to move or drop a slot, [`MEMORY_FREE_STEPS`] to
+    /// free a chunk or rehash a shard.
+    fn return_memory_step(&mut self) -> usize {
         if self.store.waiters.is_sparse() {
             if let Some((from, to)) = self.store.waiters.compact_step() {
                 self.move_last_waiter(from, to);
             }
+            1
         } else if self.store.is_sparse() {
-            if let Some((from, to)) = self.store.compact_step() {
-                self.move_last_record(from, to);
+            match self.store.compact_step() {
+                CompactStep::Move { from, to } => self.move_last_record(from, to),
+                CompactStep::Popped => {}
+                CompactStep::FreedChunk => return MEMORY_FREE_STEPS,
             }
-        } else if self.index_is_sparse() {
-            let min = (2 * self.index.len()).max(INDEX_CAPACITY_MIN / 2);
+            1
+        } else if self.index.has_sparse_shard() {
             let (store, hasher) = (&self.store, &self.name_hasher);
             self.index
-                .shrink_to(min, |&i| hash_bytes(hasher, store.name(i)));
-        } else if self.extras_is_sparse() {
-            let min = (2 * self.extras.len()).max(EXTRAS_CAPACITY_MIN / 2);
-            self.extras.shrink_to(min);
-        } else if self.sessions_are_sparse() {
+                .shrink_one(|&i| hash_bytes(hasher, store.name(i)));
+            MEMORY_FREE_STEPS
+        } else if self.extras.has_sparse_shard() {
+            self.extras.shrink_one();
+            MEMORY_FREE_STEPS
+        } else {
+            debug_assert!(self.sessions_are_sparse());
             self.sessions.shrink_to_fit();
             self.sessions_removed = 0;
+            MEMORY_FREE_STEPS
         }
     }
 
@@ -495,7 +514,7 @@ impl LockTable {
         if !self.store.record(to).has_extra() {
             return;
         }
-        let extra = self.extras.remove(&from).expect("a flagged extra");
+        let extra = self.extras.remove(from).expect("a flagged extra");
         self.extras.insert(to, extra);
         if extra.session != NIL {
             match extra.session_prev {
@@ -533,7 +552,6 @@ impl LockTable {
             self.sessions[session as usize].waiter, NIL,
             "a session sends nothing while its ACQUIRE waits"
         );
-        self.advance(now_ms);
         let ttl_ms = self.effective_ttl(req.ttl_ms);
         let session_bind = if req.flags & FLAG_SESSION != 0 {
             session
@@ -543,7 +561,7 @@ impl LockTable {
         let owner = hash_bytes(&self.owner_hasher, req.owner);
         let hash = hash_bytes(&self.name_hasher, req.name);
         let Some(lock) = self.find_settled(hash, req.name, now_ms) else {
-            self.release_deferred_while_full(now_ms);
+            self.make_room(now_ms);
             if self.store.len() >= self.limits.locks_max {
                 return Outcome::Rejected(ArgError::LocksFull {
                     max: self.limits.locks_max,
@@ -580,7 +598,6 @@ impl LockTable {
     }
 
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
-        self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
         let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
@@ -594,7 +611,6 @@ impl LockTable {
     /// RELEASE for the original protocol, which has no tokens: the hold is
     /// released if `owner` holds it, whatever its token.
     pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
-        self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
         let lock = match self.find_held(hash, name, owner, None, now_ms) {
             Ok(lock) => lock,
@@ -617,7 +633,6 @@ impl LockTable {
             let max = self.limits.lock_ttl_ms_max;
             return Outcome::Rejected(ArgError::TtlTooLarge { ttl_ms, max });
         }
-        self.advance(now_ms);
         let hash = hash_bytes(&self.name_hasher, name);
         let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
@@ -631,33 +646,53 @@ impl LockTable {
     /// Fires every expiry and wait deadline due at or before `now_ms`, in
     /// deadline order. Each fires at its own deadline: a waiter is granted a
     /// lock that expired before the waiter's deadline even if this call
-    /// comes late.
+    /// comes late. Unbounded: a server calls [`LockTable::advance_bounded`].
     pub fn advance(&mut self, now_ms: u64) {
-        while let Some((at_ms, key)) = self.wheel.poll(&mut self.store, now_ms) {
+        while self.advance_bounded(now_ms, usize::MAX) == usize::MAX {}
+    }
+
+    /// [`LockTable::advance`] doing at most `budget` steps (a timer fired,
+    /// or one placed again by the wheel's cascade), and returning how many
+    /// it did: `budget` means there may be more to do at `now_ms`. Commands
+    /// never fire timers other than their own lock's, so a caller that runs
+    /// this once per turn with a bounded budget keeps every turn bounded,
+    /// whatever expires at once: a lock whose expiry is due but not fired
+    /// yet is freed by the first command that touches it (see
+    /// [`LockTable::settle`]), and a waiter whose deadline passed is
+    /// answered by a later call, in deadline order.
+    pub fn advance_bounded(&mut self, now_ms: u64, budget: usize) -> usize {
+        let mut left = budget;
+        loop {
+            let (at_ms, key) = match self.wheel.poll_bounded(&mut self.store, now_ms, &mut left) {
+                PollStep::Fired(at_ms, key) => (at_ms, key),
+                PollStep::Idle => return budget - left,
+                PollStep::Budget => return budget,
+            };
             if key & WAITER_KEY_BIT != 0 {
-                let lock = self.store.waiters[(key & !WAITER_KEY_BIT) as usize].lock;
-                if let Some(closed_at_ms) = self.deferred_release(lock) {
-                    // The lock is free since its session closed, before this
-                    // deadline: hand it on first. The waiter, linked again at
-                    // its deadline, is granted now if it is the head, or
-                    // times out on the next poll.
-                    self.wheel.link(&mut self.store, key, at_ms);
-                    self.release_deferred(lock, closed_at_ms, now_ms, None);
-                    continue;
-                }
-                // Already unlinked by poll.
-                let w = self.remove_unlinked_waiter(key & !WAITER_KEY_BIT);
-                self.report_timeout(&w, at_ms);
-            } else if let Some(closed_at_ms) = self.deferred_release(key) {
-                // Released at its session's close, not expired.
-                self.stats.releases += 1;
-                self.free_unlinked_lock(key, closed_at_ms, now_ms, None);
+                self.fire_wait_deadline(key, at_ms, now_ms);
             } else {
-                self.stats.expiries += 1;
-                // Already unlinked by poll: free_lock must not unlink again.
+                // Already unlinked by poll: free_unlinked_lock must not unlink.
+                let (at_ms, ended) = self.ended_by(key, at_ms);
+                self.count_end(ended);
                 self.free_unlinked_lock(key, at_ms, now_ms, None);
             }
         }
+    }
+
+    /// A waiter's deadline fired (its timer unlinked by poll).
+    fn fire_wait_deadline(&mut self, key: u32, at_ms: u64, now_ms: u64) {
+        let lock = self.store.waiters[(key & !WAITER_KEY_BIT) as usize].lock;
+        if self.deferred_release(lock).is_some() {
+            // The lock is free since its session closed, maybe before this
+            // deadline: hand it on first. The waiter, linked again at its
+            // deadline, is granted now if it is the head and its deadline
+            // came after the close, or times out on the next poll.
+            self.wheel.link(&mut self.store, key, at_ms);
+            self.settle(lock, now_ms, None);
+            return;
+        }
+        let w = self.remove_unlinked_waiter(key & !WAITER_KEY_BIT);
+        self.report_timeout(&w, at_ms);
     }
 
     /// Validates an ACQUIRE's fields against the limits.
@@ -725,9 +760,7 @@ impl LockTable {
     }
 
     fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<u32> {
-        self.index
-            .find(hash, |&i| self.store.name(i) == name)
-            .copied()
+        self.index.find(hash, |&i| self.store.name(i) == name)
     }
 
     /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
@@ -753,25 +786,67 @@ impl LockTable {
         Ok(lock)
     }
 
-    /// The lock named `name`, if held, after releasing it first if it is a
-    /// closed session's deferred SESSION hold: commands never see those held.
+    /// The lock named `name`, if held, after ending its hold first if it
+    /// ended without its record being freed yet (see [`LockTable::settle`]):
+    /// commands never see such a hold held.
     fn find_settled(&mut self, hash: u64, name: &[u8], now_ms: u64) -> Option<u32> {
         let lock = self.find_hashed(hash, name)?;
-        let Some(closed_at_ms) = self.deferred_release(lock) else {
+        if !self.settle(lock, now_ms, Some(hash)) {
             return Some(lock);
-        };
-        self.release_deferred(lock, closed_at_ms, now_ms, Some(hash));
-        // Deleted, or handed to a waiter, whose session is open.
+        }
+        // Deleted, or handed to a waiter, whose hold has not ended.
         self.find_hashed(hash, name)
     }
 
-    /// A new name needs room under locks_max; deferred holds do not count
-    /// against it, so release them until there is room or none is left.
-    /// Each one released either frees a lock or grants a waiter, so this
-    /// ends.
-    fn release_deferred_while_full(&mut self, now_ms: u64) {
-        while self.store.len() >= self.limits.locks_max && self.closed_head != NIL {
-            self.run_deferred(now_ms, 1);
+    /// Ends the hold on `lock` if it ended by `now_ms` though its record is
+    /// still held: its expiry is due but not fired yet (timers fire a
+    /// bounded number at a time), or its session closed and the release is
+    /// deferred; whichever came first. The lock goes to the first waiter
+    /// eligible at that time, granted at `now_ms`, or is deleted. Returns
+    /// whether it did. `hash` is the name's hash when the caller has it.
+    fn settle(&mut self, lock: u32, now_ms: u64, hash: Option<u64>) -> bool {
+        let deadline_ms = self.store.record(lock).deadline_ms();
+        let due = (deadline_ms <= now_ms).then_some(deadline_ms);
+        let (at_ms, ended) = match (due, self.deferred_release(lock)) {
+            (None, None) => return false,
+            (Some(at_ms), None) => (at_ms, Ended::Expired),
+            (_, Some(_)) => self.ended_by(lock, due.unwrap_or(u64::MAX)),
+        };
+        self.count_end(ended);
+        self.free_lock(lock, at_ms, now_ms, hash);
+        true
+    }
+
+    /// When and how the hold on `lock` ended, given that it expires at
+    /// `expiry_ms`: released at its session's close if that came first.
+    fn ended_by(&self, lock: u32, expiry_ms: u64) -> (u64, Ended) {
+        match self.deferred_release(lock) {
+            Some(closed_at_ms) if closed_at_ms < expiry_ms => (closed_at_ms, Ended::Released),
+            _ => (expiry_ms, Ended::Expired),
+        }
+    }
+
+    fn count_end(&mut self, ended: Ended) {
+        match ended {
+            Ended::Expired => self.stats.expiries += 1,
+            Ended::Released => self.stats.releases += 1,
+        }
+    }
+
+    /// A new name needs room under locks_max; holds that ended (deferred
+    /// releases, due expiries) do not count against it, so end them until
+    /// there is room, at most [`MAKE_ROOM_STEPS_MAX`] steps: each one frees
+    /// a lock or hands it to a waiter.
+    fn make_room(&mut self, now_ms: u64) {
+        for _ in 0..MAKE_ROOM_STEPS_MAX {
+            if self.store.len() < self.limits.locks_max {
+                return;
+            }
+            if self.closed_head != NIL {
+                self.run_deferred(now_ms, 1);
+            } else if self.advance_bounded(now_ms, 1) == 0 {
+                return;
+            }
         }
     }
 
@@ -782,20 +857,11 @@ impl LockTable {
         if self.closed_head == NIL || !self.store.record(lock).has_extra() {
             return None;
         }
-        let session = self.extras[&lock].session;
+        let session = self.extras.get(lock).expect("a flagged extra").session;
         if session == NIL {
             return None;
         }
         self.sessions[session as usize].closed.map(|c| c.at_ms)
-    }
-
-    /// Releases a deferred SESSION hold as of its session's close: waiters
-    /// whose deadline came after `closed_at_ms` are eligible (all queued
-    /// ones, since every earlier deadline has fired), the grant counts from
-    /// `now_ms`.
-    fn release_deferred(&mut self, lock: u32, closed_at_ms: u64, now_ms: u64, hash: Option<u64>) {
-        self.stats.releases += 1;
-        self.free_lock(lock, closed_at_ms, now_ms, hash);
     }
 
     fn closed(&self, session: u32) -> &Closed {
@@ -841,7 +907,7 @@ impl LockTable {
             .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
         let (store, hasher) = (&self.store, &self.name_hasher);
         self.index
-            .insert_unique(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
+            .insert(hash, lock, |&i| hash_bytes(hasher, store.name(i)));
         lock
     }
 
@@ -862,7 +928,7 @@ impl LockTable {
     /// The lock's side data, or the empty one.
     fn extra(&self, lock: u32) -> LockExtra {
         if self.store.record(lock).has_extra() {
-            self.extras[&lock]
+            *self.extras.get(lock).expect("a flagged extra")
         } else {
             LockExtra::NONE
         }
@@ -875,7 +941,7 @@ impl LockTable {
         if has {
             self.extras.insert(lock, extra);
         } else {
-            self.extras.remove(&lock);
+            self.extras.remove(lock);
         }
     }
 
@@ -903,7 +969,10 @@ impl LockTable {
             e.session_prev = NIL;
             e.session_next = head;
         });
-        self.sessions[session as usize].locks_head = lock;
+        let s = &mut self.sessions[session as usize];
+        debug_assert!(s.closed.is_none(), "binding to a closed session");
+        s.locks_head = lock;
+        s.holds += 1;
     }
 
     fn unbind_session(&mut self, lock: u32) {
@@ -912,6 +981,11 @@ impl LockTable {
             return;
         }
         let (prev, next) = (extra.session_prev, extra.session_next);
+        let session = &mut self.sessions[extra.session as usize];
+        session.holds -= 1;
+        if session.closed.is_some() {
+            self.deferred_holds -= 1;
+        }
         if prev == NIL {
             let session = &mut self.sessions[extra.session as usize];
             session.locks_head = next;
@@ -1009,12 +1083,8 @@ impl LockTable {
     fn delete_lock(&mut self, lock: u32, hash: Option<u64>) {
         debug_assert!(self.extra(lock).is_none());
         let hash = hash.unwrap_or_else(|| hash_bytes(&self.name_hasher, self.store.name(lock)));
-        match self.index.find_entry(hash, |&i| i == lock) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("lock {lock} missing from the index"),
-        }
+        let indexed = self.index.remove(hash, lock);
+        assert!(indexed, "lock {lock} missing from the index");
         self.store.remove(lock);
     }
 
@@ -1100,17 +1170,25 @@ impl LockTable {
             }
         }
         assert_eq!(extras_seen, self.extras.len());
+        self.index.invariants();
+        self.extras.invariants();
         assert_eq!(waiters_seen, self.store.waiters.len());
         self.closed_invariants();
+        let mut deferred = 0;
         for (s, session) in &self.sessions {
-            let (mut lock, mut prev) = (session.locks_head, NIL);
+            let (mut lock, mut prev, mut holds) = (session.locks_head, NIL, 0);
             while lock != NIL {
                 let extra = self.extra(lock);
                 assert_eq!(extra.session, s as u32);
                 assert_eq!(extra.session_prev, prev);
-                (prev, lock) = (lock, extra.session_next);
+                (prev, lock, holds) = (lock, extra.session_next, holds + 1);
+            }
+            assert_eq!(session.holds, holds, "session {s}'s hold count");
+            if session.closed.is_some() {
+                deferred += holds as usize;
             }
         }
+        assert_eq!(self.deferred_holds, deferred, "deferred holds");
     }
 
     /// The closed list holds exactly the closed sessions, each with holds
@@ -1171,10 +1249,12 @@ fn expiry_ms(now_ms: u64, ttl_ms: u32) -> u64 {
     now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS
 }
 
-/// The TTL a hold expiring at `deadline_ms` has left at `now_ms`, as
-/// clients count it (the rounding millisecond is not theirs).
+/// The TTL a live hold expiring at `deadline_ms` has left at `now_ms`, as
+/// clients count it (the rounding millisecond is not theirs), and at least
+/// 1: a hold is live until its deadline, so in the rounding millisecond it
+/// still holds (up to 1 ms more), and 0 would read as already expired.
 fn remaining_ms(deadline_ms: u64, now_ms: u64) -> u32 {
-    clamp_u32(deadline_ms.saturating_sub(now_ms + EXPIRY_ROUNDING_MS))
+    clamp_u32(deadline_ms.saturating_sub(now_ms + EXPIRY_ROUNDING_MS)).max(1)
 }
 
 fn clamp_u32(v: u64) -> u32 {

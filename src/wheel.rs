@@ -69,6 +69,14 @@
 //! of the next occupied slot or to a time before it, so no other timer's
 //! (level, slot) changes when it moves.
 //!
+//! A cascade can be long (a million locks taken within one 4-second span
+//! share one level-2 slot), so [`WheelCore::poll_bounded`] does it a bounded
+//! number of timers at a time: elapsed stays at the slot's start, the slot
+//! keeps the timers not yet placed (up to a recorded last key), and a
+//! deadline linked meanwhile that falls in the slot's span joins them at the
+//! tail instead of going lower, so the firing order is the same as with one
+//! unbounded cascade.
+//!
 //! Deadlines outside elapsed's current top-level lap (2^36 ms, about 795 days)
 //! are clamped: they wait in the top level's last slot (or, from inside that
 //! last slot, in the next lap's slot), get cascaded when it is reached, and
@@ -200,6 +208,32 @@ pub struct WheelCore {
     levels: [Level; WHEEL_LEVEL_COUNT],
     /// The time the wheel has been advanced to; see the module docs.
     elapsed_ms: u64,
+    /// A cascade that [`WheelCore::poll_bounded`] left unfinished.
+    cascade: Option<Cascade>,
+}
+
+/// A cascade in progress: elapsed is at the start of this slot, and its
+/// list, from the head up to and including `last`, still has to be placed
+/// again. Keys after `last` belong in the slot (clamped top-level
+/// deadlines). While it lasts, `link` appends a deadline of this slot's span
+/// to its tail (and makes it `last`) instead of placing it lower, so that
+/// equal deadlines keep their link order however the cascade is split.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cascade {
+    level: u8,
+    slot: u8,
+    last: u32,
+}
+
+/// What one call of [`WheelCore::poll_bounded`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollStep<K> {
+    /// Popped this timer, `(deadline, key or value)`, as `poll` would.
+    Fired(u64, K),
+    /// Nothing is due at `now_ms`; elapsed was advanced to it.
+    Idle,
+    /// The budget ran out first; call again (timers may be due).
+    Budget,
 }
 
 // The small non-generic methods are `#[inline]`: without it, callers in other
@@ -212,6 +246,7 @@ impl WheelCore {
         WheelCore {
             levels: [Level::EMPTY; WHEEL_LEVEL_COUNT],
             elapsed_ms: now_ms.min(ELAPSED_MS_MAX),
+            cascade: None,
         }
     }
 
@@ -232,7 +267,18 @@ impl WheelCore {
         );
         // Every live deadline >= elapsed is what the slot math relies on.
         let deadline_ms = deadline_ms.max(self.elapsed_ms);
-        self.link_placed(store, key, deadline_ms);
+        match self.cascade {
+            // Only deadlines of the cascading slot's span place below it.
+            Some(c) if slot_for(self.elapsed_ms, deadline_ms).0 < usize::from(c.level) => {
+                let (level, slot) = (usize::from(c.level), usize::from(c.slot));
+                // The slot's earliest tracks only the keys that belong there.
+                let earliest_ms = self.levels[level].earliest_ms[slot];
+                self.append(store, key, deadline_ms, level, slot);
+                self.levels[level].earliest_ms[slot] = earliest_ms;
+                self.cascade = Some(Cascade { last: key, ..c });
+            }
+            _ => self.link_placed(store, key, deadline_ms),
+        }
         deadline_ms
     }
 
@@ -243,6 +289,11 @@ impl WheelCore {
             self.is_linked(store, key),
             "unlinking key {key}, not linked"
         );
+        if let Some(c) = self.cascade.filter(|c| c.last == key) {
+            // The key before it is the last left to place; none: all placed.
+            let prev = store.links(key).prev;
+            self.cascade = (prev != NIL_KEY).then_some(Cascade { last: prev, ..c });
+        }
         self.remove(store, key);
     }
 
@@ -261,6 +312,10 @@ impl WheelCore {
     /// next answer strictly later, so an event loop never spins on it.
     #[inline]
     pub fn next_deadline(&self) -> Option<u64> {
+        if self.cascade.is_some() {
+            // Unfinished work, and its timers' earliest is not tracked.
+            return Some(self.elapsed_ms);
+        }
         let (level, slot) = self.next_slot()?;
         let earliest_ms = self.levels[level].earliest_ms[slot];
         debug_assert!(earliest_ms >= slot_start(self.elapsed_ms, level, slot));
@@ -272,31 +327,73 @@ impl WheelCore {
     /// (its links set to [`TimerLinks::UNLINKED`]). Returns `None` when none
     /// is due, after advancing elapsed to `now_ms` (it never moves back;
     /// `now_ms` is capped at about 584 million years). Call it until it
-    /// returns `None`.
+    /// returns `None`. Its work is not bounded: reaching a slot above level
+    /// 0 places every timer of that slot again; see
+    /// [`WheelCore::poll_bounded`].
     pub fn poll<S: TimerStore + ?Sized>(
         &mut self,
         store: &mut S,
         now_ms: u64,
     ) -> Option<(u64, u32)> {
+        let mut budget = usize::MAX;
+        loop {
+            match self.poll_bounded(store, now_ms, &mut budget) {
+                PollStep::Fired(deadline_ms, key) => return Some((deadline_ms, key)),
+                PollStep::Idle => return None,
+                PollStep::Budget => {}
+            }
+        }
+    }
+
+    /// [`WheelCore::poll`] doing at most `budget` steps of work, and taking
+    /// them off `budget`: one per timer popped, and one per timer a cascade
+    /// places again. A cascade the budget cuts short goes on at the next
+    /// call; meanwhile nothing fires, `next_deadline` answers elapsed, and
+    /// links and unlinks work as usual. Timers fire in exactly the order
+    /// `poll` would fire them, whatever the budgets.
+    pub fn poll_bounded<S: TimerStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        now_ms: u64,
+        budget: &mut usize,
+    ) -> PollStep<u32> {
         let now_ms = now_ms.min(ELAPSED_MS_MAX);
         loop {
+            if self.cascade.is_some() {
+                if !self.cascade_some(store, budget) {
+                    return PollStep::Budget;
+                }
+                continue;
+            }
             let Some((level, slot)) = self.next_slot() else {
                 self.advance_to(now_ms);
-                return None;
+                return PollStep::Idle;
             };
             let start_ms = slot_start(self.elapsed_ms, level, slot);
             if start_ms > now_ms {
                 self.advance_to(now_ms);
-                return None;
+                return PollStep::Idle;
+            }
+            if *budget == 0 {
+                return PollStep::Budget;
             }
             // This is the first occupied slot, so no slot starts between
             // elapsed and start_ms: moving there relocates nothing else.
             debug_assert!(start_ms >= self.elapsed_ms);
             self.elapsed_ms = start_ms;
             if level == 0 {
-                return Some(self.pop_front(store, slot));
+                *budget -= 1;
+                let (deadline_ms, key) = self.pop_front(store, slot);
+                return PollStep::Fired(deadline_ms, key);
             }
-            self.cascade(store, level, slot);
+            let last = self.levels[level].tails[slot];
+            // From now on it tracks the keys placed back into this slot.
+            self.levels[level].earliest_ms[slot] = u64::MAX;
+            self.cascade = Some(Cascade {
+                level: level as u8,
+                slot: slot as u8,
+                last,
+            });
         }
     }
 
@@ -317,6 +414,10 @@ impl WheelCore {
     /// of linked keys. O(linked timers): for tests.
     pub fn invariants<S: TimerStore + ?Sized>(&self, store: &S) -> usize {
         assert!(self.elapsed_ms <= ELAPSED_MS_MAX);
+        if let Some(c) = self.cascade {
+            let level = &self.levels[usize::from(c.level)];
+            assert!(level.is_occupied(usize::from(c.slot)), "cascading {c:?}");
+        }
         let mut linked = 0;
         for level in 0..WHEEL_LEVEL_COUNT {
             for slot in 0..WHEEL_SLOT_COUNT {
@@ -349,6 +450,12 @@ impl WheelCore {
             assert_eq!(lists.earliest_ms[slot], u64::MAX, "empty {level}/{slot}");
             return 0;
         }
+        let cascading = self
+            .cascade
+            .filter(|c| (usize::from(c.level), usize::from(c.slot)) == (level, slot));
+        if let Some(c) = cascading {
+            return self.cascading_slot_invariants(store, c);
+        }
         let start_ms = slot_start(self.elapsed_ms, level, slot);
         assert!(
             start_ms >= self.elapsed_ms,
@@ -376,6 +483,40 @@ impl WheelCore {
             );
             (count, prev, key) = (count + 1, key, links.next);
         }
+        assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
+        count
+    }
+
+    /// Checks the slot a cascade is placing again: elapsed at its start, its
+    /// keys up to `last` due in its span (so placed lower once cascaded),
+    /// the keys after `last` belonging to it. Returns how many it links.
+    fn cascading_slot_invariants<S: TimerStore + ?Sized>(&self, store: &S, c: Cascade) -> usize {
+        let (level, slot) = (usize::from(c.level), usize::from(c.slot));
+        assert!(level > 0, "level 0 slots are popped, never cascaded");
+        assert_eq!(slot_of(self.elapsed_ms, level), slot);
+        let span_ms = 1u64 << (SLOT_BITS as usize * level);
+        assert_eq!(self.elapsed_ms % span_ms, 0, "elapsed at the slot's start");
+        let lists = &self.levels[level];
+        let (mut count, mut prev, mut key) = (0, NIL_KEY, lists.heads[slot]);
+        let mut pending = true;
+        while key != NIL_KEY {
+            let links = store.links(key);
+            assert_eq!(links.prev, prev, "prev link of key {key}");
+            assert_eq!(
+                (usize::from(links.level), usize::from(links.slot)),
+                (level, slot)
+            );
+            let placed = slot_for(self.elapsed_ms, links.deadline_ms);
+            if pending {
+                assert!(links.deadline_ms >= self.elapsed_ms);
+                assert!(placed.0 < level || level == TOP_LEVEL, "key {key}");
+            } else {
+                assert_eq!(placed, (level, slot), "key {key} after the last");
+            }
+            pending &= key != c.last;
+            (count, prev, key) = (count + 1, key, links.next);
+        }
+        assert!(!pending, "the cascade's last key {} is in its slot", c.last);
         assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
         count
     }
@@ -424,27 +565,50 @@ impl WheelCore {
         (deadline_ms, key)
     }
 
-    /// Places every timer of a slot that elapsed just reached again, in list
-    /// order. The targets are empty (every lower level is, or this slot would
-    /// not be first), so equal deadlines keep their link order.
-    fn cascade<S: TimerStore + ?Sized>(&mut self, store: &mut S, level: usize, slot: usize) {
-        let mut key = self.levels[level].heads[slot];
-        self.levels[level].clear(slot);
-        while key != NIL_KEY {
-            // Read `next` before relinking overwrites it.
-            let links = store.links(key);
-            self.link_placed(store, key, links.deadline_ms);
+    /// Places again, in list order, the timers of the slot being cascaded,
+    /// as many as `budget` allows. Returns whether the cascade is done.
+    /// Their targets below are empty at the cascade's start (every lower
+    /// level is, or this slot would not be first) and `link` sends new
+    /// deadlines of this span behind them, so equal deadlines keep their
+    /// link order.
+    fn cascade_some<S: TimerStore + ?Sized>(&mut self, store: &mut S, budget: &mut usize) -> bool {
+        let Some(c) = self.cascade else {
+            return true;
+        };
+        let (level, slot) = (usize::from(c.level), usize::from(c.slot));
+        while *budget > 0 {
+            *budget -= 1;
+            let key = self.levels[level].heads[slot];
+            debug_assert_ne!(key, NIL_KEY, "a cascade's last key is in its slot");
+            let deadline_ms = self.remove(store, key);
+            self.link_placed(store, key, deadline_ms);
             debug_assert!(
                 usize::from(store.links(key).level) < level || level == TOP_LEVEL,
                 "a cascade moves timers down (only clamped ones stay on top)"
             );
-            key = links.next;
+            if key == c.last {
+                self.cascade = None;
+                return true;
+            }
         }
+        false
     }
 
     /// Appends `key` to the tail of the slot `deadline_ms` maps to now.
     fn link_placed<S: TimerStore + ?Sized>(&mut self, store: &mut S, key: u32, deadline_ms: u64) {
         let (level, slot) = slot_for(self.elapsed_ms, deadline_ms);
+        self.append(store, key, deadline_ms, level, slot);
+    }
+
+    /// Appends `key` to the tail of one slot list.
+    fn append<S: TimerStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        key: u32,
+        deadline_ms: u64,
+        level: usize,
+        slot: usize,
+    ) {
         let lists = &mut self.levels[level];
         let tail = lists.tails[slot];
         let links = TimerLinks {
@@ -648,6 +812,17 @@ impl<T> TimerWheel<T> {
     pub fn poll(&mut self, now_ms: u64) -> Option<(u64, T)> {
         let (deadline_ms, key) = self.core.poll(&mut self.entries, now_ms)?;
         Some((deadline_ms, self.entries.remove(key as usize).value))
+    }
+
+    /// [`TimerWheel::poll`] within a budget: see [`WheelCore::poll_bounded`].
+    pub fn poll_bounded(&mut self, now_ms: u64, budget: &mut usize) -> PollStep<T> {
+        match self.core.poll_bounded(&mut self.entries, now_ms, budget) {
+            PollStep::Fired(deadline_ms, key) => {
+                PollStep::Fired(deadline_ms, self.entries.remove(key as usize).value)
+            }
+            PollStep::Idle => PollStep::Idle,
+            PollStep::Budget => PollStep::Budget,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -1005,6 +1180,53 @@ mod tests {
         for seed in 1..=8 {
             compare_with_model::<TimerWheel<u64>>(&mut SplitMix64(seed), 2500, true);
         }
+    }
+
+    /// A slot of 100,000 timers far ahead is cascaded at most `budget`
+    /// timers per call; timers linked and cancelled meanwhile, with the
+    /// same deadlines, still fire in deadline and then link order.
+    #[test]
+    fn a_big_cascade_is_split_by_the_budget_and_keeps_the_order() {
+        const TIMERS: u64 = 100_000;
+        const BUDGET: usize = 1000;
+        let mut wheel = TimerWheel::new(0);
+        let mut order = Vec::new();
+        // All in one level-2 slot (4096..8192 ms), deadlines repeating.
+        let deadline = |i: u64| 5000 + i % 50;
+        let mut handles = Vec::new();
+        for i in 0..TIMERS {
+            handles.push(wheel.insert(deadline(i), i));
+        }
+        let (mut calls, mut next) = (0, TIMERS);
+        let mut fired = Vec::new();
+        loop {
+            let mut budget = BUDGET;
+            match wheel.poll_bounded(6000, &mut budget) {
+                PollStep::Fired(at, value) => fired.push((at, value)),
+                PollStep::Idle => break,
+                PollStep::Budget => {
+                    assert_eq!(budget, 0);
+                    calls += 1;
+                    // In between: a cancel and a link of an equal deadline.
+                    wheel.cancel(handles[calls * 7]);
+                    handles.push(wheel.insert(deadline(next), next));
+                    next += 1;
+                    if calls % 20 == 0 {
+                        wheel.invariants();
+                    }
+                }
+            }
+        }
+        assert!(calls >= TIMERS as usize / BUDGET, "{calls} calls");
+        for i in 0..next {
+            if i >= TIMERS || !(1..=calls).any(|c| c * 7 == i as usize) {
+                order.push((deadline(i), i));
+            }
+        }
+        order.sort();
+        assert_eq!(fired, order);
+        assert!(wheel.is_empty());
+        wheel.invariants();
     }
 
     #[test]

@@ -5,6 +5,9 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use distlockd::limits::{CLIENT_NAME_LEN_CEILING, longest_request};
+use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
+
 mod common;
 use common::{start_server, start_server_cmd};
 
@@ -229,16 +232,71 @@ fn connections_max_above_the_open_file_limit_logs_a_warning() {
     );
 }
 
+/// Runs the daemon with `args`, expecting it to refuse to start: returns
+/// its standard error. A daemon that starts instead is killed after 10 s
+/// and the test fails.
+fn refused_at_start(args: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon started with {args:?}; expected it to refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    err
+}
+
+/// Sends one request and reads its reply: `Ok(reply)` as text, `Err` if the
+/// server answered with an ERROR.
+fn exchange(stream: &mut TcpStream, request: Request<'_>) -> Result<String, String> {
+    let mut frame = Vec::new();
+    request.encode_to_vec(&mut frame);
+    stream.write_all(&frame).unwrap();
+    let mut input = Vec::new();
+    loop {
+        if let Some((reply, _)) = decode_reply(&input).unwrap() {
+            return match reply {
+                Reply::Error { code, message } => Err(format!(
+                    "ERROR {} {}",
+                    code.name(),
+                    String::from_utf8_lossy(message)
+                )),
+                other => Ok(format!("{other:?}")),
+            };
+        }
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after {request:?}");
+        input.extend_from_slice(&buf[..n]);
+    }
+}
+
 #[test]
 fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
-    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", "0", "--frame-size-max", "100"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_at_start(&["server", "--port", "0", "--frame-size-max", "100"]);
     assert!(
-        err.contains("--frame-size-max 100") && err.contains("336"),
+        err.contains("--frame-size-max 100 is below 336")
+            && err.contains("--name-len-max 255")
+            && err.contains("raise --frame-size-max to at least 336"),
         "{err}"
     );
     let (_server, addr) = start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args([
@@ -246,7 +304,7 @@ fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
         "--port",
         "0",
         "--frame-size-max",
-        "100",
+        "300",
         "--name-len-max",
         "16",
         "--owner-len-max",
@@ -256,8 +314,8 @@ fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    // A header announcing a 200-byte body is refused from the header alone.
-    stream.write_all(&[b'A', 0, 200]).unwrap();
+    // A header announcing a 298-byte body is refused from the header alone.
+    stream.write_all(&[b'A', 1, 42]).unwrap();
     let mut reply = [0u8; 256];
     let n = stream.read(&mut reply).unwrap();
     assert_eq!(reply[0], b'-', "{:?}", &reply[..n]);
@@ -266,4 +324,91 @@ fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
         3,
         "FRAME_TOO_LARGE"
     );
+}
+
+/// Small name and owner limits once let `--frame-size-max` go below the
+/// client's HELLO or the server's own AUTH, so nobody could authenticate.
+#[test]
+fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
+    let secret = "0123456789abcdef0123456789abcdef01234567";
+    let path = secret_file("forty", &format!("{secret}\n"));
+    let path = path.to_str().unwrap();
+    for (names, owners, frame) in [("8", "8", "33"), ("1", "1", "19")] {
+        let err = refused_at_start(&[
+            "server",
+            "--port",
+            "0",
+            "--auth-secret-file",
+            path,
+            "--name-len-max",
+            names,
+            "--owner-len-max",
+            owners,
+            "--frame-size-max",
+            frame,
+        ]);
+        assert!(
+            err.contains(&format!("--frame-size-max {frame} is below 261"))
+                && err.contains("HELLO")
+                && err.contains("raise --frame-size-max to at least 261"),
+            "{err}"
+        );
+    }
+    // At the smallest allowed value, the longest requests of a valid
+    // client are all served.
+    let floor = longest_request(8, 8).size.to_string();
+    let (_server, addr) = start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args([
+        "server",
+        "--port",
+        "0",
+        "--auth-secret-file",
+        path,
+        "--name-len-max",
+        "8",
+        "--owner-len-max",
+        "8",
+        "--frame-size-max",
+        &floor,
+    ]));
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let client_name = [b'c'; CLIENT_NAME_LEN_CEILING];
+    let hello = exchange(
+        &mut stream,
+        Request::Hello {
+            version: 1,
+            client_name: &client_name,
+        },
+    )
+    .unwrap();
+    assert!(
+        hello.contains(&format!("frame_size_max: {floor}")),
+        "{hello}"
+    );
+    let auth = Request::Auth {
+        secret: secret.as_bytes(),
+    };
+    assert_eq!(exchange(&mut stream, auth), Ok("Authed".to_owned()));
+    let (name, owner) = (b"12345678", b"abcdefgh");
+    let status = Request::Status { name, cursor: 0 };
+    assert!(exchange(&mut stream, status).unwrap().starts_with("Status"));
+    let acquire = Request::Acquire(Acquire {
+        name,
+        owner,
+        ttl_ms: 10_000,
+        wait_ms: 10,
+        flags: 0,
+    });
+    let granted = exchange(&mut stream, acquire).unwrap();
+    assert!(granted.starts_with("Granted"), "{granted}");
+    let extend = Request::Extend {
+        name,
+        owner,
+        token: 1,
+        ttl_ms: 10_000,
+    };
+    let answer = exchange(&mut stream, extend).unwrap();
+    assert!(answer.starts_with("NotHeld"), "{answer}");
 }

@@ -226,7 +226,9 @@ impl Model {
         }
         if wait_ms == 0 {
             return Answer::Busy {
-                remaining_ms: clamp_u32(hold.expires_at_ms - now_ms - EXPIRY_ROUNDING_MS),
+                // At least 1 while held (docs/PROTOCOL.md, BUSY), also in
+                // the rounding millisecond before the expiry.
+                remaining_ms: clamp_u32(hold.expires_at_ms - now_ms - EXPIRY_ROUNDING_MS).max(1),
                 waiters: lock.waiters.len() as u32,
             };
         }

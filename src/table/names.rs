@@ -1,20 +1,26 @@
 //! Storage for lock names too long to sit inside a lock record.
 //!
 //! Names are kept in size classes of [`NAME_CLASS_STEP`] bytes: class `c`
-//! holds names of up to `(c + 1) * 16` bytes in fixed-size slots of one
-//! growing byte vector, with a free list of slot numbers. A 32-byte name
-//! costs its 32 bytes and nothing else (a heap allocation per name would add
-//! a vector header and the allocator's own overhead, more than doubling it).
-//! A slot's length is kept by the caller (the lock record has room for it).
+//! holds names of up to `(c + 1) * 16` bytes in fixed-size slots, with a free
+//! list of slot numbers. A 32-byte name costs its 32 bytes and nothing else
+//! (a heap allocation per name would add a vector header and the allocator's
+//! own overhead, more than doubling it). A slot's length is kept by the
+//! caller (the lock record has room for it).
 //!
-//! When the last name of a class is removed, the class's memory is given
-//! back, so memory returns to its baseline after a burst of long names.
+//! Slots live in chunks of [`CHUNK_SLOTS`] (see [`super::chunked`] for why:
+//! a million 16-byte names must not be copied in one growth), and when the
+//! last name of a class is removed, the class's chunks are given back, so
+//! memory returns to its baseline after a burst of long names.
 
+use super::chunked::{CHUNK_LEN, ChunkedVec};
 use crate::limits::NAME_LEN_CEILING;
 
 /// Slot sizes grow in steps of this many bytes.
 pub const NAME_CLASS_STEP: usize = 16;
 const CLASS_COUNT: usize = NAME_LEN_CEILING.div_ceil(NAME_CLASS_STEP);
+
+/// Slots per chunk of a class: 16 KiB to 256 KiB of names.
+pub const CHUNK_SLOTS: usize = CHUNK_LEN;
 
 /// Where a long name is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,11 +29,23 @@ pub struct NameSlot {
     pub index: u32,
 }
 
-#[derive(Default)]
 struct Class {
-    bytes: Vec<u8>,
-    free: Vec<u32>,
+    chunks: Vec<Box<[u8]>>,
+    /// Slots handed out so far (free or in use).
+    slots: u32,
+    free: ChunkedVec<u32>,
     live: usize,
+}
+
+impl Default for Class {
+    fn default() -> Class {
+        Class {
+            chunks: Vec::new(),
+            slots: 0,
+            free: ChunkedVec::new(0),
+            live: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -41,6 +59,12 @@ fn class_of(len: usize) -> (usize, usize) {
     (class, (class + 1) * NAME_CLASS_STEP)
 }
 
+/// The chunk of a slot and its byte offset there.
+fn place(index: u32, stride: usize) -> (usize, usize) {
+    let index = index as usize;
+    (index / CHUNK_SLOTS, (index % CHUNK_SLOTS) * stride)
+}
+
 impl NameArena {
     pub fn insert(&mut self, name: &[u8]) -> NameSlot {
         let (class, stride) = class_of(name.len());
@@ -48,13 +72,17 @@ impl NameArena {
         let index = match c.free.pop() {
             Some(index) => index,
             None => {
-                let index = (c.bytes.len() / stride) as u32;
-                c.bytes.resize(c.bytes.len() + stride, 0);
+                let index = c.slots;
+                if index as usize % CHUNK_SLOTS == 0 {
+                    c.chunks
+                        .push(vec![0; CHUNK_SLOTS * stride].into_boxed_slice());
+                }
+                c.slots += 1;
                 index
             }
         };
-        let start = index as usize * stride;
-        c.bytes[start..start + name.len()].copy_from_slice(name);
+        let (chunk, start) = place(index, stride);
+        c.chunks[chunk][start..start + name.len()].copy_from_slice(name);
         c.live += 1;
         NameSlot {
             len: name.len() as u8,
@@ -64,8 +92,8 @@ impl NameArena {
 
     pub fn get(&self, slot: NameSlot) -> &[u8] {
         let (class, stride) = class_of(slot.len as usize);
-        let start = slot.index as usize * stride;
-        &self.classes[class].bytes[start..start + slot.len as usize]
+        let (chunk, start) = place(slot.index, stride);
+        &self.classes[class].chunks[chunk][start..start + slot.len as usize]
     }
 
     pub fn remove(&mut self, slot: NameSlot) {
@@ -84,7 +112,7 @@ impl NameArena {
     pub fn reserved_bytes(&self) -> usize {
         self.classes
             .iter()
-            .map(|c| c.bytes.capacity() + 4 * c.free.capacity())
+            .map(|c| c.chunks.iter().map(|k| k.len()).sum::<usize>() + 4 * c.free.capacity())
             .sum()
     }
 }

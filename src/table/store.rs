@@ -36,8 +36,9 @@
 //! floor) the table compacts it a step at a time in
 //! `LockTable::run_deferred`: a vacant last slot leaves its free list and is
 //! popped; a live last slot is moved into a vacant one and every reference
-//! to it is fixed. Once the vector is no longer than twice its live slots it
-//! is shrunk to that. Growing back to the old size takes twice as many live
+//! to it is fixed. Once the vector is no longer than twice its live slots,
+//! its chunks beyond that are freed, one per step (records are kept in
+//! chunks so no step copies or frees them all). Growing back to the old size takes twice as many live
 //! slots and shrinking again half as many, so the cost stays amortized O(1)
 //! per insert and remove, and nothing shrinks under the floor: a small steady
 //! load never reallocates.
@@ -45,6 +46,7 @@
 //! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
 //! lock records, keys with it set are waiters.
 
+use super::chunked::{CHUNK_LEN, ChunkedVec};
 use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
 
@@ -59,9 +61,12 @@ pub const NAME_INLINE_LEN_MAX: usize = 15;
 /// Most lock records: their indexes must stay below the waiter key bit.
 pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
 
-/// Record capacity kept however empty the table gets (24 KiB): below it a
-/// table never compacts or reallocates, whatever its load pattern.
-pub const RECORDS_CAPACITY_MIN: usize = 512;
+/// Record capacity kept however empty the table gets (one chunk, 12 KiB):
+/// below it a table never compacts or reallocates, whatever its load
+/// pattern. At least one chunk, or a shrink could free nothing and compaction
+/// would never end.
+pub const RECORDS_CAPACITY_MIN: usize = CHUNK_LEN;
+const _: () = assert!(RECORDS_CAPACITY_MIN >= CHUNK_LEN);
 
 /// Waiter capacity kept however few wait (about 5 KiB).
 pub const WAITERS_CAPACITY_MIN: usize = 64;
@@ -352,9 +357,24 @@ impl LockExtra {
     }
 }
 
+/// What one [`Store::compact_step`] did, or left to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactStep {
+    /// Gave one chunk of records back (or found none to give).
+    FreedChunk,
+    /// Dropped a vacant last slot.
+    Popped,
+    /// The live last record must move to the vacant slot `to`: the caller
+    /// unlinks its timer, calls [`Store::move_last`] and fixes the
+    /// references.
+    Move { from: u32, to: u32 },
+}
+
 /// Lock records, long names and waiters: everything the wheel links.
 pub struct Store {
-    records: Vec<LockRecord>,
+    /// In chunks, so that growing and shrinking never copy them all (see
+    /// [`super::chunked`]).
+    records: ChunkedVec<LockRecord>,
     /// Head of the vacant records' free list.
     free_head: u32,
     live: usize,
@@ -365,7 +385,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            records: Vec::new(),
+            records: ChunkedVec::new(LockRecord::VACANT),
             free_head: NIL,
             live: 0,
             long_names: NameArena::default(),
@@ -399,10 +419,14 @@ impl Store {
         }
     }
 
-    /// Iterates over the indexes of live records from `start` on.
-    pub fn live_locks_from(&self, start: u32) -> impl Iterator<Item = u32> + '_ {
-        let end = self.records.len() as u32;
-        (start.min(end)..end).filter(|&i| self.records[i as usize].is_live())
+    /// Record slots, live or vacant: indexes are below it.
+    pub fn slot_count(&self) -> u32 {
+        self.records.len() as u32
+    }
+
+    /// Whether record slot `lock` (below [`Store::slot_count`]) is held.
+    pub fn is_live(&self, lock: u32) -> bool {
+        self.records[lock as usize].is_live()
     }
 
     /// Iterates over the indexes of live records.
@@ -485,25 +509,26 @@ impl Store {
         self.records.capacity() > RECORDS_CAPACITY_MIN && self.live * 4 < self.records.capacity()
     }
 
-    /// One step of compaction (see the module docs). `Some((from, to))`
-    /// when the live last record must move: the caller unlinks its timer,
-    /// calls [`Store::move_last`] and fixes the references.
-    pub fn compact_step(&mut self) -> Option<(u32, u32)> {
+    /// One step of compaction (see the module docs).
+    pub fn compact_step(&mut self) -> CompactStep {
         let target = (2 * self.live).max(RECORDS_CAPACITY_MIN / 2);
         if self.records.len() <= target {
-            self.records.shrink_to(target);
-            return None;
+            self.records.free_chunk(target);
+            return CompactStep::FreedChunk;
         }
         let last = (self.records.len() - 1) as u32;
         if !self.records[last as usize].is_live() {
             self.unlink_free(last);
             self.records.pop();
-            return None;
+            return CompactStep::Popped;
         }
         // More records than twice the live ones, the last live: a vacant one
         // exists below it.
         debug_assert_ne!(self.free_head, NIL);
-        Some((last, self.free_head))
+        CompactStep::Move {
+            from: last,
+            to: self.free_head,
+        }
     }
 
     /// Moves the last record (its timer unlinked) into the vacant slot `to`
