@@ -6,14 +6,16 @@
 //! Health checkers and Prometheus scrapers open a connection per request
 //! anyway, and it keeps the state per connection to one buffer and one
 //! response. Bounds: [`HTTP_REQUEST_SIZE_MAX`] for the request head (431
-//! past it), [`HTTP_CONNECTIONS_MAX`] connections (503 past it), and the
-//! lock protocol's `frame_timeout_ms` for the request to arrive (408 then).
+//! past it), [`HTTP_CONNECTIONS_MAX`] connections (past it the oldest
+//! without a whole request makes room, answered 408), and the lock
+//! protocol's `frame_timeout_ms` for the request to arrive (408 then).
 
 /// Longest request head accepted; a longer one is answered 431.
 pub const HTTP_REQUEST_SIZE_MAX: usize = 4096;
 
-/// HTTP connections open at once; more are answered 503 and closed.
-/// Monitoring needs a handful; the bound keeps a flood of them cheap.
+/// HTTP connections open at once; one more closes the oldest that has not
+/// sent a whole request, so that idle peers cannot keep out a liveness
+/// probe. Monitoring needs a handful; the bound keeps a flood of them cheap.
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 
 /// Headers parsed per request; more is a 431.

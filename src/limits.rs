@@ -109,11 +109,45 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
 /// TCP keepalive on every accepted connection: a peer whose host vanished
 /// without closing the connection (power loss, a partition) is noticed
-/// after idle + probes × interval, 30 + 9 × 10 = 120 s with Linux's default
-/// of 9 probes (net.ipv4.tcp_keepalive_probes); its queued ACQUIRE leaves
-/// the queue and its SESSION holds end then, instead of never.
+/// instead of never; its queued ACQUIRE leaves the queue and its SESSION
+/// holds end then. The first probe goes after IDLE of silence, the next
+/// every INTERVAL. The socket's TCP_USER_TIMEOUT (`write_timeout_ms`, see
+/// [`TCP_SEND_BUFFER_SIZE`]) replaces the probe count: the connection is
+/// dropped at the first probe that finds the peer silent for at least
+/// `write_timeout_ms`, so after max(40 s, `write_timeout_ms` rounded up to
+/// 30 s plus a multiple of 10 s): 40 s at the default 30 000 ms.
 pub const TCP_KEEPALIVE_IDLE_S: u64 = 30;
 pub const TCP_KEEPALIVE_INTERVAL_S: u64 = 10;
+
+/// The kernel's send buffer per connection (SO_SNDBUF; Linux reserves
+/// twice this, for its bookkeeping as well as the bytes). Fixed, which
+/// turns off the kernel's autotuning: replies a client does not read
+/// cannot pile up to megabytes (tcp_wmem's maximum, 4 MiB by default) out
+/// of the server's sight, and the server's own output buffer fills behind
+/// them, which starts `write_timeout_ms`. Replies the kernel holds because
+/// the client's window is closed are bounded by TCP_USER_TIMEOUT, set to
+/// `write_timeout_ms`. 64 KiB still keeps a 100 Mbit/s link busy over a
+/// 5 ms round trip, far more than lock replies need.
+pub const TCP_SEND_BUFFER_SIZE: usize = 64 * 1024;
+
+/// The kernel's receive buffer per connection (SO_RCVBUF, set on the
+/// listener so accepted connections inherit it; doubled likewise):
+/// requests a client pipelines while the server is not reading it (its
+/// output buffer full of replies it does not read) wait here, and
+/// autotuning would let them grow to tcp_rmem's maximum. Asking 64 KiB
+/// keeps the 128 KiB a connection starts with by default (tcp_rmem's middle
+/// value) and stops it growing.
+pub const TCP_RECEIVE_BUFFER_SIZE: usize = 64 * 1024;
+
+/// The most reply bytes the kernel holds for one connection: the send
+/// buffer as Linux reserves it (twice SO_SNDBUF), plus the one segment it
+/// may fill past that (up to 64 KiB, the default GSO size). Measured, not
+/// set: README and docs/PROTOCOL.md give it as the bound.
+pub const TCP_SEND_QUEUE_SIZE_MAX: usize = 2 * TCP_SEND_BUFFER_SIZE + 64 * 1024;
+
+/// The most request bytes the kernel holds for one connection: the window
+/// the kernel offers the client never exceeds its receive buffer.
+pub const TCP_RECEIVE_QUEUE_SIZE_MAX: usize = 2 * TCP_RECEIVE_BUFFER_SIZE;
 
 /// File descriptors the server needs besides its connections (listener,
 /// epoll, waker, signal pipe, standard streams), with room to spare.

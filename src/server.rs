@@ -45,7 +45,7 @@ use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Rou
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
-    TIMER_STEPS_PER_TURN_MAX,
+    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE, TIMER_STEPS_PER_TURN_MAX,
 };
 use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
@@ -178,6 +178,10 @@ struct Conn {
     partial_since_ms: Option<u64>,
     /// Last time the kernel took reply bytes or there were none to write.
     write_progress_ms: u64,
+    /// Last time the kernel took reply bytes (or the accept): unlike
+    /// `write_progress_ms`, a look at a connection with nothing to write
+    /// does not move it, so it can tell idleness.
+    replied_ms: u64,
     /// Last time bytes arrived.
     read_ms: u64,
     /// When the connection was accepted (for auth_timeout_ms).
@@ -237,6 +241,8 @@ pub struct Server {
     clock_ms: u64,
     http_listener: Option<TcpListener>,
     http_conns: Slab<HttpConn>,
+    /// HTTP connections accepted so far: each one's `seq`.
+    http_accepted: u64,
 }
 
 /// An HTTP connection: one request, one response, then closed.
@@ -248,6 +254,8 @@ struct HttpConn {
     written: usize,
     answered: bool,
     deadline: Option<TimerHandle>,
+    /// Accept order: the lowest is the oldest.
+    seq: u64,
 }
 
 impl Server {
@@ -333,6 +341,7 @@ impl Server {
             clock_ms: 0,
             http_listener,
             http_conns: Slab::new(),
+            http_accepted: 0,
         })
     }
 
@@ -590,8 +599,8 @@ impl Server {
 
     fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive()) {
-            debug!("{peer}: cannot set TCP keepalive: {e}");
+        if let Err(e) = set_socket_options(&stream, self.table.limits()) {
+            debug!("{peer}: cannot set socket options: {e}");
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -615,6 +624,7 @@ impl Server {
             authenticated: self.auth.is_none(),
             partial_since_ms: None,
             write_progress_ms: now,
+            replied_ms: now,
             read_ms: now,
             accepted_ms: now,
             deadline: None,
@@ -636,9 +646,16 @@ impl Server {
         // waiter's disconnect is seen, and it must leave the queue at once.
         // With a full input buffer that read cannot happen; the RDHUP hint
         // covers it.
-        if conn.peer_gone || (conn.want_read && read_available(conn, now).is_err()) {
-            self.metrics.count_close(CloseReason::Peer);
-            self.mark_closing(key, now);
+        let ended = if conn.peer_gone {
+            // A hint, not a read: the socket's pending error says why, if any.
+            Err(conn.stream.take_error().ok().flatten())
+        } else if conn.want_read {
+            read_available(conn, now).map_err(Some)
+        } else {
+            Ok(())
+        };
+        if let Err(error) = ended {
+            self.close_ended(key, error.as_ref(), now);
             return;
         }
         // The clock is read after the bytes: see `tick`.
@@ -710,8 +727,12 @@ impl Server {
             if conn.closing {
                 continue;
             }
-            if flush(conn, now).is_err() || self.update_write_interest(key).is_err() {
-                self.mark_closing(key, now);
+            if let Err(e) = flush(conn, now) {
+                self.close_ended(key, Some(&e), now);
+                continue;
+            }
+            if self.update_write_interest(key).is_err() {
+                self.close_ended(key, None, now);
                 continue;
             }
             let conn = &self.conns[key];
@@ -800,12 +821,19 @@ impl Server {
         conn.deadline = Some((self.deadlines.insert(at, key), at));
     }
 
-    /// Closes the connections whose frame, write or idle timeout has passed,
-    /// and re-arms those whose deadline moved later.
+    /// Closes the connections whose frame, write, idle or auth timeout has
+    /// passed, and re-arms those whose deadline moved later.
+    ///
+    /// A timeout judges what the client did, not how late the server
+    /// looked: after a pause of the server (SIGSTOP, a VM pause, a long
+    /// turn) what the client sent, and the room it made by reading, wait in
+    /// the kernel, their events perhaps later in this very turn. So a
+    /// connection found due is first caught up ([`Server::catch_up`]) and
+    /// judged again on what that found.
     fn expire_connections(&mut self, now: u64) {
         while let Some((_, key)) = self.deadlines.poll(now) {
             if key >= HTTP_TOKEN_BASE {
-                self.expire_http(key - HTTP_TOKEN_BASE, now);
+                self.expire_http(key - HTTP_TOKEN_BASE);
                 continue;
             }
             let Some(conn) = self.conns.get_mut(key) else {
@@ -815,11 +843,57 @@ impl Server {
             if conn.closing {
                 continue;
             }
+            let limits = self.table.limits();
+            if next_timeout(conn, limits).is_none_or(|(due, _)| due > now) {
+                self.arm_deadline(key, now);
+                continue;
+            }
+            self.catch_up(key);
+            let now = self.clock_ms;
+            let Some(conn) = self.conns.get(key).filter(|c| !c.closing) else {
+                continue;
+            };
             match next_timeout(conn, self.table.limits()) {
                 Some((due, why)) if due <= now => self.expire(key, why, now),
                 _ => self.arm_deadline(key, now),
             }
         }
+    }
+
+    /// Reads and serves what the connection's socket holds and writes what
+    /// its peer has room for, as its events would have: the last look
+    /// before one of its timeouts closes it.
+    fn catch_up(&mut self, key: usize) {
+        // Edge-triggered: the readiness may be in an event this turn has not
+        // handled yet, or one that did not fit in this poll's events.
+        self.conns[key].want_read = true;
+        self.service(key);
+        let now = self.clock_ms;
+        let conn = &mut self.conns[key];
+        if conn.closing {
+            return;
+        }
+        if let Err(e) = flush(conn, now) {
+            self.close_ended(key, Some(&e), now);
+        } else if self.update_write_interest(key).is_err() {
+            self.close_ended(key, None, now);
+        }
+    }
+
+    /// Closes a connection whose peer closed it or whose socket failed
+    /// (`error`, if one is known), counted under the reason it tells.
+    fn close_ended(&mut self, key: usize, error: Option<&io::Error>, now: u64) {
+        let conn = &self.conns[key];
+        let reason = ended_reason(conn, error, now);
+        if reason == CloseReason::WriteTimeout {
+            debug!(
+                "{}: the kernel gave up on replies the peer did not take for {} ms (write_timeout_ms); closing (connection {key})",
+                conn.peer,
+                self.table.limits().write_timeout_ms
+            );
+        }
+        self.metrics.count_close(reason);
+        self.mark_closing(key, now);
     }
 
     fn expire(&mut self, key: usize, why: Expired, now: u64) {
@@ -882,10 +956,10 @@ impl Server {
     }
 
     fn accept_http(&mut self, now: u64) {
-        let Some(listener) = self.http_listener.as_ref() else {
-            return;
-        };
         for _ in 0..ACCEPTS_PER_TURN_MAX {
+            let Some(listener) = self.http_listener.as_ref() else {
+                return;
+            };
             let mut stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -896,20 +970,10 @@ impl Server {
                     return;
                 }
             };
-            if self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
-                let mut out = Vec::new();
-                http::write_error(
-                    &mut out,
-                    503,
-                    "HTTP_CONNECTIONS_MAX connections open; retry later",
-                );
-                let _ = stream.write(&out);
-                self.metrics.count_http(503);
-                close_gently(&mut stream);
-                continue;
-            }
+            self.make_http_room(now);
             let entry = self.http_conns.vacant_entry();
-            let token = HTTP_TOKEN_BASE + entry.key();
+            let key = entry.key();
+            let token = HTTP_TOKEN_BASE + key;
             if self
                 .poll
                 .registry()
@@ -926,9 +990,56 @@ impl Server {
                 written: 0,
                 answered: false,
                 deadline: Some(self.deadlines.insert(deadline, token)),
+                seq: self.http_accepted,
             });
+            self.http_accepted += 1;
+            // Its request is often here already (always, once accepts lag
+            // behind a flood): answered now, it never waits for a slot.
+            self.service_http(key, now);
         }
         let _ = self.waker.wake();
+    }
+
+    /// Makes room for one more HTTP connection when HTTP_CONNECTIONS_MAX
+    /// are open: closes the oldest that has not sent a whole request (408),
+    /// or if every one has, the oldest whose response is not taken yet.
+    /// Before closing one, it reads its socket: a request that has arrived
+    /// is answered instead. So idle peers cannot keep a probe out: a probe
+    /// is lost only if enough newer connections (HTTP_CONNECTIONS_MAX when
+    /// all wait for a request) arrive between its connect and its request.
+    fn make_http_room(&mut self, now: u64) {
+        while self.http_conns.len() >= HTTP_CONNECTIONS_MAX {
+            let oldest = |answered: bool| {
+                self.http_conns
+                    .iter()
+                    .filter(|(_, c)| c.answered == answered)
+                    .min_by_key(|(_, c)| c.seq)
+                    .map(|(key, _)| key)
+            };
+            let Some(key) = oldest(false).or_else(|| oldest(true)) else {
+                return;
+            };
+            if !self.http_conns[key].answered {
+                self.service_http(key, now);
+                match self.http_conns.get(key) {
+                    // Answered: closed if the response went out, else it is
+                    // an answered one now, and the next candidate is looked at.
+                    None => continue,
+                    Some(conn) if conn.answered => continue,
+                    Some(conn) => {
+                        let mut out = Vec::new();
+                        let message = format!(
+                            "no whole request while all {HTTP_CONNECTIONS_MAX} HTTP connections were taken; send the request as soon as you connect"
+                        );
+                        http::write_error(&mut out, 408, &message);
+                        let _ = (&conn.stream).write(&out);
+                        self.metrics.count_http(408);
+                    }
+                }
+            }
+            debug!("HTTP connection {key}: closed to make room for a new one");
+            self.close_http(key);
+        }
     }
 
     /// Reads the request, answers it, writes the answer, closes.
@@ -1041,12 +1152,27 @@ impl Server {
     }
 
     /// The request did not arrive in time (408), or the response was not
-    /// taken in time.
-    fn expire_http(&mut self, key: usize, now: u64) {
+    /// taken in time. Judged, as for the lock protocol, after a last look
+    /// at the socket: a request that arrived is answered, and a response
+    /// that moved restarts the write deadline.
+    fn expire_http(&mut self, key: usize) {
         let Some(conn) = self.http_conns.get_mut(key) else {
             return;
         };
         conn.deadline = None;
+        let before = (conn.answered, conn.written);
+        let now = self.tick();
+        self.service_http(key, now);
+        let Some(conn) = self.http_conns.get_mut(key) else {
+            return; // answered and written
+        };
+        if (conn.answered, conn.written) != before {
+            if conn.deadline.is_none() {
+                let deadline = now + self.table.limits().write_timeout_ms as u64;
+                conn.deadline = Some(self.deadlines.insert(deadline, HTTP_TOKEN_BASE + key));
+            }
+            return;
+        }
         if !conn.answered {
             let mut out = Vec::new();
             http::write_error(&mut out, 408, "request incomplete after frame_timeout_ms");
@@ -1108,8 +1234,9 @@ impl Server {
 ///   (not while an ACQUIRE waits or replies fill the output buffer: then the
 ///   server, not the client, holds the frame back);
 /// - write: replies pending and no progress in writing them;
-/// - idle: nothing pending, nothing queued, nothing received (idle_timeout_ms
-///   0 turns it off). An idle connection's SESSION holds end with it;
+/// - idle: nothing pending, nothing queued, nothing received and no reply
+///   written (idle_timeout_ms 0 turns it off). An idle connection's SESSION
+///   holds end with it;
 /// - auth: on a server with a secret, no good AUTH yet, auth_timeout_ms
 ///   after the accept (a connection without the secret cannot sit on a
 ///   connection slot).
@@ -1126,7 +1253,7 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
     });
     let quiet = !conn.waiting && conn.input.is_empty() && conn.output.is_empty();
     let idle = (limits.idle_timeout_ms > 0 && quiet).then(|| {
-        let active = conn.read_ms.max(conn.write_progress_ms);
+        let active = conn.read_ms.max(conn.replied_ms);
         (active + limits.idle_timeout_ms as u64, Expired::Idle)
     });
     let auth = (!conn.authenticated).then(|| {
@@ -1141,15 +1268,15 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
         .min_by_key(|&(at, _)| at)
 }
 
-/// Reads until the socket is drained or the buffer is full. Err: EOF or a
-/// socket error.
+/// Reads until the socket is drained or the buffer is full. Err: EOF
+/// (UnexpectedEof) or a socket error.
 ///
 /// A read that fills less than the space offered has drained the socket:
 /// no second read is made just to see WouldBlock. That is safe with
 /// edge-triggered epoll, which reports any data (or FIN) arriving after this
 /// read as a new event, and it saves a syscall per request on the common
 /// path.
-fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
+fn read_available(conn: &mut Conn, now: u64) -> io::Result<()> {
     loop {
         let spare = conn.input.spare_mut();
         let offered = spare.len();
@@ -1159,7 +1286,7 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
         match conn.stream.read(spare) {
             Ok(0) => {
                 debug!("{}: peer closed", conn.peer);
-                return Err(());
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
             Ok(n) => {
                 conn.input.commit(n);
@@ -1176,7 +1303,7 @@ fn read_available(conn: &mut Conn, now: u64) -> Result<(), ()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!("{}: read failed: {e}", conn.peer);
-                return Err(());
+                return Err(e);
             }
         }
     }
@@ -1209,22 +1336,23 @@ fn read_http(conn: &mut HttpConn) -> Result<bool, ()> {
 
 /// Writes buffered replies until WouldBlock. Err: the socket failed.
 /// Any progress, or nothing to write, restarts the write timeout.
-fn flush(conn: &mut Conn, now: u64) -> Result<(), ()> {
+fn flush(conn: &mut Conn, now: u64) -> io::Result<()> {
     if conn.output.is_empty() {
         conn.write_progress_ms = now;
     }
     while !conn.output.is_empty() {
         match conn.stream.write(conn.output.unread()) {
-            Ok(0) => return Err(()),
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 conn.output.consume(n);
                 conn.write_progress_ms = now;
+                conn.replied_ms = now;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
                 debug!("{}: write failed: {e}", conn.peer);
-                return Err(());
+                return Err(e);
             }
         }
     }
@@ -1329,10 +1457,45 @@ fn close_gently(stream: &mut TcpStream) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-fn keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
-        .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S))
+/// Socket options of an accepted lock-protocol connection: keepalive finds
+/// a peer whose host vanished; a fixed send buffer and TCP_USER_TIMEOUT
+/// bound what replies the client does not read cost, and for how long (see
+/// [`TCP_SEND_BUFFER_SIZE`]). The receive buffer is the listener's.
+fn set_socket_options(stream: &TcpStream, limits: &Limits) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    socket.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+            .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S)),
+    )?;
+    socket.set_send_buffer_size(TCP_SEND_BUFFER_SIZE)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(Duration::from_millis(limits.write_timeout_ms as u64)))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = limits; // elsewhere the kernel's own retransmission limits apply
+    Ok(())
+}
+
+/// The soonest a keepalive probe can find a peer dead: the first probe
+/// goes after TCP_KEEPALIVE_IDLE_S without a byte from the peer, the
+/// verdict comes at the next. Keepalive probes only a connection with
+/// nothing in flight, so by then every reply was acknowledged.
+const KEEPALIVE_VERDICT_MS_MIN: u64 = (TCP_KEEPALIVE_IDLE_S + TCP_KEEPALIVE_INTERVAL_S) * 1000;
+
+/// Why a connection whose socket ended is closed. With TCP_USER_TIMEOUT
+/// set to write_timeout_ms, the kernel aborts a connection with ETIMEDOUT
+/// when replies it holds stayed untaken that long (in a window the peer
+/// keeps closed, or unacknowledged): a write timeout, as if the server's
+/// own deadline had found it. Unanswered keepalive probes end in ETIMEDOUT
+/// too, but never sooner than KEEPALIVE_VERDICT_MS_MIN after the last reply
+/// the kernel took; such a close, like any other, is the peer's.
+fn ended_reason(conn: &Conn, error: Option<&io::Error>, now: u64) -> CloseReason {
+    let timed_out = error.is_some_and(|e| e.kind() == io::ErrorKind::TimedOut);
+    if timed_out && now.saturating_sub(conn.replied_ms) < KEEPALIVE_VERDICT_MS_MIN {
+        CloseReason::WriteTimeout
+    } else {
+        CloseReason::Peer
+    }
 }
 
 /// Warns when connections_max cannot be reached under the process's
@@ -1367,6 +1530,9 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
+    // Before listen, so that accepted connections inherit it and their
+    // window scale is chosen for it.
+    socket.set_recv_buffer_size(TCP_RECEIVE_BUFFER_SIZE)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(TcpListener::from_std(socket.into()))

@@ -194,27 +194,34 @@ fn bad_http_requests_get_their_status_and_the_lock_side_is_unharmed() {
     assert_eq!(m["distlockd_http_responses_total{code=\"408\"}"], 1.0);
 }
 
-/// Past HTTP_CONNECTIONS_MAX open HTTP connections, new ones get 503; once
-/// they close, 200 again.
+/// With HTTP_CONNECTIONS_MAX idle connections open, /health still answers
+/// 200: the new connection closes the oldest one that sent no whole
+/// request, which gets 408. A burst of idle connections four times the
+/// limit keeps no probe out either.
 #[test]
-fn http_connections_past_the_limit_get_503() {
-    let (_server, http) = start(Limits::default());
-    let idle: Vec<TcpStream> = (0..distlockd::http::HTTP_CONNECTIONS_MAX)
+fn health_answers_while_idle_connections_fill_the_http_side() {
+    use distlockd::http::HTTP_CONNECTIONS_MAX;
+    let (_server, http) = start(Limits {
+        frame_timeout_ms: 60_000,
+        ..Limits::default()
+    });
+    let mut idle: Vec<TcpStream> = (0..HTTP_CONNECTIONS_MAX)
         .map(|_| TcpStream::connect(http).unwrap())
         .collect();
-    let until = |code: u16| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while get(http, "/health").0 != code {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never answered {code}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    until(503);
-    drop(idle);
-    until(200);
+    // Connections are accepted in the order they came: the probe's last.
+    assert_eq!(get(http, "/health").0, 200);
+    let mut oldest = String::new();
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    idle[0].read_to_string(&mut oldest).unwrap();
+    assert!(oldest.starts_with("HTTP/1.1 408"), "{oldest}");
+    let flood: Vec<TcpStream> = (0..4 * HTTP_CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect(http).unwrap())
+        .collect();
+    assert_eq!(get(http, "/health").0, 200);
     let m = parse_metrics(body(&get(http, "/metrics").1));
-    assert!(m["distlockd_http_responses_total{code=\"503\"}"] >= 1.0);
+    let evicted = m["distlockd_http_responses_total{code=\"408\"}"];
+    assert!(evicted >= flood.len() as f64, "{evicted} answered 408");
+    drop((idle, flood));
 }

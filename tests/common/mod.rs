@@ -34,30 +34,59 @@ pub fn start_server_cmd(cmd: &mut Command) -> (ServerProcess, SocketAddr) {
         .expect("start distlockd server");
     let stderr = child.stderr.take().expect("piped stderr");
     let server = ServerProcess(child);
-    let addr = read_listen_address(stderr);
+    let (addr, _) = read_listen_addresses(stderr);
     wait_until_listening(addr.port());
     (server, addr)
 }
 
-fn read_listen_address(stderr: ChildStderr) -> SocketAddr {
+/// Starts `distlockd server --port 0 --http-port 0` with `extra` flags and
+/// returns it with its lock-protocol and HTTP addresses.
+#[allow(dead_code)]
+pub fn start_server_with_http(extra: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", "0", "--http-port", "0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start distlockd server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let server = ServerProcess(child);
+    let (addr, http) = read_listen_addresses(stderr);
+    let http = http.expect("the daemon logged no HTTP address before `listening on`");
+    wait_until_listening(addr.port());
+    (server, addr, http)
+}
+
+/// The lock-protocol address from the start-up log's `listening on` line,
+/// and the HTTP address logged before it, if any.
+fn read_listen_addresses(stderr: ChildStderr) -> (SocketAddr, Option<SocketAddr>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stderr);
         let mut line = String::new();
         let mut sent = false;
+        let mut http = None;
         while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.split(" metrics on http://").nth(1) {
+                http = rest.split('/').next().map(str::to_owned);
+            }
             if !sent && let Some(rest) = line.split(" listening on ").nth(1) {
                 let addr = rest.split(';').next().unwrap_or("").trim().to_owned();
-                sent = tx.send(addr).is_ok();
+                sent = tx.send((addr, http.take())).is_ok();
             }
             line.clear();
         }
     });
-    let addr = rx
+    let (addr, http) = rx
         .recv_timeout(Duration::from_secs(10))
         .expect("the daemon logged no `listening on` line within 10 s (did it fail to bind?)");
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in the start-up log: {e}"))
+    let parse = |addr: &str| -> SocketAddr {
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?} in the start-up log: {e}"))
+    };
+    (parse(&addr), http.as_deref().map(parse))
 }
 
 /// Waits up to 10 s for something to accept connections on the port.
