@@ -465,6 +465,26 @@ impl WheelCore {
             lists.earliest_ms[slot] >= start_ms,
             "earliest before slot {level}/{slot}"
         );
+        self.walk_slot(store, level, slot, |_, links| {
+            assert_eq!(slot_for(self.elapsed_ms, links.deadline_ms), (level, slot));
+            assert!(links.deadline_ms >= lists.earliest_ms[slot]);
+            assert!(
+                level > 0 || links.deadline_ms == start_ms,
+                "level 0 slot = 1 ms"
+            );
+        })
+    }
+
+    /// Walks one slot list, checking its links, calls `check` on each key,
+    /// and returns how many it links.
+    fn walk_slot<S: TimerStore + ?Sized>(
+        &self,
+        store: &S,
+        level: usize,
+        slot: usize,
+        mut check: impl FnMut(u32, &TimerLinks),
+    ) -> usize {
+        let lists = &self.levels[level];
         // No length bound is needed to stop on a cycle: the first key visited
         // twice is reached from a key other than its recorded `prev`.
         let (mut count, mut prev, mut key) = (0, NIL_KEY, lists.heads[slot]);
@@ -475,12 +495,7 @@ impl WheelCore {
                 (usize::from(links.level), usize::from(links.slot)),
                 (level, slot)
             );
-            assert_eq!(slot_for(self.elapsed_ms, links.deadline_ms), (level, slot));
-            assert!(links.deadline_ms >= lists.earliest_ms[slot]);
-            assert!(
-                level > 0 || links.deadline_ms == start_ms,
-                "level 0 slot = 1 ms"
-            );
+            check(key, &links);
             (count, prev, key) = (count + 1, key, links.next);
         }
         assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
@@ -496,16 +511,8 @@ impl WheelCore {
         assert_eq!(slot_of(self.elapsed_ms, level), slot);
         let span_ms = 1u64 << (SLOT_BITS as usize * level);
         assert_eq!(self.elapsed_ms % span_ms, 0, "elapsed at the slot's start");
-        let lists = &self.levels[level];
-        let (mut count, mut prev, mut key) = (0, NIL_KEY, lists.heads[slot]);
         let mut pending = true;
-        while key != NIL_KEY {
-            let links = store.links(key);
-            assert_eq!(links.prev, prev, "prev link of key {key}");
-            assert_eq!(
-                (usize::from(links.level), usize::from(links.slot)),
-                (level, slot)
-            );
+        let count = self.walk_slot(store, level, slot, |key, links| {
             let placed = slot_for(self.elapsed_ms, links.deadline_ms);
             if pending {
                 assert!(links.deadline_ms >= self.elapsed_ms);
@@ -514,10 +521,8 @@ impl WheelCore {
                 assert_eq!(placed, (level, slot), "key {key} after the last");
             }
             pending &= key != c.last;
-            (count, prev, key) = (count + 1, key, links.next);
-        }
+        });
         assert!(!pending, "the cascade's last key {} is in its slot", c.last);
-        assert_eq!(lists.tails[slot], prev, "tail of slot {level}/{slot}");
         count
     }
 
