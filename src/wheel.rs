@@ -214,10 +214,11 @@ pub struct WheelCore {
 
 /// A cascade in progress: elapsed is at the start of this slot, and its
 /// list, from the head up to and including `last`, still has to be placed
-/// again. Keys after `last` belong in the slot (clamped top-level
-/// deadlines). While it lasts, `link` appends a deadline of this slot's span
-/// to its tail (and makes it `last`) instead of placing it lower, so that
-/// equal deadlines keep their link order however the cascade is split.
+/// again. Keys after `last` belong in the slot (clamped top-level deadlines
+/// placed back into it). While it lasts, `link` puts a deadline of this
+/// slot's span (any deadline, for a top-level slot) right after `last` and
+/// makes it `last`, instead of placing it, so that equal deadlines keep
+/// their link order however the cascade is split.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Cascade {
     level: u8,
@@ -268,13 +269,15 @@ impl WheelCore {
         // Every live deadline >= elapsed is what the slot math relies on.
         let deadline_ms = deadline_ms.max(self.elapsed_ms);
         match self.cascade {
-            // Only deadlines of the cascading slot's span place below it.
-            Some(c) if slot_for(self.elapsed_ms, deadline_ms).0 < usize::from(c.level) => {
-                let (level, slot) = (usize::from(c.level), usize::from(c.slot));
-                // The slot's earliest tracks only the keys that belong there.
-                let earliest_ms = self.levels[level].earliest_ms[slot];
-                self.append(store, key, deadline_ms, level, slot);
-                self.levels[level].earliest_ms[slot] = earliest_ms;
+            // Below the top level, only deadlines of the cascading slot's
+            // span place below it, so only they could share a deadline with a
+            // timer still waiting there. A top-level slot may also hold
+            // clamped deadlines of any later lap: everything waits behind it.
+            Some(c)
+                if usize::from(c.level) == TOP_LEVEL
+                    || slot_for(self.elapsed_ms, deadline_ms).0 < usize::from(c.level) =>
+            {
+                self.insert_after_last(store, key, deadline_ms, c);
                 self.cascade = Some(Cascade { last: key, ..c });
             }
             _ => self.link_placed(store, key, deadline_ms),
@@ -597,6 +600,37 @@ impl WheelCore {
             }
         }
         false
+    }
+
+    /// Links `key` into the cascading slot right after the cascade's last
+    /// key: after every key still to be placed, before the keys placed back
+    /// into the slot (which a later pass must not move again, or equal
+    /// deadlines would change order). Leaves the slot's earliest alone: it
+    /// tracks only the keys that belong there.
+    fn insert_after_last<S: TimerStore + ?Sized>(
+        &mut self,
+        store: &mut S,
+        key: u32,
+        deadline_ms: u64,
+        c: Cascade,
+    ) {
+        let (level, slot) = (usize::from(c.level), usize::from(c.slot));
+        let next = store.links(c.last).next;
+        store.set_links(
+            key,
+            TimerLinks {
+                deadline_ms,
+                prev: c.last,
+                next,
+                level: c.level,
+                slot: c.slot,
+            },
+        );
+        set_next(store, c.last, key);
+        match next {
+            NIL_KEY => self.levels[level].tails[slot] = key,
+            next => set_prev(store, next, key),
+        }
     }
 
     /// Appends `key` to the tail of the slot `deadline_ms` maps to now.
@@ -1232,6 +1266,42 @@ mod tests {
         assert_eq!(fired, order);
         assert!(wheel.is_empty());
         wheel.invariants();
+    }
+
+    /// Found by the fuzzer: a top-level slot holds clamped deadlines of a
+    /// later lap; a timer linked while its cascade is cut short, with the
+    /// same deadline as one still waiting there, must fire after it.
+    #[test]
+    fn a_split_top_level_cascade_keeps_the_order_of_clamped_deadlines() {
+        let last_top_slot_ms = WHEEL_HORIZON_MS - (1 << 30);
+        let mut wheel = TimerWheel::new(last_top_slot_ms - 5);
+        let deadline = WHEEL_HORIZON_MS + WHEEL_HORIZON_MS / 2;
+        for value in 0..5 {
+            wheel.insert(deadline, value);
+        }
+        let mut budget = 2;
+        assert_eq!(
+            wheel.poll_bounded(last_top_slot_ms, &mut budget),
+            PollStep::Budget
+        );
+        wheel.invariants();
+        wheel.insert(deadline, 5);
+        wheel.invariants();
+        let fired: Vec<u64> = drain(&mut wheel, deadline)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(fired, (0..6).collect::<Vec<u64>>());
+    }
+
+    /// Found by the fuzzer (the input is in the fuzz corpus): clamped
+    /// deadlines placed back into the top-level slot being cascaded, then
+    /// timers linked while the cascade was cut short; the ones placed back
+    /// were moved again behind them and fired out of order.
+    #[test]
+    fn fuzz_regression_split_top_level_cascade() {
+        let data = include_bytes!("../fuzz/corpus/wheel/regression-split-top-level-cascade");
+        crate::check::wheel::run(&mut crate::check::ByteSource::new(data), 5000);
     }
 
     #[test]
