@@ -433,6 +433,7 @@ impl LockTable {
     fn has_memory_to_return(&self) -> bool {
         self.store.waiters.is_sparse()
             || self.store.is_sparse()
+            || self.store.has_spare_name_chunks()
             || self.index.has_sparse_shard()
             || self.extras.has_sparse_shard()
             || self.sessions_are_sparse()
@@ -461,6 +462,9 @@ impl LockTable {
                 CompactStep::FreedChunk => return MEMORY_FREE_STEPS,
             }
             1
+        } else if self.store.has_spare_name_chunks() {
+            self.store.free_name_chunk();
+            MEMORY_FREE_STEPS
         } else if self.index.has_sparse_shard() {
             self.index.shrink_one();
             MEMORY_FREE_STEPS

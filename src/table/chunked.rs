@@ -55,6 +55,11 @@ impl<T: Copy> ChunkedVec<T> {
         self[at] = value;
     }
 
+    /// Empties it, keeping its chunks (see [`ChunkedVec::free_chunk`]).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     pub fn pop(&mut self) -> Option<T> {
         let last = self.len.checked_sub(1)?;
         let value = self[last];

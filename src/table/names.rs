@@ -8,9 +8,11 @@
 //! caller (the lock record has room for it).
 //!
 //! Slots live in chunks of [`CHUNK_SLOTS`] (see [`super::chunked`] for why:
-//! a million 16-byte names must not be copied in one growth), and when the
-//! last name of a class is removed, the class's chunks are given back, so
-//! memory returns to its baseline after a burst of long names.
+//! a million 16-byte names must not be copied in one growth). When the last
+//! name of a class is removed, the class starts over in the chunks it has,
+//! and [`NameArena::free_spare_chunk`] gives them back one per call, so
+//! memory returns to its baseline after a burst of long names without one
+//! call freeing megabytes.
 
 use super::chunked::{CHUNK_LEN, ChunkedVec};
 use crate::limits::NAME_LEN_CEILING;
@@ -51,7 +53,11 @@ impl Default for Class {
 #[derive(Default)]
 pub struct NameArena {
     classes: [Class; CLASS_COUNT],
+    /// Bit `c`: class `c` emptied and still holds chunks to give back.
+    spare: u32,
 }
+
+const _: () = assert!(CLASS_COUNT <= u32::BITS as usize);
 
 fn class_of(len: usize) -> (usize, usize) {
     debug_assert!((1..=NAME_LEN_CEILING).contains(&len));
@@ -68,12 +74,16 @@ fn place(index: u32, stride: usize) -> (usize, usize) {
 impl NameArena {
     pub fn insert(&mut self, name: &[u8]) -> NameSlot {
         let (class, stride) = class_of(name.len());
+        // In use again: it keeps its chunks.
+        self.spare &= !(1 << class);
         let c = &mut self.classes[class];
         let index = match c.free.pop() {
             Some(index) => index,
             None => {
                 let index = c.slots;
-                if index as usize % CHUNK_SLOTS == 0 {
+                if index as usize % CHUNK_SLOTS == 0
+                    && index as usize / CHUNK_SLOTS == c.chunks.len()
+                {
                     c.chunks
                         .push(vec![0; CHUNK_SLOTS * stride].into_boxed_slice());
                 }
@@ -101,9 +111,36 @@ impl NameArena {
         let c = &mut self.classes[class];
         c.live -= 1;
         if c.live == 0 {
-            *c = Class::default();
+            // Start over in the chunks there are; give back all but one of
+            // each kind later (the one kept spares a small steady load any
+            // allocation).
+            c.slots = 0;
+            c.free.clear();
+            if c.chunks.len() > 1 || c.free.capacity() > CHUNK_LEN {
+                self.spare |= 1 << class;
+            }
         } else {
             c.free.push(slot.index);
+        }
+    }
+
+    /// An emptied class still holds chunks: call [`NameArena::free_spare_chunk`].
+    pub fn has_spare_chunks(&self) -> bool {
+        self.spare != 0
+    }
+
+    /// Gives back one chunk of an emptied class (of names, or of its free
+    /// list), down to one of each.
+    pub fn free_spare_chunk(&mut self) {
+        let Some(class) = (self.spare != 0).then(|| self.spare.trailing_zeros() as usize) else {
+            return;
+        };
+        let c = &mut self.classes[class];
+        debug_assert_eq!(c.live, 0);
+        if c.chunks.len() > 1 {
+            c.chunks.pop();
+        } else if !c.free.free_chunk(CHUNK_LEN) {
+            self.spare &= !(1 << class);
         }
     }
 
@@ -148,6 +185,17 @@ mod tests {
         for slot in slots {
             arena.remove(slot);
         }
-        assert_eq!(arena.reserved_bytes(), 0);
+        assert!(arena.has_spare_chunks());
+        let mut steps = 0;
+        while arena.has_spare_chunks() {
+            arena.free_spare_chunk();
+            steps += 1;
+        }
+        assert!(steps > 2, "one chunk per step");
+        assert!(
+            arena.reserved_bytes() <= CHUNK_SLOTS * 32 + 4 * CHUNK_LEN,
+            "one chunk of each kind is kept: {}",
+            arena.reserved_bytes()
+        );
     }
 }

@@ -504,6 +504,16 @@ impl Store {
         self.records[lock as usize].next = NIL;
     }
 
+    /// Long names hold memory to give back (see [`Store::free_name_chunk`]).
+    pub fn has_spare_name_chunks(&self) -> bool {
+        self.long_names.has_spare_chunks()
+    }
+
+    /// Gives back one chunk of long-name storage no name uses.
+    pub fn free_name_chunk(&mut self) {
+        self.long_names.free_spare_chunk();
+    }
+
     /// Fewer live records than a quarter of the capacity, above the floor.
     pub fn is_sparse(&self) -> bool {
         self.records.capacity() > RECORDS_CAPACITY_MIN && self.live * 4 < self.records.capacity()
