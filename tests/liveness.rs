@@ -131,6 +131,7 @@ fn take_session_holds(wire: &mut Wire, count: u32) {
 fn status_listings_during_a_big_session_release_delay_nobody() {
     const HOLDS: u32 = 200_000;
     const IN_FLIGHT: usize = 64;
+    const WAIT_MS: u32 = 100;
     let (server, http) = start();
     let addr = server.local_addr();
     let mut holder = Wire::connect(addr);
@@ -209,9 +210,24 @@ fn status_listings_during_a_big_session_release_delay_nobody() {
     }
     settled.store(true, Ordering::SeqCst);
 
+    // A waiter on the bystander's lock, 100 ms at a time: its TIMEOUT must
+    // come on time, not behind the release.
+    let mut waiter = Wire::connect(addr);
+    let mut worst_wait = Duration::ZERO;
     let (mut worst_ping, mut worst_health) = (Duration::ZERO, Duration::ZERO);
     let released = loop {
         worst_ping = worst_ping.max(bystander.ping_rtt());
+        let asked = Instant::now();
+        waiter.queue(Request::Acquire(Acquire {
+            name: b"bystander",
+            owner: b"w",
+            ttl_ms: 1000,
+            wait_ms: WAIT_MS,
+            flags: 0,
+        }));
+        waiter.flush();
+        waiter.reply(|r| assert!(matches!(r, Reply::Timeout { .. }), "{r:?}"));
+        worst_wait = worst_wait.max(asked.elapsed());
         let (health, took) = http_get(http, "/health");
         assert!(health.contains("\"status\":\"ok\""), "{health}");
         worst_health = worst_health.max(took);
@@ -229,7 +245,12 @@ fn status_listings_during_a_big_session_release_delay_nobody() {
     let (pages, checked, max_total_checked) = lister.join().unwrap();
     println!(
         "{HOLDS} SESSION holds released in {released:?} under {pages} STATUS pages; \
-         worst PING {worst_ping:?}, worst /health {worst_health:?}"
+         worst PING {worst_ping:?}, worst /health {worst_health:?}, \
+         worst {WAIT_MS} ms wait answered after {worst_wait:?}"
+    );
+    assert!(
+        worst_wait < Duration::from_millis(WAIT_MS as u64) + Duration::from_secs(1),
+        "a {WAIT_MS} ms wait was answered after {worst_wait:?}"
     );
     assert!(
         worst_ping < Duration::from_secs(1),
