@@ -63,11 +63,20 @@ pub const SESSION_CLOSE_RELEASES_MAX: usize = 64;
 /// expiries) and so make room: about 0.1 ms at most.
 const MAKE_ROOM_STEPS_MAX: usize = 1024;
 
-/// What freeing a chunk of records or rehashing a hash-table shard counts
-/// for in [`LockTable::run_deferred`]'s budget: returning a 12 KiB chunk's
-/// pages costs the kernel about as much as 16 moves of a record, and a
-/// shard's rehash is of the same order.
+/// What rehashing a hash-table shard counts for in
+/// [`LockTable::run_deferred`]'s budget (about as much as 16 moves of a
+/// record).
 pub const MEMORY_FREE_STEPS: usize = 16;
+
+/// Bytes of memory freed per step of [`LockTable::run_deferred`]'s budget:
+/// returning pages costs the kernel about as much per 768 bytes as a move of
+/// a record, so a 12 KiB chunk counts 16 steps and a 1.5 MiB one 2048 (one
+/// per call at the server's budget).
+const FREED_BYTES_PER_STEP: usize = 768;
+
+fn free_steps(bytes: usize) -> usize {
+    (bytes / FREED_BYTES_PER_STEP).max(1)
+}
 
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;
@@ -459,12 +468,11 @@ impl LockTable {
             match self.store.compact_step() {
                 CompactStep::Move { from, to } => self.move_last_record(from, to),
                 CompactStep::Popped => {}
-                CompactStep::FreedChunk => return MEMORY_FREE_STEPS,
+                CompactStep::FreedChunk { bytes } => return free_steps(bytes),
             }
             1
         } else if self.store.has_spare_name_chunks() {
-            self.store.free_name_chunk();
-            MEMORY_FREE_STEPS
+            free_steps(self.store.free_name_chunk())
         } else if self.index.has_sparse_shard() {
             self.index.shrink_one();
             MEMORY_FREE_STEPS

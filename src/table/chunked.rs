@@ -1,38 +1,114 @@
-//! A vector kept in fixed-size chunks, for the table's big arrays.
+//! A vector kept in chunks, for the table's big arrays.
 //!
 //! A `Vec` grows by copying everything into an allocation twice the size,
 //! and shrinks the same way: at a million lock records that is 48 MB copied
 //! and a 48 MB mapping returned to the kernel in one call, tens of
 //! milliseconds during which no client is answered. Here growing allocates
-//! one more chunk of [`CHUNK_LEN`] elements, and shrinking frees one chunk
-//! per call, so no step costs more than one chunk, at the price of one more
-//! indirection per access.
+//! one more chunk, and shrinking frees one chunk per call, so no step costs
+//! more than one chunk, at the price of one more indirection per access.
+//!
+//! Chunk sizes follow a [`Shape`]: the first two hold `first` elements,
+//! then each doubles up to `cap`, and every later one holds `cap`.
 //!
 //! ```text
-//! chunks: [ptr0, ptr1, ptr2]      (a Vec of pointers: 8 bytes per chunk)
-//!           |     |     |
-//!           v     v     v
-//!         [0..256) [256..512) [512..768)   elements; len <= 3 * 256
+//! first 256, cap 1024:
+//!   chunk   0      1       2         3          4          5
+//!   holds [0,256) [256,512) [512,1024) [1024,2048) [2048,3072) [3072,4096)
+//!   size   256    256      512       1024       1024       1024
 //! ```
+//!
+//! A small table thus costs one small chunk, and a big one is mostly in
+//! chunks big enough (hundreds of KiB) that the C allocator maps them on
+//! their own and returns their pages to the kernel when they are freed;
+//! small chunks come from its heap, which keeps freed pages.
 
 use std::ops::{Index, IndexMut};
 
-/// Elements per chunk: 12 KiB of lock records, 4 KiB to 64 KiB of names.
-pub const CHUNK_LEN: usize = 256;
+/// Chunk sizes: `first` elements (twice), doubling up to `cap`. Both are
+/// powers of two, `first <= cap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    first_shift: u32,
+    cap_shift: u32,
+}
+
+impl Shape {
+    pub const fn new(first: usize, cap: usize) -> Shape {
+        assert!(first.is_power_of_two() && cap.is_power_of_two() && first <= cap);
+        Shape {
+            first_shift: first.trailing_zeros(),
+            cap_shift: cap.trailing_zeros(),
+        }
+    }
+
+    /// Elements in the first chunk.
+    pub const fn capacity_of_first(self) -> usize {
+        1 << self.first_shift
+    }
+
+    /// The first chunk that holds `cap` elements; chunks before it hold
+    /// `cap` elements in all.
+    const fn doubling_chunks(self) -> usize {
+        (self.cap_shift - self.first_shift + 1) as usize
+    }
+
+    /// The chunk holding element `i`, and `i`'s offset in it.
+    #[inline]
+    pub fn locate(self, i: usize) -> (usize, usize) {
+        let cap = 1 << self.cap_shift;
+        if i >= cap {
+            return (self.doubling_chunks() - 1 + i / cap, i % cap);
+        }
+        let units = i >> self.first_shift;
+        if units == 0 {
+            return (0, i);
+        }
+        let chunk = units.ilog2() as usize + 1;
+        (chunk, i - (1 << (self.first_shift as usize + chunk - 1)))
+    }
+
+    /// Elements in chunk `chunk`.
+    pub fn chunk_len(self, chunk: usize) -> usize {
+        let shift = self.first_shift as usize + chunk.saturating_sub(1);
+        1 << shift.min(self.cap_shift as usize)
+    }
+
+    /// Elements in chunks `0..chunks`.
+    pub fn capacity(self, chunks: usize) -> usize {
+        match chunks {
+            0 => 0,
+            _ => {
+                let (cap, doubling) = (1 << self.cap_shift, self.doubling_chunks());
+                if chunks <= doubling {
+                    1 << (self.first_shift as usize + chunks - 1)
+                } else {
+                    cap + (chunks - doubling) * cap
+                }
+            }
+        }
+    }
+
+    /// Chunks needed to hold `n` elements.
+    pub fn chunks_for(self, n: usize) -> usize {
+        if n == 0 { 0 } else { self.locate(n - 1).0 + 1 }
+    }
+}
 
 pub struct ChunkedVec<T: Copy> {
     chunks: Vec<Box<[T]>>,
     len: usize,
     /// What fresh slots hold.
     fill: T,
+    shape: Shape,
 }
 
 impl<T: Copy> ChunkedVec<T> {
-    pub fn new(fill: T) -> ChunkedVec<T> {
+    pub fn new(fill: T, shape: Shape) -> ChunkedVec<T> {
         ChunkedVec {
             chunks: Vec::new(),
             len: 0,
             fill,
+            shape,
         }
     }
 
@@ -42,13 +118,13 @@ impl<T: Copy> ChunkedVec<T> {
 
     /// Elements the allocated chunks hold.
     pub fn capacity(&self) -> usize {
-        self.chunks.len() * CHUNK_LEN
+        self.shape.capacity(self.chunks.len())
     }
 
     pub fn push(&mut self, value: T) {
         if self.len == self.capacity() {
-            self.chunks
-                .push(vec![self.fill; CHUNK_LEN].into_boxed_slice());
+            let len = self.shape.chunk_len(self.chunks.len());
+            self.chunks.push(vec![self.fill; len].into_boxed_slice());
         }
         let at = self.len;
         self.len += 1;
@@ -69,19 +145,19 @@ impl<T: Copy> ChunkedVec<T> {
     }
 
     /// Frees the last chunk if the elements and `keep` more fit without it.
-    /// Returns whether it did: one chunk per call, so a caller spreads a big
-    /// shrink over many bounded steps.
-    pub fn free_chunk(&mut self, keep: usize) -> bool {
-        let needed = self.len.max(keep).div_ceil(CHUNK_LEN);
+    /// Returns the bytes it freed (0: none): one chunk per call, so a caller
+    /// spreads a big shrink over many bounded steps.
+    pub fn free_chunk(&mut self, keep: usize) -> usize {
+        let needed = self.shape.chunks_for(self.len.max(keep));
         if self.chunks.len() <= needed {
-            return false;
+            return 0;
         }
-        self.chunks.pop();
+        let freed = self.chunks.pop().map_or(0, |c| std::mem::size_of_val(&*c));
         if self.chunks.capacity() > 2 * self.chunks.len().max(4) {
             // The pointer array: 8 bytes per chunk, so this copy is small.
             self.chunks.shrink_to(self.chunks.len().max(4));
         }
-        true
+        freed
     }
 }
 
@@ -90,7 +166,8 @@ impl<T: Copy> Index<usize> for ChunkedVec<T> {
     #[inline]
     fn index(&self, i: usize) -> &T {
         debug_assert!(i < self.len, "index {i} past length {}", self.len);
-        &self.chunks[i / CHUNK_LEN][i % CHUNK_LEN]
+        let (chunk, offset) = self.shape.locate(i);
+        &self.chunks[chunk][offset]
     }
 }
 
@@ -98,7 +175,8 @@ impl<T: Copy> IndexMut<usize> for ChunkedVec<T> {
     #[inline]
     fn index_mut(&mut self, i: usize) -> &mut T {
         debug_assert!(i < self.len, "index {i} past length {}", self.len);
-        &mut self.chunks[i / CHUNK_LEN][i % CHUNK_LEN]
+        let (chunk, offset) = self.shape.locate(i);
+        &mut self.chunks[chunk][offset]
     }
 }
 
@@ -107,28 +185,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shapes_place_every_element_once() {
+        for shape in [Shape::new(4, 4), Shape::new(4, 32), Shape::new(256, 32768)] {
+            let mut expected = (0, 0);
+            for i in 0..200_000 {
+                assert_eq!(shape.locate(i), expected, "{shape:?} element {i}");
+                assert!(i < shape.capacity(expected.0 + 1));
+                assert_eq!(shape.chunks_for(i + 1), expected.0 + 1);
+                expected.1 += 1;
+                if expected.1 == shape.chunk_len(expected.0) {
+                    assert_eq!(shape.capacity(expected.0 + 1), i + 1);
+                    expected = (expected.0 + 1, 0);
+                }
+            }
+        }
+        let shape = Shape::new(256, 1024);
+        let lens: Vec<usize> = (0..6).map(|c| shape.chunk_len(c)).collect();
+        assert_eq!(lens, [256, 256, 512, 1024, 1024, 1024]);
+    }
+
+    #[test]
     fn grows_and_shrinks_a_chunk_at_a_time() {
-        let mut v = ChunkedVec::new(0u64);
-        for i in 0..10 * CHUNK_LEN as u64 + 5 {
+        let shape = Shape::new(16, 64);
+        let mut v = ChunkedVec::new(0u64, shape);
+        for i in 0..1000 {
             v.push(i);
         }
-        assert_eq!(v.capacity(), 11 * CHUNK_LEN);
-        assert_eq!(v[3 * CHUNK_LEN + 7], 3 * CHUNK_LEN as u64 + 7);
-        assert!(!v.free_chunk(0), "every chunk is in use");
-        while v.len() > CHUNK_LEN + 1 {
+        assert_eq!(v.capacity(), 1024);
+        assert_eq!(v[517], 517);
+        assert_eq!(v.free_chunk(0), 0, "every chunk is in use");
+        while v.len() > 17 {
             v.pop();
         }
         let mut freed = 0;
-        while v.free_chunk(0) {
+        while v.free_chunk(0) > 0 {
             freed += 1;
         }
-        assert_eq!(freed, 9, "one chunk per call, down to what len needs");
-        assert_eq!(v.capacity(), 2 * CHUNK_LEN);
-        assert!(!v.free_chunk(3 * CHUNK_LEN), "keep leaves room");
+        assert_eq!(v.capacity(), 32, "down to what 17 elements need");
+        assert_eq!(freed, 16, "one chunk per call");
+        assert_eq!(v.free_chunk(100), 0, "keep leaves room");
         v.push(99);
-        assert_eq!(v[CHUNK_LEN + 1], 99);
+        assert_eq!(v[17], 99);
         while v.pop().is_some() {}
-        assert!(v.free_chunk(0) && v.free_chunk(0) && !v.free_chunk(0));
+        assert_eq!(
+            [v.free_chunk(0), v.free_chunk(0), v.free_chunk(0)],
+            [16 * 8, 16 * 8, 0]
+        );
         assert_eq!(v.capacity(), 0);
     }
 }

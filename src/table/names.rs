@@ -7,22 +7,35 @@
 //! own overhead, more than doubling it). A slot's length is kept by the
 //! caller (the lock record has room for it).
 //!
-//! Slots live in chunks of [`CHUNK_SLOTS`] (see [`super::chunked`] for why:
-//! a million 16-byte names must not be copied in one growth). When the last
+//! Slots live in chunks of 256 slots first, doubling up to about 1 MiB (see
+//! [`super::chunked`] for why: a million 16-byte names must not be copied in
+//! one growth, and their memory must go back to the kernel). When the last
 //! name of a class is removed, the class starts over in the chunks it has,
 //! and [`NameArena::free_spare_chunk`] gives them back one per call, so
 //! memory returns to its baseline after a burst of long names without one
 //! call freeing megabytes.
 
-use super::chunked::{CHUNK_LEN, ChunkedVec};
+use super::chunked::{ChunkedVec, Shape};
 use crate::limits::NAME_LEN_CEILING;
 
 /// Slot sizes grow in steps of this many bytes.
 pub const NAME_CLASS_STEP: usize = 16;
 const CLASS_COUNT: usize = NAME_LEN_CEILING.div_ceil(NAME_CLASS_STEP);
 
-/// Slots per chunk of a class: 16 KiB to 256 KiB of names.
-pub const CHUNK_SLOTS: usize = CHUNK_LEN;
+/// Slots in a class's first chunk (4 KiB to 64 KiB of names).
+pub const FIRST_CHUNK_SLOTS: usize = 256;
+
+/// A class's chunks grow up to about this many bytes.
+const CHUNK_BYTES_MAX: usize = 1 << 20;
+
+/// Free-list chunks: 1 KiB first, up to 256 KiB.
+const FREE_LIST_CHUNKS: Shape = Shape::new(256, 1 << 16);
+
+/// The chunk shape of the class whose slots are `stride` bytes.
+const fn class_shape(stride: usize) -> Shape {
+    let cap = 1 << (CHUNK_BYTES_MAX / stride).ilog2();
+    Shape::new(FIRST_CHUNK_SLOTS, cap)
+}
 
 /// Where a long name is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +57,7 @@ impl Default for Class {
         Class {
             chunks: Vec::new(),
             slots: 0,
-            free: ChunkedVec::new(0),
+            free: ChunkedVec::new(0, FREE_LIST_CHUNKS),
             live: 0,
         }
     }
@@ -67,8 +80,8 @@ fn class_of(len: usize) -> (usize, usize) {
 
 /// The chunk of a slot and its byte offset there.
 fn place(index: u32, stride: usize) -> (usize, usize) {
-    let index = index as usize;
-    (index / CHUNK_SLOTS, (index % CHUNK_SLOTS) * stride)
+    let (chunk, offset) = class_shape(stride).locate(index as usize);
+    (chunk, offset * stride)
 }
 
 impl NameArena {
@@ -81,11 +94,10 @@ impl NameArena {
             Some(index) => index,
             None => {
                 let index = c.slots;
-                if index as usize % CHUNK_SLOTS == 0
-                    && index as usize / CHUNK_SLOTS == c.chunks.len()
-                {
-                    c.chunks
-                        .push(vec![0; CHUNK_SLOTS * stride].into_boxed_slice());
+                let shape = class_shape(stride);
+                if index as usize == shape.capacity(c.chunks.len()) {
+                    let slots = shape.chunk_len(c.chunks.len());
+                    c.chunks.push(vec![0; slots * stride].into_boxed_slice());
                 }
                 c.slots += 1;
                 index
@@ -116,7 +128,7 @@ impl NameArena {
             // allocation).
             c.slots = 0;
             c.free.clear();
-            if c.chunks.len() > 1 || c.free.capacity() > CHUNK_LEN {
+            if c.chunks.len() > 1 || c.free.capacity() > FREE_LIST_CHUNKS.capacity_of_first() {
                 self.spare |= 1 << class;
             }
         } else {
@@ -130,18 +142,21 @@ impl NameArena {
     }
 
     /// Gives back one chunk of an emptied class (of names, or of its free
-    /// list), down to one of each.
-    pub fn free_spare_chunk(&mut self) {
+    /// list), down to one of each. Returns the bytes it freed.
+    pub fn free_spare_chunk(&mut self) -> usize {
         let Some(class) = (self.spare != 0).then(|| self.spare.trailing_zeros() as usize) else {
-            return;
+            return 0;
         };
         let c = &mut self.classes[class];
         debug_assert_eq!(c.live, 0);
         if c.chunks.len() > 1 {
-            c.chunks.pop();
-        } else if !c.free.free_chunk(CHUNK_LEN) {
+            return c.chunks.pop().map_or(0, |chunk| chunk.len());
+        }
+        let freed = c.free.free_chunk(FREE_LIST_CHUNKS.capacity_of_first());
+        if freed == 0 {
             self.spare &= !(1 << class);
         }
+        freed
     }
 
     /// Bytes reserved by all classes.
@@ -193,7 +208,7 @@ mod tests {
         }
         assert!(steps > 2, "one chunk per step");
         assert!(
-            arena.reserved_bytes() <= CHUNK_SLOTS * 32 + 4 * CHUNK_LEN,
+            arena.reserved_bytes() <= FIRST_CHUNK_SLOTS * 32 + 4 * 256,
             "one chunk of each kind is kept: {}",
             arena.reserved_bytes()
         );

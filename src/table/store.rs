@@ -46,7 +46,7 @@
 //! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
 //! lock records, keys with it set are waiters.
 
-use super::chunked::{CHUNK_LEN, ChunkedVec};
+use super::chunked::{ChunkedVec, Shape};
 use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
 
@@ -61,12 +61,17 @@ pub const NAME_INLINE_LEN_MAX: usize = 15;
 /// Most lock records: their indexes must stay below the waiter key bit.
 pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
 
-/// Record capacity kept however empty the table gets (one chunk, 12 KiB):
-/// below it a table never compacts or reallocates, whatever its load
-/// pattern. At least one chunk, or a shrink could free nothing and compaction
-/// would never end.
-pub const RECORDS_CAPACITY_MIN: usize = CHUNK_LEN;
-const _: () = assert!(RECORDS_CAPACITY_MIN >= CHUNK_LEN);
+/// Record chunks: 256 records (12 KiB) first, doubling up to 32768 (1.5 MiB,
+/// allocated and freed in about 0.3 ms, and big enough that the C allocator
+/// maps it apart and gives its pages back to the kernel when it is freed).
+const RECORD_CHUNKS: Shape = Shape::new(256, 32768);
+
+/// Record capacity kept however empty the table gets (the first chunk,
+/// 12 KiB): below it a table never compacts or reallocates, whatever its
+/// load pattern. At least the first chunk, or a shrink could free nothing
+/// and compaction would never end.
+pub const RECORDS_CAPACITY_MIN: usize = 256;
+const _: () = assert!(RECORDS_CAPACITY_MIN == RECORD_CHUNKS.capacity_of_first());
 
 /// Waiter capacity kept however few wait (about 5 KiB).
 pub const WAITERS_CAPACITY_MIN: usize = 64;
@@ -360,8 +365,8 @@ impl LockExtra {
 /// What one [`Store::compact_step`] did, or left to the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompactStep {
-    /// Gave one chunk of records back (or found none to give).
-    FreedChunk,
+    /// Gave one chunk of records back, of `bytes` (0: found none to give).
+    FreedChunk { bytes: usize },
     /// Dropped a vacant last slot.
     Popped,
     /// The live last record must move to the vacant slot `to`: the caller
@@ -385,7 +390,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            records: ChunkedVec::new(LockRecord::VACANT),
+            records: ChunkedVec::new(LockRecord::VACANT, RECORD_CHUNKS),
             free_head: NIL,
             live: 0,
             long_names: NameArena::default(),
@@ -509,9 +514,10 @@ impl Store {
         self.long_names.has_spare_chunks()
     }
 
-    /// Gives back one chunk of long-name storage no name uses.
-    pub fn free_name_chunk(&mut self) {
-        self.long_names.free_spare_chunk();
+    /// Gives back one chunk of long-name storage no name uses; returns its
+    /// bytes.
+    pub fn free_name_chunk(&mut self) -> usize {
+        self.long_names.free_spare_chunk()
     }
 
     /// Fewer live records than a quarter of the capacity, above the floor.
@@ -523,8 +529,8 @@ impl Store {
     pub fn compact_step(&mut self) -> CompactStep {
         let target = (2 * self.live).max(RECORDS_CAPACITY_MIN / 2);
         if self.records.len() <= target {
-            self.records.free_chunk(target);
-            return CompactStep::FreedChunk;
+            let bytes = self.records.free_chunk(target);
+            return CompactStep::FreedChunk { bytes };
         }
         let last = (self.records.len() - 1) as u32;
         if !self.records[last as usize].is_live() {
