@@ -94,20 +94,20 @@ impl Shape {
     }
 }
 
+/// Chunks are `Vec`s reserved at their full size and filled by pushing, so
+/// memory pages are touched only as elements arrive: a chunk of 1.5 MiB
+/// costs resident memory for what it holds, not for its size.
 pub struct ChunkedVec<T: Copy> {
-    chunks: Vec<Box<[T]>>,
+    chunks: Vec<Vec<T>>,
     len: usize,
-    /// What fresh slots hold.
-    fill: T,
     shape: Shape,
 }
 
 impl<T: Copy> ChunkedVec<T> {
-    pub fn new(fill: T, shape: Shape) -> ChunkedVec<T> {
+    pub fn new(shape: Shape) -> ChunkedVec<T> {
         ChunkedVec {
             chunks: Vec::new(),
             len: 0,
-            fill,
             shape,
         }
     }
@@ -122,26 +122,27 @@ impl<T: Copy> ChunkedVec<T> {
     }
 
     pub fn push(&mut self, value: T) {
-        if self.len == self.capacity() {
-            let len = self.shape.chunk_len(self.chunks.len());
-            self.chunks.push(vec![self.fill; len].into_boxed_slice());
+        let (chunk, offset) = self.shape.locate(self.len);
+        if chunk == self.chunks.len() {
+            let len = self.shape.chunk_len(chunk);
+            self.chunks.push(Vec::with_capacity(len));
         }
-        let at = self.len;
+        debug_assert_eq!(self.chunks[chunk].len(), offset);
+        self.chunks[chunk].push(value);
         self.len += 1;
-        self[at] = value;
     }
 
     /// Empties it, keeping its chunks (see [`ChunkedVec::free_chunk`]).
     pub fn clear(&mut self) {
+        self.chunks.iter_mut().for_each(Vec::clear);
         self.len = 0;
     }
 
     pub fn pop(&mut self) -> Option<T> {
         let last = self.len.checked_sub(1)?;
-        let value = self[last];
-        self[last] = self.fill;
+        let (chunk, _) = self.shape.locate(last);
         self.len = last;
-        Some(value)
+        self.chunks[chunk].pop()
     }
 
     /// Frees the last chunk if the elements and `keep` more fit without it.
@@ -152,9 +153,12 @@ impl<T: Copy> ChunkedVec<T> {
         if self.chunks.len() <= needed {
             return 0;
         }
-        let freed = self.chunks.pop().map_or(0, |c| std::mem::size_of_val(&*c));
+        let freed = self
+            .chunks
+            .pop()
+            .map_or(0, |c| c.capacity() * std::mem::size_of::<T>());
         if self.chunks.capacity() > 2 * self.chunks.len().max(4) {
-            // The pointer array: 8 bytes per chunk, so this copy is small.
+            // The pointer array: 24 bytes per chunk, so this copy is small.
             self.chunks.shrink_to(self.chunks.len().max(4));
         }
         freed
@@ -207,7 +211,7 @@ mod tests {
     #[test]
     fn grows_and_shrinks_a_chunk_at_a_time() {
         let shape = Shape::new(16, 64);
-        let mut v = ChunkedVec::new(0u64, shape);
+        let mut v = ChunkedVec::<u64>::new(shape);
         for i in 0..1000 {
             v.push(i);
         }

@@ -57,7 +57,7 @@ impl Default for Class {
         Class {
             chunks: Vec::new(),
             slots: 0,
-            free: ChunkedVec::new(0, FREE_LIST_CHUNKS),
+            free: ChunkedVec::new(FREE_LIST_CHUNKS),
             live: 0,
         }
     }

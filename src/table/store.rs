@@ -390,7 +390,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            records: ChunkedVec::new(LockRecord::VACANT, RECORD_CHUNKS),
+            records: ChunkedVec::new(RECORD_CHUNKS),
             free_head: NIL,
             live: 0,
             long_names: NameArena::default(),
