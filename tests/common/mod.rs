@@ -26,6 +26,26 @@ pub fn start_server() -> (ServerProcess, SocketAddr) {
 /// standard error for the address it bound, and keeps draining standard
 /// error so the daemon never blocks on a full pipe.
 pub fn start_server_cmd(cmd: &mut Command) -> (ServerProcess, SocketAddr) {
+    let (server, addr, _) = spawn_server(cmd);
+    (server, addr)
+}
+
+/// Starts `distlockd server --port 0 --http-port 0` with `extra` flags and
+/// returns it with its lock-protocol and HTTP addresses.
+#[allow(dead_code)]
+pub fn start_server_with_http(extra: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
+    let (server, addr, http) = spawn_server(
+        Command::new(env!("CARGO_BIN_EXE_distlockd"))
+            .args(["server", "--port", "0", "--http-port", "0"])
+            .args(extra),
+    );
+    let http = http.expect("the daemon logged no HTTP address before `listening on`");
+    (server, addr, http)
+}
+
+/// Spawns the daemon, waits for its listener, and returns it with its
+/// lock-protocol address and its HTTP address, if it logged one.
+fn spawn_server(cmd: &mut Command) -> (ServerProcess, SocketAddr, Option<SocketAddr>) {
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
@@ -34,27 +54,7 @@ pub fn start_server_cmd(cmd: &mut Command) -> (ServerProcess, SocketAddr) {
         .expect("start distlockd server");
     let stderr = child.stderr.take().expect("piped stderr");
     let server = ServerProcess(child);
-    let (addr, _) = read_listen_addresses(stderr);
-    wait_until_listening(addr.port());
-    (server, addr)
-}
-
-/// Starts `distlockd server --port 0 --http-port 0` with `extra` flags and
-/// returns it with its lock-protocol and HTTP addresses.
-#[allow(dead_code)]
-pub fn start_server_with_http(extra: &[&str]) -> (ServerProcess, SocketAddr, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", "0", "--http-port", "0"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start distlockd server");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let server = ServerProcess(child);
     let (addr, http) = read_listen_addresses(stderr);
-    let http = http.expect("the daemon logged no HTTP address before `listening on`");
     wait_until_listening(addr.port());
     (server, addr, http)
 }
