@@ -226,6 +226,15 @@ enum Ended {
     Released,
 }
 
+/// When and how a hold that expires at `expiry_ms` ended: released at its
+/// session's close (`closed_at_ms`) if that came first.
+fn ended_at(closed_at_ms: Option<u64>, expiry_ms: u64) -> (u64, Ended) {
+    match closed_at_ms {
+        Some(closed_at_ms) if closed_at_ms < expiry_ms => (closed_at_ms, Ended::Released),
+        _ => (expiry_ms, Ended::Expired),
+    }
+}
+
 /// A closed session's place in the table's list of deferred releases.
 #[derive(Clone, Copy)]
 struct Closed {
@@ -680,7 +689,7 @@ impl LockTable {
                 self.fire_wait_deadline(key, at_ms, now_ms);
             } else {
                 // Already unlinked by poll: free_unlinked_lock must not unlink.
-                let (at_ms, ended) = self.ended_by(key, at_ms);
+                let (at_ms, ended) = ended_at(self.deferred_release(key), at_ms);
                 self.count_end(ended);
                 self.free_unlinked_lock(key, at_ms, now_ms, None);
             }
@@ -814,24 +823,19 @@ impl LockTable {
     /// whether it did. `hash` is the name's hash when the caller has it.
     fn settle(&mut self, lock: u32, now_ms: u64, hash: Option<u64>) -> bool {
         let deadline_ms = self.store.record(lock).deadline_ms();
-        let due = (deadline_ms <= now_ms).then_some(deadline_ms);
-        let (at_ms, ended) = match (due, self.deferred_release(lock)) {
-            (None, None) => return false,
-            (Some(at_ms), None) => (at_ms, Ended::Expired),
-            (_, Some(_)) => self.ended_by(lock, due.unwrap_or(u64::MAX)),
+        let closed_at_ms = self.deferred_release(lock);
+        if deadline_ms > now_ms && closed_at_ms.is_none() {
+            return false;
+        }
+        let expiry_ms = if deadline_ms <= now_ms {
+            deadline_ms
+        } else {
+            u64::MAX
         };
+        let (at_ms, ended) = ended_at(closed_at_ms, expiry_ms);
         self.count_end(ended);
         self.free_lock(lock, at_ms, now_ms, hash);
         true
-    }
-
-    /// When and how the hold on `lock` ended, given that it expires at
-    /// `expiry_ms`: released at its session's close if that came first.
-    fn ended_by(&self, lock: u32, expiry_ms: u64) -> (u64, Ended) {
-        match self.deferred_release(lock) {
-            Some(closed_at_ms) if closed_at_ms < expiry_ms => (closed_at_ms, Ended::Released),
-            _ => (expiry_ms, Ended::Expired),
-        }
     }
 
     fn count_end(&mut self, ended: Ended) {
