@@ -67,6 +67,27 @@ impl Marks {
     fn any(&self) -> bool {
         self.0.iter().any(|&w| w != 0)
     }
+
+    /// Marks `shard` if a removal left it sparse.
+    fn note(&mut self, shard: usize, len: usize, capacity: usize) {
+        if is_sparse(len, capacity) {
+            self.set(shard);
+        }
+    }
+
+    /// Checks that the shards' lengths add up to `total` and that every
+    /// sparse shard is marked; `sizes` gives each shard's (len, capacity).
+    fn invariants(&self, what: &str, total: usize, sizes: impl Iterator<Item = (usize, usize)>) {
+        let mut sum = 0;
+        for (shard, (len, capacity)) in sizes.enumerate() {
+            sum += len;
+            if is_sparse(len, capacity) {
+                let marked = self.0[shard / 64] & (1 << (shard % 64)) != 0;
+                assert!(marked, "sparse {what} shard {shard} unmarked");
+            }
+        }
+        assert_eq!(sum, total, "{what} length");
+    }
 }
 
 /// Under an eighth full, above the floor.
@@ -198,9 +219,7 @@ impl NameIndex {
         entry.remove();
         self.len -= 1;
         let table = &self.shards[shard];
-        if is_sparse(table.len(), table.capacity()) {
-            self.marks.set(shard);
-        }
+        self.marks.note(shard, table.len(), table.capacity());
         true
     }
 
@@ -229,20 +248,12 @@ impl NameIndex {
     /// Checks the count and the marks, and that `hash_of` gives each
     /// entry's lock the hash it is indexed under; for tests.
     pub fn invariants(&self, hash_of: impl Fn(u32) -> u64) {
-        let len: usize = self.shards.iter().map(|t| t.len()).sum();
-        assert_eq!(len, self.len, "index length");
+        let sizes = self.shards.iter().map(|t| (t.len(), t.capacity()));
+        self.marks.invariants("index", self.len, sizes);
         for (shard, table) in self.shards.iter().enumerate() {
             for e in table.iter() {
                 let hash = hash_of(e.lock());
                 assert_eq!((name_shard(hash), tag_of(hash)), (shard, e.tag()), "{e:?}");
-            }
-        }
-        for (shard, table) in self.shards.iter().enumerate() {
-            if is_sparse(table.len(), table.capacity()) {
-                assert!(
-                    self.marks.0[shard / 64] & (1 << (shard % 64)) != 0,
-                    "sparse index shard {shard} unmarked"
-                );
             }
         }
     }
@@ -289,9 +300,7 @@ impl Extras {
         let map = &mut self.shards[shard];
         let extra = map.remove(&lock)?;
         self.len -= 1;
-        if is_sparse(map.len(), map.capacity()) {
-            self.marks.set(shard);
-        }
+        self.marks.note(shard, map.len(), map.capacity());
         Some(extra)
     }
 
@@ -317,16 +326,8 @@ impl Extras {
 
     /// Checks the count and the marks; for tests.
     pub fn invariants(&self) {
-        let len: usize = self.shards.iter().map(|m| m.len()).sum();
-        assert_eq!(len, self.len, "extras length");
-        for (shard, map) in self.shards.iter().enumerate() {
-            if is_sparse(map.len(), map.capacity()) {
-                assert!(
-                    self.marks.0[shard / 64] & (1 << (shard % 64)) != 0,
-                    "sparse extras shard {shard} unmarked"
-                );
-            }
-        }
+        let sizes = self.shards.iter().map(|m| (m.len(), m.capacity()));
+        self.marks.invariants("extras", self.len, sizes);
     }
 }
 
