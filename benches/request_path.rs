@@ -49,7 +49,11 @@ fn execute(
         _ => unreachable!(),
     };
     let reply = match outcome {
-        Outcome::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+        Outcome::Granted {
+            token,
+            ttl_ms,
+            reentered,
+        } => distlockd::execute::granted(2, token, ttl_ms, reentered),
         Outcome::Released => Reply::Released,
         other => panic!("unexpected {other:?}"),
     };

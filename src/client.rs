@@ -85,10 +85,22 @@ pub use renew::{Lost, RenewingGuard};
 
 use crate::auth::{SECRET_LEN_MAX, Secret};
 use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
+use crate::limits::{TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S, WAIT_MS_UNBOUNDED};
 use crate::protocol::{
-    Acquire, ErrorCode, FLAG_SESSION, HelloReply, NotHeldReason, Reply, Request, StatusEntry,
-    decode_reply,
+    Acquire, ErrorCode, FLAG_SESSION, FLAG_WAIT_FOREVER, GRANTED_FLAGS_VERSION, HelloReply,
+    NotHeldReason, Reply, Request, StatusEntry, decode_reply,
 };
+
+/// A wait with no deadline: `client.acquire(name, WAIT_FOREVER)` waits in
+/// the server's queue until the lock is granted, keeping its place (one
+/// request, not a loop of shorter waits). Needs a server without a
+/// `--wait-max-ms` bound. If the connection breaks, the retry joins the
+/// queue again at its tail.
+pub const WAIT_FOREVER: Duration = Duration::MAX;
+
+/// The longest finite wait the protocol carries: `wait_ms` is a u32 (about
+/// 49.7 days). Longer finite waits are refused; use [`WAIT_FOREVER`].
+pub const WAIT_FINITE_MAX: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// How long a hold lasts unless released or extended (the original's 10 s).
 pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
@@ -181,7 +193,7 @@ impl fmt::Display for Error {
             ),
             Error::NotHeld { name, reason } => write!(
                 f,
-                "lock {name:?} is not held by us: {}",
+                "lock {name:?} is not held by this lease: {}",
                 not_held_text(*reason)
             ),
             Error::Connection {
@@ -210,15 +222,17 @@ fn not_held_text(reason: NotHeldCause) -> &'static str {
         NotHeldCause::NotAcquiredHere => {
             "this client never acquired it or already released it; release only names acquired through the same Client"
         }
-        NotHeldCause::Server(NotHeldReason::Free) => {
-            "nobody holds it, so our hold expired (or was released); use a longer ttl or extend before it runs out"
-        }
-        NotHeldCause::Server(NotHeldReason::OtherOwner) => {
-            "another owner holds it, so our hold expired and was taken over; use a longer ttl or extend before it runs out"
-        }
-        NotHeldCause::Server(NotHeldReason::TokenMismatch) => {
-            "we hold it under a newer token, so this lease is stale; use the most recent lease"
-        }
+        NotHeldCause::Server(reason) => not_held_reason_text(reason),
+    }
+}
+
+/// What the server's NOT_HELD reason says, and no more: it cannot tell a
+/// hold that expired from one that was released or never taken.
+pub fn not_held_reason_text(reason: NotHeldReason) -> &'static str {
+    match reason {
+        NotHeldReason::Free => "the server says it is not held: released, expired, or never taken",
+        NotHeldReason::OtherOwner => "the server says another owner holds it",
+        NotHeldReason::TokenMismatch => "the server says this owner holds it under another token",
     }
 }
 
@@ -238,6 +252,7 @@ pub struct Lease {
     owner: String,
     token: u64,
     ttl: Duration,
+    reentered: bool,
 }
 
 impl Lease {
@@ -249,6 +264,7 @@ impl Lease {
             owner: owner.to_owned(),
             token,
             ttl,
+            reentered: false,
         }
     }
 
@@ -269,6 +285,17 @@ impl Lease {
     /// The TTL the server granted.
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    /// Whether the server said this owner held the lock already when the
+    /// ACQUIRE arrived: a re-entry of that hold (same token, TTL restarted
+    /// from the ACQUIRE), not a new grant. Owners are per acquisition unless
+    /// [`ClientBuilder::client_id`] makes two clients share one; a retry
+    /// after a lost reply also re-enters the hold its first attempt took.
+    /// Always false from a server that speaks only protocol version 1,
+    /// which cannot say.
+    pub fn reentered(&self) -> bool {
+        self.reentered
     }
 }
 
@@ -368,7 +395,9 @@ pub struct ServerInfo {
     pub owner_len_max: usize,
     pub lock_ttl_default: Duration,
     pub lock_ttl_max: Duration,
-    pub wait_max: Duration,
+    /// The longest wait the server takes; `None`: no bound, and
+    /// [`WAIT_FOREVER`] is taken.
+    pub wait_max: Option<Duration>,
 }
 
 impl From<&HelloReply<'_>> for ServerInfo {
@@ -381,7 +410,8 @@ impl From<&HelloReply<'_>> for ServerInfo {
             owner_len_max: h.owner_len_max as usize,
             lock_ttl_default: Duration::from_millis(h.lock_ttl_ms_default as u64),
             lock_ttl_max: Duration::from_millis(h.lock_ttl_ms_max as u64),
-            wait_max: Duration::from_millis(h.wait_ms_max as u64),
+            wait_max: (h.wait_ms_max != WAIT_MS_UNBOUNDED)
+                .then(|| Duration::from_millis(h.wait_ms_max as u64)),
         }
     }
 }
@@ -766,6 +796,7 @@ impl Client {
     /// `Ok(None)`: still held by another owner when the wait ended.
     fn acquire_inner(&self, name: &str, wait: Duration, flags: u8) -> Result<Option<Lease>> {
         check_name(name)?;
+        check_wait(wait)?;
         let owner = self.next_owner();
         let op = Op::Acquire {
             name,
@@ -782,12 +813,17 @@ impl Client {
     /// [`Client::release`]; `Ok(None)` if it was not granted.
     fn acquired(&self, name: &str, owner: String, answer: Answer) -> Result<Option<Lease>> {
         match answer {
-            Answer::Granted { token, ttl_ms } => {
+            Answer::Granted {
+                token,
+                ttl_ms,
+                reentered,
+            } => {
                 let lease = Lease {
                     name: name.to_owned(),
                     owner,
                     token,
                     ttl: Duration::from_millis(ttl_ms as u64),
+                    reentered: reentered.unwrap_or(false),
                 };
                 self.holds().insert(lease.name.clone(), lease.clone());
                 Ok(Some(lease))
@@ -814,6 +850,7 @@ impl Client {
         wait: Duration,
     ) -> Result<Option<(Lease, Binding)>> {
         check_name(name)?;
+        check_wait(wait)?;
         let owner = self.next_owner();
         let started = Instant::now();
         let mut attempts = 0u32;
@@ -1049,9 +1086,21 @@ impl Client {
         wait_ms: u32,
         io_timeout: Duration,
     ) -> Result<Answer, Failure> {
+        if op.waits_forever() && conn.version < GRANTED_FLAGS_VERSION {
+            return Err(Failure::Fatal(Error::InvalidArgument {
+                what: format!(
+                    "wait WAIT_FOREVER: the server at {} speaks protocol version {}, which cannot wait without a deadline; pass a finite wait or upgrade the server",
+                    self.addr, conn.version
+                ),
+            }));
+        }
         let mut frame = Vec::with_capacity(64);
         op.request(wait_ms).encode_to_vec(&mut frame);
-        let read_timeout = io_timeout.saturating_add(Duration::from_millis(wait_ms as u64));
+        // No deadline, no read timeout: the reply comes when the lock is
+        // granted. A server that dies closes the connection; a host that
+        // vanishes is found by TCP keepalive (see `handshake`).
+        let read_timeout = (!op.waits_forever())
+            .then(|| io_timeout.saturating_add(Duration::from_millis(wait_ms as u64)));
         let answer = conn.exchange(&frame, read_timeout)?;
         if !op.accepts(&answer) {
             return Err(Failure::Fatal(Error::Protocol {
@@ -1082,6 +1131,15 @@ impl Client {
         // Requests are single small frames; Nagle would hold each one back
         // waiting for an ACK.
         stream.set_nodelay(true).map_err(Failure::Io)?;
+        // A wait without deadline reads with no timeout: keepalive finds a
+        // server whose host vanished (a server that dies closes the socket).
+        socket2::SockRef::from(&stream)
+            .set_tcp_keepalive(
+                &socket2::TcpKeepalive::new()
+                    .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+                    .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S)),
+            )
+            .map_err(Failure::Io)?;
         stream
             .set_write_timeout(Some(self.timeout))
             .map_err(Failure::Io)?;
@@ -1089,6 +1147,7 @@ impl Client {
             stream,
             input: vec![0; FRAME_SIZE_CEILING].into_boxed_slice(),
             read_timeout: None,
+            version: 1,
         };
         let mut frame = Vec::with_capacity(32);
         Request::Hello {
@@ -1096,8 +1155,9 @@ impl Client {
             client_name: CLIENT_NAME.as_bytes(),
         }
         .encode_to_vec(&mut frame);
-        match conn.exchange(&frame, io_timeout)? {
+        match conn.exchange(&frame, Some(io_timeout))? {
             Answer::Hello(info) if (1..=PROTOCOL_VERSION).contains(&info.protocol_version) => {
+                conn.version = info.protocol_version;
                 self.authenticate(&mut conn, io_timeout)?;
                 Ok(conn)
             }
@@ -1122,7 +1182,7 @@ impl Client {
         let secret = secret.as_bytes();
         let mut frame = Vec::with_capacity(4 + secret.len());
         Request::Auth { secret }.encode_to_vec(&mut frame);
-        match conn.exchange(&frame, io_timeout)? {
+        match conn.exchange(&frame, Some(io_timeout))? {
             Answer::Authed => Ok(()),
             Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
             other => Err(Failure::Fatal(Error::Protocol {
@@ -1185,11 +1245,19 @@ impl Op<'_> {
         matches!(self, Op::Acquire { wait, .. } if !wait.is_zero())
     }
 
+    /// `wait_ms` for the next attempt; 0 for a wait with no deadline,
+    /// which [`Op::request`] sends as flag WAIT_FOREVER instead.
     fn wait_ms_left(&self, elapsed: Duration) -> u32 {
         match self {
+            Op::Acquire { wait, .. } if *wait == WAIT_FOREVER => 0,
             Op::Acquire { wait, .. } => duration_to_ms(wait.saturating_sub(elapsed)),
             _ => 0,
         }
+    }
+
+    /// An ACQUIRE that waits with no deadline.
+    fn waits_forever(&self) -> bool {
+        matches!(self, Op::Acquire { wait, .. } if *wait == WAIT_FOREVER)
     }
 
     fn request(&self, wait_ms: u32) -> Request<'_> {
@@ -1210,7 +1278,10 @@ impl Op<'_> {
                 owner: owner.as_bytes(),
                 ttl_ms,
                 wait_ms,
-                flags,
+                flags: match self.waits_forever() {
+                    true => flags | FLAG_WAIT_FOREVER,
+                    false => flags,
+                },
             }),
             Op::Release { name, owner, token } => Request::Release {
                 name: name.as_bytes(),
@@ -1289,6 +1360,7 @@ enum Answer {
     Granted {
         token: u64,
         ttl_ms: u32,
+        reentered: Option<bool>,
     },
     Busy,
     Timeout,
@@ -1314,7 +1386,15 @@ impl Answer {
         match *reply {
             Reply::Hello(ref hello) => Answer::Hello(ServerInfo::from(hello)),
             Reply::Pong { .. } => Answer::Pong,
-            Reply::Granted { token, ttl_ms } => Answer::Granted { token, ttl_ms },
+            Reply::Granted {
+                token,
+                ttl_ms,
+                reentered,
+            } => Answer::Granted {
+                token,
+                ttl_ms,
+                reentered,
+            },
             Reply::Busy { .. } => Answer::Busy,
             Reply::Timeout { .. } => Answer::Timeout,
             Reply::Released => Answer::Released,
@@ -1367,15 +1447,23 @@ struct Conn {
     /// The read timeout currently set on the socket, to skip the syscall
     /// when it does not change.
     read_timeout: Option<Duration>,
+    /// The protocol version HELLO chose.
+    version: u16,
 }
 
 impl Conn {
-    fn exchange(&mut self, frame: &[u8], read_timeout: Duration) -> Result<Answer, Failure> {
-        if self.read_timeout != Some(read_timeout) {
+    /// Writes `frame` and reads its reply; `read_timeout` `None` reads
+    /// with no timeout.
+    fn exchange(
+        &mut self,
+        frame: &[u8],
+        read_timeout: Option<Duration>,
+    ) -> Result<Answer, Failure> {
+        if self.read_timeout != read_timeout {
             self.stream
-                .set_read_timeout(Some(read_timeout))
+                .set_read_timeout(read_timeout)
                 .map_err(Failure::Io)?;
-            self.read_timeout = Some(read_timeout);
+            self.read_timeout = read_timeout;
         }
         self.stream
             .write_all(frame)
@@ -1412,7 +1500,10 @@ impl Conn {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let waited = format!("waiting {:.3}s for a reply", read_timeout.as_secs_f64());
+                    let waited = match read_timeout {
+                        Some(t) => format!("waiting {:.3}s for a reply", t.as_secs_f64()),
+                        None => "waiting for a reply".to_owned(),
+                    };
                     return Err(Failure::Io(name_timeout(e, &waited)));
                 }
             }
@@ -1744,6 +1835,19 @@ impl Drop for Slot<'_> {
 
 fn invalid<T>(what: impl Into<String>) -> Result<T> {
     Err(Error::InvalidArgument { what: what.into() })
+}
+
+/// A wait the protocol can carry: finite up to [`WAIT_FINITE_MAX`], or
+/// [`WAIT_FOREVER`]. Longer finite waits are refused, not cut short.
+fn check_wait(wait: Duration) -> Result<()> {
+    if wait > WAIT_FINITE_MAX && wait != WAIT_FOREVER {
+        return invalid(format!(
+            "wait {:.0}s is over the longest finite wait, {}s (wait_ms is a u32 of milliseconds); pass WAIT_FOREVER to wait with no deadline",
+            wait.as_secs_f64(),
+            WAIT_FINITE_MAX.as_secs()
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> Result<()> {

@@ -11,9 +11,10 @@ use std::fmt::Write as _;
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
 use crate::legacy::{self, Command, LegacyRequest};
-use crate::limits::{Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX, STATUS_REPLY_SIZE_MAX};
+use crate::limits::{PROTOCOL_VERSION, REPLY_SIZE_MAX, STATUS_REPLY_SIZE_MAX};
 use crate::protocol::{
-    self, DecodeError, ErrorCode, HelloReply, Reply, Request, StatusWriter, kind,
+    self, DecodeError, ErrorCode, GRANTED_FLAGS_VERSION, HelloReply, Reply, Request, StatusWriter,
+    kind,
 };
 use crate::table::{ArgError, LockTable, Outcome, SessionId};
 
@@ -30,12 +31,30 @@ pub enum Step {
     Executed { used: usize, queued: bool },
 }
 
-/// The connection-independent inputs of one step.
+/// The inputs of one step: the table, and the connection's session and
+/// protocol version.
 pub struct Context<'a> {
     pub table: &'a mut LockTable,
     pub session: SessionId,
+    /// The protocol version the connection speaks: 1 until a HELLO
+    /// negotiates another. HELLO sets it; the caller keeps it for the
+    /// connection's next steps and its later replies ([`granted`]).
+    pub version: u16,
     pub now_ms: u64,
     pub uptime_ms: u64,
+}
+
+/// The protocol version of a connection that has not sent HELLO.
+pub const VERSION_BEFORE_HELLO: u16 = 1;
+
+/// GRANTED as a connection speaking `version` reads it: version 2 and
+/// later carry the re-entry flag, version 1 has no room for it.
+pub fn granted(version: u16, token: u64, ttl_ms: u32, reentered: bool) -> Reply<'static> {
+    Reply::Granted {
+        token,
+        ttl_ms,
+        reentered: (version >= GRANTED_FLAGS_VERSION).then_some(reentered),
+    }
 }
 
 /// Decodes and executes the frame at the front of `input`. `Err`: the input
@@ -149,7 +168,7 @@ pub fn step_gated(
             *authenticated = true;
             out.write_with(REPLY_SIZE_MAX, |buf| Reply::Authed.encode(buf));
         }
-        Request::Hello { version, .. } => hello(version, ctx.table.limits(), out),
+        Request::Hello { version, .. } => hello(version, ctx, out),
         _ => {
             write_error(
                 out,
@@ -173,7 +192,7 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
     let (table, now) = (&mut *ctx.table, ctx.now_ms);
     let outcome = match request {
         Request::Hello { version, .. } => {
-            hello(version, table.limits(), out);
+            hello(version, ctx, out);
             return false;
         }
         Request::Status { name, cursor } => {
@@ -210,7 +229,11 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
     };
     let reply = match outcome {
         Outcome::Queued => return true,
-        Outcome::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+        Outcome::Granted {
+            token,
+            ttl_ms,
+            reentered,
+        } => granted(ctx.version, token, ttl_ms, reentered),
         Outcome::Busy {
             remaining_ms,
             waiters,
@@ -307,7 +330,8 @@ impl std::fmt::Display for LegacyArgError {
     }
 }
 
-fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
+/// Answers HELLO and makes the connection speak the version it names.
+fn hello(version: u16, ctx: &mut Context<'_>, out: &mut ConnBuffer) {
     if version == 0 {
         write_error(
             out,
@@ -318,8 +342,10 @@ fn hello(version: u16, limits: &Limits, out: &mut ConnBuffer) {
         );
         return;
     }
+    ctx.version = version.min(PROTOCOL_VERSION);
+    let limits = ctx.table.limits();
     let reply = Reply::Hello(HelloReply {
-        version: version.min(PROTOCOL_VERSION),
+        version: ctx.version,
         frame_size_max: limits.frame_size_max as u16,
         name_len_max: limits.name_len_max as u8,
         owner_len_max: limits.owner_len_max as u8,
@@ -453,7 +479,7 @@ mod tests {
             state
         };
         let firsts = [b'H', b'P', b'A', b'R', b'E', 1, 2, 3, 0, 0xff, b'x'];
-        let mut table = LockTable::new(Limits::default(), 1, 0);
+        let mut table = LockTable::new(crate::limits::Limits::default(), 1, 0);
         let mut session = table.open_session(0);
         for round in 0..20_000u64 {
             let len = (next() % 48) as usize;
@@ -468,6 +494,7 @@ mod tests {
             let mut ctx = Context {
                 table: &mut table,
                 session,
+                version: [1, 2][(round % 2) as usize],
                 now_ms: round,
                 uptime_ms: round,
             };

@@ -4,8 +4,9 @@
 //! [`Limits`] fields are the configurable values, each checked against its
 //! ceiling by [`Limits::validate`]. Units come last in every name.
 
-/// Protocol version spoken by this build (HELLO exchange).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Protocol version spoken by this build (HELLO exchange). Version 2 adds
+/// GRANTED's flags byte (re-entry); everything else is version 1's.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes in a frame header: kind (1) + body length (2, big-endian).
 pub const FRAME_HEADER_SIZE: usize = 3;
@@ -93,8 +94,16 @@ pub const LOCK_TTL_MS_DEFAULT: u32 = 10_000;
 /// Default bound on a requested TTL: a day covers long batch jobs.
 pub const LOCK_TTL_MS_MAX_DEFAULT: u32 = 24 * 60 * 60 * 1000;
 
-/// Default bound on how long an ACQUIRE may wait on the server: one hour.
-pub const WAIT_MS_MAX_DEFAULT: u32 = 60 * 60 * 1000;
+/// `wait_ms_max` that bounds nothing: any `wait_ms` is taken, and so is an
+/// ACQUIRE that waits with no deadline (flag WAIT_FOREVER). Any smaller
+/// value bounds `wait_ms` and refuses WAIT_FOREVER.
+pub const WAIT_MS_UNBOUNDED: u32 = u32::MAX;
+
+/// Default bound on how long an ACQUIRE may wait on the server: none, as
+/// flock(1) and `etcdctl lock` wait forever by default. A waiter costs a
+/// queue slot (bounded by waiters_per_lock_max) on a connection (bounded by
+/// connections_max), and leaves the queue when its connection closes.
+pub const WAIT_MS_MAX_DEFAULT: u32 = WAIT_MS_UNBOUNDED;
 
 /// Default bound on locks held at once: about 60 MB of lock records at
 /// ~59 bytes each (short names), far above what lock users hold, low enough

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
 use distlockd::cli::string_value;
-use distlockd::limits::{Limit, Limits};
+use distlockd::limits::{Limit, Limits, WAIT_MS_UNBOUNDED};
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
 
@@ -39,7 +39,8 @@ Options:
   --http-host ADDR         address for --http-port (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
-  --wait-max-ms MS         longest server-side wait of an ACQUIRE (default 3600000)
+  --wait-max-ms MS|forever longest server-side wait of an ACQUIRE; forever (the
+                           default) also takes waits with no deadline
   --connections-max N      simultaneous connections (default 10000)
   --locks-max N            locks held at once; past it ACQUIRE of a new name
                            gets a LIMIT error (default 1000000, ~60 MB)
@@ -152,7 +153,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 limits.lock_ttl_ms_default = number(parser, "--ttl-default-ms")?
             }
             Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, "--ttl-max-ms")?,
-            Long("wait-max-ms") => limits.wait_ms_max = number(parser, "--wait-max-ms")?,
+            Long("wait-max-ms") => limits.wait_ms_max = wait_max_ms(parser)?,
             Long("connections-max") => {
                 limits.connections_max = number(parser, "--connections-max")?
             }
@@ -265,6 +266,19 @@ fn flag(limit: Limit) -> &'static str {
         Limit::IdleTimeoutMs => "--idle-timeout-ms",
         Limit::AuthTimeoutMs => "--auth-timeout-ms",
     }
+}
+
+/// `--wait-max-ms`: milliseconds, or `forever` for no bound.
+fn wait_max_ms(parser: &mut lexopt::Parser) -> Result<u32, String> {
+    let v = string_value(parser, "--wait-max-ms")?;
+    if v == "forever" {
+        return Ok(WAIT_MS_UNBOUNDED);
+    }
+    v.parse().map_err(|_| {
+        format!(
+            "--wait-max-ms {v}: not a number of milliseconds (0 to {WAIT_MS_UNBOUNDED}) or forever"
+        )
+    })
 }
 
 fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {

@@ -48,8 +48,18 @@ pub mod kind {
 
 /// ACQUIRE flag: release the hold when the acquiring connection closes.
 pub const FLAG_SESSION: u8 = 0x01;
+/// ACQUIRE flag: wait in the queue with no deadline (`wait_ms` must be 0).
+pub const FLAG_WAIT_FOREVER: u8 = 0x02;
 /// Every flag bit this version understands; other bits are a BAD_ARGUMENT.
-pub const FLAGS_KNOWN: u8 = FLAG_SESSION;
+pub const FLAGS_KNOWN: u8 = FLAG_SESSION | FLAG_WAIT_FOREVER;
+
+/// GRANTED flag (protocol version 2): the owner already held the lock, so
+/// this is a re-entry: the same token, the TTL restarted.
+pub const GRANTED_FLAG_REENTERED: u8 = 0x01;
+/// Every GRANTED flag bit; others are a PROTOCOL error for the client.
+pub const GRANTED_FLAGS_KNOWN: u8 = GRANTED_FLAG_REENTERED;
+/// The first protocol version whose GRANTED carries flags.
+pub const GRANTED_FLAGS_VERSION: u16 = 2;
 
 /// A decoded request, borrowing its byte fields from the input buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,9 +191,12 @@ pub enum Reply<'a> {
         uptime_ms: u64,
         server_version: &'a [u8],
     },
+    /// `reentered`: `None` in the version 1 layout (no flags byte), which
+    /// cannot say; `Some` in version 2's.
     Granted {
         token: u64,
         ttl_ms: u32,
+        reentered: Option<bool>,
     },
     Busy {
         remaining_ms: u32,
@@ -549,6 +562,7 @@ pub fn decode_reply(buf: &[u8]) -> Result<Option<(Reply<'_>, usize)>, DecodeErro
         kind::GRANTED => Reply::Granted {
             token: r.u64()?,
             ttl_ms: r.u32()?,
+            reentered: r.granted_flags()?,
         },
         kind::BUSY => Reply::Busy {
             remaining_ms: r.u32()?,
@@ -639,6 +653,18 @@ impl<'a> Reader<'a> {
         let len = self.u8()? as usize;
         self.take(len)
     }
+    /// GRANTED's flags byte: absent in version 1 (`None`), present in 2.
+    fn granted_flags(&mut self) -> Result<Option<bool>, DecodeError> {
+        if self.body.is_empty() {
+            return Ok(None);
+        }
+        let flags = self.u8()?;
+        if flags & !GRANTED_FLAGS_KNOWN != 0 {
+            return Err(self.malformed("unknown GRANTED flag bits"));
+        }
+        Ok(Some(flags & GRANTED_FLAG_REENTERED != 0))
+    }
+
     fn finish(&self) -> Result<(), DecodeError> {
         if self.body.is_empty() {
             Ok(())
@@ -801,10 +827,17 @@ impl Reply<'_> {
                 w.bytes(server_version);
                 w.finish()
             }
-            Reply::Granted { token, ttl_ms } => {
+            Reply::Granted {
+                token,
+                ttl_ms,
+                reentered,
+            } => {
                 let mut w = Writer::begin(out, kind::GRANTED);
                 w.u64(token);
                 w.u32(ttl_ms);
+                if let Some(reentered) = reentered {
+                    w.u8(if reentered { GRANTED_FLAG_REENTERED } else { 0 });
+                }
                 w.finish()
             }
             Reply::Busy {
@@ -972,6 +1005,17 @@ mod tests {
             Reply::Granted {
                 token: 1_700_000_000_000_000_001,
                 ttl_ms: 10_000,
+                reentered: None,
+            },
+            Reply::Granted {
+                token: 7,
+                ttl_ms: 10_000,
+                reentered: Some(false),
+            },
+            Reply::Granted {
+                token: 7,
+                ttl_ms: 10_000,
+                reentered: Some(true),
             },
             Reply::Busy {
                 remaining_ms: 999,
@@ -999,6 +1043,28 @@ mod tests {
             },
             Reply::Authed,
         ]
+    }
+
+    #[test]
+    fn granted_layout_depends_on_the_version() {
+        let encode = |reentered| {
+            let mut buf = [0u8; 64];
+            let reply = Reply::Granted {
+                token: 5,
+                ttl_ms: 9,
+                reentered,
+            };
+            let n = reply.encode(&mut buf);
+            buf[..n].to_vec()
+        };
+        // Version 1: token and TTL only; version 2 adds the flags byte.
+        assert_eq!(encode(None).len(), 3 + 12);
+        assert_eq!(encode(Some(true)).len(), 3 + 13);
+        assert_eq!(encode(Some(true))[15], GRANTED_FLAG_REENTERED);
+        assert_eq!(encode(Some(false))[15], 0);
+        let mut unknown = encode(Some(false));
+        unknown[15] = 0x80;
+        assert!(decode_reply(&unknown).is_err());
     }
 
     #[test]

@@ -40,7 +40,9 @@ use slab::Slab;
 
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
-use crate::execute::{self, Context, Refusal, Step, write_error, write_error_for};
+use crate::execute::{
+    self, Context, Refusal, Step, VERSION_BEFORE_HELLO, write_error, write_error_for,
+};
 use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Route};
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
@@ -174,6 +176,8 @@ struct Conn {
     in_writes: bool,
     /// Sent the right AUTH, or the server requires none.
     authenticated: bool,
+    /// The protocol version negotiated by HELLO (see [`Context::version`]).
+    version: u16,
     /// When the incomplete frame at the front of `input` began to arrive.
     partial_since_ms: Option<u64>,
     /// Last time the kernel took reply bytes or there were none to write.
@@ -622,6 +626,7 @@ impl Server {
             in_writes: false,
             peer_gone: false,
             authenticated: self.auth.is_none(),
+            version: VERSION_BEFORE_HELLO,
             partial_since_ms: None,
             write_progress_ms: now,
             replied_ms: now,
@@ -669,6 +674,7 @@ impl Server {
         let mut ctx = Context {
             table: &mut self.table,
             session: conn.session,
+            version: conn.version,
             now_ms: now,
             uptime_ms: started.duration_since(self.started).as_millis() as u64,
         };
@@ -790,7 +796,10 @@ impl Server {
                 conn.write_progress_ms = self.clock_ms;
             }
             let reply = match event.kind {
-                EventKind::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+                // A waiter is never the holder: its grant is a new hold.
+                EventKind::Granted { token, ttl_ms } => {
+                    execute::granted(conn.version, token, ttl_ms, false)
+                }
                 EventKind::TimedOut { waited_ms } => Reply::Timeout { waited_ms },
             };
             conn.output
@@ -1378,6 +1387,7 @@ fn process_frames(
 ) -> Frames {
     let mut executed = 0;
     let end = process_frames_counted(conn, ctx, auth, metrics, &mut executed);
+    conn.version = ctx.version;
     Frames { executed, end }
 }
 

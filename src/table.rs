@@ -46,9 +46,9 @@ use std::hash::{BuildHasher, Hasher, RandomState};
 
 use slab::Slab;
 
-use crate::limits::Limits;
-use crate::protocol::{Acquire, FLAG_SESSION, FLAGS_KNOWN, NotHeldReason};
-use crate::wheel::{PollStep, WheelCore};
+use crate::limits::{Limits, WAIT_MS_UNBOUNDED};
+use crate::protocol::{Acquire, FLAG_SESSION, FLAG_WAIT_FOREVER, FLAGS_KNOWN, NotHeldReason};
+use crate::wheel::{PollStep, WHEEL_HORIZON_MS, WheelCore};
 use shards::{Extras, NameIndex};
 use store::{CompactStep, LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
@@ -78,6 +78,14 @@ fn free_steps(bytes: usize) -> usize {
     (bytes / FREED_BYTES_PER_STEP).max(1)
 }
 
+/// The deadline of a waiter that waits with no deadline (WAIT_FOREVER):
+/// 2^62 ms (146 million years) after the clock's origin, a time the server
+/// never reaches, so it never fires. Linked in the wheel like any deadline
+/// (parked in its top level), the waiter is moved, cancelled and handed
+/// the lock by the same code as every other.
+const WAIT_FOREVER_DEADLINE_MS: u64 = 1 << 62;
+const _: () = assert!(WAIT_FOREVER_DEADLINE_MS <= u64::MAX - 2 * WHEEL_HORIZON_MS);
+
 /// Session slots kept however few sessions are open (about 3 KiB).
 const SESSIONS_CAPACITY_MIN: usize = 64;
 /// Event capacity kept after a clear (2 KiB).
@@ -94,9 +102,12 @@ pub struct SessionId {
 /// The immediate answer to a command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// `reentered`: the owner held the lock already (same token, TTL
+    /// restarted), as opposed to a new hold.
     Granted {
         token: u64,
         ttl_ms: u32,
+        reentered: bool,
     },
     Busy {
         remaining_ms: u32,
@@ -135,6 +146,14 @@ pub enum ArgError {
     },
     UnknownFlags {
         flags: u8,
+    },
+    /// WAIT_FOREVER with a nonzero `wait_ms`: which one was meant?
+    WaitForeverWithWaitMs {
+        wait_ms: u32,
+    },
+    /// WAIT_FOREVER on a server whose wait_ms_max bounds waits.
+    WaitForeverBounded {
+        max: u32,
     },
     /// The table holds locks_max locks; a new name cannot be added.
     LocksFull {
@@ -184,9 +203,17 @@ impl std::fmt::Display for ArgError {
             ArgError::UnknownFlags { flags } => {
                 write!(
                     f,
-                    "flags 0x{flags:02x} has unknown bits; known flags: 0x01 SESSION"
+                    "flags 0x{flags:02x} has unknown bits; known flags: 0x01 SESSION, 0x02 WAIT_FOREVER"
                 )
             }
+            ArgError::WaitForeverWithWaitMs { wait_ms } => write!(
+                f,
+                "flag WAIT_FOREVER with wait_ms {wait_ms}: a wait with no deadline takes wait_ms 0; send one or the other"
+            ),
+            ArgError::WaitForeverBounded { max } => write!(
+                f,
+                "flag WAIT_FOREVER refused: this server bounds waits to wait_ms_max {max} ms (its --wait-max-ms); wait at most that long"
+            ),
         }
     }
 }
@@ -587,7 +614,11 @@ impl LockTable {
             let token = self.take_token();
             let lock = self.insert_lock(hash, req.name, owner, token, ttl_ms, now_ms);
             self.bind_session(lock, session_bind);
-            return Outcome::Granted { token, ttl_ms };
+            return Outcome::Granted {
+                token,
+                ttl_ms,
+                reentered: false,
+            };
         };
         let record = self.store.record(lock);
         if record.owner == owner {
@@ -597,9 +628,14 @@ impl LockTable {
             self.set_expiry(lock, ttl_ms, now_ms);
             self.bind_session(lock, session_bind);
             self.stats.grants += 1;
-            return Outcome::Granted { token, ttl_ms };
+            return Outcome::Granted {
+                token,
+                ttl_ms,
+                reentered: true,
+            };
         }
-        if req.wait_ms == 0 {
+        let forever = req.flags & FLAG_WAIT_FOREVER != 0;
+        if req.wait_ms == 0 && !forever {
             return Outcome::Busy {
                 remaining_ms: remaining_ms(record.deadline_ms(), now_ms),
                 waiters: self.extra(lock).waiter_count,
@@ -610,7 +646,12 @@ impl LockTable {
             return Outcome::Rejected(ArgError::WaitersFull { max });
         }
         let waiter = Waiter::new(lock, session, owner, ttl_ms, req.flags, now_ms);
-        self.enqueue(waiter, now_ms + req.wait_ms as u64);
+        let deadline_ms = if forever {
+            WAIT_FOREVER_DEADLINE_MS
+        } else {
+            now_ms + req.wait_ms as u64
+        };
+        self.enqueue(waiter, deadline_ms);
         Outcome::Queued
     }
 
@@ -730,6 +771,18 @@ impl LockTable {
         }
         if req.flags & !FLAGS_KNOWN != 0 {
             return Err(ArgError::UnknownFlags { flags: req.flags });
+        }
+        if req.flags & FLAG_WAIT_FOREVER != 0 {
+            if req.wait_ms != 0 {
+                return Err(ArgError::WaitForeverWithWaitMs {
+                    wait_ms: req.wait_ms,
+                });
+            }
+            if limits.wait_ms_max != WAIT_MS_UNBOUNDED {
+                return Err(ArgError::WaitForeverBounded {
+                    max: limits.wait_ms_max,
+                });
+            }
         }
         Ok(())
     }

@@ -106,7 +106,7 @@ enum OwnedReply {
 impl From<Reply<'_>> for OwnedReply {
     fn from(reply: Reply<'_>) -> Self {
         match reply {
-            Reply::Granted { token, ttl_ms } => OwnedReply::Granted(token, ttl_ms),
+            Reply::Granted { token, ttl_ms, .. } => OwnedReply::Granted(token, ttl_ms),
             Reply::Busy {
                 remaining_ms,
                 waiters,

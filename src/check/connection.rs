@@ -22,6 +22,7 @@ use crate::execute::{self, Context, Step};
 use crate::legacy::{self, Command};
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX,
+    WAIT_MS_UNBOUNDED,
 };
 use crate::protocol::{self, Acquire, DecodeError, ErrorCode, HelloReply, Reply, Request, kind};
 use crate::table::{EventKind, LockTable, SessionId};
@@ -94,6 +95,10 @@ struct Conn {
     output: ConnBuffer,
     /// Its ACQUIRE is queued: it sends nothing until answered.
     waiting: bool,
+    /// The protocol version the implementation keeps for it (as the server
+    /// does, from [`Context::version`] after each step); checked against
+    /// HELLO's rule in `hello`.
+    version: u16,
 }
 
 struct World {
@@ -123,7 +128,7 @@ impl World {
             owner_len_max: 8,
             lock_ttl_ms_default: 40,
             lock_ttl_ms_max: 300,
-            wait_ms_max: [200, 200, 200, 0][src.below(4) as usize],
+            wait_ms_max: [200, 200, WAIT_MS_UNBOUNDED, 0][src.below(4) as usize],
             locks_max: [1, 2, 3, 100][src.below(4) as usize],
             ..Limits::default()
         };
@@ -188,6 +193,7 @@ impl World {
             input: ConnBuffer::with_capacity(CONN_INPUT_BUFFER_SIZE),
             output: ConnBuffer::with_capacity(CONN_OUTPUT_BUFFER_SIZE),
             waiting: false,
+            version: execute::VERSION_BEFORE_HELLO,
         });
     }
 
@@ -229,8 +235,9 @@ impl World {
         };
         let flags = match src.below(32) {
             0 => src.byte(),
+            1..=3 => protocol::FLAG_WAIT_FOREVER | (src.byte() & protocol::FLAG_SESSION),
             _ if self.session_heavy => protocol::FLAG_SESSION,
-            1..=7 => protocol::FLAG_SESSION,
+            4..=10 => protocol::FLAG_SESSION,
             _ => 0,
         };
         let request = Request::Acquire(Acquire {
@@ -342,11 +349,19 @@ impl World {
         }
         .encode_to_vec(&mut frame);
         let split = pick_split(src, frame.len());
+        let before = self.conns[c].version;
         self.send_executed(c, &frame, split);
         if version == 0 {
+            assert_eq!(self.conns[c].version, before, "op {}", self.op);
             self.expect_error(c, ErrorCode::UnsupportedVersion);
             return;
         }
+        assert_eq!(
+            self.conns[c].version,
+            version.min(PROTOCOL_VERSION),
+            "op {}",
+            self.op
+        );
         let limits = &self.limits;
         let reply = Reply::Hello(HelloReply {
             version: version.min(PROTOCOL_VERSION),
@@ -453,7 +468,16 @@ impl World {
 
     fn check_answer(&mut self, c: usize, request: &Request<'_>, expected: Answer) {
         let reply = match expected {
-            Answer::Granted { token, ttl_ms } => Reply::Granted { token, ttl_ms },
+            // Version 1 has no flags byte, so it cannot say.
+            Answer::Granted {
+                token,
+                ttl_ms,
+                reentered,
+            } => Reply::Granted {
+                token,
+                ttl_ms,
+                reentered: (self.conns[c].version >= 2).then_some(reentered),
+            },
             Answer::Busy {
                 remaining_ms,
                 waiters,
@@ -505,11 +529,13 @@ impl World {
             let mut ctx = Context {
                 table: &mut self.table,
                 session: conn.session,
+                version: conn.version,
                 now_ms: self.now_ms,
                 uptime_ms: self.now_ms - self.start_ms,
             };
             assert!(conn.output.free_space() >= REPLY_SIZE_MAX);
             result = execute::step(conn.input.unread(), &mut ctx, &mut conn.output);
+            conn.version = ctx.version;
             match result {
                 Ok(Step::Executed { used, .. }) => {
                     assert!(

@@ -323,6 +323,7 @@ fn random_reply(src: &mut impl Source, out: &mut Vec<u8>) {
         2 => protocol::Reply::Granted {
             token: src.next_u64(),
             ttl_ms: src.next_u64() as u32,
+            reentered: [None, Some(false), Some(true)][src.below(3) as usize],
         },
         3 => protocol::Reply::Busy {
             remaining_ms: src.next_u64() as u32,

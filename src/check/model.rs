@@ -33,6 +33,8 @@ pub enum Answer {
     Granted {
         token: u64,
         ttl_ms: u32,
+        /// The owner held it already.
+        reentered: bool,
     },
     Busy {
         remaining_ms: u32,
@@ -182,9 +184,13 @@ impl Model {
         let bad_argument = Answer::Error {
             code: CODE_BAD_ARGUMENT,
         };
+        // Flags: 1 SESSION, 2 WAIT_FOREVER (with wait_ms 0, on a server
+        // whose wait_ms_max is u32::MAX: no bound).
+        let forever = flags & 2 != 0;
         if ttl_ms > self.limits.lock_ttl_ms_max
             || wait_ms > self.limits.wait_ms_max
-            || flags & !1 != 0
+            || flags & !3 != 0
+            || forever && (wait_ms != 0 || self.limits.wait_ms_max != u32::MAX)
         {
             return bad_argument;
         }
@@ -206,7 +212,11 @@ impl Model {
             };
             let waiters = VecDeque::new();
             self.locks.insert(name.to_vec(), Lock { hold, waiters });
-            return Answer::Granted { token, ttl_ms };
+            return Answer::Granted {
+                token,
+                ttl_ms,
+                reentered: false,
+            };
         };
         let hold = &mut lock.hold;
         if hold.owner == owner {
@@ -222,9 +232,10 @@ impl Model {
             return Answer::Granted {
                 token: hold.token,
                 ttl_ms,
+                reentered: true,
             };
         }
-        if wait_ms == 0 {
+        if wait_ms == 0 && !forever {
             return Answer::Busy {
                 // At least 1 while held (docs/PROTOCOL.md, BUSY), also in
                 // the rounding millisecond before the expiry.
@@ -238,7 +249,10 @@ impl Model {
             ttl_ms,
             session_flag,
             arrived_at_ms: now_ms,
-            deadline_ms: now_ms + wait_ms as u64,
+            deadline_ms: match forever {
+                true => u64::MAX,
+                false => now_ms + wait_ms as u64,
+            },
             timer_seq: seq,
         });
         Answer::Queued

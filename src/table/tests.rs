@@ -49,7 +49,8 @@ fn free_lock_is_granted_with_a_new_token_and_ttl() {
         t.acquire(s, &acq(b"job", b"a", 500, 0), 10),
         Outcome::Granted {
             token: SEED,
-            ttl_ms: 500
+            ttl_ms: 500,
+            reentered: false
         }
     );
     assert_eq!(t.len(), 1);
@@ -66,7 +67,8 @@ fn zero_ttl_means_the_default() {
         t.acquire(s, &acq(b"job", b"a", 0, 0), 0),
         Outcome::Granted {
             token: SEED,
-            ttl_ms: LOCK_TTL_DEFAULT
+            ttl_ms: LOCK_TTL_DEFAULT,
+            reentered: false
         }
     );
     assert_eq!(t.next_deadline(), Some(LOCK_TTL_DEFAULT as u64 + 1));
@@ -81,7 +83,11 @@ fn same_owner_reacquire_keeps_token_and_resets_ttl() {
     let token = granted_token(t.acquire(s, &acq(b"job", b"a", 100, 0), 0));
     assert_eq!(
         t.acquire(s, &acq(b"job", b"a", 300, 0), 90),
-        Outcome::Granted { token, ttl_ms: 300 }
+        Outcome::Granted {
+            token,
+            ttl_ms: 300,
+            reentered: true
+        }
     );
     t.advance(150);
     assert_eq!(t.len(), 1, "the reset TTL keeps it past the first expiry");
@@ -180,6 +186,113 @@ fn a_new_acquirer_never_jumps_the_queue() {
     let events = take_events(&mut t);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].session, b);
+}
+
+fn forever_acq<'a>(name: &'a [u8], owner: &'a [u8], ttl_ms: u32) -> Acquire<'a> {
+    Acquire {
+        flags: FLAG_WAIT_FOREVER,
+        ..acq(name, owner, ttl_ms, 0)
+    }
+}
+
+#[test]
+fn a_wait_forever_waiter_keeps_its_place_and_never_times_out() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    let token = granted_token(t.acquire(a, &acq(b"job", b"a", 1000, 0), 0));
+    assert_eq!(
+        t.acquire(b, &forever_acq(b"job", b"b", 500), 1),
+        Outcome::Queued
+    );
+    assert_eq!(
+        t.acquire(c, &acq(b"job", b"c", 500, 100), 2),
+        Outcome::Queued
+    );
+    // c's deadline passes; b, with none, stays first in line.
+    t.advance(200);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session, c);
+    assert_eq!(events[0].kind, EventKind::TimedOut { waited_ms: 100 });
+    // Far later (the holder keeps extending), b still waits.
+    let mut now = 200;
+    for _ in 0..100 {
+        now += 500;
+        assert!(matches!(
+            t.extend(b"job", b"a", token, 1000, now),
+            Outcome::Extended { .. }
+        ));
+        t.advance(now);
+        assert!(take_events(&mut t).is_empty());
+    }
+    assert!(t.is_waiting(b));
+    assert_eq!(t.release(b"job", b"a", token, now), Outcome::Released);
+    let events = take_events(&mut t);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].session, b);
+    assert!(matches!(
+        events[0].kind,
+        EventKind::Granted { ttl_ms: 500, .. }
+    ));
+    t.invariants();
+}
+
+#[test]
+fn a_wait_forever_waiter_survives_a_wheel_lap_and_leaves_on_close() {
+    let mut t = table();
+    let (a, b) = (t.open_session(1), t.open_session(2));
+    let ttl_max = Limits::default().lock_ttl_ms_max;
+    let mut token = granted_token(t.acquire(a, &acq(b"job", b"a", ttl_max, 0), 0));
+    assert_eq!(
+        t.acquire(b, &forever_acq(b"job", b"b", 500), 0),
+        Outcome::Queued
+    );
+    // Past the wheel's horizon (2^36 ms), where far deadlines are parked
+    // and cascaded again; the holder re-takes the lock every TTL.
+    let mut now = 0u64;
+    while now < crate::wheel::WHEEL_HORIZON_MS + (1 << 30) {
+        now += ttl_max as u64;
+        token = granted_token(t.acquire(a, &acq(b"job", b"a", ttl_max, 0), now));
+        t.advance(now);
+        assert!(take_events(&mut t).is_empty(), "at {now} ms");
+    }
+    assert!(t.is_waiting(b));
+    t.invariants();
+    t.close_session(b, now);
+    assert_eq!(t.release(b"job", b"a", token, now), Outcome::Released);
+    assert!(take_events(&mut t).is_empty());
+    assert!(t.is_empty());
+    t.invariants();
+}
+
+#[test]
+fn wait_forever_is_refused_with_a_wait_ms_or_a_bounded_server() {
+    let mut t = table();
+    let s = t.open_session(1);
+    let both = Acquire {
+        wait_ms: 5,
+        ..forever_acq(b"job", b"a", 100)
+    };
+    assert_eq!(
+        t.acquire(s, &both, 0),
+        Outcome::Rejected(ArgError::WaitForeverWithWaitMs { wait_ms: 5 })
+    );
+    let limits = Limits {
+        wait_ms_max: 3_600_000,
+        ..Limits::default()
+    };
+    let mut bounded = LockTable::new(limits, SEED, 0);
+    let s = bounded.open_session(1);
+    let refused = bounded.acquire(s, &forever_acq(b"job", b"a", 100), 0);
+    assert_eq!(
+        refused,
+        Outcome::Rejected(ArgError::WaitForeverBounded { max: 3_600_000 })
+    );
+    let Outcome::Rejected(e) = refused else {
+        unreachable!()
+    };
+    assert!(e.to_string().contains("--wait-max-ms"), "{e}");
+    assert!(bounded.is_empty());
 }
 
 #[test]
