@@ -276,10 +276,12 @@ fn execute_legacy(request: LegacyRequest<'_>, ctx: &mut Context<'_>, out: &mut C
     }
     let outcome = match command {
         Command::Acquire => {
+            // The original protocol has no TTL field and never renews: its
+            // holds get their own lifetime, not the native default.
             let acquire = protocol::Acquire {
                 name,
                 owner: client_id,
-                ttl_ms: 0,
+                ttl_ms: table.limits().legacy_ttl_ms,
                 wait_ms: 0,
                 flags: 0,
             };

@@ -11,9 +11,11 @@
 //! ```
 //!
 //! Semantics, as the original server had them, on the shared lock table:
-//! ACQUIRE is a try-acquire owned by the client id with the server's default
-//! TTL (a client id that already holds the lock gets OK again, its TTL
-//! reset); BUSY is answered TIMEOUT "Lock is busy". RELEASE by the holder's
+//! ACQUIRE is a try-acquire owned by the client id with the TTL
+//! `legacy_ttl_ms` (an hour by default, the original's stale-lock timeout:
+//! its client never renews), not the native default; a client id that
+//! already holds the lock gets OK again, its TTL reset to `legacy_ttl_ms`.
+//! BUSY is answered TIMEOUT "Lock is busy". RELEASE by the holder's
 //! client id is OK whatever the hold's fencing token, otherwise ERROR
 //! "Invalid release". HEALTH is OK. Fields out of range are answered INVALID
 //! with a message naming the field; the connection stays open. A frame over

@@ -91,6 +91,11 @@ pub const TIMER_STEPS_PER_TURN_MAX: usize = 1024;
 /// Server default TTL when a request says 0 (the original's 10 s).
 pub const LOCK_TTL_MS_DEFAULT: u32 = 10_000;
 
+/// Lifetime of a hold taken through the original protocol: the original
+/// server's STALE_LOCK_TIMEOUT (3600 s). Its client never renews, so a
+/// shorter lifetime would hand a running job's lock to another worker.
+pub const LEGACY_TTL_MS_DEFAULT: u32 = 60 * 60 * 1000;
+
 /// Default bound on a requested TTL: a day covers long batch jobs.
 pub const LOCK_TTL_MS_MAX_DEFAULT: u32 = 24 * 60 * 60 * 1000;
 
@@ -162,6 +167,7 @@ pub const TCP_RECEIVE_QUEUE_SIZE_MAX: usize = 2 * TCP_RECEIVE_BUFFER_SIZE;
 /// epoll, waker, signal pipe, standard streams), with room to spare.
 pub const FDS_RESERVED: usize = 16;
 
+const _: () = assert!(LEGACY_TTL_MS_DEFAULT <= LOCK_TTL_MS_MAX_DEFAULT);
 /// Timer deadlines must stay within the wheel's horizon.
 const _: () = assert!((u32::MAX as u64) * 2 < crate::wheel::WHEEL_HORIZON_MS);
 const _: () = assert!(CONN_INPUT_BUFFER_SIZE >= 2 * FRAME_SIZE_CEILING);
@@ -270,6 +276,9 @@ pub struct Limits {
     pub owner_len_max: usize,
     pub lock_ttl_ms_default: u32,
     pub lock_ttl_ms_max: u32,
+    /// TTL of every hold taken or re-taken through the original protocol,
+    /// which has no TTL field and never renews.
+    pub legacy_ttl_ms: u32,
     pub wait_ms_max: u32,
     pub connections_max: usize,
     pub locks_max: usize,
@@ -300,6 +309,7 @@ impl Default for Limits {
             owner_len_max: OWNER_LEN_CEILING,
             lock_ttl_ms_default: LOCK_TTL_MS_DEFAULT,
             lock_ttl_ms_max: LOCK_TTL_MS_MAX_DEFAULT,
+            legacy_ttl_ms: LEGACY_TTL_MS_DEFAULT,
             wait_ms_max: WAIT_MS_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             locks_max: LOCKS_MAX_DEFAULT,
@@ -353,6 +363,12 @@ impl Limits {
         check(
             Limit::LockTtlMsDefault,
             self.lock_ttl_ms_default as u64,
+            1,
+            self.lock_ttl_ms_max as u64,
+        )?;
+        check(
+            Limit::LegacyTtlMs,
+            self.legacy_ttl_ms as u64,
             1,
             self.lock_ttl_ms_max as u64,
         )?;
@@ -437,6 +453,7 @@ pub enum Limit {
     OwnerLenMax,
     LockTtlMsDefault,
     LockTtlMsMax,
+    LegacyTtlMs,
     WaitMsMax,
     ConnectionsMax,
     LocksMax,
@@ -457,6 +474,7 @@ impl Limit {
             Limit::OwnerLenMax => "owner_len_max",
             Limit::LockTtlMsDefault => "lock_ttl_ms_default",
             Limit::LockTtlMsMax => "lock_ttl_ms_max",
+            Limit::LegacyTtlMs => "legacy_ttl_ms",
             Limit::WaitMsMax => "wait_ms_max",
             Limit::ConnectionsMax => "connections_max",
             Limit::LocksMax => "locks_max",
@@ -466,6 +484,14 @@ impl Limit {
             Limit::WriteTimeoutMs => "write_timeout_ms",
             Limit::IdleTimeoutMs => "idle_timeout_ms",
             Limit::AuthTimeoutMs => "auth_timeout_ms",
+        }
+    }
+
+    /// The limit whose value is this one's maximum, if another limit's.
+    fn bounded_by(self) -> Option<Limit> {
+        match self {
+            Limit::LockTtlMsDefault | Limit::LegacyTtlMs => Some(Limit::LockTtlMsMax),
+            _ => None,
         }
     }
 }
@@ -500,10 +526,16 @@ impl LimitsError {
                 value,
                 min,
                 max,
-            } => format!(
-                "{} {value}: out of range; use a value from {min} to {max}",
-                name(limit)
-            ),
+            } => {
+                let or_raise = match limit.bounded_by() {
+                    Some(bound) if value > max => format!(" ({}), or raise {0}", name(bound)),
+                    _ => String::new(),
+                };
+                format!(
+                    "{} {value}: out of range; use a value from {min} to {max}{or_raise}",
+                    name(limit)
+                )
+            }
             LimitsError::FrameBelowRequest {
                 frame_size_max,
                 longest,
@@ -597,6 +629,32 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("lock_ttl_ms_default 0")
+        );
+    }
+
+    /// The original protocol's TTL is bounded like the default TTL: by
+    /// `lock_ttl_ms_max`, which the error offers to raise.
+    #[test]
+    fn legacy_ttl_ms_is_from_1_to_lock_ttl_ms_max() {
+        assert_eq!(Limits::default().legacy_ttl_ms, 3_600_000);
+        let legacy = |legacy_ttl_ms, lock_ttl_ms_max| Limits {
+            legacy_ttl_ms,
+            lock_ttl_ms_max,
+            ..Limits::default()
+        };
+        legacy(60_000, 60_000).validate().unwrap();
+        legacy(1, 60_000).validate().unwrap();
+        assert_eq!(
+            legacy(0, 60_000).validate().unwrap_err().to_string(),
+            "legacy_ttl_ms 0: out of range; use a value from 1 to 60000"
+        );
+        assert_eq!(
+            legacy(3_600_000, 60_000)
+                .validate()
+                .unwrap_err()
+                .to_string(),
+            "legacy_ttl_ms 3600000: out of range; use a value from 1 to 60000 \
+             (lock_ttl_ms_max), or raise lock_ttl_ms_max"
         );
     }
 

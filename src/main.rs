@@ -39,6 +39,9 @@ Options:
   --http-host ADDR         address for --http-port (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
+  --legacy-ttl-ms MS       TTL of holds taken by the original Python client,
+                           which never renews them; at most --ttl-max-ms
+                           (default 3600000, the original's stale timeout)
   --wait-max-ms MS|forever longest server-side wait of an ACQUIRE; forever (the
                            default) also takes waits with no deadline
   --connections-max N      simultaneous connections (default 10000)
@@ -153,6 +156,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 limits.lock_ttl_ms_default = number(parser, "--ttl-default-ms")?
             }
             Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, "--ttl-max-ms")?,
+            Long("legacy-ttl-ms") => limits.legacy_ttl_ms = number(parser, "--legacy-ttl-ms")?,
             Long("wait-max-ms") => limits.wait_ms_max = wait_max_ms(parser)?,
             Long("connections-max") => {
                 limits.connections_max = number(parser, "--connections-max")?
@@ -256,6 +260,7 @@ fn flag(limit: Limit) -> &'static str {
         Limit::OwnerLenMax => "--owner-len-max",
         Limit::LockTtlMsDefault => "--ttl-default-ms",
         Limit::LockTtlMsMax => "--ttl-max-ms",
+        Limit::LegacyTtlMs => "--legacy-ttl-ms",
         Limit::WaitMsMax => "--wait-max-ms",
         Limit::ConnectionsMax => "--connections-max",
         Limit::LocksMax => "--locks-max",

@@ -7,12 +7,18 @@ use std::time::Duration;
 
 use distlockd::client::Client;
 use distlockd::legacy::{self, Command};
+use distlockd::limits::Limits;
 use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
 use distlockd::server::{Config, Server, ServerHandle};
 
 fn start() -> ServerHandle {
+    start_with(Limits::default())
+}
+
+fn start_with(limits: Limits) -> ServerHandle {
     Server::spawn(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        limits,
         ..Config::default()
     })
     .unwrap()
@@ -201,4 +207,65 @@ fn both_protocols_pipelined_on_one_connection() {
         .unwrap()
         .unwrap();
     assert!(matches!(pong, Reply::Pong { .. }));
+}
+
+/// The original client never renews, and its server kept a hold for an
+/// hour: a legacy hold lives `legacy_ttl_ms`, not the native default TTL,
+/// when taken and when re-taken by the same client id. Native TTLs here are
+/// 100 ms and legacy ones 60 s, so the checks hold on a slow machine.
+#[test]
+fn a_legacy_hold_lives_legacy_ttl_ms_not_the_native_default() {
+    let server = start_with(Limits {
+        lock_ttl_ms_default: 100,
+        legacy_ttl_ms: 60_000,
+        ..Limits::default()
+    });
+    let client = Client::new(server.local_addr()).unwrap();
+    let mut old = Legacy::connect(&server);
+    let remaining = |name: &str| {
+        let status = client.status(name).unwrap();
+        status
+            .unwrap_or_else(|| panic!("{name} is not held"))
+            .remaining
+    };
+    assert_eq!(status(&old.call(Command::Acquire, b"job", b"py")), OK);
+    let taken = remaining("job");
+    assert!(taken > Duration::from_secs(30), "{taken:?} left");
+
+    // Ten times the native default later, it is still held.
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert!(client.try_acquire("job").unwrap().is_none(), "expired");
+    assert_eq!(status(&old.call(Command::Acquire, b"job", b"py")), OK);
+    let retaken = remaining("job");
+    assert!(retaken > Duration::from_secs(30), "{retaken:?} left");
+    assert_eq!(status(&old.call(Command::Release, b"job", b"py")), OK);
+
+    // A native ACQUIRE that asks for the default (TTL 0) still gets it.
+    let mut native = TcpStream::connect(server.local_addr()).unwrap();
+    native
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut frame = Vec::new();
+    Request::Acquire(Acquire {
+        name: b"native",
+        owner: b"rs",
+        ttl_ms: 0,
+        wait_ms: 0,
+        flags: 0,
+    })
+    .encode_to_vec(&mut frame);
+    native.write_all(&frame).unwrap();
+    let mut got = Vec::new();
+    let ttl_ms = loop {
+        match decode_reply(&got).unwrap() {
+            Some((Reply::Granted { ttl_ms, .. }, _)) => break ttl_ms,
+            Some((other, _)) => panic!("expected GRANTED, got {other:?}"),
+            None => {}
+        }
+        let mut buf = [0u8; 256];
+        let n = native.read(&mut buf).unwrap();
+        assert!(n > 0, "closed");
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(ttl_ms, 100);
 }

@@ -3,22 +3,31 @@
 //!
 //! Set-up: a venv under the target directory with `distlockd==1.0.3`
 //! installed by pip (reused across runs). The original benchmark always
-//! connects to port 9999, so the server runs there; the test fails with a
-//! clear message if that port is taken.
+//! connects to port 9999, so the server for it runs there; the test fails
+//! with a clear message if that port is taken.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use distlockd::client::Client;
 
 mod common;
-use common::{ServerProcess, start_server_cmd};
+use common::{ServerProcess, start_server_cmd, start_server_with};
 
 const PORT: u16 = 9999;
 const PACKAGE: &str = "distlockd==1.0.3";
 
+/// The venv's directory, made once per test run: tests running in parallel
+/// wait for the first to make it.
 fn venv() -> PathBuf {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(make_venv).clone()
+}
+
+fn make_venv() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("python-compat-venv");
     let python = dir.join("bin/python");
     let marker = dir.join(".distlockd-1.0.3-installed");
@@ -127,4 +136,33 @@ fn the_original_python_client_and_benchmark_work_against_our_server() {
         .and_then(|rest| rest.trim_end_matches(" |").parse::<f64>().ok())
         .expect("a throughput row");
     assert!(throughput > 0.0, "{report}");
+}
+
+/// The original server kept a hold until its release or its 3600 s stale
+/// timeout, and its client never renews: a job holding a lock longer than
+/// the native default TTL must keep it, and release it without
+/// `LockReleaseError`. The native default here is 300 ms, the job holds
+/// for 1.5 s, and legacy holds last 60 s.
+#[test]
+fn an_original_client_hold_outlives_the_native_default_ttl() {
+    let venv = venv();
+    let (_server, addr) =
+        start_server_with(&["--ttl-default-ms", "300", "--legacy-ttl-ms", "60000"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/long_hold.py");
+    let out = run(
+        Command::new(venv.join("bin/python")).arg(&script).args([
+            "127.0.0.1",
+            &addr.port().to_string(),
+            "long-job",
+            "1.5",
+        ]),
+        "run tests/python/long_hold.py",
+    );
+    assert!(out.contains("LONG HOLD OK"), "{out}");
+    // Taken before the job's 1.5 s and never released: still held, by
+    // the legacy TTL.
+    let rust = Client::new(addr).unwrap();
+    assert!(rust.try_acquire("long-job-left").unwrap().is_none());
+    let left = rust.status("long-job-left").unwrap().expect("held");
+    assert!(left.remaining > Duration::from_secs(30), "{left:?}");
 }

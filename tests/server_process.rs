@@ -326,6 +326,45 @@ fn frame_size_max_is_a_flag_checked_against_the_name_and_owner_limits() {
     );
 }
 
+/// `--legacy-ttl-ms` is checked at start-up like the other limits, from 1
+/// to `--ttl-max-ms`, and logged with them.
+#[test]
+fn legacy_ttl_ms_out_of_range_is_refused_at_start() {
+    let err = refused_at_start(&["server", "--port", "0", "--legacy-ttl-ms", "0"]);
+    assert!(
+        err.contains("--legacy-ttl-ms 0: out of range; use a value from 1 to 86400000"),
+        "{err}"
+    );
+    let err = refused_at_start(&[
+        "server",
+        "--port",
+        "0",
+        "--ttl-max-ms",
+        "60000",
+        "--legacy-ttl-ms",
+        "60001",
+    ]);
+    assert!(
+        err.contains(
+            "--legacy-ttl-ms 60001: out of range; use a value from 1 to 60000 (--ttl-max-ms), \
+             or raise --ttl-max-ms"
+        ),
+        "{err}"
+    );
+    // Its default, an hour, is above this --ttl-max-ms too.
+    let err = refused_at_start(&["server", "--port", "0", "--ttl-max-ms", "60000"]);
+    assert!(
+        err.contains("--legacy-ttl-ms 3600000: out of range"),
+        "{err}"
+    );
+    let log = stderr_until(
+        &["server", "--port", "0", "--legacy-ttl-ms", "60000"],
+        &[],
+        "listening on",
+    );
+    assert!(log.contains(" legacy_ttl_ms 60000 "), "{log}");
+}
+
 /// Small name and owner limits once let `--frame-size-max` go below the
 /// client's HELLO or the server's own AUTH, so nobody could authenticate.
 #[test]

@@ -306,6 +306,7 @@ fn session_hold_is_released_when_its_connection_closes() {
 fn bad_arguments_get_an_error_and_the_connection_stays_open() {
     let server = start(Limits {
         lock_ttl_ms_max: 60_000,
+        legacy_ttl_ms: 60_000,
         ..Limits::default()
     });
     let mut c = Wire::connect(&server);

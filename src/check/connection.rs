@@ -128,6 +128,8 @@ impl World {
             owner_len_max: 8,
             lock_ttl_ms_default: 40,
             lock_ttl_ms_max: 300,
+            // Apart from the default, so the model tells them apart.
+            legacy_ttl_ms: 120,
             wait_ms_max: [200, 200, WAIT_MS_UNBOUNDED, 0][src.below(4) as usize],
             locks_max: [1, 2, 3, 100][src.below(4) as usize],
             ..Limits::default()
@@ -278,8 +280,8 @@ impl World {
         self.native(c, &request, expected, src);
     }
 
-    /// A request of the original protocol: try-acquire with the default
-    /// TTL, release by owner alone, health.
+    /// A request of the original protocol: try-acquire with
+    /// `legacy_ttl_ms`, release by owner alone, health.
     fn legacy(&mut self, c: usize, src: &mut impl Source) {
         let name: &[u8] = if src.one_in(32) {
             &[b'x'; 300]
@@ -291,9 +293,10 @@ impl World {
         let (command, expected_status) = match src.below(8) {
             0 => (Command::Health, legacy::STATUS_OK),
             1..=4 => {
+                let ttl_ms = self.limits.legacy_ttl_ms;
                 let answer = self
                     .model
-                    .acquire(number, name, owner, 0, 0, 0, self.now_ms);
+                    .acquire(number, name, owner, ttl_ms, 0, 0, self.now_ms);
                 (Command::Acquire, legacy_status(answer))
             }
             _ => {
