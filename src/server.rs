@@ -47,7 +47,7 @@ use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Rou
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, FRAMES_PER_TURN_MAX, Limits, REPLY_SIZE_MAX,
     SESSION_RELEASES_PER_TURN_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
-    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE, TIMER_STEPS_PER_TURN_MAX,
+    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE, TIMER_STEPS_PER_TURN_MAX, WAIT_MS_UNBOUNDED,
 };
 use crate::metrics::{CloseReason, Metrics, Snapshot};
 use crate::protocol::{ErrorCode, Reply};
@@ -313,7 +313,7 @@ impl Server {
             limits.lock_ttl_ms_default,
             limits.lock_ttl_ms_max,
             limits.legacy_ttl_ms,
-            limits.wait_ms_max,
+            WaitMax(limits.wait_ms_max),
             limits.locks_max,
             limits.waiters_per_lock_max,
             limits.output_buffer_size,
@@ -1466,6 +1466,18 @@ fn close_gently(stream: &mut TcpStream) {
         }
     }
     let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+/// `wait_ms_max` for the start-up log: the number, or `forever`.
+struct WaitMax(u32);
+
+impl std::fmt::Display for WaitMax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            WAIT_MS_UNBOUNDED => f.write_str("forever"),
+            ms => write!(f, "{ms}"),
+        }
+    }
 }
 
 /// Socket options of an accepted lock-protocol connection: keepalive finds
