@@ -498,6 +498,18 @@ fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
     ping(&mut normal);
 }
 
+/// More than a deaf connection's input buffer, output buffer and kernel
+/// buffers can hold (4 KiB + 16 KiB + 192 KiB + 128 KiB), so the server
+/// must have stopped reading before it closed.
+const DEAF_CLOSE_BYTES_MIN: usize = 1 << 20;
+
+fn is_reset(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// A client that sends but never reads fills its output buffer; the server
 /// stops reading it, and closes it once its replies made no progress for
 /// write_timeout_ms. Other clients are served meanwhile.
@@ -526,6 +538,13 @@ fn a_client_that_never_reads_is_closed_after_write_timeout() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            // The client's own send buffer grows to megabytes, so on a slow
+            // machine the write timeout may close it while it still writes:
+            // fine, once more than the server's buffers could take went out.
+            Err(e) if is_reset(&e) && sent > DEAF_CLOSE_BYTES_MIN => {
+                ping(&mut normal);
+                return;
             }
             Err(e) => panic!("closed before the buffers filled, after {sent} bytes: {e}"),
         }
