@@ -127,7 +127,7 @@ fn ping_usage_and_unreachable_exit_codes() {
     drop(_server);
     let down = run(addr.port(), &["ping"]);
     assert_eq!(down.status.code(), Some(3), "{}", text(&down.stderr));
-    assert!(text(&down.stderr).contains("check that `distlockd server` is running"));
+    assert!(text(&down.stderr).contains("nothing is listening"));
 }
 
 #[test]
