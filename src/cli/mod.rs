@@ -41,6 +41,11 @@ pub const CONNECT_OPTIONS_HELP: &str = "  --server HOST:PORT[,HOST:PORT...]
   --auth-secret-file PATH  the server's secret (default: $DISTLOCKD_AUTH_SECRET_FILE)
   --timeout DURATION       connect/read/write timeout (default 5s)";
 
+/// `--host` when only `--port` is given: [`SERVER_DEFAULT`]'s host.
+const HOST_DEFAULT: &str = "127.0.0.1";
+/// `--port` when only `--host` is given: [`SERVER_DEFAULT`]'s port.
+const PORT_DEFAULT: u16 = 9999;
+
 /// `--timeout` default.
 pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
@@ -130,8 +135,8 @@ impl ConnectOptions {
             )),
             (Some(list), true) => Ok(list.join(",")),
             (None, false) => {
-                let host = self.host.as_deref().unwrap_or("127.0.0.1");
-                let port = self.port.unwrap_or(9999);
+                let host = self.host.as_deref().unwrap_or(HOST_DEFAULT);
+                let port = self.port.unwrap_or(PORT_DEFAULT);
                 Ok(if host.contains(':') && !host.starts_with('[') {
                     format!("[{host}]:{port}")
                 } else {
@@ -315,6 +320,11 @@ mod tests {
             ..ConnectOptions::default()
         };
         assert_eq!(o.addr().unwrap(), "127.0.0.1:7");
+    }
+
+    #[test]
+    fn host_and_port_defaults_make_the_default_server() {
+        assert_eq!(format!("{HOST_DEFAULT}:{PORT_DEFAULT}"), SERVER_DEFAULT);
     }
 
     #[test]
