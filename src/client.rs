@@ -70,7 +70,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,11 +79,13 @@ use log::{debug, warn};
 
 mod election;
 mod renew;
+pub mod servers;
 
 pub use election::{Election, Leadership};
 pub use renew::{Lost, RenewingGuard};
+pub use servers::{SERVER_DEFAULT, SERVER_ENV};
 
-use crate::auth::{SECRET_LEN_MAX, Secret};
+use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, Secret, read_secret_file};
 use crate::limits::{FRAME_SIZE_CEILING, NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION};
 use crate::limits::{TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S, WAIT_MS_UNBOUNDED};
 use crate::protocol::{
@@ -171,6 +173,9 @@ pub enum Error {
     Server { code: ErrorCode, message: String },
     /// A value was refused before anything was sent.
     InvalidArgument { what: String },
+    /// The address answered in HTTP: most likely the server's `--http-port`
+    /// (health and metrics) rather than its lock port.
+    HttpServer { addr: String },
 }
 
 /// Why a hold is not ours.
@@ -200,6 +205,16 @@ impl fmt::Display for Error {
                 addr,
                 attempts,
                 source,
+            } if source.kind() == io::ErrorKind::ConnectionRefused => write!(
+                f,
+                "nothing is listening at {addr} (connection refused, {attempts} attempt{}: {source}); start a server there, e.g. `distlockd server --port {}`, or use the address of a running one",
+                if *attempts == 1 { "" } else { "s" },
+                servers::first_port(addr).unwrap_or("9999")
+            ),
+            Error::Connection {
+                addr,
+                attempts,
+                source,
             } => write!(
                 f,
                 "request to {addr} failed after {attempts} attempt{} (connecting, or the connection broke or timed out): {source}; check that `distlockd server` is running there and reachable",
@@ -213,6 +228,10 @@ impl fmt::Display for Error {
                 write!(f, "server refused the request ({}): {message}", code.name())
             }
             Error::InvalidArgument { what } => f.write_str(what),
+            Error::HttpServer { addr } => write!(
+                f,
+                "{addr} answered in HTTP: this looks like an HTTP server, such as distlockd's --http-port (health and metrics); the lock protocol is on the server's --port (default 9999)"
+            ),
         }
     }
 }
@@ -496,7 +515,7 @@ impl ClientBuilder {
     }
 
     pub fn build(self) -> Result<Client> {
-        check_addr(&self.addr)?;
+        let servers = check_addr(&self.addr)?;
         if let Some(secret) = &self.auth_secret
             && !(1..=SECRET_LEN_MAX).contains(&secret.as_bytes().len())
         {
@@ -537,7 +556,8 @@ impl ClientBuilder {
         }
         Ok(Client {
             jitter: AtomicU64::new(jitter_seed()),
-            addr: self.addr,
+            addr: servers.join(","),
+            servers,
             client_id,
             ttl_ms: duration_to_ms(self.ttl),
             timeout: self.timeout,
@@ -554,7 +574,10 @@ impl ClientBuilder {
 
 /// A blocking distlockd client. See the module documentation.
 pub struct Client {
+    /// `servers` joined by commas, for messages.
     addr: String,
+    /// Tried in order on every connect; the first that accepts is used.
+    servers: Vec<String>,
     client_id: String,
     ttl_ms: u32,
     timeout: Duration,
@@ -587,9 +610,38 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client with the default settings. `addr` is `host:port`.
+    /// A client with the default settings. `addr` is `host:port`, or a
+    /// comma-separated list of them: each connect tries them in order and
+    /// uses the first that accepts.
     pub fn new(addr: impl ToString) -> Result<Client> {
         Client::builder(addr).build()
+    }
+
+    /// A client with the default settings for the server the environment
+    /// names; see [`Client::builder_from_env`].
+    pub fn from_env() -> Result<Client> {
+        Client::builder_from_env()?.build()
+    }
+
+    /// A builder for the server(s) in `$DISTLOCKD_SERVER` (a `host:port`
+    /// or a comma-separated list of them), or [`SERVER_DEFAULT`] if it is
+    /// unset or empty, with the secret from the file named by
+    /// `$DISTLOCKD_AUTH_SECRET_FILE` if that is set and not empty: the
+    /// variables the `distlockd` CLI reads. A bad value is an
+    /// [`Error::InvalidArgument`] naming the variable.
+    pub fn builder_from_env() -> Result<ClientBuilder> {
+        let servers = servers::from_env().map_err(|what| Error::InvalidArgument { what })?;
+        let addr = servers.map_or_else(|| SERVER_DEFAULT.to_owned(), |list| list.join(","));
+        let mut builder = Client::builder(addr);
+        if let Some(file) = std::env::var_os(SECRET_FILE_ENV).filter(|v| !v.is_empty()) {
+            let (secret, _) = read_secret_file(std::path::Path::new(&file)).map_err(|e| {
+                Error::InvalidArgument {
+                    what: format!("{SECRET_FILE_ENV}: {e}"),
+                }
+            })?;
+            builder = builder.auth_secret(secret);
+        }
+        Ok(builder)
     }
 
     pub fn builder(addr: impl ToString) -> ClientBuilder {
@@ -606,6 +658,7 @@ impl Client {
         }
     }
 
+    /// The server address, or the comma-separated list of them.
     pub fn addr(&self) -> &str {
         &self.addr
     }
@@ -628,6 +681,18 @@ impl Client {
                 debug!("health check of {}: {e}", self.addr);
                 false
             }
+        }
+    }
+
+    /// PING: whether the server serves this client's requests, with the
+    /// reason if not (for example [`ErrorCode::Auth`] from a server that
+    /// needs a secret this client does not have; HELLO alone is answered
+    /// before AUTH, so [`Client::server_info`] cannot tell).
+    pub fn ping(&self) -> Result<()> {
+        match self.call(&Op::Ping, self.retries)? {
+            Answer::Pong => Ok(()),
+            Answer::Error { code, message } => Err(Error::Server { code, message }),
+            other => unreachable!("Op::accepts admitted {other:?} for PING"),
         }
     }
 
@@ -1110,24 +1175,25 @@ impl Client {
         Ok(answer)
     }
 
-    /// Opens a connection and exchanges HELLO.
+    /// Opens a connection to the first server that accepts one, in the
+    /// order given, and exchanges HELLO.
     fn connect(&self, io_timeout: Duration) -> Result<Conn, Failure> {
-        let mut last_error = None;
-        for addr in self.addr.to_socket_addrs().map_err(Failure::Io)? {
-            match TcpStream::connect_timeout(&addr, io_timeout) {
-                Ok(stream) => return self.handshake(stream, io_timeout),
-                Err(e) => last_error = Some(e),
+        let mut tried = Vec::with_capacity(self.servers.len());
+        for server in &self.servers {
+            match servers::connect(server, io_timeout) {
+                Ok(stream) => return self.handshake(stream, server, io_timeout),
+                Err(e) => tried.push((server.as_str(), e)),
             }
         }
-        Err(Failure::Io(last_error.unwrap_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "the address resolved to no IP address",
-            )
-        })))
+        Err(Failure::Io(servers::unreachable(tried)))
     }
 
-    fn handshake(&self, stream: TcpStream, io_timeout: Duration) -> Result<Conn, Failure> {
+    fn handshake(
+        &self,
+        stream: TcpStream,
+        server: &str,
+        io_timeout: Duration,
+    ) -> Result<Conn, Failure> {
         // Requests are single small frames; Nagle would hold each one back
         // waiting for an ACK.
         stream.set_nodelay(true).map_err(Failure::Io)?;
@@ -1144,6 +1210,7 @@ impl Client {
             .set_write_timeout(Some(self.timeout))
             .map_err(Failure::Io)?;
         let mut conn = Conn {
+            server: server.to_owned(),
             stream,
             input: vec![0; FRAME_SIZE_CEILING].into_boxed_slice(),
             read_timeout: None,
@@ -1163,13 +1230,13 @@ impl Client {
             }
             Answer::Hello(info) => Err(Failure::Fatal(Error::Protocol {
                 message: format!(
-                    "{} chose protocol version {} for our version {PROTOCOL_VERSION}",
-                    self.addr, info.protocol_version
+                    "{server} chose protocol version {} for our version {PROTOCOL_VERSION}",
+                    info.protocol_version
                 ),
             })),
             Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
             other => Err(Failure::Fatal(Error::Protocol {
-                message: format!("{} answered HELLO with {other:?}", self.addr),
+                message: format!("{server} answered HELLO with {other:?}"),
             })),
         }
     }
@@ -1440,6 +1507,8 @@ enum Failure {
 }
 
 struct Conn {
+    /// The address it was opened to, as configured, for messages.
+    server: String,
     stream: TcpStream,
     /// One reply at a time: the server sends nothing unasked, so the buffer
     /// is empty between requests and one maximal frame always fits.
@@ -1481,11 +1550,20 @@ impl Conn {
                     }));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    return Err(Failure::Fatal(Error::Protocol {
-                        message: format!("undecodable reply: {e}"),
-                    }));
-                }
+                Err(e) => match http_reply(&self.input[..filled]) {
+                    Some(true) => {
+                        return Err(Failure::Fatal(Error::HttpServer {
+                            addr: self.server.clone(),
+                        }));
+                    }
+                    // Could still be "HTTP/": read on to tell.
+                    None => {}
+                    Some(false) => {
+                        return Err(Failure::Fatal(Error::Protocol {
+                            message: format!("undecodable reply: {e}"),
+                        }));
+                    }
+                },
             }
             // decode_reply rejects frames over FRAME_SIZE_CEILING from the
             // header, so an incomplete frame always has room left.
@@ -1508,6 +1586,21 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+/// Whether `received`, the start of a reply, is an HTTP response:
+/// `None` while it is too short to tell.
+fn http_reply(received: &[u8]) -> Option<bool> {
+    const STATUS_LINE_START: &[u8] = b"HTTP/";
+    if received.len() < STATUS_LINE_START.len() {
+        if STATUS_LINE_START.starts_with(received) {
+            None
+        } else {
+            Some(false)
+        }
+    } else {
+        Some(received.starts_with(STATUS_LINE_START))
     }
 }
 
@@ -1866,19 +1959,14 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks the `host:port` shape without resolving it, so a client can be
-/// built while DNS or the server is down.
-fn check_addr(addr: &str) -> Result<()> {
-    let port_ok = addr
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if port_ok {
-        Ok(())
-    } else {
+/// Checks the `host:port` shape of each address in the list without
+/// resolving it, so a client can be built while DNS or the server is down.
+fn check_addr(addr: &str) -> Result<Vec<String>> {
+    servers::parse_list(addr).or_else(|e| {
         invalid(format!(
-            "address {addr:?}: not host:port; use e.g. 127.0.0.1:9999"
+            "address {addr:?}: {e}; use host:port, or a comma-separated list of them, e.g. 127.0.0.1:9999"
         ))
-    }
+    })
 }
 
 /// Milliseconds for the wire: rounded up (a positive wait never becomes 0,
@@ -1926,10 +2014,20 @@ mod tests {
         assert!(check_addr("127.0.0.1:9999").is_ok());
         assert!(check_addr("[::1]:9999").is_ok());
         assert!(check_addr("lockd.internal:1").is_ok());
+        assert_eq!(check_addr("a:1, b:2").unwrap(), ["a:1", "b:2"]);
         for bad in ["127.0.0.1", ":9999", "host:", "host:99999", ""] {
             let err = check_addr(bad).unwrap_err().to_string();
             assert!(err.contains("host:port"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn http_replies_are_told_from_frames() {
+        assert_eq!(http_reply(b"HTTP/1.1 400 Bad Request\r\n"), Some(true));
+        assert_eq!(http_reply(b"HTTP"), None);
+        assert_eq!(http_reply(b"H"), None);
+        assert_eq!(http_reply(b"HELLO"), Some(false));
+        assert_eq!(http_reply(&[0xff, 0, 0]), Some(false));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The `distlockd` command line.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,27 +16,41 @@ distlockd: a named-lock daemon
 Usage:
   distlockd server [options]     run the lock server
   distlockd run NAME [options] -- COMMAND [ARGS...]
+  distlockd run NAME [options] -c 'SHELL COMMAND'
                                  run a command while holding lock NAME
-  distlockd acquire|release|extend|status|ping [options]
-                                 lock commands against a server
-  distlockd test distlockd|redis|compare|stress [options]
-                                 benchmark a server, compare with Redis, or
-                                 check exclusion under faults
+                                 (like flock)
+  distlockd acquire NAME         take a lock and leave it held
+  distlockd release NAME         release a lock acquire took
+  distlockd extend NAME          give a held lock a new TTL
+  distlockd status [NAME]        show one lock, or every held lock
+  distlockd ping                 check that a server answers and serves us
+  distlockd test distlockd|redis [options]
+                                 benchmark a running server (or Redis)
+  distlockd test compare [options]
+                                 start distlockd and Redis, compare them
+  distlockd test stress [options]
+                                 check exclusion under kill -9 and faults
   distlockd --version            print the version
   distlockd --help               print this help
 
-Run `distlockd server --help` or `distlockd test --help` for their options.";
+Run `distlockd COMMAND --help` for a command's options and an example.
+Client commands find the server with --server HOST:PORT, else
+$DISTLOCKD_SERVER, else 127.0.0.1:9999.";
 
 const SERVER_USAGE: &str = "\
 Usage: distlockd server [options]
 
 Options:
-  --host ADDR              address to listen on (default 127.0.0.1)
+  --host HOST              address to listen on: an IP address or a name such
+                           as localhost, resolved at start-up; of several
+                           addresses the first IPv4 one is bound, else the
+                           first, and the log says which (default 127.0.0.1)
   --port PORT              TCP port, 0 for any free port (default 9999)
   -v, --verbose            debug logs (RUST_LOG overrides)
   --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
                            HTTP on this port (default: off)
-  --http-host ADDR         address for --http-port (default: --host)
+  --http-host HOST         address for --http-port, resolved like --host
+                           (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --legacy-ttl-ms MS       TTL of holds taken by the original Python client,
@@ -120,6 +134,8 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut http_port: Option<u16> = None;
     let mut http_host: Option<IpAddr> = None;
     let mut allow_legacy = false;
+    // Said once logging is set up.
+    let mut notes: Vec<String> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Long("auth-secret-file") => {
@@ -135,15 +151,15 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             }
             Long("http-host") => {
                 let v = string_value(parser, "--http-host")?;
-                http_host = Some(v.parse().map_err(|_| {
-                    format!("--http-host {v}: not an IP address; use e.g. 127.0.0.1 or ::1")
-                })?);
+                let (ip, note) = listen_host("--http-host", &v)?;
+                http_host = Some(ip);
+                notes.extend(note);
             }
             Long("host") => {
                 let v = string_value(parser, "--host")?;
-                host = v.parse().map_err(|_| {
-                    format!("--host {v}: not an IP address; use one such as 127.0.0.1 or 0.0.0.0")
-                })?;
+                let (ip, note) = listen_host("--host", &v)?;
+                host = ip;
+                notes.extend(note);
             }
             Long("port") | Short('p') => {
                 let v = string_value(parser, "--port")?;
@@ -199,6 +215,9 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         .validate()
         .map_err(|e| format!("{} (see `distlockd server --help`)", e.describe(flag)))?;
     init_logging(verbose);
+    for note in notes {
+        log::info!("{note}");
+    }
     let auth = load_auth(secret_file, allow_legacy)?;
     let config = Config {
         listen: SocketAddr::new(host, port),
@@ -213,6 +232,46 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
     server.run().map_err(|e| format!("server stopped: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The address to listen on for `--host` or `--http-host` (`flag`): an IP
+/// address (IPv6 with or without brackets), or a name resolved now. Of
+/// several addresses the first IPv4 one is chosen, as the original server
+/// (an IPv4 socket) bound `localhost`, else the first; then a note for the
+/// log says which.
+fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), String> {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    let resolved: Vec<IpAddr> = (bare, 0)
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!(
+                "{flag} {text}: cannot resolve it ({e}); use an IP address such as 127.0.0.1, 0.0.0.0 or ::1, or a name the resolver knows"
+            )
+        })?
+        .map(|a| a.ip())
+        .collect();
+    let chosen = resolved
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{flag} {text}: the name resolves to no address; use an IP address such as 127.0.0.1"))?;
+    let all: Vec<String> = resolved.iter().map(IpAddr::to_string).collect();
+    let note = if resolved.len() > 1 {
+        format!(
+            "{flag} {text} resolves to {}; listening on {chosen}, the first IPv4 address (or the first, if none)",
+            all.join(", ")
+        )
+    } else {
+        format!("{flag} {text} resolves to {chosen}")
+    };
+    Ok((chosen, Some(note)))
 }
 
 /// The secret from `--auth-secret-file`, else from the file named by

@@ -207,6 +207,24 @@ fn the_client_authenticates_with_its_secret() {
     ));
 }
 
+#[test]
+fn ping_tells_a_client_without_the_secret_that_it_is_not_served() {
+    let server = with_secret(false);
+    let addr = server.local_addr().to_string();
+    let anonymous = Client::builder(&addr).retries(0).build().unwrap();
+    // HELLO is answered before AUTH, so server_info alone cannot tell.
+    assert!(anonymous.server_info().is_ok());
+    match anonymous.ping() {
+        Err(Error::Server {
+            code: ErrorCode::Auth,
+            message,
+        }) => assert!(message.contains("authentication required"), "{message}"),
+        other => panic!("expected an AUTH error, got {other:?}"),
+    }
+    let client = Client::builder(&addr).auth_secret(SECRET).build().unwrap();
+    client.ping().unwrap();
+}
+
 /// A connection that does not authenticate in time is closed, so peers
 /// without the secret cannot sit on connection slots; one that did stays.
 #[test]

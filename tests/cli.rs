@@ -1,6 +1,7 @@
 //! The lock CLI (`distlockd acquire|release|extend|status|ping`) as a user
 //! runs it: exit codes, human output and `--json`.
 
+use std::net::TcpListener;
 use std::process::{Command, Output};
 
 mod common;
@@ -11,6 +12,24 @@ fn run(port: u16, args: &[&str]) -> Output {
         .args(["--port", &port.to_string()])
         .output()
         .unwrap()
+}
+
+/// `distlockd ARGS` with `DISTLOCKD_SERVER` set to `server`, or removed.
+fn distlockd(server: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+    cmd.args(args).env_remove("DISTLOCKD_AUTH_SECRET_FILE");
+    match server {
+        Some(value) => cmd.env("DISTLOCKD_SERVER", value),
+        None => cmd.env_remove("DISTLOCKD_SERVER"),
+    };
+    cmd.output().unwrap()
+}
+
+/// A loopback address nothing listens on: a port the kernel handed out and
+/// that was closed at once.
+fn closed_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -127,7 +146,269 @@ fn ping_usage_and_unreachable_exit_codes() {
     drop(_server);
     let down = run(addr.port(), &["ping"]);
     assert_eq!(down.status.code(), Some(3), "{}", text(&down.stderr));
-    assert!(text(&down.stderr).contains("check that `distlockd server` is running"));
+    assert!(text(&down.stderr).contains("nothing is listening"));
+}
+
+#[test]
+fn server_flag_and_environment_variable_name_the_server() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    let live = addr.to_string();
+    let dead = closed_addr();
+    // A name, as --server.
+    let named = distlockd(None, &["ping", "--server", &format!("localhost:{port}")]);
+    assert_eq!(named.status.code(), Some(0), "{}", text(&named.stderr));
+    // The variable; a list is tried in order, the first that accepts used.
+    let env = distlockd(Some(&format!("{dead}, {live}")), &["status", "--json"]);
+    assert_eq!(env.status.code(), Some(0), "{}", text(&env.stderr));
+    assert!(
+        text(&env.stdout).contains("\"total\":0"),
+        "{}",
+        text(&env.stdout)
+    );
+    // The flag wins over the variable; so do the original's --host/--port.
+    let flag = distlockd(Some(&dead), &["status", "--server", &live]);
+    assert_eq!(flag.status.code(), Some(0), "{}", text(&flag.stderr));
+    let original = distlockd(Some(&dead), &["status", "--port", &port.to_string()]);
+    assert_eq!(
+        original.status.code(),
+        Some(0),
+        "{}",
+        text(&original.stderr)
+    );
+    // Set but blank is unset: the default address, not a usage error.
+    let blank = distlockd(Some(" "), &["ping", "--timeout", "1s"]);
+    assert_ne!(blank.status.code(), Some(2), "{}", text(&blank.stderr));
+    assert!(!text(&blank.stderr).contains("DISTLOCKD_SERVER="));
+}
+
+#[test]
+fn bad_server_addresses_are_usage_errors_naming_the_source() {
+    let cases: [(Option<&str>, &[&str], &[&str]); 5] = [
+        (
+            None,
+            &["ping", "--server", "localhost"],
+            &["--server localhost", "HOST:PORT"],
+        ),
+        (
+            None,
+            &["ping", "--server", "::1:9999"],
+            &["--server ::1:9999", "[::1]:9999"],
+        ),
+        (
+            None,
+            &["status", "--server", "a:1,b:0"],
+            &["--server a:1,b:0", "\"b:0\"", "1-65535"],
+        ),
+        (
+            Some("lockd"),
+            &["status"],
+            &["DISTLOCKD_SERVER=\"lockd\"", "HOST:PORT"],
+        ),
+        (
+            None,
+            &["acquire", "job", "--server", "a:1", "--host", "b"],
+            &["--server and --host both given"],
+        ),
+    ];
+    for (env, args, wanted) in cases {
+        let out = distlockd(env, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{args:?}: no {w:?} in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn pointed_at_the_http_port_it_says_so() {
+    let (_server, _addr, http) = common::start_server_with_http(&[]);
+    let out = distlockd(None, &["ping", "--server", &http.to_string()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("looks like an HTTP server"), "{stderr}");
+    assert!(
+        stderr.contains("the lock protocol is on the server's --port"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pointed_at_nothing_it_names_every_address_and_how_to_start_a_server() {
+    let (a, b) = (closed_addr(), closed_addr());
+    let out = distlockd(None, &["status", "--server", &format!("{a},{b}")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("{a}: ")), "{stderr}");
+    assert!(stderr.contains(&format!("{b}: ")), "{stderr}");
+    let port = a.rsplit(':').next().unwrap();
+    assert!(
+        stderr.contains(&format!("`distlockd server --port {port}`")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_server_listens_on_a_host_name() {
+    let (_server, addr) =
+        common::start_server_cmd(Command::new(env!("CARGO_BIN_EXE_distlockd")).args([
+            "server",
+            "--host",
+            "localhost",
+            "--port",
+            "0",
+        ]));
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let ping = run(addr.port(), &["ping", "--host", &addr.ip().to_string()]);
+    assert_eq!(ping.status.code(), Some(0), "{}", text(&ping.stderr));
+    let bad = distlockd(None, &["server", "--host", "no such host", "--port", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--host no such host: cannot resolve"));
+}
+
+#[test]
+fn each_command_has_its_own_help() {
+    // Each command's own options, and some of the others' it must not show.
+    let verbs: [(&str, &[&str], &[&str]); 5] = [
+        (
+            "acquire",
+            &["--wait", "--ttl", "--owner", "--json"],
+            &["--token", "--limit"],
+        ),
+        (
+            "release",
+            &["--owner", "--token", "--json"],
+            &["--wait", "--ttl", "--limit"],
+        ),
+        (
+            "extend",
+            &["--owner", "--token", "--ttl"],
+            &["--wait", "--limit"],
+        ),
+        (
+            "status",
+            &["--limit", "--json"],
+            &["--wait", "--token", "--owner", "--ttl"],
+        ),
+        (
+            "ping",
+            &["--json"],
+            &["--wait", "--token", "--owner", "--ttl", "--limit"],
+        ),
+    ];
+    for (verb, own, others) in verbs {
+        let out = distlockd(None, &[verb, "--help"]);
+        assert_eq!(out.status.code(), Some(0));
+        let help = text(&out.stdout);
+        assert!(help.contains(&format!("Usage: distlockd {verb}")), "{help}");
+        let example = help.split("Example:").nth(1).unwrap_or("");
+        assert!(
+            example.contains(&format!("distlockd {verb}")),
+            "{verb}: no example in {help}"
+        );
+        assert!(help.contains("--server"), "{verb}: {help}");
+        for flag in own {
+            assert!(help.contains(flag), "{verb} --help lacks {flag}: {help}");
+        }
+        for flag in others {
+            assert!(!help.contains(flag), "{verb} --help shows {flag}: {help}");
+            // and the command refuses it
+            let out = distlockd(None, &[verb, "job", flag, "1"]);
+            assert_eq!(out.status.code(), Some(2), "{verb} {flag}");
+        }
+    }
+    let top = text(&distlockd(None, &["--help"]).stdout);
+    for verb in [
+        "server",
+        "run",
+        "acquire",
+        "release",
+        "extend",
+        "status",
+        "ping",
+        "test distlockd",
+        "test compare",
+        "test stress",
+    ] {
+        assert!(
+            top.contains(&format!("distlockd {verb}")),
+            "no {verb}: {top}"
+        );
+    }
+}
+
+#[test]
+fn cli_messages_speak_in_flags_not_rust() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    let cases: [(&[&str], &str); 6] = [
+        (&["acquire", "job", "--ttl", "0"], "--ttl 0"),
+        (&["acquire", "job", "--ttl", "0ms", "--json"], "--ttl 0ms"),
+        (
+            &[
+                "extend", "job", "--owner", "o:1", "--token", "1", "--ttl", "0",
+            ],
+            "--ttl 0",
+        ),
+        (&["acquire", "job", "--timeout", "0"], "--timeout 0"),
+        (&["acquire", "job", "--owner", ""], "--owner \"\""),
+        (&["acquire", "job", "--owner", &"x".repeat(44)], "--owner"),
+    ];
+    for (args, flag) in cases {
+        let out = run(port, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        for rust in [
+            "Duration::",
+            "Client::",
+            "client_id",
+            "builder",
+            "ttl(",
+            "timeout(",
+        ] {
+            assert!(!stderr.contains(rust), "{args:?} shows {rust:?}: {stderr}");
+        }
+    }
+    let ttl = text(&run(port, &["acquire", "job", "--ttl", "0"]).stderr);
+    assert!(ttl.contains("use e.g. --ttl 10s"), "{ttl}");
+}
+
+#[test]
+fn ping_without_the_secret_reports_auth_required() {
+    let dir = std::env::temp_dir().join(format!("distlockd-cli-ping-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "a secret of at least sixteen bytes\n").unwrap();
+    let (_server, addr) = common::start_server_cmd(
+        Command::new(env!("CARGO_BIN_EXE_distlockd"))
+            .args(["server", "--port", "0", "--auth-secret-file"])
+            .arg(&secret),
+    );
+    let server = addr.to_string();
+    let refused = distlockd(None, &["ping", "--server", &server]);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("authentication required"), "{stderr}");
+    assert!(stderr.contains("--auth-secret-file"), "{stderr}");
+    assert!(
+        text(&refused.stdout).is_empty(),
+        "{}",
+        text(&refused.stdout)
+    );
+    let ok = distlockd(
+        None,
+        &[
+            "ping",
+            "--server",
+            &server,
+            "--auth-secret-file",
+            secret.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -146,6 +146,70 @@ fn health_check_is_true_when_up_and_false_on_a_closed_port() {
     );
 }
 
+/// A loopback address nothing listens on.
+fn closed_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[test]
+fn a_list_of_addresses_uses_the_first_that_accepts_and_errors_name_each() {
+    let server = start();
+    let (a, b) = (closed_addr(), closed_addr());
+    let listed = Client::builder(format!("{a}, {}", server.local_addr()))
+        .retries(0)
+        .build()
+        .unwrap();
+    assert_eq!(listed.addr(), format!("{a},{}", server.local_addr()));
+    assert!(listed.try_acquire("job").unwrap().is_some());
+
+    let down = Client::builder(format!("{a},{b}"))
+        .retries(1)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let err = down.status("job").unwrap_err();
+    let Error::Connection {
+        attempts, source, ..
+    } = &err
+    else {
+        panic!("expected a connection error, got {err:?}");
+    };
+    assert_eq!(*attempts, 2);
+    assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused);
+    let text = err.to_string();
+    assert!(text.contains(&format!("{a}: ")), "{text}");
+    assert!(text.contains(&format!("{b}: ")), "{text}");
+    assert!(
+        text.contains(&format!("distlockd server --port {}", a.port())),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_http_port_is_reported_as_one() {
+    let server = Server::bind(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Config::default()
+    })
+    .unwrap();
+    let http = server.http_addr().unwrap();
+    let _server = server.start().unwrap();
+    let client = Client::builder(http).retries(0).build().unwrap();
+    match client.server_info() {
+        Err(e @ Error::HttpServer { .. }) => {
+            assert!(
+                e.to_string()
+                    .contains("the lock protocol is on the server's --port")
+            )
+        }
+        other => panic!("expected Error::HttpServer, got {other:?}"),
+    }
+}
+
 #[test]
 fn threads_sharing_a_client_and_separate_clients_exclude_each_other() {
     const SHARED_THREADS: usize = 8;

@@ -536,3 +536,98 @@ fn bad_usage_exits_2_and_help_exits_0() {
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("--kill-grace"));
 }
+
+/// `distlockd run NAME --port PORT ARGS...`, output captured.
+fn run_args(port: u16, name: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+    cmd.args(["run", name, "--port", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Run::start(&mut cmd).finish()
+}
+
+#[test]
+fn dash_c_runs_a_shell_command_as_flock_does() {
+    let (_server, addr) = start_server();
+    let out = run_args(
+        addr.port(),
+        "job",
+        &["-c", "echo \"$0 $# $DISTLOCKD_LOCK\"; exit 6"],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "/bin/sh 0 job\n");
+    // Not with a command as well.
+    let both = run_args(addr.port(), "job", &["-c", "echo ran", "--", "echo", "ran"]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(
+        text(&both.stderr).contains("-c and a COMMAND"),
+        "{}",
+        text(&both.stderr)
+    );
+    assert_eq!(text(&both.stdout), "");
+}
+
+#[test]
+fn flock_short_forms_wait_and_set_the_conflict_code() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let holder = client(port);
+    let lease = holder.try_acquire("job").unwrap().expect("free at first");
+    let waited = Instant::now();
+    let busy = run_args(port, "job", &["-w", "0.3", "-E", "7", "--", "echo", "ran"]);
+    assert_eq!(busy.status.code(), Some(7), "{}", text(&busy.stderr));
+    assert!(waited.elapsed() >= Duration::from_millis(300), "-w waited");
+    assert_eq!(text(&busy.stdout), "");
+    let nonblock = run_args(port, "job", &["-n", "-E0", "--", "echo", "ran"]);
+    assert_eq!(
+        nonblock.status.code(),
+        Some(0),
+        "{}",
+        text(&nonblock.stderr)
+    );
+    assert_eq!(text(&nonblock.stdout), "");
+    holder.release_lease(&lease).unwrap();
+    let free = run_args(port, "job", &["-x", "-w", "5s", "--", "echo", "ran"]);
+    assert_eq!(free.status.code(), Some(0), "{}", text(&free.stderr));
+    assert_eq!(text(&free.stdout), "ran\n");
+}
+
+#[test]
+fn shared_locks_are_refused_not_taken_exclusive() {
+    let (_server, addr) = start_server();
+    let out = run_args(addr.port(), "job", &["-s", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("shared locks are not supported"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drop -s"), "{stderr}");
+    assert_eq!(text(&out.stdout), "");
+    assert!(client(addr.port()).status("job").unwrap().is_none());
+}
+
+#[test]
+fn help_shows_the_flock_forms() {
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = text(&out.stdout);
+    for form in [
+        "-w, --wait",
+        "-E, --conflict-exit-code",
+        "-c, --command",
+        "-s, --shared",
+    ] {
+        assert!(help.contains(form), "no {form} in {help}");
+    }
+    assert!(help.contains("--server"), "{help}");
+    assert!(
+        help.split("Examples:")
+            .nth(1)
+            .is_some_and(|e| e.contains("-c '"))
+    );
+}

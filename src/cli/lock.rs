@@ -8,39 +8,108 @@ use std::time::{Duration, Instant};
 
 use super::{
     Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
-    EXIT_USAGE, duration_value, string_value,
+    EXIT_USAGE, duration_value, positive_duration_value, string_value,
 };
-use crate::client::{Error, Lease, LockStatus};
+use crate::client::{CLIENT_ID_LEN_MAX, Error, Lease, LockStatus};
 use crate::json::string as json_string;
+use crate::limits::OWNER_LEN_CEILING;
 
 /// Locks `status` lists when no `--limit` is given.
 pub const STATUS_LIMIT_DEFAULT: usize = 100;
 
-const USAGE: &str = "\
-Usage:
-  distlockd acquire NAME [--wait DURATION] [--ttl DURATION] [--owner ID]
-  distlockd release NAME --owner OWNER --token TOKEN
-  distlockd extend NAME --owner OWNER --token TOKEN --ttl DURATION
-  distlockd status [NAME] [--limit N]
-  distlockd ping
+const ACQUIRE_USAGE: &str = "\
+Usage: distlockd acquire NAME [options]
 
-acquire takes the lock and exits, leaving it held until released, extended
-past its TTL, or expired; it prints the owner and token that release and
-extend need. status shows whether a lock is held, its token, the time left
-and the waiters, for one name or for all held locks (up to --limit, default
-100); owners are never shown. ping checks the server and prints its version
-and round-trip time.
+Takes lock NAME and exits, leaving it held until released, extended past its
+TTL, or expired; prints the owner and token that `distlockd release` and
+`distlockd extend` need.
 
 Options:
-  --wait DURATION          acquire: wait this long for a held lock (default 0:
+  --wait DURATION          wait this long for a held lock (default 0:
                            fail at once); 500ms, 10s, 5m, 1h or seconds
-  --ttl DURATION           acquire, extend: the hold's TTL (default 10s)
-  --owner ID               acquire: owner id prefix (default: generated);
-                           release, extend: the owner acquire printed
-  --token TOKEN            release, extend: the token acquire printed
-  --limit N                status: most locks to list (default 100)
+  --ttl DURATION           the hold's TTL (default 10s)
+  --owner ID               owner id prefix, 1-43 bytes (default: generated)
   --json                   one JSON object on standard output
+  -h, --help               print this help
+
+Example:
+  distlockd acquire nightly-report --ttl 10m --json
 ";
+
+const RELEASE_USAGE: &str = "\
+Usage: distlockd release NAME --owner OWNER --token TOKEN [options]
+
+Releases lock NAME, held under the owner and token `distlockd acquire`
+printed.
+
+Options:
+  --owner OWNER            the owner acquire printed
+  --token TOKEN            the token acquire printed
+  --json                   one JSON object on standard output
+  -h, --help               print this help
+
+Example:
+  distlockd release nightly-report --owner 3f2a-18c4-0:1 --token 42
+";
+
+const EXTEND_USAGE: &str = "\
+Usage: distlockd extend NAME --owner OWNER --token TOKEN --ttl DURATION [options]
+
+Gives the hold on lock NAME a new TTL, counted from now.
+
+Options:
+  --owner OWNER            the owner acquire printed
+  --token TOKEN            the token acquire printed
+  --ttl DURATION           the hold's new TTL; 500ms, 10s, 5m, 1h or seconds
+  --json                   one JSON object on standard output
+  -h, --help               print this help
+
+Example:
+  distlockd extend nightly-report --owner 3f2a-18c4-0:1 --token 42 --ttl 10m
+";
+
+const STATUS_USAGE: &str = "\
+Usage: distlockd status [NAME] [options]
+
+Shows whether lock NAME is held, its token, the time left and the number of
+waiters; without NAME, the same for every held lock (up to --limit). Owners
+are never shown.
+
+Options:
+  --limit N                most locks to list without NAME (default 100)
+  --json                   one JSON object on standard output
+  -h, --help               print this help
+
+Example:
+  distlockd status --server lockd.internal:9999
+";
+
+const PING_USAGE: &str = "\
+Usage: distlockd ping [options]
+
+Checks that the server answers and serves this client (with the secret, if
+it requires one); prints its version and the round-trip time.
+
+Options:
+  --json                   one JSON object on standard output
+  -h, --help               print this help
+
+Example:
+  DISTLOCKD_SERVER=lockd.internal:9999 distlockd ping
+";
+
+/// The usage text and the options (besides the connection options) of each
+/// lock command: an option is accepted only by the commands it is for.
+fn usage_and_options(command: &str) -> (&'static str, &'static [&'static str]) {
+    match command {
+        "acquire" => (ACQUIRE_USAGE, &["wait", "ttl", "owner", "json"]),
+        "release" => (RELEASE_USAGE, &["owner", "token", "json"]),
+        "extend" => (EXTEND_USAGE, &["owner", "token", "ttl", "json"]),
+        "status" => (STATUS_USAGE, &["limit", "json"]),
+        "ping" => (PING_USAGE, &["json"]),
+        _ => unreachable!("main dispatches only the lock commands"),
+    }
+}
 
 const EXIT_CODES: &str = "\
 Exit status: 0 done; 1 the lock was busy, the wait ran out, or the hold is
@@ -62,20 +131,44 @@ struct Args {
 
 /// Runs one lock command; `command` is its name.
 pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let (usage, options) = usage_and_options(command);
     let mut args = Args::default();
     while let Some(arg) = Arg::next(parser)? {
         if args.connect.parse(&arg, parser)? {
             continue;
         }
         let flag = match &arg {
-            Arg::Long(flag) => flag.as_str(),
+            Arg::Long(flag) if flag == "help" || options.contains(&flag.as_str()) => flag.as_str(),
             Arg::Short('h') => "help",
             _ => "",
         };
         match flag {
             "wait" => args.wait = duration_value(parser, "--wait")?,
-            "ttl" => args.ttl = Some(duration_value(parser, "--ttl")?),
-            "owner" => args.owner = Some(string_value(parser, "--owner")?),
+            "ttl" => {
+                args.ttl = Some(positive_duration_value(
+                    parser,
+                    "--ttl",
+                    "a hold needs",
+                    "10s",
+                )?)
+            }
+            "owner" => {
+                let v = string_value(parser, "--owner")?;
+                // acquire's is the prefix the client adds ":COUNTER" to.
+                if command == "acquire" && !(1..=CLIENT_ID_LEN_MAX).contains(&v.len()) {
+                    return Err(format!(
+                        "acquire: --owner {v:?}: {} bytes; use 1 to {CLIENT_ID_LEN_MAX} bytes (acquire adds \":N\" to it)",
+                        v.len()
+                    ));
+                }
+                if !(1..=OWNER_LEN_CEILING).contains(&v.len()) {
+                    return Err(format!(
+                        "{command}: --owner {v:?}: {} bytes, not an owner (1 to {OWNER_LEN_CEILING} bytes); use the owner `distlockd acquire` printed",
+                        v.len()
+                    ));
+                }
+                args.owner = Some(v);
+            }
             "token" => {
                 let v = string_value(parser, "--token")?;
                 args.token = Some(
@@ -92,7 +185,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             }
             "json" => args.json = true,
             "help" => {
-                println!("{USAGE}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
+                println!("{usage}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
                 return Ok(ExitCode::SUCCESS);
             }
             _ => match arg {
@@ -125,7 +218,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             "{command}: {message}; run `distlockd {command} --help`"
         )),
         Err(Failure::Client(e)) => {
-            eprintln!("distlockd {command}: {e}");
+            eprintln!("distlockd {command}: {}", args.connect.describe(&e));
             Ok(ExitCode::from(exit_code(&e)))
         }
     }
@@ -363,6 +456,8 @@ fn ping(args: &Args) -> Result<u8, Failure> {
     let started = Instant::now();
     let info = client.server_info()?;
     let rtt = started.elapsed();
+    // HELLO is answered before AUTH: PING tells whether we are served.
+    client.ping()?;
     if args.json {
         println!(
             "{{\"ok\":true,\"addr\":{},\"server_version\":{},\"protocol_version\":{},\"round_trip_us\":{}}}",

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::auth::{SECRET_FILE_ENV, read_secret_file};
-use crate::client::{Client, ClientBuilder};
+use crate::client::servers::{self, SERVER_DEFAULT, SERVER_ENV, SERVER_FORM};
+use crate::client::{Client, ClientBuilder, Error};
+use crate::protocol::ErrorCode;
 
 /// Exit status: the command did what was asked.
 pub const EXIT_OK: u8 = 0;
@@ -27,17 +29,35 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 /// Help text for the options of [`ConnectOptions`].
 /// (No `\` line continuation before the first line: it would also eat that
 /// line's indent.)
-pub const CONNECT_OPTIONS_HELP: &str =
-    "  --host HOST              server address (default 127.0.0.1)
-  --port PORT              server port (default 9999)
+pub const CONNECT_OPTIONS_HELP: &str = "  --server HOST:PORT[,HOST:PORT...]
+                           the server (a name, an IPv4 address, or an IPv6
+                           one in brackets: [::1]:9999); with a list, each
+                           connect tries them in order and uses the first
+                           that accepts (default: $DISTLOCKD_SERVER if set and
+                           not empty, else 127.0.0.1:9999)
+  --host HOST, --port PORT the original's flags: the server is HOST:PORT, the
+                           defaults filling in the one left out; like --server
+                           they override $DISTLOCKD_SERVER; not with --server
   --auth-secret-file PATH  the server's secret (default: $DISTLOCKD_AUTH_SECRET_FILE)
   --timeout DURATION       connect/read/write timeout (default 5s)";
+
+/// `--host` when only `--port` is given: [`SERVER_DEFAULT`]'s host.
+const HOST_DEFAULT: &str = "127.0.0.1";
+/// `--port` when only `--host` is given: [`SERVER_DEFAULT`]'s port.
+const PORT_DEFAULT: u16 = 9999;
+
+/// `--timeout` default.
+pub const TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
 /// Where the server is and how to talk to it.
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
-    pub host: String,
-    pub port: u16,
+    /// `--server`, checked.
+    pub server: Option<Vec<String>>,
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
     pub secret_file: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -45,10 +65,11 @@ pub struct ConnectOptions {
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
-            host: "127.0.0.1".into(),
-            port: 9999,
+            server: None,
+            host: None,
+            port: None,
             secret_file: None,
-            timeout: Duration::from_secs(5),
+            timeout: TIMEOUT_DEFAULT,
         }
     }
 }
@@ -61,44 +82,110 @@ impl ConnectOptions {
             return Ok(false);
         };
         match flag.as_str() {
-            "host" => self.host = string_value(parser, "--host")?,
+            "server" => {
+                let v = string_value(parser, "--server")?;
+                self.server = Some(
+                    servers::parse_list(&v)
+                        .map_err(|e| format!("--server {v}: {e}; expected {SERVER_FORM}"))?,
+                );
+            }
+            "host" => {
+                let v = string_value(parser, "--host")?;
+                if v.trim().is_empty() {
+                    return Err(
+                        "--host \"\": no host; use a name or an IP address, e.g. 127.0.0.1".into(),
+                    );
+                }
+                self.host = Some(v);
+            }
             "port" => {
                 let v = string_value(parser, "--port")?;
-                self.port = v
-                    .parse()
-                    .map_err(|_| format!("--port {v}: not a port number (1-65535)"))?;
+                self.port = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|&p| p != 0)
+                        .ok_or_else(|| format!("--port {v}: not a port number (1-65535)"))?,
+                );
             }
             "auth-secret-file" => {
                 self.secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
             }
-            "timeout" => self.timeout = duration_value(parser, "--timeout")?,
+            "timeout" => {
+                self.timeout = positive_duration_value(parser, "--timeout", "I/O needs", "5s")?
+            }
             _ => return Ok(false),
         }
         Ok(true)
     }
 
-    pub fn addr(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+    /// The server address, or comma-separated list: `--server`, else
+    /// `--host`/`--port`, else `$DISTLOCKD_SERVER`, else the default.
+    pub fn addr(&self) -> Result<String, String> {
+        let original: Vec<&str> = [
+            ("--host", self.host.is_some()),
+            ("--port", self.port.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, given)| given.then_some(flag))
+        .collect();
+        match (&self.server, original.is_empty()) {
+            (Some(_), false) => Err(format!(
+                "--server and {} both given; use --server HOST:PORT alone (--host and --port are the original's spelling of the same)",
+                original.join(" and ")
+            )),
+            (Some(list), true) => Ok(list.join(",")),
+            (None, false) => {
+                let host = self.host.as_deref().unwrap_or(HOST_DEFAULT);
+                let port = self.port.unwrap_or(PORT_DEFAULT);
+                Ok(if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                })
+            }
+            (None, true) => Ok(servers::from_env()?
+                .map_or_else(|| SERVER_DEFAULT.to_owned(), |list| list.join(","))),
         }
+    }
+
+    /// `--auth-secret-file`, else `$DISTLOCKD_AUTH_SECRET_FILE` if set and
+    /// not empty.
+    fn secret_path(&self) -> Option<PathBuf> {
+        self.secret_file.clone().or_else(|| {
+            std::env::var_os(SECRET_FILE_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
     }
 
     /// A client builder for the server, with the secret (from
     /// `--auth-secret-file`, else `$DISTLOCKD_AUTH_SECRET_FILE`) if any.
     pub fn builder(&self) -> Result<ClientBuilder, String> {
-        let mut builder = Client::builder(self.addr()).timeout(self.timeout);
-        let file = self.secret_file.clone().or_else(|| {
-            std::env::var_os(SECRET_FILE_ENV)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
-        if let Some(file) = file {
+        let mut builder = Client::builder(self.addr()?).timeout(self.timeout);
+        if let Some(file) = self.secret_path() {
             let (secret, _) = read_secret_file(&file)?;
             builder = builder.auth_secret(secret);
         }
         Ok(builder)
+    }
+
+    /// A client error in the CLI's words: where the client's own text
+    /// points at a fix, the fix is named by the flags that make it.
+    pub fn describe(&self, e: &Error) -> String {
+        match e {
+            Error::Connection { source, .. }
+                if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                format!("{e} (the address is --server, else ${SERVER_ENV}, else {SERVER_DEFAULT})")
+            }
+            Error::Server {
+                code: ErrorCode::Auth,
+                ..
+            } if self.secret_path().is_none() => format!(
+                "the server refused the request: authentication required (it runs with --auth-secret-file); pass the same secret with --auth-secret-file PATH or ${SECRET_FILE_ENV}"
+            ),
+            _ => e.to_string(),
+        }
     }
 }
 
@@ -140,6 +227,24 @@ pub fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, S
     value
         .into_string()
         .map_err(|v| format!("{flag} {}: not valid UTF-8", v.to_string_lossy()))
+}
+
+/// A flag's value as a positive [`parse_duration`] duration: 0 is refused
+/// with "`{flag} 0: {needs} a positive duration; use e.g. {flag} {example}`".
+pub fn positive_duration_value(
+    parser: &mut lexopt::Parser,
+    flag: &str,
+    needs: &str,
+    example: &str,
+) -> Result<Duration, String> {
+    let v = string_value(parser, flag)?;
+    match parse_duration(&v) {
+        Ok(d) if d.is_zero() => Err(format!(
+            "{flag} {v}: {needs} a positive duration; use e.g. {flag} {example}"
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{flag} {v}: {e}")),
+    }
 }
 
 /// A flag's value as a [`parse_duration`] duration.
@@ -198,15 +303,38 @@ mod tests {
     #[test]
     fn connect_options_help_lines_are_indented_alike() {
         for line in CONNECT_OPTIONS_HELP.lines() {
-            assert!(line.starts_with("  --"), "{line:?}");
+            assert!(line.starts_with("  "), "{line:?}");
         }
+        assert!(CONNECT_OPTIONS_HELP.starts_with("  --"));
     }
 
     #[test]
     fn ipv6_hosts_are_bracketed() {
-        let mut o = ConnectOptions::default();
-        assert_eq!(o.addr(), "127.0.0.1:9999");
-        o.host = "::1".into();
-        assert_eq!(o.addr(), "[::1]:9999");
+        let o = ConnectOptions {
+            host: Some("::1".into()),
+            ..ConnectOptions::default()
+        };
+        assert_eq!(o.addr().unwrap(), "[::1]:9999");
+        let o = ConnectOptions {
+            port: Some(7),
+            ..ConnectOptions::default()
+        };
+        assert_eq!(o.addr().unwrap(), "127.0.0.1:7");
+    }
+
+    #[test]
+    fn host_and_port_defaults_make_the_default_server() {
+        assert_eq!(format!("{HOST_DEFAULT}:{PORT_DEFAULT}"), SERVER_DEFAULT);
+    }
+
+    #[test]
+    fn server_with_host_or_port_is_refused() {
+        let o = ConnectOptions {
+            server: Some(vec!["a:1".into()]),
+            port: Some(7),
+            ..ConnectOptions::default()
+        };
+        let e = o.addr().unwrap_err();
+        assert!(e.contains("--server and --port both given"), "{e}");
     }
 }

@@ -137,8 +137,13 @@ const FORWARDED_SIGNALS: [i32; 6] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, 
 pub const ENV_LOCK: &str = "DISTLOCKD_LOCK";
 pub const ENV_TOKEN: &str = "DISTLOCKD_TOKEN";
 
+/// The shell `-c` runs its command with: always this one, not `$SHELL`,
+/// so a job behaves the same under cron, systemd and a login shell.
+pub const SHELL: &str = "/bin/sh";
+
 const USAGE: &str = "\
 Usage: distlockd run NAME [options] [--] COMMAND [ARGS...]
+       distlockd run NAME [options] -c 'SHELL COMMAND'
 
 Runs COMMAND while holding lock NAME, like flock(1): takes the lock (or
 waits up to --wait for it), runs COMMAND with DISTLOCKD_LOCK=NAME and
@@ -162,11 +167,19 @@ COMMAND exits; processes it left running in the background are not waited
 for.
 
 Options:
-  --wait DURATION          wait this long for a held lock (default 0: fail at
-                           once)
+  -w, --wait DURATION      wait this long for a held lock (default 0: fail at
+                           once, like flock -n; flock waits forever without -w)
+  -n, --nonblock           fail at once if the lock is held (the default)
+  -c, --command 'SHELL COMMAND'
+                           run it with /bin/sh -c (flock -c uses $SHELL): $0 is
+                           /bin/sh and there are no $1...; not with a COMMAND
+  -E, --conflict-exit-code N
+                           exit status when the lock is not obtained, 0-255
+                           (default 1)
+  -s, --shared             reserved for shared locks, which are not supported
+                           yet: refused (exit 2), never taken as exclusive
+  -x, -e, --exclusive      an exclusive lock: the only kind, so the default
   --ttl DURATION           the lease's TTL (default 30s, at least 100ms)
-  --conflict-exit-code N   exit status when the lock is not obtained, 0-255
-                           (default 1; flock's -E)
   --kill-grace DURATION    SIGTERM to SIGKILL delay when the lease is lost
                            (default TTL/4, at most 5s; at most TTL/2)
   --session                a SESSION hold: the server also releases it as soon
@@ -179,7 +192,12 @@ Options:
   -q, --quiet              no message when the lock is busy, a renewal fails
                            or the release fails
   -h, --help               print this help
-Durations: 500ms, 10s, 5m, 1h, or a number of seconds.
+Durations: 500ms, 10s, 5m, 1h, or a number of seconds (as flock's -w).
+Unlike flock, --timeout is the connection timeout (below), not -w.
+
+Examples:
+  distlockd run nightly-report -- ./make-report.sh --full
+  distlockd run nightly-report -w 10m -E 0 -c 'make-report >> /var/log/report'
 
 Connection options:";
 
@@ -226,49 +244,85 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
     let mut kill_grace = None;
     let mut session = false;
     let mut quiet = false;
+    let mut shell_command: Option<OsString> = None;
     while let Some(arg) = Arg::next(parser)? {
         if connect.parse(&arg, parser)? {
             continue;
         }
-        match &arg {
-            Arg::Long(flag) => match flag.as_str() {
-                "wait" => wait = duration_value(parser, "--wait")?,
-                "ttl" => ttl = duration_value(parser, "--ttl")?,
-                "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
-                "conflict-exit-code" => {
-                    let v = super::string_value(parser, "--conflict-exit-code")?;
-                    conflict_exit_code = v.parse().map_err(|_| {
-                        format!("--conflict-exit-code {v}: not an exit status (0-255)")
-                    })?;
-                }
-                "session" => session = true,
-                "quiet" => quiet = true,
-                "help" => return Ok(None),
-                _ => return Err(arg.unexpected()),
-            },
-            Arg::Short('q') => quiet = true,
-            Arg::Short('h') => return Ok(None),
-            Arg::Value(v) if name.is_none() => {
-                name = Some(
-                    v.clone()
-                        .into_string()
-                        .map_err(|v| format!("lock name {v:?}: not valid UTF-8"))?,
+        // flock's short forms, where they mean the same.
+        let flag = match &arg {
+            Arg::Long(flag) => flag.as_str(),
+            Arg::Short('w') => "wait",
+            Arg::Short('n') => "nonblock",
+            Arg::Short('E') => "conflict-exit-code",
+            Arg::Short('c') => "command",
+            Arg::Short('s') => "shared",
+            Arg::Short('x' | 'e') => "exclusive",
+            Arg::Short('q') => "quiet",
+            Arg::Short('h') => "help",
+            _ => "",
+        };
+        match flag {
+            "wait" => wait = duration_value(parser, "--wait")?,
+            "nonblock" | "nb" => wait = Duration::ZERO,
+            "ttl" => ttl = duration_value(parser, "--ttl")?,
+            "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
+            "conflict-exit-code" => {
+                let v = super::string_value(parser, "--conflict-exit-code")?;
+                conflict_exit_code = v
+                    .parse()
+                    .map_err(|_| format!("--conflict-exit-code {v}: not an exit status (0-255)"))?;
+            }
+            "command" => {
+                shell_command = Some(
+                    parser
+                        .value()
+                        .map_err(|_| "-c: missing value; use -c 'SHELL COMMAND'".to_owned())?,
                 );
             }
-            Arg::Value(v) => {
-                // The command and everything after it are the command's own,
-                // options included.
-                command.push(v.clone());
-                command.extend(parser.raw_args().map_err(|e| e.to_string())?);
-                break;
+            "shared" => {
+                return Err(
+                    "-s/--shared: shared locks are not supported yet; drop -s to take an exclusive lock"
+                        .into(),
+                );
             }
-            Arg::Short(_) => return Err(arg.unexpected()),
+            "exclusive" => {}
+            "session" => session = true,
+            "quiet" => quiet = true,
+            "help" => return Ok(None),
+            _ => match &arg {
+                Arg::Value(v) if name.is_none() => {
+                    name = Some(
+                        v.clone()
+                            .into_string()
+                            .map_err(|v| format!("lock name {v:?}: not valid UTF-8"))?,
+                    );
+                }
+                Arg::Value(v) => {
+                    // The command and everything after it are the command's
+                    // own, options included.
+                    command.push(v.clone());
+                    command.extend(parser.raw_args().map_err(|e| e.to_string())?);
+                    break;
+                }
+                _ => return Err(arg.unexpected()),
+            },
         }
     }
     let name = name.ok_or("the lock NAME is missing")?;
+    if let Some(shell_command) = shell_command {
+        if !command.is_empty() {
+            return Err(format!(
+                "-c and a COMMAND ({:?}) both given; use either -c 'SHELL COMMAND' or -- COMMAND [ARGS...]",
+                command[0].to_string_lossy()
+            ));
+        }
+        // As flock -c: the one string is the script, with no arguments.
+        command = vec![SHELL.into(), "-c".into(), shell_command];
+    }
     if command.is_empty() {
         return Err(format!(
-            "COMMAND is missing: put it after NAME and the options, e.g. `distlockd run {name} -- /usr/local/bin/job`"
+            "COMMAND is missing: put it after NAME and the options, e.g. `distlockd run {name} -- /usr/local/bin/job`, or give a shell command with -c 'SHELL COMMAND'"
         ));
     }
     if ttl < TTL_MIN {
@@ -328,7 +382,7 @@ fn run(options: &Options) -> Result<u8, String> {
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
         Err(e) => {
-            eprintln!("distlockd run: {e}");
+            eprintln!("distlockd run: {}", options.connect.describe(&e));
             return Ok(EXIT_UNAVAILABLE);
         }
     };
@@ -923,6 +977,31 @@ mod tests {
         );
         assert!(err(&["job", "--conflict-exit-code", "300", "true"]).contains("0-255"));
         assert!(err(&["job", "--bogus", "true"]).contains("--bogus"));
+    }
+
+    #[test]
+    fn flock_short_forms_mean_what_they_mean_in_flock() {
+        let o = options(&["-w", "2", "-E", "0", "job", "true"]);
+        assert_eq!(o.wait, Duration::from_secs(2));
+        assert_eq!(o.conflict_exit_code, 0);
+        assert_eq!(
+            options(&["job", "-w", "1s", "-n", "true"]).wait,
+            Duration::ZERO
+        );
+        assert_eq!(options(&["-x", "job", "-e", "true"]).command, ["true"]);
+        let o = options(&["job", "-c", "echo \"$0\" >out"]);
+        assert_eq!(o.command, [SHELL, "-c", "echo \"$0\" >out"]);
+        let o = options(&["--command", "true", "job"]);
+        assert_eq!(o.command, [SHELL, "-c", "true"]);
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        assert!(err(&["job", "-c", "true", "--", "ls"]).contains("-c and a COMMAND"));
+        assert!(err(&["job", "-c", "true", "ls"]).contains("-c and a COMMAND"));
+        let shared = err(&["-s", "job", "true"]);
+        assert!(
+            shared.contains("shared locks are not supported"),
+            "{shared}"
+        );
+        assert!(err(&["job", "--shared", "true"]).contains("drop -s"));
     }
 
     fn clock(t0: Instant) -> LeaseClock {

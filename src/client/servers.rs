@@ -1,0 +1,213 @@
+//! Where the server is: `HOST:PORT` addresses, a comma-separated list of
+//! them (tried in order on every connect; the first that accepts is used),
+//! and the `DISTLOCKD_SERVER` environment variable, read by the CLI and by
+//! [`super::Client::from_env`].
+
+use std::ffi::OsStr;
+use std::io;
+use std::net::{Ipv6Addr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// The environment variable naming the server(s), like etcdctl's
+/// `ETCDCTL_ENDPOINTS`: `HOST:PORT[,HOST:PORT...]`.
+pub const SERVER_ENV: &str = "DISTLOCKD_SERVER";
+
+/// The server when neither an address nor [`SERVER_ENV`] is given: the
+/// daemon's default listen address.
+pub const SERVER_DEFAULT: &str = "127.0.0.1:9999";
+
+/// Addresses in one list: a cluster has a handful; the bound keeps a
+/// mistaken paste from making every connect try hundreds of addresses.
+pub const SERVERS_MAX: usize = 16;
+
+/// The accepted form, for error messages.
+pub const SERVER_FORM: &str = "HOST:PORT or a comma-separated list of them, e.g. 127.0.0.1:9999, localhost:9999 or [::1]:9999";
+
+/// Splits and checks `text`, a `HOST:PORT` or a comma-separated list of
+/// them, without resolving names (so a client can be built while DNS or the
+/// server is down). The error says what is wrong, not with what: the caller
+/// names the flag or variable the text came from.
+pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
+    let entries: Vec<&str> = text.split(',').map(str::trim).collect();
+    if entries.len() > SERVERS_MAX {
+        return Err(format!(
+            "{} addresses, over the {SERVERS_MAX} accepted",
+            entries.len()
+        ));
+    }
+    let several = entries.len() > 1;
+    entries
+        .into_iter()
+        .map(|entry| {
+            check_one(entry).map_err(|e| {
+                if several {
+                    format!("entry {entry:?}: {e}")
+                } else {
+                    e
+                }
+            })?;
+            Ok(entry.to_owned())
+        })
+        .collect()
+}
+
+fn check_one(entry: &str) -> Result<(), String> {
+    if entry.is_empty() {
+        return Err("no address".into());
+    }
+    let Some((host, port)) = entry.rsplit_once(':') else {
+        return Err("no :PORT after the host".into());
+    };
+    if host.is_empty() {
+        return Err("no HOST before the :PORT".into());
+    }
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return Err(format!("port {port:?} is not a port number (1-65535)"));
+    }
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(ip) if ip.parse::<Ipv6Addr>().is_err() => {
+            Err(format!("[{ip}] is not an IPv6 address"))
+        }
+        Some(_) => Ok(()),
+        None if host.contains(':') => Err("an IPv6 address needs brackets, e.g. [::1]:9999".into()),
+        None if host.contains(|c: char| c.is_whitespace() || c == '/') => {
+            Err(format!("{host:?} is not a host name or IP address"))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The list in [`SERVER_ENV`]; `Ok(None)` if it is unset, empty or only
+/// white space (then the default applies).
+pub fn from_env() -> Result<Option<Vec<String>>, String> {
+    from_env_value(std::env::var_os(SERVER_ENV).as_deref())
+}
+
+/// [`from_env`] for the variable's value, `None` if unset.
+fn from_env_value(value: Option<&OsStr>) -> Result<Option<Vec<String>>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let Some(text) = value.to_str() else {
+        return Err(format!(
+            "{SERVER_ENV}={:?}: not valid UTF-8; expected {SERVER_FORM}",
+            value.to_string_lossy()
+        ));
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_list(text)
+        .map(Some)
+        .map_err(|e| format!("{SERVER_ENV}={text:?}: {e}; expected {SERVER_FORM}"))
+}
+
+/// Connects to one entry: every address its name resolves to, in the
+/// resolver's order, until one accepts.
+pub(super) fn connect(server: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let addrs = server
+        .to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve it: {e}")))?;
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "the name resolved to no IP address",
+        )
+    }))
+}
+
+/// One error for a connect that failed at every entry, naming each entry
+/// and what happened there. Its kind is ConnectionRefused only if every
+/// entry refused.
+pub(super) fn unreachable(tried: Vec<(&str, io::Error)>) -> io::Error {
+    let all_refused = tried
+        .iter()
+        .all(|(_, e)| e.kind() == io::ErrorKind::ConnectionRefused);
+    let kind = match tried.last() {
+        _ if all_refused && !tried.is_empty() => io::ErrorKind::ConnectionRefused,
+        Some((_, e)) => e.kind(),
+        None => io::ErrorKind::NotFound,
+    };
+    let text: Vec<String> = tried.iter().map(|(s, e)| format!("{s}: {e}")).collect();
+    io::Error::new(kind, text.join("; "))
+}
+
+/// The port of the first entry of a checked list, for "start a server
+/// with --port N" hints.
+pub(super) fn first_port(list: &str) -> Option<&str> {
+    let first = list.split(',').next()?.trim();
+    first.rsplit_once(':').map(|(_, port)| port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_of_host_port() {
+        assert_eq!(
+            parse_list("127.0.0.1:9999"),
+            Ok(vec!["127.0.0.1:9999".into()])
+        );
+        assert_eq!(
+            parse_list("a.example:1, localhost:2,[::1]:3"),
+            Ok(vec![
+                "a.example:1".into(),
+                "localhost:2".into(),
+                "[::1]:3".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_entries_say_what_is_wrong() {
+        let err = |text: &str| parse_list(text).unwrap_err();
+        assert!(err("localhost").contains("no :PORT"));
+        assert!(err(":9999").contains("no HOST"));
+        assert!(err("h:0").contains("1-65535"));
+        assert!(err("h:99999").contains("1-65535"));
+        assert!(err("::1:9999").contains("brackets"));
+        assert!(err("[nope]:1").contains("not an IPv6"));
+        assert!(err("").contains("no address"));
+        assert!(err("a:1,,b:2").contains("entry \"\""));
+        assert!(err("a:1,b").contains("entry \"b\""));
+        let many = vec!["h:1"; SERVERS_MAX + 1].join(",");
+        assert!(err(&many).contains("over the 16"));
+    }
+
+    #[test]
+    fn the_variable_unset_or_blank_means_the_default() {
+        let value = |v: &str| from_env_value(Some(OsStr::new(v)));
+        assert_eq!(from_env_value(None), Ok(None));
+        assert_eq!(value(""), Ok(None));
+        assert_eq!(value(" \t"), Ok(None));
+        assert_eq!(value("h:1,h:2"), Ok(Some(vec!["h:1".into(), "h:2".into()])));
+        let e = value("h").unwrap_err();
+        assert!(e.starts_with("DISTLOCKD_SERVER=\"h\": no :PORT"), "{e}");
+        assert!(e.contains("HOST:PORT"), "{e}");
+    }
+
+    #[test]
+    fn unreachable_names_every_entry() {
+        let refused = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let e = unreachable(vec![("a:1", refused()), ("b:2", refused())]);
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        let text = e.to_string();
+        assert!(text.contains("a:1: ") && text.contains("b:2: "), "{text}");
+        let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+        let e = unreachable(vec![("a:1", refused()), ("b:2", timed_out)]);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
+    fn first_port_of_a_list() {
+        assert_eq!(first_port("[::1]:7,b:8"), Some("7"));
+    }
+}
