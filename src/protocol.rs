@@ -112,8 +112,19 @@ pub enum NotHeldReason {
     Free = 0,
     /// Another owner holds it.
     OtherOwner = 1,
-    /// The owner holds it under a different (newer) token.
+    /// The owner holds it under a different token.
     TokenMismatch = 2,
+}
+
+impl NotHeldReason {
+    /// The reason's name in docs/PROTOCOL.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotHeldReason::Free => "FREE",
+            NotHeldReason::OtherOwner => "OTHER_OWNER",
+            NotHeldReason::TokenMismatch => "TOKEN_MISMATCH",
+        }
+    }
 }
 
 /// Error codes carried by ERROR replies. See docs/PROTOCOL.md.

@@ -445,3 +445,132 @@ fn commands_authenticate_with_the_secret_file() {
     assert!(text(&env.stdout).contains("job: held"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_second_acquire_by_the_same_owner_says_it_re_entered() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    let first = run(port, &["acquire", "job", "--owner", "nightly", "--json"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let first = text(&first.stdout);
+    assert_eq!(json_field(&first, "reentered"), "false");
+    // The same command from another shell: the protocol's idempotent
+    // retry, told apart from a fresh grant.
+    let again = run(port, &["acquire", "job", "--owner", "nightly", "--json"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    let again = text(&again.stdout);
+    assert_eq!(json_field(&again, "reentered"), "true");
+    assert_eq!(json_field(&again, "token"), json_field(&first, "token"));
+    let human = run(port, &["acquire", "job", "--owner", "nightly"]);
+    let human = text(&human.stdout);
+    assert!(
+        human.contains("re-entered: this owner already held it"),
+        "{human}"
+    );
+    let fresh = run(port, &["acquire", "other-job", "--owner", "nightly"]);
+    assert!(!text(&fresh.stdout).contains("re-entered"));
+}
+
+#[test]
+fn not_held_says_only_what_the_server_knows() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    let out = run(port, &["acquire", "job", "--json"]);
+    let json = text(&out.stdout);
+    let (owner, token) = (json_field(&json, "owner"), json_field(&json, "token"));
+    let release = ["release", "job", "--owner", &owner, "--token", &token];
+    assert_eq!(run(port, &release).status.code(), Some(0));
+    // A double release: the lock is free; the server cannot say why.
+    let twice = run(port, &release);
+    assert_eq!(twice.status.code(), Some(1));
+    let stderr = text(&twice.stderr);
+    assert!(
+        stderr.contains("not held: released, expired, or never taken"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("ttl") && !stderr.contains("our hold"),
+        "{stderr}"
+    );
+    let json = text(&run(port, &[&release[..], &["--json"]].concat()).stdout);
+    assert_eq!(json_field(&json, "reason"), "FREE");
+
+    // The owner holds it again, under a new token: the old one is stale,
+    // and the error does not offer a token as "the most recent".
+    let out = run(port, &["acquire", "job", "--owner", "o", "--json"]);
+    let json = text(&out.stdout);
+    let (owner, token) = (json_field(&json, "owner"), json_field(&json, "token"));
+    let stale = (token.parse::<u64>().unwrap() - 1).to_string();
+    let out = run(
+        port,
+        &["release", "job", "--owner", &owner, "--token", &stale],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("this owner holds it under another token"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("most recent"), "{stderr}");
+    assert!(!stderr.contains(&format!("token {token}")), "{stderr}");
+    // Another owner's lock.
+    let out = run(
+        port,
+        &[
+            "extend", "job", "--owner", "x:0", "--token", &token, "--ttl", "1s",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("another owner holds it"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn wait_forever_waits_past_the_timeout_and_long_waits_are_taken() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    let held = run(port, &["acquire", "job", "--ttl", "1500ms"]);
+    assert_eq!(held.status.code(), Some(0));
+    // Granted when the hold expires, 1.5 s on: 7x the I/O timeout.
+    let started = std::time::Instant::now();
+    let waited = run(
+        port,
+        &["acquire", "job", "--wait", "forever", "--timeout", "200ms"],
+    );
+    assert_eq!(waited.status.code(), Some(0), "{}", text(&waited.stderr));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1000));
+    // Past an hour, and in days.
+    for wait in ["2h", "3d"] {
+        let out = run(port, &["acquire", &format!("free-{wait}"), "--wait", wait]);
+        assert_eq!(out.status.code(), Some(0), "{wait}: {}", text(&out.stderr));
+    }
+    // Longer than a finite wait can be: said in the CLI's words.
+    let out = run(port, &["acquire", "job", "--wait", "60d"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--wait 60d") && stderr.contains("use forever"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WAIT_FOREVER"), "{stderr}");
+}
+
+#[test]
+fn a_server_that_bounds_waits_refuses_forever_in_flag_words() {
+    let (_server, addr) = common::start_server_with(&["--wait-max-ms", "3600000"]);
+    let port = addr.port();
+    assert_eq!(run(port, &["acquire", "job"]).status.code(), Some(0));
+    for wait in ["forever", "2h"] {
+        let out = run(port, &["acquire", "job", "--wait", wait]);
+        assert_eq!(out.status.code(), Some(3), "{wait}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("--wait {wait}: this server waits at most 1h"))
+                && stderr.contains("--wait-max-ms 3600000"),
+            "{stderr}"
+        );
+    }
+}

@@ -631,3 +631,47 @@ fn help_shows_the_flock_forms() {
             .is_some_and(|e| e.contains("-c '"))
     );
 }
+
+#[test]
+fn wait_forever_runs_the_command_once_the_lock_frees() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let holder = client(port);
+    let lease = holder.try_acquire("job").unwrap().expect("free at first");
+    let waiter = thread::spawn(move || {
+        run_args(
+            port,
+            "job",
+            &["-w", "forever", "--timeout", "200ms", "--", "echo", "ran"],
+        )
+    });
+    // Queued, and still waiting at 5x its I/O timeout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holder.status("job").unwrap().map(|s| s.waiters) != Some(1) {
+        assert!(Instant::now() < deadline, "run never queued");
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_secs(1));
+    assert!(!waiter.is_finished(), "run stopped waiting");
+    holder.release_lease(&lease).unwrap();
+    let out = waiter.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+}
+
+#[test]
+fn a_server_bounding_waits_refuses_run_wait_forever_in_flag_words() {
+    let (_server, addr) = common::start_server_with(&["--wait-max-ms", "1000"]);
+    let port = addr.port();
+    let holder = client(port);
+    let _lease = holder.try_acquire("job").unwrap().expect("free at first");
+    let out = run_args(port, "job", &["--wait", "forever", "--", "echo", "ran"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--wait forever: this server waits at most 1s")
+            && stderr.contains("--wait-max-ms 1000"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
+}

@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::{
     Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
-    EXIT_USAGE, duration_value, positive_duration_value, string_value,
+    EXIT_USAGE, positive_duration_value, string_value, wait_refusal, wait_value,
 };
-use crate::client::{CLIENT_ID_LEN_MAX, Error, Lease, LockStatus};
+use crate::client::{
+    CLIENT_ID_LEN_MAX, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text,
+};
 use crate::json::string as json_string;
 use crate::limits::OWNER_LEN_CEILING;
 
@@ -25,8 +27,9 @@ TTL, or expired; prints the owner and token that `distlockd release` and
 `distlockd extend` need.
 
 Options:
-  --wait DURATION          wait this long for a held lock (default 0:
-                           fail at once); 500ms, 10s, 5m, 1h or seconds
+  --wait DURATION|forever  wait this long for a held lock, in the server's
+                           FIFO queue (default 0: fail at once); 500ms, 10s,
+                           5m, 2h, 3d, seconds, or forever (no deadline)
   --ttl DURATION           the hold's TTL (default 10s)
   --owner ID               owner id prefix, 1-43 bytes (default: generated)
   --json                   one JSON object on standard output
@@ -113,12 +116,14 @@ fn usage_and_options(command: &str) -> (&'static str, &'static [&'static str]) {
 
 const EXIT_CODES: &str = "\
 Exit status: 0 done; 1 the lock was busy, the wait ran out, or the hold is
-not held (released, expired or taken by another owner); 2 bad usage; 3 the
-server could not be reached or refused the request.";
+not held (released, expired, never taken, or held by another owner or under
+another token); 2 bad usage; 3 the server could not be reached or refused the
+request.";
 
 /// The parsed command line of one lock command.
 #[derive(Default)]
 struct Args {
+    command: String,
     connect: ConnectOptions,
     name: Option<String>,
     wait: Duration,
@@ -132,7 +137,10 @@ struct Args {
 /// Runs one lock command; `command` is its name.
 pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let (usage, options) = usage_and_options(command);
-    let mut args = Args::default();
+    let mut args = Args {
+        command: command.to_owned(),
+        ..Args::default()
+    };
     while let Some(arg) = Arg::next(parser)? {
         if args.connect.parse(&arg, parser)? {
             continue;
@@ -143,7 +151,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             _ => "",
         };
         match flag {
-            "wait" => args.wait = duration_value(parser, "--wait")?,
+            "wait" => args.wait = wait_value(parser, "--wait")?,
             "ttl" => {
                 args.ttl = Some(positive_duration_value(
                     parser,
@@ -221,12 +229,18 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             eprintln!("distlockd {command}: {}", args.connect.describe(&e));
             Ok(ExitCode::from(exit_code(&e)))
         }
+        Err(Failure::Refused(message)) => {
+            eprintln!("distlockd {command}: {message}");
+            Ok(ExitCode::from(EXIT_UNAVAILABLE))
+        }
     }
 }
 
 enum Failure {
     Usage(String),
     Client(Error),
+    /// The server refused the request; the message says why in flag words.
+    Refused(String),
 }
 
 impl From<Error> for Failure {
@@ -280,7 +294,10 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
         match client.acquire(name, args.wait) {
             Ok(lease) => Some(lease),
             Err(Error::AcquireTimeout { .. }) => None,
-            Err(e) => return Err(e.into()),
+            Err(e) => match wait_refusal(&client, args.wait, &e) {
+                Some(message) => return Err(Failure::Refused(message)),
+                None => return Err(e.into()),
+            },
         }
     };
     let Some(lease) = lease else {
@@ -306,15 +323,22 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
     };
     if args.json {
         println!(
-            "{{\"acquired\":true,\"name\":{},\"owner\":{},\"token\":{},\"ttl_ms\":{}}}",
+            "{{\"acquired\":true,\"reentered\":{},\"name\":{},\"owner\":{},\"token\":{},\"ttl_ms\":{}}}",
+            lease.reentered(),
             json_string(lease.name()),
             json_string(lease.owner()),
             lease.token(),
             lease.ttl().as_millis()
         );
     } else {
+        // A second `acquire --owner X` of a lock X holds is the protocol's
+        // idempotent retry: say so rather than let it pass for a new grant.
+        let reentered = match lease.reentered() {
+            true => " (re-entered: this owner already held it; same token, TTL restarted)",
+            false => "",
+        };
         println!(
-            "acquired {}: owner {} token {} ttl {}",
+            "acquired {}: owner {} token {} ttl {}{reentered}",
             lease.name(),
             lease.owner(),
             lease.token(),
@@ -368,15 +392,25 @@ fn report(
             }
             Ok(EXIT_OK)
         }
-        Err(e @ Error::NotHeld { .. }) => {
+        Err(Error::NotHeld { reason, .. }) => {
+            // Only what the server said: it cannot tell an expired hold
+            // from a released one, nor which token is the current one.
+            let (code, text) = match reason {
+                NotHeldCause::Server(reason) => (reason.name(), not_held_reason_text(reason)),
+                NotHeldCause::NotAcquiredHere => unreachable!("release and extend name a lease"),
+            };
             if args.json {
                 println!(
-                    "{{\"{verb}\":false,\"name\":{},\"token\":{token},\"not_held\":{}}}",
+                    "{{\"{verb}\":false,\"name\":{},\"token\":{token},\"reason\":\"{code}\",\"not_held\":{}}}",
                     json_string(name),
-                    json_string(&e.to_string())
+                    json_string(text)
                 );
             } else {
-                eprintln!("{e} (token {token}); nothing changed");
+                eprintln!(
+                    "distlockd {command}: {name} is not held by owner {owner} under token {token}: {text}; nothing changed",
+                    command = args.command,
+                    owner = args.owner.as_deref().unwrap_or_default(),
+                );
             }
             Ok(EXIT_NOT_OBTAINED)
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::auth::{SECRET_FILE_ENV, read_secret_file};
 use crate::client::servers::{self, SERVER_DEFAULT, SERVER_ENV, SERVER_FORM};
-use crate::client::{Client, ClientBuilder, Error};
+use crate::client::{Client, ClientBuilder, Error, WAIT_FINITE_MAX, WAIT_FOREVER};
 use crate::protocol::ErrorCode;
 
 /// Exit status: the command did what was asked.
@@ -253,9 +253,75 @@ pub fn duration_value(parser: &mut lexopt::Parser, flag: &str) -> Result<Duratio
     parse_duration(&v).map_err(|e| format!("{flag} {v}: {e}"))
 }
 
-/// A duration: a number with a unit, `ms`, `s`, `m` or `h` (`250ms`,
-/// `1.5s`, `10m`), or a bare number of seconds, as flock(1) and timeout(1)
-/// take them.
+/// `--wait`: a [`parse_duration`] duration, or `forever`.
+pub fn wait_value(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, String> {
+    let v = string_value(parser, flag)?;
+    parse_wait(&v).map_err(|e| format!("{flag} {v}: {e}"))
+}
+
+/// A wait: `forever` (no deadline: [`WAIT_FOREVER`], which keeps its place
+/// in the server's queue), or a duration up to the longest finite wait the
+/// protocol carries (`wait_ms` is a u32: about 49.7 days).
+pub fn parse_wait(text: &str) -> Result<Duration, String> {
+    if text.trim() == "forever" {
+        return Ok(WAIT_FOREVER);
+    }
+    let wait = parse_duration(text).map_err(|e| match e.starts_with("not a duration") {
+        true => "not a wait; use e.g. 500ms, 10s, 5m, 2h, 3d or forever".to_owned(),
+        false => e,
+    })?;
+    if wait > WAIT_FINITE_MAX {
+        return Err(format!(
+            "over the longest wait with a deadline, {} ms (about 49.7 days); use forever to wait with no deadline",
+            WAIT_FINITE_MAX.as_millis()
+        ));
+    }
+    Ok(wait)
+}
+
+/// A wait as `--wait` takes it: `forever`, or a duration.
+pub fn format_wait(wait: Duration) -> String {
+    if wait == WAIT_FOREVER {
+        return "forever".to_owned();
+    }
+    let ms = wait.as_millis();
+    match ms {
+        _ if ms % 3_600_000 == 0 && ms > 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// When a server refused a `--wait` (BAD_ARGUMENT) because its
+/// `--wait-max-ms` is below it, says so in `--wait`'s words; `None` if that
+/// is not why.
+pub fn wait_refusal(client: &Client, wait: Duration, e: &Error) -> Option<String> {
+    let refused = matches!(
+        e,
+        Error::Server {
+            code: ErrorCode::BadArgument,
+            ..
+        }
+    );
+    if !refused || wait.is_zero() {
+        return None;
+    }
+    let max = client.server_info().ok()?.wait_max?;
+    (wait > max).then(|| {
+        format!(
+            "--wait {}: this server waits at most {} (it runs with --wait-max-ms {}); use --wait {} or less, or ask its operator for --wait-max-ms forever",
+            format_wait(wait),
+            format_wait(max),
+            max.as_millis(),
+            format_wait(max)
+        )
+    })
+}
+
+/// A duration: a number with a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`,
+/// `1.5s`, `10m`, `2d`), or a bare number of seconds, as flock(1) and
+/// timeout(1) take them.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -270,7 +336,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
+        "d" => value * 86400.0,
+        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m, h or d")),
     };
     if !seconds.is_finite() || seconds > 1e9 {
         return Err("too long".to_owned());
@@ -298,6 +365,25 @@ mod tests {
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(2 * 86400)));
+    }
+
+    #[test]
+    fn waits() {
+        assert_eq!(parse_wait("forever"), Ok(WAIT_FOREVER));
+        assert_eq!(parse_wait("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_wait("49d"), Ok(Duration::from_secs(49 * 86400)));
+        let err = parse_wait("50d").unwrap_err();
+        assert!(err.contains("use forever"), "{err}");
+        assert!(
+            !err.contains("WAIT_FOREVER") && !err.contains("Duration"),
+            "{err}"
+        );
+        assert!(parse_wait("always").is_err());
+        assert_eq!(format_wait(WAIT_FOREVER), "forever");
+        assert_eq!(format_wait(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_wait(Duration::from_secs(90)), "90s");
+        assert_eq!(format_wait(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]

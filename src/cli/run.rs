@@ -167,8 +167,10 @@ COMMAND exits; processes it left running in the background are not waited
 for.
 
 Options:
-  -w, --wait DURATION      wait this long for a held lock (default 0: fail at
-                           once, like flock -n; flock waits forever without -w)
+  -w, --wait DURATION|forever
+                           wait this long for a held lock, in the server's
+                           FIFO queue; forever: no deadline, like flock without
+                           -w (default 0: fail at once, like flock -n)
   -n, --nonblock           fail at once if the lock is held (the default)
   -c, --command 'SHELL COMMAND'
                            run it with /bin/sh -c (flock -c uses $SHELL): $0 is
@@ -263,7 +265,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             _ => "",
         };
         match flag {
-            "wait" => wait = duration_value(parser, "--wait")?,
+            "wait" => wait = super::wait_value(parser, "--wait")?,
             "nonblock" | "nb" => wait = Duration::ZERO,
             "ttl" => ttl = duration_value(parser, "--ttl")?,
             "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
@@ -382,7 +384,9 @@ fn run(options: &Options) -> Result<u8, String> {
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
         Err(e) => {
-            eprintln!("distlockd run: {}", options.connect.describe(&e));
+            let message = super::wait_refusal(&client, options.wait, &e)
+                .unwrap_or_else(|| options.connect.describe(&e));
+            eprintln!("distlockd run: {message}");
             return Ok(EXIT_UNAVAILABLE);
         }
     };
