@@ -559,6 +559,36 @@ fn wait_forever_waits_past_the_timeout_and_long_waits_are_taken() {
 }
 
 #[test]
+fn a_ttl_over_the_servers_maximum_is_refused_in_flag_words() {
+    let (_server, addr) = common::start_server_with(&["--ttl-max-ms", "3600000"]);
+    let port = addr.port();
+    let out = run(port, &["acquire", "job", "--ttl", "2h"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--ttl 2h: this server grants holds of at most 1h")
+            && stderr.contains("--ttl-max-ms 3600000"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ttl_ms"), "{stderr}");
+    let out = run(port, &["acquire", "job", "--ttl", "1h", "--json"]);
+    let json = text(&out.stdout);
+    let (owner, token) = (json_field(&json, "owner"), json_field(&json, "token"));
+    let out = run(
+        port,
+        &[
+            "extend", "job", "--owner", &owner, "--token", &token, "--ttl", "3h",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("--ttl 3h: this server grants holds of at most 1h"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn a_server_that_bounds_waits_refuses_forever_in_flag_words() {
     let (_server, addr) = common::start_server_with(&["--wait-max-ms", "3600000"]);
     let port = addr.port();

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::{
     Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
-    EXIT_USAGE, positive_duration_value, string_value, wait_refusal, wait_value,
+    EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
 };
 use crate::client::{
-    CLIENT_ID_LEN_MAX, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text,
+    CLIENT_ID_LEN_MAX, Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text,
 };
 use crate::json::string as json_string;
 use crate::limits::OWNER_LEN_CEILING;
@@ -288,17 +288,14 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
         builder = builder.client_id(owner.clone());
     }
     let client = builder.build()?;
-    let lease = if args.wait.is_zero() {
-        client.try_acquire(name)?
-    } else {
-        match client.acquire(name, args.wait) {
-            Ok(lease) => Some(lease),
-            Err(Error::AcquireTimeout { .. }) => None,
-            Err(e) => match wait_refusal(&client, args.wait, &e) {
-                Some(message) => return Err(Failure::Refused(message)),
-                None => return Err(e.into()),
-            },
-        }
+    let acquired = match args.wait.is_zero() {
+        true => client.try_acquire(name),
+        false => client.acquire(name, args.wait).map(Some),
+    };
+    let lease = match acquired {
+        Ok(lease) => lease,
+        Err(Error::AcquireTimeout { .. }) => None,
+        Err(e) => return Err(refused(&client, args, &e).unwrap_or(e.into())),
     };
     let Some(lease) = lease else {
         let status = client.status(name)?;
@@ -348,6 +345,12 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
+/// A server's refusal of `--wait` or `--ttl`, in those flags' words.
+fn refused(client: &Client, args: &Args, e: &Error) -> Option<Failure> {
+    let ttl = args.ttl.unwrap_or(Duration::ZERO);
+    refusal_in_flags(client, args.wait, ttl, e).map(Failure::Refused)
+}
+
 fn release(args: &Args) -> Result<u8, Failure> {
     let name = name(args)?;
     let (owner, token) = owner_and_token(args)?;
@@ -366,6 +369,13 @@ fn extend(args: &Args) -> Result<u8, Failure> {
     let client = args.connect.builder()?.build()?;
     let lease = Lease::from_parts(name, owner, token, ttl);
     let result = client.extend(&lease, ttl);
+    if let Some(refusal) = result
+        .as_ref()
+        .err()
+        .and_then(|e| refused(&client, args, e))
+    {
+        return Err(refusal);
+    }
     report(args, "extended", name, token, Some(ttl), result.map(Some))
 }
 

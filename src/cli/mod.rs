@@ -293,10 +293,16 @@ pub fn format_wait(wait: Duration) -> String {
     }
 }
 
-/// When a server refused a `--wait` (BAD_ARGUMENT) because its
-/// `--wait-max-ms` is below it, says so in `--wait`'s words; `None` if that
-/// is not why.
-pub fn wait_refusal(client: &Client, wait: Duration, e: &Error) -> Option<String> {
+/// When a server refused a request (BAD_ARGUMENT) because its
+/// `--wait-max-ms` or `--ttl-max-ms` is below the `--wait` or `--ttl` asked
+/// (zero: not asked), says so in those flags' words; `None` if that is not
+/// why.
+pub fn refusal_in_flags(
+    client: &Client,
+    wait: Duration,
+    ttl: Duration,
+    e: &Error,
+) -> Option<String> {
     let refused = matches!(
         e,
         Error::Server {
@@ -304,10 +310,19 @@ pub fn wait_refusal(client: &Client, wait: Duration, e: &Error) -> Option<String
             ..
         }
     );
-    if !refused || wait.is_zero() {
+    if !refused || (wait.is_zero() && ttl.is_zero()) {
         return None;
     }
-    let max = client.server_info().ok()?.wait_max?;
+    let info = client.server_info().ok()?;
+    if ttl > info.lock_ttl_max {
+        let max = format_wait(info.lock_ttl_max);
+        return Some(format!(
+            "--ttl {}: this server grants holds of at most {max} (it runs with --ttl-max-ms {}); use --ttl {max} or less and extend the hold before it ends",
+            format_wait(ttl),
+            info.lock_ttl_max.as_millis(),
+        ));
+    }
+    let max = info.wait_max?;
     (wait > max).then(|| {
         format!(
             "--wait {}: this server waits at most {} (it runs with --wait-max-ms {}); use --wait {} or less, or ask its operator for --wait-max-ms forever",

@@ -384,7 +384,7 @@ fn run(options: &Options) -> Result<u8, String> {
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
         Err(e) => {
-            let message = super::wait_refusal(&client, options.wait, &e)
+            let message = super::refusal_in_flags(&client, options.wait, options.ttl, &e)
                 .unwrap_or_else(|| options.connect.describe(&e));
             eprintln!("distlockd run: {message}");
             return Ok(EXIT_UNAVAILABLE);
