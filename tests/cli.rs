@@ -2,6 +2,7 @@
 //! runs it: exit codes, human output and `--json`.
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 mod common;
@@ -375,17 +376,31 @@ fn cli_messages_speak_in_flags_not_rust() {
     assert!(ttl.contains("use e.g. --ttl 10s"), "{ttl}");
 }
 
-#[test]
-fn ping_without_the_secret_reports_auth_required() {
-    let dir = std::env::temp_dir().join(format!("distlockd-cli-ping-{}", std::process::id()));
+/// A server started with a secret in a scratch directory of its own (for
+/// `test`), with the directory and the secret file's path.
+fn start_server_with_secret(
+    test: &str,
+) -> (
+    common::ServerProcess,
+    std::net::SocketAddr,
+    PathBuf,
+    PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!("distlockd-cli-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, "a secret of at least sixteen bytes\n").unwrap();
-    let (_server, addr) = common::start_server_cmd(
+    let (server, addr) = common::start_server_cmd(
         Command::new(env!("CARGO_BIN_EXE_distlockd"))
             .args(["server", "--port", "0", "--auth-secret-file"])
             .arg(&secret),
     );
+    (server, addr, dir, secret)
+}
+
+#[test]
+fn ping_without_the_secret_reports_auth_required() {
+    let (_server, addr, dir, secret) = start_server_with_secret("ping");
     let server = addr.to_string();
     let refused = distlockd(None, &["ping", "--server", &server]);
     let stderr = text(&refused.stderr);
@@ -413,15 +428,7 @@ fn ping_without_the_secret_reports_auth_required() {
 
 #[test]
 fn commands_authenticate_with_the_secret_file() {
-    let dir = std::env::temp_dir().join(format!("distlockd-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "a secret of at least sixteen bytes\n").unwrap();
-    let (_server, addr) = common::start_server_cmd(
-        Command::new(env!("CARGO_BIN_EXE_distlockd"))
-            .args(["server", "--port", "0", "--auth-secret-file"])
-            .arg(&secret),
-    );
+    let (_server, addr, dir, secret) = start_server_with_secret("commands");
     let port = addr.port();
     let refused = run(port, &["acquire", "job"]);
     assert_eq!(refused.status.code(), Some(3));

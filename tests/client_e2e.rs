@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Error, NotHeldCause};
+use distlockd::client::{Client, Error, Lease, NotHeldCause};
 use distlockd::limits::Limits;
 use distlockd::protocol::{Acquire, ErrorCode, NotHeldReason, Reply, Request, decode_reply};
 use distlockd::server::{Config, Server, ServerHandle};
@@ -427,65 +427,56 @@ fn a_repeated_acquire_by_the_same_owner_gets_the_same_token() {
     assert_eq!(raw_read(&mut second, 1), vec![Raw::Busy { waiters: 0 }]);
 }
 
+/// Why `err` says a hold is not ours, and its text; panics on other errors.
+fn not_held(err: Error) -> (NotHeldCause, String) {
+    let text = err.to_string();
+    match err {
+        Error::NotHeld { reason, .. } => (reason, text),
+        other => panic!("expected NotHeld, got {other:?}"),
+    }
+}
+
 #[test]
 fn releasing_what_we_do_not_hold_is_not_held() {
     let server = start();
     let c = client(server.local_addr());
-    let err = c.release("never").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotHeld {
-                reason: NotHeldCause::NotAcquiredHere,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let (reason, _) = not_held(c.release("never").unwrap_err());
+    assert_eq!(reason, NotHeldCause::NotAcquiredHere);
 
     c.acquire("twice", Duration::ZERO).unwrap();
     c.release("twice").unwrap();
-    let err = c.release("twice").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotHeld {
-                reason: NotHeldCause::NotAcquiredHere,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let (reason, _) = not_held(c.release("twice").unwrap_err());
+    assert_eq!(reason, NotHeldCause::NotAcquiredHere);
 
-    // By lease, the second RELEASE reaches the server, which says so.
+    // By lease, the second RELEASE reaches the server, which says so, and
+    // no more: it cannot tell a release from an expiry.
     let lease = c.acquire("twice", Duration::ZERO).unwrap();
     c.release_lease(&lease).unwrap();
-    let err = c.release_lease(&lease).unwrap_err();
+    let (reason, text) = not_held(c.release_lease(&lease).unwrap_err());
+    assert_eq!(reason, NotHeldCause::Server(NotHeldReason::Free));
+    assert!(text.contains("released, expired, or never taken"), "{text}");
     assert!(
-        matches!(
-            err,
-            Error::NotHeld {
-                reason: NotHeldCause::Server(NotHeldReason::Free),
-                ..
-            }
-        ),
-        "{err:?}"
+        !text.contains("ttl") && !text.contains("our hold"),
+        "{text}"
     );
 
     // Another owner's hold: the stale lease is refused with OtherOwner.
     let other = client(server.local_addr());
     let _held = other.lock("twice", Duration::ZERO).unwrap();
-    let err = c.release_lease(&lease).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotHeld {
-                reason: NotHeldCause::Server(NotHeldReason::OtherOwner),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let (reason, text) = not_held(c.release_lease(&lease).unwrap_err());
+    assert_eq!(reason, NotHeldCause::Server(NotHeldReason::OtherOwner));
+    assert!(text.contains("another owner holds it"), "{text}");
+    assert!(!text.contains("expired"), "{text}");
+
+    // The same owner under a token it does not hold: no token is offered
+    // as "the most recent".
+    let lease = c.acquire("stale", Duration::ZERO).unwrap();
+    let stale = Lease::from_parts("stale", lease.owner(), lease.token() - 1, lease.ttl());
+    let (reason, text) = not_held(c.release_lease(&stale).unwrap_err());
+    assert_eq!(reason, NotHeldCause::Server(NotHeldReason::TokenMismatch));
+    assert!(text.contains("holds it under another token"), "{text}");
+    assert!(!text.contains("most recent"), "{text}");
+    assert!(!text.contains(&lease.token().to_string()), "{text}");
 }
 
 #[test]
