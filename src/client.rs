@@ -751,7 +751,9 @@ impl Client {
     }
 
     /// Takes `name`, waiting on the server (in FIFO order with other waiters)
-    /// for up to `wait`. `Err(AcquireTimeout)` if it stayed held.
+    /// for up to `wait`, or with no deadline for [`WAIT_FOREVER`].
+    /// `Err(AcquireTimeout)` if it stayed held; a finite wait over
+    /// [`WAIT_FINITE_MAX`] is `Err(InvalidArgument)`.
     pub fn acquire(&self, name: &str, wait: Duration) -> Result<Lease> {
         let started = Instant::now();
         match self.acquire_inner(name, wait, self.flags)? {
