@@ -862,9 +862,24 @@ impl Client {
 
     /// `Ok(None)`: still held by another owner when the wait ended.
     fn acquire_inner(&self, name: &str, wait: Duration, flags: u8) -> Result<Option<Lease>> {
+        self.acquire_as(name, self.next_owner(), wait, flags)
+    }
+
+    /// ACQUIRE under `owner` exactly, rather than one of this client's own
+    /// per-acquisition owners: for the lock CLI, whose `--owner` names the
+    /// owner that `release` and `extend` then take, so that an `acquire` of
+    /// a lock the same owner holds re-enters it. `Ok(None)`: still held by
+    /// another owner when the wait ended.
+    pub(crate) fn acquire_as(
+        &self,
+        name: &str,
+        owner: String,
+        wait: Duration,
+        flags: u8,
+    ) -> Result<Option<Lease>> {
         check_name(name)?;
         check_wait(wait)?;
-        let owner = self.next_owner();
+        check_owner(&owner)?;
         let op = Op::Acquire {
             name,
             owner: &owner,
@@ -1940,6 +1955,16 @@ fn check_wait(wait: Duration) -> Result<()> {
             "wait {:.0}s is over the longest finite wait, {}s (wait_ms is a u32 of milliseconds); pass WAIT_FOREVER to wait with no deadline",
             wait.as_secs_f64(),
             WAIT_FINITE_MAX.as_secs()
+        ));
+    }
+    Ok(())
+}
+
+fn check_owner(owner: &str) -> Result<()> {
+    if !(1..=OWNER_LEN_CEILING).contains(&owner.len()) {
+        return invalid(format!(
+            "owner is {} bytes; use 1 to {OWNER_LEN_CEILING} bytes",
+            owner.len()
         ));
     }
     Ok(())

@@ -354,7 +354,7 @@ fn cli_messages_speak_in_flags_not_rust() {
         ),
         (&["acquire", "job", "--timeout", "0"], "--timeout 0"),
         (&["acquire", "job", "--owner", ""], "--owner \"\""),
-        (&["acquire", "job", "--owner", &"x".repeat(44)], "--owner"),
+        (&["acquire", "job", "--owner", &"x".repeat(65)], "--owner"),
     ];
     for (args, flag) in cases {
         let out = run(port, args);
@@ -468,6 +468,8 @@ fn a_second_acquire_by_the_same_owner_says_it_re_entered() {
     let again = text(&again.stdout);
     assert_eq!(json_field(&again, "reentered"), "true");
     assert_eq!(json_field(&again, "token"), json_field(&first, "token"));
+    // --owner is the owner itself, the one release and extend take.
+    assert_eq!(json_field(&first, "owner"), "nightly");
     let human = run(port, &["acquire", "job", "--owner", "nightly"]);
     let human = text(&human.stdout);
     assert!(
@@ -476,6 +478,12 @@ fn a_second_acquire_by_the_same_owner_says_it_re_entered() {
     );
     let fresh = run(port, &["acquire", "other-job", "--owner", "nightly"]);
     assert!(!text(&fresh.stdout).contains("re-entered"));
+    let token = json_field(&first, "token");
+    let release = run(
+        port,
+        &["release", "job", "--owner", "nightly", "--token", &token],
+    );
+    assert_eq!(release.status.code(), Some(0), "{}", text(&release.stderr));
 }
 
 #[test]
@@ -610,4 +618,42 @@ fn a_server_that_bounds_waits_refuses_forever_in_flag_words() {
             "{stderr}"
         );
     }
+}
+
+#[test]
+fn with_json_a_failure_is_one_json_object_too() {
+    let nothing = closed_addr();
+    let out = distlockd(None, &["ping", "--server", &nothing, "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let json = text(&out.stdout);
+    assert_eq!(json_field(&json, "ok"), "false", "{json}");
+    assert_eq!(json_field(&json, "exit_status"), "3", "{json}");
+    assert!(
+        json_field(&json, "error").contains("nothing is listening"),
+        "{json}"
+    );
+    assert!(text(&out.stderr).contains("nothing is listening"));
+    let (_server, addr) = common::start_server();
+    let out = run(addr.port(), &["acquire", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let json = text(&out.stdout);
+    assert_eq!(json_field(&json, "exit_status"), "2", "{json}");
+    assert!(
+        json_field(&json, "error").contains("NAME is missing"),
+        "{json}"
+    );
+}
+
+#[test]
+fn a_server_that_does_not_wait_says_so() {
+    let (_server, addr) = common::start_server_with(&["--wait-max-ms", "0"]);
+    let port = addr.port();
+    assert_eq!(run(port, &["acquire", "job"]).status.code(), Some(0));
+    let out = run(port, &["acquire", "job", "--wait", "5s"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--wait 5s: this server does not wait for held locks"),
+        "{stderr}"
+    );
 }

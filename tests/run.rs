@@ -356,7 +356,7 @@ fn a_renewal_answered_not_held_terminates_the_command_at_once() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("not held"), "{stderr}");
-    assert!(!stderr.contains("renewals failed until"), "{stderr}");
+    assert!(!stderr.contains("no renewal was confirmed"), "{stderr}");
 }
 
 #[test]
@@ -674,4 +674,34 @@ fn a_server_bounding_waits_refuses_run_wait_forever_in_flag_words() {
         "{stderr}"
     );
     assert_eq!(text(&out.stdout), "");
+}
+
+/// A `run` stopped (SIGSTOP) past its lease sent no renewal at all: it must
+/// not claim that renewals failed, only that none was confirmed in time.
+#[test]
+fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let mut run = Run::start(&mut run_cmd(port, "job", &["--ttl", "1s"], "sleep 20"));
+    let holder = client(port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while holder.status("job").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "run never took the lock");
+        thread::sleep(Duration::from_millis(10));
+    }
+    send_signal(run.pid(), "STOP");
+    // Past the 1 s lease; another owner takes the lock meanwhile.
+    thread::sleep(Duration::from_millis(2500));
+    let taken = holder.try_acquire("job").unwrap();
+    send_signal(run.pid(), "CONT");
+    assert!(taken.is_some(), "the lease of the stopped run had ended");
+    let _ = run.exited();
+    let out = run.finish();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("no renewal was confirmed before the lease could run out"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("renewals failed until"), "{stderr}");
 }

@@ -10,9 +10,7 @@ use super::{
     Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
     EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
 };
-use crate::client::{
-    CLIENT_ID_LEN_MAX, Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text,
-};
+use crate::client::{Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text};
 use crate::json::string as json_string;
 use crate::limits::OWNER_LEN_CEILING;
 
@@ -31,7 +29,9 @@ Options:
                            FIFO queue (default 0: fail at once); 500ms, 10s,
                            5m, 2h, 3d, seconds, or forever (no deadline)
   --ttl DURATION           the hold's TTL (default 10s)
-  --owner ID               owner id prefix, 1-43 bytes (default: generated)
+  --owner OWNER            hold it as this owner, 1-64 bytes (default: a
+                           generated one); release and extend take the same;
+                           acquiring a lock OWNER holds re-enters that hold
   --json                   one JSON object on standard output
   -h, --help               print this help
 
@@ -114,11 +114,25 @@ fn usage_and_options(command: &str) -> (&'static str, &'static [&'static str]) {
     }
 }
 
-const EXIT_CODES: &str = "\
-Exit status: 0 done; 1 the lock was busy, the wait ran out, or the hold is
-not held (released, expired, never taken, or held by another owner or under
-another token); 2 bad usage; 3 the server could not be reached or refused the
-request.";
+/// Each command's exit statuses, for its help.
+fn exit_codes(command: &str) -> &'static str {
+    match command {
+        "acquire" => {
+            "Exit status: 0 acquired (or re-entered); 1 held by another owner (at once,
+or when --wait ran out); 2 bad usage; 3 the server could not be reached or
+refused the request. With --json, failures print {\"ok\":false,...} too."
+        }
+        "release" | "extend" => {
+            "Exit status: 0 done; 1 not held by this owner under this token (released,
+expired, never taken, or held by another owner or under another token);
+2 bad usage; 3 the server could not be reached or refused the request."
+        }
+        _ => {
+            "Exit status: 0 done; 2 bad usage; 3 the server could not be reached or
+refused the request. With --json, failures print {\"ok\":false,...} too."
+        }
+    }
+}
 
 /// The parsed command line of one lock command.
 #[derive(Default)]
@@ -162,16 +176,13 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             }
             "owner" => {
                 let v = string_value(parser, "--owner")?;
-                // acquire's is the prefix the client adds ":COUNTER" to.
-                if command == "acquire" && !(1..=CLIENT_ID_LEN_MAX).contains(&v.len()) {
-                    return Err(format!(
-                        "acquire: --owner {v:?}: {} bytes; use 1 to {CLIENT_ID_LEN_MAX} bytes (acquire adds \":N\" to it)",
-                        v.len()
-                    ));
-                }
                 if !(1..=OWNER_LEN_CEILING).contains(&v.len()) {
+                    let fix = match command {
+                        "acquire" => "use a shorter one",
+                        _ => "use the owner `distlockd acquire` printed",
+                    };
                     return Err(format!(
-                        "{command}: --owner {v:?}: {} bytes, not an owner (1 to {OWNER_LEN_CEILING} bytes); use the owner `distlockd acquire` printed",
+                        "{command}: --owner {v:?}: {} bytes, not an owner (1 to {OWNER_LEN_CEILING} bytes); {fix}",
                         v.len()
                     ));
                 }
@@ -193,7 +204,8 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             }
             "json" => args.json = true,
             "help" => {
-                println!("{usage}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
+                let codes = exit_codes(command);
+                println!("{usage}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{codes}");
                 return Ok(ExitCode::SUCCESS);
             }
             _ => match arg {
@@ -222,18 +234,36 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
     };
     match outcome {
         Ok(code) => Ok(ExitCode::from(code)),
-        Err(Failure::Usage(message)) => Err(format!(
-            "{command}: {message}; run `distlockd {command} --help`"
-        )),
+        Err(Failure::Usage(message)) => {
+            let message = format!("{command}: {message}; run `distlockd {command} --help`");
+            if args.json {
+                println!(
+                    "{{\"ok\":false,\"exit_status\":{EXIT_USAGE},\"error\":{}}}",
+                    json_string(&message)
+                );
+            }
+            Err(message)
+        }
         Err(Failure::Client(e)) => {
-            eprintln!("distlockd {command}: {}", args.connect.describe(&e));
-            Ok(ExitCode::from(exit_code(&e)))
+            let code = exit_code(&e);
+            Ok(failed(&args, code, &args.connect.describe(&e)))
         }
-        Err(Failure::Refused(message)) => {
-            eprintln!("distlockd {command}: {message}");
-            Ok(ExitCode::from(EXIT_UNAVAILABLE))
-        }
+        Err(Failure::Refused(message)) => Ok(failed(&args, EXIT_UNAVAILABLE, &message)),
     }
+}
+
+/// Reports a request that failed on standard error and, with `--json`,
+/// as one JSON object on standard output too, so that a script reading
+/// JSON always gets one: `{"ok":false,"exit_status":N,"error":"..."}`.
+fn failed(args: &Args, code: u8, message: &str) -> ExitCode {
+    eprintln!("distlockd {}: {message}", args.command);
+    if args.json {
+        println!(
+            "{{\"ok\":false,\"exit_status\":{code},\"error\":{}}}",
+            json_string(message)
+        );
+    }
+    ExitCode::from(code)
 }
 
 enum Failure {
@@ -284,13 +314,12 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
     if let Some(ttl) = args.ttl {
         builder = builder.ttl(ttl);
     }
-    if let Some(owner) = &args.owner {
-        builder = builder.client_id(owner.clone());
-    }
     let client = builder.build()?;
-    let acquired = match args.wait.is_zero() {
-        true => client.try_acquire(name),
-        false => client.acquire(name, args.wait).map(Some),
+    // `--owner` is the owner itself, the one release and extend take.
+    let acquired = match (&args.owner, args.wait.is_zero()) {
+        (Some(owner), _) => client.acquire_as(name, owner.clone(), args.wait, 0),
+        (None, true) => client.try_acquire(name),
+        (None, false) => client.acquire(name, args.wait).map(Some),
     };
     let lease = match acquired {
         Ok(lease) => lease,
@@ -314,7 +343,14 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
                     s.waiters
                 )
             });
-            eprintln!("{name}: held by another owner{left}");
+            let waited = match args.wait.is_zero() {
+                true => String::new(),
+                false => format!("; waited {}", super::format_wait(args.wait)),
+            };
+            eprintln!(
+                "distlockd acquire: {}: held by another owner{left}{waited}",
+                shown(name)
+            );
         }
         return Ok(EXIT_NOT_OBTAINED);
     };
@@ -336,7 +372,7 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
         };
         println!(
             "acquired {}: owner {} token {} ttl {}{reentered}",
-            lease.name(),
+            shown(lease.name()),
             lease.owner(),
             lease.token(),
             human(lease.ttl())
@@ -441,13 +477,14 @@ fn status(args: &Args) -> Result<u8, Failure> {
         } else {
             match status {
                 Some(s) => println!(
-                    "{name}: held, token {}, {} left, {} waiting{}",
+                    "{}: held, token {}, {} left, {} waiting{}",
+                    shown(name),
                     s.token,
                     human(s.remaining),
                     s.waiters,
                     if s.session { ", session" } else { "" }
                 ),
-                None => println!("{name}: free"),
+                None => println!("{}: free", shown(name)),
             }
         }
         return Ok(EXIT_OK);
@@ -467,19 +504,19 @@ fn status(args: &Args) -> Result<u8, Failure> {
     let width = list
         .locks
         .iter()
-        .map(|l| l.name.chars().count())
+        .map(|l| shown(&l.name).chars().count())
         .max()
         .unwrap_or(0)
         .max(4);
     let mut out = format!(
-        "{:<width$}  {:>20}  {:>10}  {:>7}  SESSION\n",
+        "{:<width$}  {:>20}  {:>12}  {:>7}  SESSION\n",
         "NAME", "TOKEN", "LEFT", "WAITING"
     );
     for l in &list.locks {
         let _ = writeln!(
             out,
-            "{:<width$}  {:>20}  {:>10}  {:>7}  {}",
-            l.name,
+            "{:<width$}  {:>20}  {:>12}  {:>7}  {}",
+            shown(&l.name),
             l.token,
             human(l.remaining),
             l.waiters,
@@ -533,12 +570,24 @@ fn status_json(s: &LockStatus) -> String {
     )
 }
 
-/// `1.5 s`, `250 ms`: a duration for people.
+/// `250 ms`, `1.5 s`, `12 min 5 s`, `26 h 40 min`: a duration for people.
 fn human(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{:.1} s", d.as_secs_f64())
+    let s = d.as_secs();
+    match s {
+        0 => format!("{} ms", d.as_millis()),
+        1..100 => format!("{:.1} s", d.as_secs_f64()),
+        100..7200 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// A lock name for a terminal: as it is, unless it holds control
+/// characters (a newline, an escape sequence), which are escaped.
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.chars().any(char::is_control) {
+        format!("{:?}", name).into()
     } else {
-        format!("{} ms", d.as_millis())
+        name.into()
     }
 }
 
@@ -550,5 +599,9 @@ mod tests {
     fn durations_for_people() {
         assert_eq!(human(Duration::from_millis(250)), "250 ms");
         assert_eq!(human(Duration::from_millis(1500)), "1.5 s");
+        assert_eq!(human(Duration::from_secs(725)), "12 min 5 s");
+        assert_eq!(human(Duration::from_secs(96_000)), "26 h 40 min");
+        assert_eq!(shown("plain-name"), "plain-name");
+        assert_eq!(shown("a\nb\u{1b}[2J"), "\"a\\nb\\u{1b}[2J\"");
     }
 }

@@ -323,6 +323,12 @@ pub fn refusal_in_flags(
         ));
     }
     let max = info.wait_max?;
+    if max.is_zero() {
+        return Some(format!(
+            "--wait {}: this server does not wait for held locks (it runs with --wait-max-ms 0); drop --wait and retry later, or ask its operator for --wait-max-ms forever",
+            format_wait(wait)
+        ));
+    }
     (wait > max).then(|| {
         format!(
             "--wait {}: this server waits at most {} (it runs with --wait-max-ms {}); use --wait {} or less, or ask its operator for --wait-max-ms forever",

@@ -376,7 +376,7 @@ fn run(options: &Options) -> Result<u8, String> {
                     if options.wait.is_zero() {
                         " (use --wait to wait for it)".to_owned()
                     } else {
-                        format!(" after waiting {}ms", options.wait.as_millis())
+                        format!(" after waiting {}", super::format_wait(options.wait))
                     }
                 );
             }
@@ -755,7 +755,7 @@ fn act(action: Action, group: Pid, name: &str, grace: Duration) {
         Action::Terminate { lease_ran_out } => {
             if lease_ran_out {
                 eprintln!(
-                    "distlockd run: lost lock {name:?}: renewals failed until the lease could run out"
+                    "distlockd run: lost lock {name:?}: no renewal was confirmed before the lease could run out (renewals failed, or this process was paused)"
                 );
             }
             eprintln!(
@@ -765,8 +765,10 @@ fn act(action: Action, group: Pid, name: &str, grace: Duration) {
             let _ = kill_process_group(group, Signal::TERM);
         }
         Action::Kill => {
+            // A process paused past both deadlines sends both at once: the
+            // grace period may not have run for the command.
             eprintln!(
-                "distlockd run: the command outlived the grace period: SIGKILL to its process group"
+                "distlockd run: the command is still running at the SIGKILL deadline: SIGKILL to its process group"
             );
             let _ = kill_process_group(group, Signal::KILL);
         }
