@@ -447,9 +447,19 @@ pub struct ClientBuilder {
     client_id: Option<String>,
     auth_secret: Option<Secret>,
     renewals_per_ttl: u32,
+    /// Ask for TTL 0, the server's default, instead of `ttl`.
+    ttl_server_default: bool,
 }
 
 impl ClientBuilder {
+    /// Holds take the server's default TTL (its `--ttl-default-ms`): ACQUIRE
+    /// sends TTL 0, and each [`Lease::ttl`] is what the server granted. For
+    /// the lock CLI without `--ttl`, so that it follows the server's setting.
+    pub(crate) fn ttl_server_default(mut self) -> Self {
+        self.ttl_server_default = true;
+        self
+    }
+
     /// TTL of every hold this client takes (default 10 s). Must be positive.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -559,7 +569,10 @@ impl ClientBuilder {
             addr: servers.join(","),
             servers,
             client_id,
-            ttl_ms: duration_to_ms(self.ttl),
+            ttl_ms: match self.ttl_server_default {
+                true => 0,
+                false => duration_to_ms(self.ttl),
+            },
             timeout: self.timeout,
             retries: self.retries,
             flags: if self.session { FLAG_SESSION } else { 0 },
@@ -655,6 +668,7 @@ impl Client {
             client_id: None,
             auth_secret: None,
             renewals_per_ttl: RENEWALS_PER_TTL_DEFAULT,
+            ttl_server_default: false,
         }
     }
 

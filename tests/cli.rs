@@ -657,3 +657,14 @@ fn a_server_that_does_not_wait_says_so() {
         "{stderr}"
     );
 }
+
+#[test]
+fn acquire_without_ttl_takes_the_servers_default() {
+    let (_server, addr) = common::start_server_with(&["--ttl-default-ms", "300"]);
+    let port = addr.port();
+    let out = run(port, &["acquire", "job", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(json_field(&text(&out.stdout), "ttl_ms"), "300");
+    let out = run(port, &["acquire", "other", "--ttl", "1m", "--json"]);
+    assert_eq!(json_field(&text(&out.stdout), "ttl_ms"), "60000");
+}

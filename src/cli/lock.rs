@@ -28,7 +28,8 @@ Options:
   --wait DURATION|forever  wait this long for a held lock, in the server's
                            FIFO queue (default 0: fail at once); 500ms, 10s,
                            5m, 2h, 3d, seconds, or forever (no deadline)
-  --ttl DURATION           the hold's TTL (default 10s)
+  --ttl DURATION           the hold's TTL (default: the server's, 10s unless
+                           it runs with --ttl-default-ms)
   --owner OWNER            hold it as this owner, 1-64 bytes (default: a
                            generated one); release and extend take the same;
                            acquiring a lock OWNER holds re-enters that hold
@@ -311,9 +312,10 @@ fn owner_and_token(args: &Args) -> Result<(&str, u64), Failure> {
 fn acquire(args: &Args) -> Result<u8, Failure> {
     let name = name(args)?;
     let mut builder = args.connect.builder()?;
-    if let Some(ttl) = args.ttl {
-        builder = builder.ttl(ttl);
-    }
+    builder = match args.ttl {
+        Some(ttl) => builder.ttl(ttl),
+        None => builder.ttl_server_default(),
+    };
     let client = builder.build()?;
     // `--owner` is the owner itself, the one release and extend take.
     let acquired = match (&args.owner, args.wait.is_zero()) {
