@@ -185,7 +185,7 @@ fn server_flag_and_environment_variable_name_the_server() {
 
 #[test]
 fn bad_server_addresses_are_usage_errors_naming_the_source() {
-    let cases: [(Option<&str>, &[&str], &[&str]); 5] = [
+    let cases: [(Option<&str>, &[&str], &[&str]); 11] = [
         (
             None,
             &["ping", "--server", "localhost"],
@@ -210,6 +210,36 @@ fn bad_server_addresses_are_usage_errors_naming_the_source() {
             None,
             &["acquire", "job", "--server", "a:1", "--host", "b"],
             &["--server and --host both given"],
+        ),
+        (
+            None,
+            &["ping", "--server", "[::1]"],
+            &["--server [::1]: no :PORT after the host; e.g. [::1]:9999"],
+        ),
+        (
+            None,
+            &["ping", "--server", "http://127.0.0.1:43317"],
+            &["not HOST:PORT: drop the scheme http://, e.g. 127.0.0.1:43317"],
+        ),
+        (
+            None,
+            &["ping", "--server", "a:1,"],
+            &["--server a:1,: an empty entry; drop the extra comma"],
+        ),
+        (
+            None,
+            &["ping", "--server", "h:"],
+            &["no port after the ':'"],
+        ),
+        (
+            None,
+            &["ping", "--server", "h:0"],
+            &["port 0 cannot be connected to"],
+        ),
+        (
+            Some("1.2.3.4:5:6"),
+            &["ping"],
+            &["DISTLOCKD_SERVER=\"1.2.3.4:5:6\": more than one ':'"],
         ),
     ];
     for (env, args, wanted) in cases {
