@@ -185,7 +185,7 @@ fn server_flag_and_environment_variable_name_the_server() {
 
 #[test]
 fn bad_server_addresses_are_usage_errors_naming_the_source() {
-    let cases: [(Option<&str>, &[&str], &[&str]); 11] = [
+    let cases: [(Option<&str>, &[&str], &[&str]); 14] = [
         (
             None,
             &["ping", "--server", "localhost"],
@@ -235,6 +235,25 @@ fn bad_server_addresses_are_usage_errors_naming_the_source() {
             None,
             &["ping", "--server", "h:0"],
             &["port 0 cannot be connected to"],
+        ),
+        (
+            None,
+            &["ping", "--host", "127.0.0.1:43317"],
+            &[
+                "--host 127.0.0.1:43317: a host without :PORT",
+                "put the port in --port (--host 127.0.0.1 --port 43317)",
+                "or use --server HOST:PORT",
+            ],
+        ),
+        (
+            None,
+            &["status", "--host", "http://lockd"],
+            &["--host http://lockd: not a host: drop the scheme http://"],
+        ),
+        (
+            None,
+            &["ping", "--port", "127.0.0.1:9999"],
+            &["--port 127.0.0.1:9999: a port number alone", "--host"],
         ),
         (
             Some("1.2.3.4:5:6"),

@@ -91,21 +91,19 @@ impl ConnectOptions {
             }
             "host" => {
                 let v = string_value(parser, "--host")?;
-                if v.trim().is_empty() {
-                    return Err(
-                        "--host \"\": no host; use a name or an IP address, e.g. 127.0.0.1".into(),
-                    );
-                }
+                check_client_host(&v)?;
                 self.host = Some(v);
             }
             "port" => {
                 let v = string_value(parser, "--port")?;
-                self.port = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&p| p != 0)
-                        .ok_or_else(|| format!("--port {v}: not a port number (1-65535)"))?,
-                );
+                self.port = Some(v.parse().ok().filter(|&p| p != 0).ok_or_else(|| {
+                    match servers::port_in_host(&v) {
+                        Some(_) => format!(
+                            "--port {v}: a port number alone (1-65535); put the host in --host, or use --server {v}"
+                        ),
+                        None => format!("--port {v}: not a port number (1-65535)"),
+                    }
+                })?);
             }
             "auth-secret-file" => {
                 self.secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
@@ -187,6 +185,19 @@ impl ConnectOptions {
             _ => e.to_string(),
         }
     }
+}
+
+/// Checks a client's `--host`: a host alone, the port going in `--port`.
+fn check_client_host(v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err("--host \"\": no host; use a name or an IP address, e.g. 127.0.0.1".into());
+    }
+    if let Some((host, port)) = servers::port_in_host(v) {
+        return Err(format!(
+            "--host {v}: a host without :PORT; put the port in --port (--host {host} --port {port}), or use --server HOST:PORT (--server {v})"
+        ));
+    }
+    servers::check_host(v).map_err(|e| format!("--host {v}: {e}"))
 }
 
 /// A command-line argument, owned, so that options can take their values

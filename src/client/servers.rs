@@ -122,9 +122,10 @@ fn split_host_port(entry: &str) -> Result<(&str, &str), String> {
 
 /// If `text`, given where a host alone belongs (`--host`), carries a
 /// `:PORT` (`127.0.0.1:9999`, `[::1]:9999`, `name:9999`): the host and the
-/// port. A bare IPv6 address (`::1`) carries none.
+/// port. A bare IPv6 address (`::1`) carries none; nor does a URL (for
+/// [`check_host`] to refuse).
 pub fn port_in_host(text: &str) -> Option<(&str, &str)> {
-    if text.parse::<Ipv6Addr>().is_ok() {
+    if text.parse::<Ipv6Addr>().is_ok() || text.contains("://") {
         return None;
     }
     if let Some(rest) = text.strip_prefix('[') {
@@ -278,6 +279,7 @@ mod tests {
         assert_eq!(port_in_host("::1"), None);
         assert_eq!(port_in_host("[::1]"), None);
         assert_eq!(port_in_host("localhost"), None);
+        assert_eq!(port_in_host("http://a:1"), None);
         assert_eq!(check_host("::1"), Ok(()));
         assert_eq!(check_host("[::1]"), Ok(()));
         assert!(check_host("a b").is_err());
