@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
 use distlockd::cli::string_value;
+use distlockd::client::servers::port_in_host;
 use distlockd::limits::{Limit, Limits, WAIT_MS_UNBOUNDED};
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
@@ -44,7 +45,8 @@ Options:
   --host HOST              address to listen on: an IP address or a name such
                            as localhost, resolved at start-up; of several
                            addresses the first IPv4 one is bound, else the
-                           first, and the log says which (default 127.0.0.1)
+                           first, and the log says which; no :PORT (that is
+                           --port) (default 127.0.0.1)
   --port PORT              TCP port, 0 for any free port (default 9999)
   -v, --verbose            debug logs (RUST_LOG overrides)
   --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
@@ -240,6 +242,17 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 /// (an IPv4 socket) bound `localhost`, else the first; then a note for the
 /// log says which.
 fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), String> {
+    if let Some((host, port)) = port_in_host(text) {
+        let port_flag = port_flag_of(flag);
+        return Err(format!(
+            "{flag} {text}: a host without :PORT; put the port in {port_flag} ({flag} {host} {port_flag} {port})"
+        ));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(format!(
+            "{flag} {text}: not a host: drop the scheme {scheme}://"
+        ));
+    }
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
@@ -272,6 +285,14 @@ fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), Strin
         format!("{flag} {text} resolves to {chosen}")
     };
     Ok((chosen, Some(note)))
+}
+
+/// The port flag that goes with a host flag of `distlockd server`.
+fn port_flag_of(host_flag: &str) -> &'static str {
+    match host_flag {
+        "--http-host" => "--http-port",
+        _ => "--port",
+    }
 }
 
 /// The secret from `--auth-secret-file`, else from the file named by

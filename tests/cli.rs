@@ -315,6 +315,21 @@ fn the_server_listens_on_a_host_name() {
     let bad = distlockd(None, &["server", "--host", "no such host", "--port", "0"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--host no such host: cannot resolve"));
+    // A port given with the host: the message says where it goes.
+    for (args, wanted) in [
+        (
+            &["server", "--host", "127.0.0.1:5555"][..],
+            "--host 127.0.0.1:5555: a host without :PORT; put the port in --port (--host 127.0.0.1 --port 5555)",
+        ),
+        (
+            &["server", "--http-port", "0", "--http-host", "[::1]:5556"][..],
+            "--http-host [::1]:5556: a host without :PORT; put the port in --http-port (--http-host [::1] --http-port 5556)",
+        ),
+    ] {
+        let out = distlockd(None, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(wanted), "{}", text(&out.stderr));
+    }
 }
 
 #[test]
