@@ -1,5 +1,6 @@
 //! The `distlockd` command line.
 
+use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,9 +33,10 @@ Usage:
   distlockd test stress [options]
                                  check exclusion under kill -9 and faults
   distlockd --version            print the version
-  distlockd --help               print this help
+  distlockd help [COMMAND]       print this help, or COMMAND's
 
-Run `distlockd COMMAND --help` for a command's options and an example.
+Run `distlockd COMMAND --help` (or `distlockd help COMMAND`) for a command's
+options and an example.
 Client commands find the server with --server HOST:PORT, else
 $DISTLOCKD_SERVER, else 127.0.0.1:9999.";
 
@@ -51,8 +53,8 @@ Options:
   -v, --verbose            debug logs (RUST_LOG overrides)
   --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
                            HTTP on this port (default: off)
-  --http-host HOST         address for --http-port, resolved like --host
-                           (default: --host)
+  --http-host HOST         address for --http-port (required with it),
+                           resolved like --host (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --legacy-ttl-ms MS       TTL of holds taken by the original Python client,
@@ -103,28 +105,54 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, String> {
     let mut parser = lexopt::Parser::from_env();
     match parser.next().map_err(|e| e.to_string())? {
-        Some(Value(cmd)) if cmd == "server" => server(&mut parser),
-        Some(Value(cmd)) if cmd == "test" => loadtest_cli(&mut parser),
-        Some(Value(cmd)) if cmd == "run" => distlockd::cli::run::main(&mut parser),
-        Some(Value(cmd)) => match cmd.to_str() {
-            Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
-                distlockd::cli::lock::main(c, &mut parser)
-            }
-            _ => Err(format!(
-                "{}: unknown command; run `distlockd --help` for the commands",
-                cmd.to_string_lossy()
-            )),
-        },
+        Some(Value(cmd)) => command(&cmd, &mut parser),
         Some(Long("version") | Short('V')) => {
+            if let Some(extra) = parser.next().map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "--version: {}; run `distlockd --version` alone",
+                    extra.unexpected()
+                ));
+            }
             println!("distlockd {SERVER_VERSION}");
             Ok(ExitCode::SUCCESS)
         }
-        Some(Long("help") | Short('h')) | None => {
+        Some(Long("help") | Short('h')) => help(&mut parser),
+        None => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
         Some(other) => Err(format!("{}; run `distlockd --help`", other.unexpected())),
     }
+}
+
+/// Runs `distlockd CMD ...`, the rest of the command line in `parser`.
+fn command(cmd: &OsStr, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    match cmd.to_str() {
+        Some("server") => server(parser),
+        Some("test") => loadtest_cli(parser),
+        Some("run") => distlockd::cli::run::main(parser),
+        Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
+            distlockd::cli::lock::main(c, parser)
+        }
+        Some("help") => help(parser),
+        _ => Err(format!(
+            "{}: unknown command; run `distlockd --help` for the commands",
+            cmd.to_string_lossy()
+        )),
+    }
+}
+
+/// `distlockd help [COMMAND...]` (or `--help`): the help of COMMAND, as
+/// `distlockd COMMAND... --help` prints it, else the list of commands.
+fn help(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let mut args: Vec<OsString> = parser.raw_args().map_err(|e| e.to_string())?.collect();
+    if args.is_empty() || args[0] == "help" || args[0].to_string_lossy().starts_with('-') {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cmd = args.remove(0);
+    args.push("--help".into());
+    command(&cmd, &mut lexopt::Parser::from_args(args))
 }
 
 fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
@@ -212,6 +240,11 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 ));
             }
         }
+    }
+    if http_host.is_some() && http_port.is_none() {
+        return Err(
+            "--http-host needs --http-port: it chooses the address of the HTTP endpoint that --http-port turns on".to_owned(),
+        );
     }
     limits
         .validate()

@@ -404,6 +404,68 @@ fn each_command_has_its_own_help() {
 }
 
 #[test]
+fn stray_and_repeated_arguments_are_refused() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["ping", "extra"], &["ping: unexpected argument \"extra\""]),
+        (
+            &["status", "a", "b"],
+            &["status: unexpected argument \"b\""],
+        ),
+        (
+            &["--version", "extra"],
+            &["--version: unexpected argument \"extra\""],
+        ),
+        (
+            &["ping", "--server", "a:1", "--server", "b:2"],
+            &["--server given twice", "--server HOST:PORT,HOST:PORT"],
+        ),
+        (
+            &["status", "--port", "1", "--port", "2"],
+            &["--port given twice"],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let out = distlockd(None, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{args:?}: no {w:?} in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn help_command_prints_a_commands_help() {
+    for (args, wanted) in [
+        (&["help", "acquire"][..], "Usage: distlockd acquire"),
+        (&["help", "run"][..], "Usage: distlockd run"),
+        (&["help", "server"][..], "Usage: distlockd server"),
+        (
+            &["help", "test", "stress"][..],
+            "Usage: distlockd test stress",
+        ),
+        (&["--help", "ping"][..], "Usage: distlockd ping"),
+        (&["help"][..], "distlockd help [COMMAND]"),
+    ] {
+        let out = distlockd(None, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains(wanted),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+    }
+    let unknown = distlockd(None, &["help", "nosuch"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("nosuch: unknown command"));
+}
+
+#[test]
 fn cli_messages_speak_in_flags_not_rust() {
     let (_server, addr) = common::start_server();
     let port = addr.port();

@@ -265,6 +265,14 @@ fn refused_at_start(args: &[&str]) -> String {
     err
 }
 
+/// `--http-host` alone would do nothing: the HTTP endpoint is off without
+/// `--http-port`.
+#[test]
+fn http_host_without_http_port_is_refused() {
+    let err = refused_at_start(&["server", "--port", "0", "--http-host", "127.0.0.1"]);
+    assert!(err.contains("--http-host needs --http-port"), "{err}");
+}
+
 /// Sends one request and reads its reply: `Ok(reply)` as text, `Err` if the
 /// server answered with an ERROR.
 fn exchange(stream: &mut TcpStream, request: Request<'_>) -> Result<String, String> {

@@ -81,6 +81,18 @@ impl ConnectOptions {
         let Arg::Long(flag) = arg else {
             return Ok(false);
         };
+        let given = match flag.as_str() {
+            "server" => self.server.is_some(),
+            "host" => self.host.is_some(),
+            "port" => self.port.is_some(),
+            _ => false,
+        };
+        if given {
+            // The last one winning would hide a mistake: which was meant?
+            return Err(format!(
+                "--{flag} given twice; give it once (several servers go in one --server, comma-separated: --server HOST:PORT,HOST:PORT)"
+            ));
+        }
         match flag.as_str() {
             "server" => {
                 let v = string_value(parser, "--server")?;
