@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
-use distlockd::cli::string_value;
+use distlockd::auth::{Auth, SECRET_FILE_ENV};
+use distlockd::cli::{read_secret_from, string_value};
 use distlockd::client::servers::port_in_host;
 use distlockd::limits::{Limit, Limits, WAIT_MS_UNBOUNDED};
 use distlockd::server::{Config, SERVER_VERSION, Server};
@@ -52,7 +52,7 @@ Options:
   --port PORT              TCP port, 0 for any free port (default 9999)
   -v, --verbose            debug logs (RUST_LOG overrides)
   --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
-                           HTTP on this port (default: off)
+                           HTTP on this port, not --port's (default: off)
   --http-host HOST         address for --http-port (required with it),
                            resolved like --host (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
@@ -166,7 +166,12 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut allow_legacy = false;
     // Said once logging is set up.
     let mut notes: Vec<String> = Vec::new();
+    // Flags given, so that a refused default is called one.
+    let mut given: Vec<String> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        if let Long(name) = &arg {
+            given.push(format!("--{name}"));
+        }
         match arg {
             Long("auth-secret-file") => {
                 secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
@@ -199,36 +204,36 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             }
             Long("verbose") | Short('v') => verbose = true,
             Long("ttl-default-ms") => {
-                limits.lock_ttl_ms_default = number(parser, "--ttl-default-ms")?
+                limits.lock_ttl_ms_default = number(parser, Limit::LockTtlMsDefault)?
             }
-            Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, "--ttl-max-ms")?,
-            Long("legacy-ttl-ms") => limits.legacy_ttl_ms = number(parser, "--legacy-ttl-ms")?,
+            Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, Limit::LockTtlMsMax)?,
+            Long("legacy-ttl-ms") => limits.legacy_ttl_ms = number(parser, Limit::LegacyTtlMs)?,
             Long("wait-max-ms") => limits.wait_ms_max = wait_max_ms(parser)?,
             Long("connections-max") => {
-                limits.connections_max = number(parser, "--connections-max")?
+                limits.connections_max = number(parser, Limit::ConnectionsMax)?
             }
-            Long("locks-max") => limits.locks_max = number(parser, "--locks-max")?,
+            Long("locks-max") => limits.locks_max = number(parser, Limit::LocksMax)?,
             Long("waiters-per-lock-max") => {
-                limits.waiters_per_lock_max = number(parser, "--waiters-per-lock-max")?
+                limits.waiters_per_lock_max = number(parser, Limit::WaitersPerLockMax)?
             }
             Long("output-buffer-size") => {
-                limits.output_buffer_size = number(parser, "--output-buffer-size")?
+                limits.output_buffer_size = number(parser, Limit::OutputBufferSize)?
             }
             Long("frame-timeout-ms") => {
-                limits.frame_timeout_ms = number(parser, "--frame-timeout-ms")?
+                limits.frame_timeout_ms = number(parser, Limit::FrameTimeoutMs)?
             }
             Long("write-timeout-ms") => {
-                limits.write_timeout_ms = number(parser, "--write-timeout-ms")?
+                limits.write_timeout_ms = number(parser, Limit::WriteTimeoutMs)?
             }
             Long("auth-timeout-ms") => {
-                limits.auth_timeout_ms = number(parser, "--auth-timeout-ms")?
+                limits.auth_timeout_ms = number(parser, Limit::AuthTimeoutMs)?
             }
-            Long("frame-size-max") => limits.frame_size_max = number(parser, "--frame-size-max")?,
+            Long("frame-size-max") => limits.frame_size_max = number(parser, Limit::FrameSizeMax)?,
             Long("idle-timeout-ms") => {
-                limits.idle_timeout_ms = number(parser, "--idle-timeout-ms")?
+                limits.idle_timeout_ms = number(parser, Limit::IdleTimeoutMs)?
             }
-            Long("name-len-max") => limits.name_len_max = number(parser, "--name-len-max")?,
-            Long("owner-len-max") => limits.owner_len_max = number(parser, "--owner-len-max")?,
+            Long("name-len-max") => limits.name_len_max = number(parser, Limit::NameLenMax)?,
+            Long("owner-len-max") => limits.owner_len_max = number(parser, Limit::OwnerLenMax)?,
             Long("help") | Short('h') => {
                 println!("{SERVER_USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -246,19 +251,32 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             "--http-host needs --http-port: it chooses the address of the HTTP endpoint that --http-port turns on".to_owned(),
         );
     }
-    limits
-        .validate()
-        .map_err(|e| format!("{} (see `distlockd server --help`)", e.describe(flag)))?;
+    limits.validate().map_err(|e| {
+        let defaulted = |limit| !given.iter().any(|g| g == flag(limit));
+        format!(
+            "{} (see `distlockd server --help`)",
+            e.describe_defaults(flag, defaulted)
+        )
+    })?;
     init_logging(verbose);
     for note in notes {
         log::info!("{note}");
     }
+    let listen = SocketAddr::new(host, port);
+    let http_listen = http_port.map(|p| SocketAddr::new(http_host.unwrap_or(host), p));
+    if let Some(http) = http_listen.filter(|http| same_socket(listen, *http)) {
+        return Err(format!(
+            "--port {port} and --http-port {}: one port cannot serve both the lock protocol and HTTP on {}; give --http-port another port (0: any free one)",
+            http.port(),
+            http.ip()
+        ));
+    }
     let auth = load_auth(secret_file, allow_legacy)?;
     let config = Config {
-        listen: SocketAddr::new(host, port),
+        listen,
         limits,
         token_seed: None,
-        http_listen: http_port.map(|p| SocketAddr::new(http_host.unwrap_or(host), p)),
+        http_listen,
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
     server.set_auth(auth);
@@ -320,6 +338,16 @@ fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), Strin
     Ok((chosen, Some(note)))
 }
 
+/// Whether binding both would clash: the same fixed port on the same
+/// address, or on a wildcard address that covers the other's (0.0.0.0 the
+/// IPv4 ones; :: all, as a dual-stack socket).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
 /// The port flag that goes with a host flag of `distlockd server`.
 fn port_flag_of(host_flag: &str) -> &'static str {
     match host_flag {
@@ -331,6 +359,7 @@ fn port_flag_of(host_flag: &str) -> &'static str {
 /// The secret from `--auth-secret-file`, else from the file named by
 /// $DISTLOCKD_AUTH_SECRET_FILE; none if neither is set.
 fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, String> {
+    let from_flag = flag.is_some();
     let path = match flag {
         Some(path) => path,
         None => match std::env::var_os(SECRET_FILE_ENV) {
@@ -343,7 +372,7 @@ fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, 
             _ => return Ok(None),
         },
     };
-    let (secret, warning) = read_secret_file(&path)?;
+    let (secret, warning) = read_secret_from(&path, from_flag)?;
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
@@ -399,10 +428,19 @@ fn wait_max_ms(parser: &mut lexopt::Parser) -> Result<u32, String> {
     })
 }
 
-fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
-    let v = string_value(parser, flag)?;
+/// A limit's value; a parse error gives the limit's range.
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, limit: Limit) -> Result<T, String> {
+    let name = flag(limit);
+    let v = string_value(parser, name)?;
     v.parse().map_err(|_| {
-        format!("{flag} {v}: not a whole number in range; see `distlockd server --help`")
+        let (min, max) = limit.range();
+        let bound = limit
+            .bounded_by()
+            .map(|b| format!(", at most {}", flag(b)))
+            .unwrap_or_default();
+        format!(
+            "{name} {v}: not a whole number from {min} to {max}{bound}; see `distlockd server --help`"
+        )
     })
 }
 

@@ -8,7 +8,7 @@
 pub mod lock;
 pub mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::{SECRET_FILE_ENV, read_secret_file};
@@ -173,7 +173,7 @@ impl ConnectOptions {
     pub fn builder(&self) -> Result<ClientBuilder, String> {
         let mut builder = Client::builder(self.addr()?).timeout(self.timeout);
         if let Some(file) = self.secret_path() {
-            let (secret, _) = read_secret_file(&file)?;
+            let (secret, _) = read_secret_from(&file, self.secret_file.is_some())?;
             builder = builder.auth_secret(secret);
         }
         Ok(builder)
@@ -197,6 +197,15 @@ impl ConnectOptions {
             _ => e.to_string(),
         }
     }
+}
+
+/// Reads the secret file `path`, which came from `--auth-secret-file`
+/// (`from_flag`), else from `$DISTLOCKD_AUTH_SECRET_FILE`: errors say which.
+pub fn read_secret_from(path: &Path, from_flag: bool) -> Result<(Vec<u8>, Option<String>), String> {
+    read_secret_file(path).map_err(|e| match from_flag {
+        true => format!("--auth-secret-file: {e}"),
+        false => format!("${SECRET_FILE_ENV}: {e}; set it to the secret file's path, or unset it"),
+    })
 }
 
 /// Checks a client's `--host`: a host alone, the port going in `--port`.
