@@ -327,18 +327,8 @@ impl Limits {
     /// Checks every field against its range; the error names the limit,
     /// its value and the allowed range.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        check(
-            Limit::NameLenMax,
-            self.name_len_max as u64,
-            1,
-            NAME_LEN_CEILING as u64,
-        )?;
-        check(
-            Limit::OwnerLenMax,
-            self.owner_len_max as u64,
-            1,
-            OWNER_LEN_CEILING as u64,
-        )?;
+        check(Limit::NameLenMax, self.name_len_max as u64)?;
+        check(Limit::OwnerLenMax, self.owner_len_max as u64)?;
         let longest = longest_request(self.name_len_max, self.owner_len_max);
         if self.frame_size_max < longest.size {
             return Err(LimitsError::FrameBelowRequest {
@@ -348,89 +338,42 @@ impl Limits {
                 owner_len_max: self.owner_len_max,
             });
         }
-        check(
-            Limit::FrameSizeMax,
-            self.frame_size_max as u64,
-            longest.size as u64,
-            FRAME_SIZE_CEILING as u64,
-        )?;
-        check(
-            Limit::LockTtlMsMax,
-            self.lock_ttl_ms_max as u64,
-            1,
-            u32::MAX as u64,
-        )?;
-        check(
+        check(Limit::FrameSizeMax, self.frame_size_max as u64)?;
+        check(Limit::LockTtlMsMax, self.lock_ttl_ms_max as u64)?;
+        let ttl_max = self.lock_ttl_ms_max as u64;
+        check_within(
             Limit::LockTtlMsDefault,
             self.lock_ttl_ms_default as u64,
-            1,
-            self.lock_ttl_ms_max as u64,
+            ttl_max,
         )?;
-        check(
-            Limit::LegacyTtlMs,
-            self.legacy_ttl_ms as u64,
-            1,
-            self.lock_ttl_ms_max as u64,
-        )?;
-        check(
-            Limit::WaitMsMax,
-            self.wait_ms_max as u64,
-            0,
-            u32::MAX as u64,
-        )?;
-        check(
-            Limit::ConnectionsMax,
-            self.connections_max as u64,
-            1,
-            1 << 24,
-        )?;
-        check(
-            Limit::LocksMax,
-            self.locks_max as u64,
-            1,
-            LOCKS_CEILING as u64,
-        )?;
-        check(
-            Limit::WaitersPerLockMax,
-            self.waiters_per_lock_max as u64,
-            1,
-            1 << 24,
-        )?;
-        check(
-            Limit::OutputBufferSize,
-            self.output_buffer_size as u64,
-            CONN_OUTPUT_BUFFER_SIZE_MIN as u64,
-            CONN_OUTPUT_BUFFER_SIZE_CEILING as u64,
-        )?;
-        check(
-            Limit::FrameTimeoutMs,
-            self.frame_timeout_ms as u64,
-            1,
-            u32::MAX as u64,
-        )?;
-        check(
-            Limit::WriteTimeoutMs,
-            self.write_timeout_ms as u64,
-            1,
-            u32::MAX as u64,
-        )?;
-        check(
-            Limit::AuthTimeoutMs,
-            self.auth_timeout_ms as u64,
-            1,
-            u32::MAX as u64,
-        )?;
-        check(
-            Limit::IdleTimeoutMs,
-            self.idle_timeout_ms as u64,
-            0,
-            u32::MAX as u64,
-        )?;
+        check_within(Limit::LegacyTtlMs, self.legacy_ttl_ms as u64, ttl_max)?;
+        check(Limit::WaitMsMax, self.wait_ms_max as u64)?;
+        check(Limit::ConnectionsMax, self.connections_max as u64)?;
+        check(Limit::LocksMax, self.locks_max as u64)?;
+        check(Limit::WaitersPerLockMax, self.waiters_per_lock_max as u64)?;
+        check(Limit::OutputBufferSize, self.output_buffer_size as u64)?;
+        check(Limit::FrameTimeoutMs, self.frame_timeout_ms as u64)?;
+        check(Limit::WriteTimeoutMs, self.write_timeout_ms as u64)?;
+        check(Limit::AuthTimeoutMs, self.auth_timeout_ms as u64)?;
+        check(Limit::IdleTimeoutMs, self.idle_timeout_ms as u64)?;
         Ok(())
     }
 }
 
-fn check(limit: Limit, value: u64, min: u64, max: u64) -> Result<(), LimitsError> {
+/// `value` within `limit`'s [`Limit::range`].
+fn check(limit: Limit, value: u64) -> Result<(), LimitsError> {
+    let (min, max) = limit.range();
+    check_range(limit, value, min, max)
+}
+
+/// `value` within `limit`'s [`Limit::range`] and at most `bound`, the value
+/// of the limit it is [`Limit::bounded_by`].
+fn check_within(limit: Limit, value: u64, bound: u64) -> Result<(), LimitsError> {
+    let (min, max) = limit.range();
+    check_range(limit, value, min, max.min(bound))
+}
+
+fn check_range(limit: Limit, value: u64, min: u64, max: u64) -> Result<(), LimitsError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
@@ -487,8 +430,39 @@ impl Limit {
         }
     }
 
+    /// The values this limit may take, whatever the others are (a flag's
+    /// parse error can say so before the others are known). [`Limits::validate`]
+    /// narrows two: the maximum of a limit [`Limit::bounded_by`] another, and
+    /// the minimum of `frame_size_max`, which must hold the longest request
+    /// that `name_len_max` and `owner_len_max` allow.
+    pub const fn range(self) -> (u64, u64) {
+        /// A `u32` of milliseconds: what the wire and the timer wheel carry.
+        const MS_MAX: u64 = u32::MAX as u64;
+        /// Connections and waiters per lock: each costs memory up front or
+        /// per entry; past 2^24 a typo is likelier than a need.
+        const COUNT_MAX: u64 = 1 << 24;
+        match self {
+            Limit::FrameSizeMax => (longest_request(1, 1).size as u64, FRAME_SIZE_CEILING as u64),
+            Limit::NameLenMax => (1, NAME_LEN_CEILING as u64),
+            Limit::OwnerLenMax => (1, OWNER_LEN_CEILING as u64),
+            Limit::LockTtlMsDefault
+            | Limit::LockTtlMsMax
+            | Limit::LegacyTtlMs
+            | Limit::FrameTimeoutMs
+            | Limit::WriteTimeoutMs
+            | Limit::AuthTimeoutMs => (1, MS_MAX),
+            Limit::WaitMsMax | Limit::IdleTimeoutMs => (0, MS_MAX),
+            Limit::ConnectionsMax | Limit::WaitersPerLockMax => (1, COUNT_MAX),
+            Limit::LocksMax => (1, LOCKS_CEILING as u64),
+            Limit::OutputBufferSize => (
+                CONN_OUTPUT_BUFFER_SIZE_MIN as u64,
+                CONN_OUTPUT_BUFFER_SIZE_CEILING as u64,
+            ),
+        }
+    }
+
     /// The limit whose value is this one's maximum, if another limit's.
-    fn bounded_by(self) -> Option<Limit> {
+    pub fn bounded_by(self) -> Option<Limit> {
         match self {
             Limit::LockTtlMsDefault | Limit::LegacyTtlMs => Some(Limit::LockTtlMsMax),
             _ => None,
@@ -520,6 +494,17 @@ impl LimitsError {
     /// The message, with each limit named by `name`: [`Limit::field`] for
     /// the library (the [`std::fmt::Display`] form), a flag for a CLI.
     pub fn describe(&self, name: impl Fn(Limit) -> &'static str) -> String {
+        self.describe_defaults(name, |_| false)
+    }
+
+    /// [`LimitsError::describe`], saying of a value out of range that it is
+    /// the limit's default when `defaulted` says so (the person never set
+    /// it, so would not know it from the message).
+    pub fn describe_defaults(
+        &self,
+        name: impl Fn(Limit) -> &'static str,
+        defaulted: impl Fn(Limit) -> bool,
+    ) -> String {
         match *self {
             LimitsError::OutOfRange {
                 limit,
@@ -531,8 +516,13 @@ impl LimitsError {
                     Some(bound) if value > max => format!(" ({}), or raise {0}", name(bound)),
                     _ => String::new(),
                 };
+                let default = if defaulted(limit) {
+                    " (its default)"
+                } else {
+                    ""
+                };
                 format!(
-                    "{} {value}: out of range; use a value from {min} to {max}{or_raise}",
+                    "{} {value}{default}: out of range; use a value from {min} to {max}{or_raise}",
                     name(limit)
                 )
             }
@@ -605,6 +595,31 @@ impl std::error::Error for LimitsError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_lie_in_each_limits_range() {
+        let d = Limits::default();
+        for (limit, value) in [
+            (Limit::FrameSizeMax, d.frame_size_max as u64),
+            (Limit::NameLenMax, d.name_len_max as u64),
+            (Limit::OwnerLenMax, d.owner_len_max as u64),
+            (Limit::LockTtlMsDefault, d.lock_ttl_ms_default as u64),
+            (Limit::LockTtlMsMax, d.lock_ttl_ms_max as u64),
+            (Limit::LegacyTtlMs, d.legacy_ttl_ms as u64),
+            (Limit::WaitMsMax, d.wait_ms_max as u64),
+            (Limit::ConnectionsMax, d.connections_max as u64),
+            (Limit::LocksMax, d.locks_max as u64),
+            (Limit::WaitersPerLockMax, d.waiters_per_lock_max as u64),
+            (Limit::OutputBufferSize, d.output_buffer_size as u64),
+            (Limit::FrameTimeoutMs, d.frame_timeout_ms as u64),
+            (Limit::WriteTimeoutMs, d.write_timeout_ms as u64),
+            (Limit::IdleTimeoutMs, d.idle_timeout_ms as u64),
+            (Limit::AuthTimeoutMs, d.auth_timeout_ms as u64),
+        ] {
+            let (min, max) = limit.range();
+            assert!((min..=max).contains(&value), "{limit:?} {value}");
+        }
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -1,11 +1,13 @@
 //! The `distlockd` command line.
 
+use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distlockd::auth::{Auth, SECRET_FILE_ENV, read_secret_file};
-use distlockd::cli::string_value;
+use distlockd::auth::{Auth, SECRET_FILE_ENV};
+use distlockd::cli::{read_secret_from, string_value};
+use distlockd::client::servers::port_in_host;
 use distlockd::limits::{Limit, Limits, WAIT_MS_UNBOUNDED};
 use distlockd::server::{Config, SERVER_VERSION, Server};
 use lexopt::prelude::*;
@@ -31,9 +33,10 @@ Usage:
   distlockd test stress [options]
                                  check exclusion under kill -9 and faults
   distlockd --version            print the version
-  distlockd --help               print this help
+  distlockd help [COMMAND]       print this help, or COMMAND's
 
-Run `distlockd COMMAND --help` for a command's options and an example.
+Run `distlockd COMMAND --help` (or `distlockd help COMMAND`) for a command's
+options and an example.
 Client commands find the server with --server HOST:PORT, else
 $DISTLOCKD_SERVER, else 127.0.0.1:9999.";
 
@@ -44,13 +47,14 @@ Options:
   --host HOST              address to listen on: an IP address or a name such
                            as localhost, resolved at start-up; of several
                            addresses the first IPv4 one is bound, else the
-                           first, and the log says which (default 127.0.0.1)
+                           first, and the log says which; no :PORT (that is
+                           --port) (default 127.0.0.1)
   --port PORT              TCP port, 0 for any free port (default 9999)
   -v, --verbose            debug logs (RUST_LOG overrides)
   --http-port PORT         serve GET /health and GET /metrics (Prometheus) over
-                           HTTP on this port (default: off)
-  --http-host HOST         address for --http-port, resolved like --host
-                           (default: --host)
+                           HTTP on this port, not --port's (default: off)
+  --http-host HOST         address for --http-port (required with it),
+                           resolved like --host (default: --host)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --legacy-ttl-ms MS       TTL of holds taken by the original Python client,
@@ -101,28 +105,54 @@ fn main() -> ExitCode {
 fn run() -> Result<ExitCode, String> {
     let mut parser = lexopt::Parser::from_env();
     match parser.next().map_err(|e| e.to_string())? {
-        Some(Value(cmd)) if cmd == "server" => server(&mut parser),
-        Some(Value(cmd)) if cmd == "test" => loadtest_cli(&mut parser),
-        Some(Value(cmd)) if cmd == "run" => distlockd::cli::run::main(&mut parser),
-        Some(Value(cmd)) => match cmd.to_str() {
-            Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
-                distlockd::cli::lock::main(c, &mut parser)
-            }
-            _ => Err(format!(
-                "{}: unknown command; run `distlockd --help` for the commands",
-                cmd.to_string_lossy()
-            )),
-        },
+        Some(Value(cmd)) => command(&cmd, &mut parser),
         Some(Long("version") | Short('V')) => {
+            if let Some(extra) = parser.next().map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "--version: {}; run `distlockd --version` alone",
+                    extra.unexpected()
+                ));
+            }
             println!("distlockd {SERVER_VERSION}");
             Ok(ExitCode::SUCCESS)
         }
-        Some(Long("help") | Short('h')) | None => {
+        Some(Long("help") | Short('h')) => help(&mut parser),
+        None => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
         Some(other) => Err(format!("{}; run `distlockd --help`", other.unexpected())),
     }
+}
+
+/// Runs `distlockd CMD ...`, the rest of the command line in `parser`.
+fn command(cmd: &OsStr, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    match cmd.to_str() {
+        Some("server") => server(parser),
+        Some("test") => loadtest_cli(parser),
+        Some("run") => distlockd::cli::run::main(parser),
+        Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
+            distlockd::cli::lock::main(c, parser)
+        }
+        Some("help") => help(parser),
+        _ => Err(format!(
+            "{}: unknown command; run `distlockd --help` for the commands",
+            cmd.to_string_lossy()
+        )),
+    }
+}
+
+/// `distlockd help [COMMAND...]` (or `--help`): the help of COMMAND, as
+/// `distlockd COMMAND... --help` prints it, else the list of commands.
+fn help(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
+    let mut args: Vec<OsString> = parser.raw_args().map_err(|e| e.to_string())?.collect();
+    if args.is_empty() || args[0] == "help" || args[0].to_string_lossy().starts_with('-') {
+        println!("{USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cmd = args.remove(0);
+    args.push("--help".into());
+    command(&cmd, &mut lexopt::Parser::from_args(args))
 }
 
 fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
@@ -136,7 +166,12 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut allow_legacy = false;
     // Said once logging is set up.
     let mut notes: Vec<String> = Vec::new();
+    // Flags given, so that a refused default is called one.
+    let mut given: Vec<String> = Vec::new();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
+        if let Long(name) = &arg {
+            given.push(format!("--{name}"));
+        }
         match arg {
             Long("auth-secret-file") => {
                 secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
@@ -169,36 +204,36 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             }
             Long("verbose") | Short('v') => verbose = true,
             Long("ttl-default-ms") => {
-                limits.lock_ttl_ms_default = number(parser, "--ttl-default-ms")?
+                limits.lock_ttl_ms_default = number(parser, Limit::LockTtlMsDefault)?
             }
-            Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, "--ttl-max-ms")?,
-            Long("legacy-ttl-ms") => limits.legacy_ttl_ms = number(parser, "--legacy-ttl-ms")?,
+            Long("ttl-max-ms") => limits.lock_ttl_ms_max = number(parser, Limit::LockTtlMsMax)?,
+            Long("legacy-ttl-ms") => limits.legacy_ttl_ms = number(parser, Limit::LegacyTtlMs)?,
             Long("wait-max-ms") => limits.wait_ms_max = wait_max_ms(parser)?,
             Long("connections-max") => {
-                limits.connections_max = number(parser, "--connections-max")?
+                limits.connections_max = number(parser, Limit::ConnectionsMax)?
             }
-            Long("locks-max") => limits.locks_max = number(parser, "--locks-max")?,
+            Long("locks-max") => limits.locks_max = number(parser, Limit::LocksMax)?,
             Long("waiters-per-lock-max") => {
-                limits.waiters_per_lock_max = number(parser, "--waiters-per-lock-max")?
+                limits.waiters_per_lock_max = number(parser, Limit::WaitersPerLockMax)?
             }
             Long("output-buffer-size") => {
-                limits.output_buffer_size = number(parser, "--output-buffer-size")?
+                limits.output_buffer_size = number(parser, Limit::OutputBufferSize)?
             }
             Long("frame-timeout-ms") => {
-                limits.frame_timeout_ms = number(parser, "--frame-timeout-ms")?
+                limits.frame_timeout_ms = number(parser, Limit::FrameTimeoutMs)?
             }
             Long("write-timeout-ms") => {
-                limits.write_timeout_ms = number(parser, "--write-timeout-ms")?
+                limits.write_timeout_ms = number(parser, Limit::WriteTimeoutMs)?
             }
             Long("auth-timeout-ms") => {
-                limits.auth_timeout_ms = number(parser, "--auth-timeout-ms")?
+                limits.auth_timeout_ms = number(parser, Limit::AuthTimeoutMs)?
             }
-            Long("frame-size-max") => limits.frame_size_max = number(parser, "--frame-size-max")?,
+            Long("frame-size-max") => limits.frame_size_max = number(parser, Limit::FrameSizeMax)?,
             Long("idle-timeout-ms") => {
-                limits.idle_timeout_ms = number(parser, "--idle-timeout-ms")?
+                limits.idle_timeout_ms = number(parser, Limit::IdleTimeoutMs)?
             }
-            Long("name-len-max") => limits.name_len_max = number(parser, "--name-len-max")?,
-            Long("owner-len-max") => limits.owner_len_max = number(parser, "--owner-len-max")?,
+            Long("name-len-max") => limits.name_len_max = number(parser, Limit::NameLenMax)?,
+            Long("owner-len-max") => limits.owner_len_max = number(parser, Limit::OwnerLenMax)?,
             Long("help") | Short('h') => {
                 println!("{SERVER_USAGE}");
                 return Ok(ExitCode::SUCCESS);
@@ -211,19 +246,37 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             }
         }
     }
-    limits
-        .validate()
-        .map_err(|e| format!("{} (see `distlockd server --help`)", e.describe(flag)))?;
+    if http_host.is_some() && http_port.is_none() {
+        return Err(
+            "--http-host needs --http-port: it chooses the address of the HTTP endpoint that --http-port turns on".to_owned(),
+        );
+    }
+    limits.validate().map_err(|e| {
+        let defaulted = |limit| !given.iter().any(|g| g == flag(limit));
+        format!(
+            "{} (see `distlockd server --help`)",
+            e.describe_defaults(flag, defaulted)
+        )
+    })?;
     init_logging(verbose);
     for note in notes {
         log::info!("{note}");
     }
+    let listen = SocketAddr::new(host, port);
+    let http_listen = http_port.map(|p| SocketAddr::new(http_host.unwrap_or(host), p));
+    if let Some(http) = http_listen.filter(|http| same_socket(listen, *http)) {
+        return Err(format!(
+            "--port {port} and --http-port {}: one port cannot serve both the lock protocol and HTTP on {}; give --http-port another port (0: any free one)",
+            http.port(),
+            http.ip()
+        ));
+    }
     let auth = load_auth(secret_file, allow_legacy)?;
     let config = Config {
-        listen: SocketAddr::new(host, port),
+        listen,
         limits,
         token_seed: None,
-        http_listen: http_port.map(|p| SocketAddr::new(http_host.unwrap_or(host), p)),
+        http_listen,
     };
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
     server.set_auth(auth);
@@ -240,6 +293,17 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 /// (an IPv4 socket) bound `localhost`, else the first; then a note for the
 /// log says which.
 fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), String> {
+    if let Some((host, port)) = port_in_host(text) {
+        let port_flag = port_flag_of(flag);
+        return Err(format!(
+            "{flag} {text}: a host without :PORT; put the port in {port_flag} ({flag} {host} {port_flag} {port})"
+        ));
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        return Err(format!(
+            "{flag} {text}: not a host: drop the scheme {scheme}://"
+        ));
+    }
     let bare = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
@@ -274,9 +338,28 @@ fn listen_host(flag: &str, text: &str) -> Result<(IpAddr, Option<String>), Strin
     Ok((chosen, Some(note)))
 }
 
+/// Whether binding both would clash: the same fixed port on the same
+/// address, or on a wildcard address that covers the other's (0.0.0.0 the
+/// IPv4 ones; :: all, as a dual-stack socket).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
+}
+
+/// The port flag that goes with a host flag of `distlockd server`.
+fn port_flag_of(host_flag: &str) -> &'static str {
+    match host_flag {
+        "--http-host" => "--http-port",
+        _ => "--port",
+    }
+}
+
 /// The secret from `--auth-secret-file`, else from the file named by
 /// $DISTLOCKD_AUTH_SECRET_FILE; none if neither is set.
 fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, String> {
+    let from_flag = flag.is_some();
     let path = match flag {
         Some(path) => path,
         None => match std::env::var_os(SECRET_FILE_ENV) {
@@ -289,7 +372,7 @@ fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, 
             _ => return Ok(None),
         },
     };
-    let (secret, warning) = read_secret_file(&path)?;
+    let (secret, warning) = read_secret_from(&path, from_flag)?;
     if let Some(warning) = warning {
         log::warn!("{warning}");
     }
@@ -345,10 +428,19 @@ fn wait_max_ms(parser: &mut lexopt::Parser) -> Result<u32, String> {
     })
 }
 
-fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, String> {
-    let v = string_value(parser, flag)?;
+/// A limit's value; a parse error gives the limit's range.
+fn number<T: std::str::FromStr>(parser: &mut lexopt::Parser, limit: Limit) -> Result<T, String> {
+    let name = flag(limit);
+    let v = string_value(parser, name)?;
     v.parse().map_err(|_| {
-        format!("{flag} {v}: not a whole number in range; see `distlockd server --help`")
+        let (min, max) = limit.range();
+        let bound = limit
+            .bounded_by()
+            .map(|b| format!(", at most {}", flag(b)))
+            .unwrap_or_default();
+        format!(
+            "{name} {v}: not a whole number from {min} to {max}{bound}; see `distlockd server --help`"
+        )
     })
 }
 

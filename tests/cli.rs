@@ -185,7 +185,7 @@ fn server_flag_and_environment_variable_name_the_server() {
 
 #[test]
 fn bad_server_addresses_are_usage_errors_naming_the_source() {
-    let cases: [(Option<&str>, &[&str], &[&str]); 5] = [
+    let cases: [(Option<&str>, &[&str], &[&str]); 14] = [
         (
             None,
             &["ping", "--server", "localhost"],
@@ -210,6 +210,55 @@ fn bad_server_addresses_are_usage_errors_naming_the_source() {
             None,
             &["acquire", "job", "--server", "a:1", "--host", "b"],
             &["--server and --host both given"],
+        ),
+        (
+            None,
+            &["ping", "--server", "[::1]"],
+            &["--server [::1]: no :PORT after the host; e.g. [::1]:9999"],
+        ),
+        (
+            None,
+            &["ping", "--server", "http://127.0.0.1:43317"],
+            &["not HOST:PORT: drop the scheme http://, e.g. 127.0.0.1:43317"],
+        ),
+        (
+            None,
+            &["ping", "--server", "a:1,"],
+            &["--server a:1,: an empty entry; drop the extra comma"],
+        ),
+        (
+            None,
+            &["ping", "--server", "h:"],
+            &["no port after the ':'"],
+        ),
+        (
+            None,
+            &["ping", "--server", "h:0"],
+            &["port 0 cannot be connected to"],
+        ),
+        (
+            None,
+            &["ping", "--host", "127.0.0.1:43317"],
+            &[
+                "--host 127.0.0.1:43317: a host without :PORT",
+                "put the port in --port (--host 127.0.0.1 --port 43317)",
+                "or use --server HOST:PORT",
+            ],
+        ),
+        (
+            None,
+            &["status", "--host", "http://lockd"],
+            &["--host http://lockd: not a host: drop the scheme http://"],
+        ),
+        (
+            None,
+            &["ping", "--port", "127.0.0.1:9999"],
+            &["--port 127.0.0.1:9999: a port number alone", "--host"],
+        ),
+        (
+            Some("1.2.3.4:5:6"),
+            &["ping"],
+            &["DISTLOCKD_SERVER=\"1.2.3.4:5:6\": more than one ':'"],
         ),
     ];
     for (env, args, wanted) in cases {
@@ -266,6 +315,21 @@ fn the_server_listens_on_a_host_name() {
     let bad = distlockd(None, &["server", "--host", "no such host", "--port", "0"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--host no such host: cannot resolve"));
+    // A port given with the host: the message says where it goes.
+    for (args, wanted) in [
+        (
+            &["server", "--host", "127.0.0.1:5555"][..],
+            "--host 127.0.0.1:5555: a host without :PORT; put the port in --port (--host 127.0.0.1 --port 5555)",
+        ),
+        (
+            &["server", "--http-port", "0", "--http-host", "[::1]:5556"][..],
+            "--http-host [::1]:5556: a host without :PORT; put the port in --http-port (--http-host [::1] --http-port 5556)",
+        ),
+    ] {
+        let out = distlockd(None, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(wanted), "{}", text(&out.stderr));
+    }
 }
 
 #[test]
@@ -337,6 +401,68 @@ fn each_command_has_its_own_help() {
             "no {verb}: {top}"
         );
     }
+}
+
+#[test]
+fn stray_and_repeated_arguments_are_refused() {
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["ping", "extra"], &["ping: unexpected argument \"extra\""]),
+        (
+            &["status", "a", "b"],
+            &["status: unexpected argument \"b\""],
+        ),
+        (
+            &["--version", "extra"],
+            &["--version: unexpected argument \"extra\""],
+        ),
+        (
+            &["ping", "--server", "a:1", "--server", "b:2"],
+            &["--server given twice", "--server HOST:PORT,HOST:PORT"],
+        ),
+        (
+            &["status", "--port", "1", "--port", "2"],
+            &["--port given twice"],
+        ),
+    ];
+    for (args, wanted) in cases {
+        let out = distlockd(None, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{args:?}: no {w:?} in {stderr}");
+        }
+    }
+}
+
+#[test]
+fn help_command_prints_a_commands_help() {
+    for (args, wanted) in [
+        (&["help", "acquire"][..], "Usage: distlockd acquire"),
+        (&["help", "run"][..], "Usage: distlockd run"),
+        (&["help", "server"][..], "Usage: distlockd server"),
+        (
+            &["help", "test", "stress"][..],
+            "Usage: distlockd test stress",
+        ),
+        (&["--help", "ping"][..], "Usage: distlockd ping"),
+        (&["help"][..], "distlockd help [COMMAND]"),
+    ] {
+        let out = distlockd(None, args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains(wanted),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+    }
+    let unknown = distlockd(None, &["help", "nosuch"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(text(&unknown.stderr).contains("nosuch: unknown command"));
 }
 
 #[test]

@@ -265,6 +265,138 @@ fn refused_at_start(args: &[&str]) -> String {
     err
 }
 
+/// A value that is not a number in range gives the flag's range, for
+/// every numeric flag; a default out of range is called the default.
+#[test]
+fn numeric_flags_give_their_range() {
+    for (flag, range) in [
+        (
+            "--ttl-default-ms",
+            "from 1 to 4294967295, at most --ttl-max-ms",
+        ),
+        ("--ttl-max-ms", "from 1 to 4294967295"),
+        (
+            "--legacy-ttl-ms",
+            "from 1 to 4294967295, at most --ttl-max-ms",
+        ),
+        ("--connections-max", "from 1 to 16777216"),
+        ("--locks-max", "from 1 to "),
+        ("--waiters-per-lock-max", "from 1 to 16777216"),
+        ("--output-buffer-size", "from 1140 to 1048576"),
+        ("--frame-timeout-ms", "from 1 to 4294967295"),
+        ("--write-timeout-ms", "from 1 to 4294967295"),
+        ("--idle-timeout-ms", "from 0 to 4294967295"),
+        ("--auth-timeout-ms", "from 1 to 4294967295"),
+        ("--frame-size-max", "from 261 to 1024"),
+        ("--name-len-max", "from 1 to 255"),
+        ("--owner-len-max", "from 1 to 64"),
+    ] {
+        for value in ["18446744073709551616", "-1", "ten"] {
+            let err = refused_at_start(&["server", "--port", "0", flag, value]);
+            let wanted = format!("{flag} {value}: not a whole number {range}");
+            assert!(err.contains(&wanted), "no {wanted:?} in {err}");
+        }
+    }
+    let err = refused_at_start(&[
+        "server",
+        "--port",
+        "0",
+        "--ttl-max-ms",
+        "400",
+        "--legacy-ttl-ms",
+        "500",
+    ]);
+    assert!(
+        err.contains(
+            "--ttl-default-ms 10000 (its default): out of range; use a value from 1 to 400 (--ttl-max-ms)"
+        ),
+        "{err}"
+    );
+}
+
+/// The lock port and the HTTP port on one address would clash with each
+/// other: refused before binding, not blamed on "another server".
+#[test]
+fn the_same_port_for_both_protocols_is_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let err = refused_at_start(&["server", "--port", &port, "--http-port", &port]);
+    assert!(
+        err.contains(&format!(
+            "--port {port} and --http-port {port}: one port cannot serve both"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("another server"), "{err}");
+    let err = refused_at_start(&[
+        "server",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        &port,
+        "--http-host",
+        "127.0.0.1",
+        "--http-port",
+        &port,
+    ]);
+    assert!(err.contains("one port cannot serve both"), "{err}");
+}
+
+/// A secret file that cannot be read names where its path came from.
+#[test]
+fn an_unreadable_secret_file_names_the_flag_or_the_variable() {
+    let missing = "/nonexistent/distlockd-secret";
+    let out = Command::new(env!("CARGO_BIN_EXE_distlockd"))
+        .args(["server", "--port", "0"])
+        .env("DISTLOCKD_AUTH_SECRET_FILE", missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "$DISTLOCKD_AUTH_SECRET_FILE: cannot read the auth secret file {missing}"
+        )),
+        "{err}"
+    );
+    let err = refused_at_start(&["server", "--port", "0", "--auth-secret-file", missing]);
+    assert!(err.contains("--auth-secret-file: cannot read"), "{err}");
+    for (env, args, wanted) in [
+        (
+            Some(missing),
+            &["ping"][..],
+            "$DISTLOCKD_AUTH_SECRET_FILE: cannot read",
+        ),
+        (
+            None,
+            &["ping", "--auth-secret-file", missing][..],
+            "--auth-secret-file: cannot read",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+        cmd.args(args).env_remove("DISTLOCKD_AUTH_SECRET_FILE");
+        if let Some(env) = env {
+            cmd.env("DISTLOCKD_AUTH_SECRET_FILE", env);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: no {wanted:?} in {err}");
+    }
+}
+
+/// `--http-host` alone would do nothing: the HTTP endpoint is off without
+/// `--http-port`.
+#[test]
+fn http_host_without_http_port_is_refused() {
+    let err = refused_at_start(&["server", "--port", "0", "--http-host", "127.0.0.1"]);
+    assert!(err.contains("--http-host needs --http-port"), "{err}");
+}
+
 /// Sends one request and reads its reply: `Ok(reply)` as text, `Err` if the
 /// server answered with an ERROR.
 fn exchange(stream: &mut TcpStream, request: Request<'_>) -> Result<String, String> {
@@ -354,7 +486,7 @@ fn legacy_ttl_ms_out_of_range_is_refused_at_start() {
     // Its default, an hour, is above this --ttl-max-ms too.
     let err = refused_at_start(&["server", "--port", "0", "--ttl-max-ms", "60000"]);
     assert!(
-        err.contains("--legacy-ttl-ms 3600000: out of range"),
+        err.contains("--legacy-ttl-ms 3600000 (its default): out of range"),
         "{err}"
     );
     let log = stderr_until(

@@ -210,7 +210,8 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
                 return Ok(ExitCode::SUCCESS);
             }
             _ => match arg {
-                Arg::Value(v) if args.name.is_none() => {
+                // ping takes no NAME; the others one.
+                Arg::Value(v) if args.name.is_none() && command != "ping" => {
                     args.name = Some(
                         v.into_string()
                             .map_err(|v| format!("lock name {v:?}: not valid UTF-8"))?,

@@ -8,7 +8,7 @@
 pub mod lock;
 pub mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::auth::{SECRET_FILE_ENV, read_secret_file};
@@ -81,6 +81,18 @@ impl ConnectOptions {
         let Arg::Long(flag) = arg else {
             return Ok(false);
         };
+        let given = match flag.as_str() {
+            "server" => self.server.is_some(),
+            "host" => self.host.is_some(),
+            "port" => self.port.is_some(),
+            _ => false,
+        };
+        if given {
+            // The last one winning would hide a mistake: which was meant?
+            return Err(format!(
+                "--{flag} given twice; give it once (several servers go in one --server, comma-separated: --server HOST:PORT,HOST:PORT)"
+            ));
+        }
         match flag.as_str() {
             "server" => {
                 let v = string_value(parser, "--server")?;
@@ -91,21 +103,19 @@ impl ConnectOptions {
             }
             "host" => {
                 let v = string_value(parser, "--host")?;
-                if v.trim().is_empty() {
-                    return Err(
-                        "--host \"\": no host; use a name or an IP address, e.g. 127.0.0.1".into(),
-                    );
-                }
+                check_client_host(&v)?;
                 self.host = Some(v);
             }
             "port" => {
                 let v = string_value(parser, "--port")?;
-                self.port = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|&p| p != 0)
-                        .ok_or_else(|| format!("--port {v}: not a port number (1-65535)"))?,
-                );
+                self.port = Some(v.parse().ok().filter(|&p| p != 0).ok_or_else(|| {
+                    match servers::port_in_host(&v) {
+                        Some(_) => format!(
+                            "--port {v}: a port number alone (1-65535); put the host in --host, or use --server {v}"
+                        ),
+                        None => format!("--port {v}: not a port number (1-65535)"),
+                    }
+                })?);
             }
             "auth-secret-file" => {
                 self.secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
@@ -163,7 +173,7 @@ impl ConnectOptions {
     pub fn builder(&self) -> Result<ClientBuilder, String> {
         let mut builder = Client::builder(self.addr()?).timeout(self.timeout);
         if let Some(file) = self.secret_path() {
-            let (secret, _) = read_secret_file(&file)?;
+            let (secret, _) = read_secret_from(&file, self.secret_file.is_some())?;
             builder = builder.auth_secret(secret);
         }
         Ok(builder)
@@ -187,6 +197,28 @@ impl ConnectOptions {
             _ => e.to_string(),
         }
     }
+}
+
+/// Reads the secret file `path`, which came from `--auth-secret-file`
+/// (`from_flag`), else from `$DISTLOCKD_AUTH_SECRET_FILE`: errors say which.
+pub fn read_secret_from(path: &Path, from_flag: bool) -> Result<(Vec<u8>, Option<String>), String> {
+    read_secret_file(path).map_err(|e| match from_flag {
+        true => format!("--auth-secret-file: {e}"),
+        false => format!("${SECRET_FILE_ENV}: {e}; set it to the secret file's path, or unset it"),
+    })
+}
+
+/// Checks a client's `--host`: a host alone, the port going in `--port`.
+fn check_client_host(v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err("--host \"\": no host; use a name or an IP address, e.g. 127.0.0.1".into());
+    }
+    if let Some((host, port)) = servers::port_in_host(v) {
+        return Err(format!(
+            "--host {v}: a host without :PORT; put the port in --port (--host {host} --port {port}), or use --server HOST:PORT (--server {v})"
+        ));
+    }
+    servers::check_host(v).map_err(|e| format!("--host {v}: {e}"))
 }
 
 /// A command-line argument, owned, so that options can take their values

@@ -39,12 +39,10 @@ pub fn parse_list(text: &str) -> Result<Vec<String>, String> {
     entries
         .into_iter()
         .map(|entry| {
-            check_one(entry).map_err(|e| {
-                if several {
-                    format!("entry {entry:?}: {e}")
-                } else {
-                    e
-                }
+            check_one(entry).map_err(|e| match (several, entry.is_empty()) {
+                (true, true) => "an empty entry; drop the extra comma".to_owned(),
+                (true, false) => format!("entry {entry:?}: {e}"),
+                (false, _) => e,
             })?;
             Ok(entry.to_owned())
         })
@@ -55,26 +53,102 @@ fn check_one(entry: &str) -> Result<(), String> {
     if entry.is_empty() {
         return Err("no address".into());
     }
+    if let Some((scheme, rest)) = entry.split_once("://") {
+        let example = match check_one(rest) {
+            Ok(()) => format!(", e.g. {rest}"),
+            Err(_) => String::new(),
+        };
+        return Err(format!(
+            "not HOST:PORT: drop the scheme {scheme}://{example}"
+        ));
+    }
+    let (host, port) = split_host_port(entry)?;
+    match port {
+        "" => Err(format!("no port after the ':'; add one, e.g. {host}:9999")),
+        "0" => Err("port 0 cannot be connected to; use the server's port (1-65535)".into()),
+        _ if port.parse::<u16>().is_err() => {
+            Err(format!("port {port:?} is not a port number (1-65535)"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The host and the port text of `entry`, a non-empty `HOST:PORT`; an
+/// error saying what is wrong with the host or where the port should be.
+fn split_host_port(entry: &str) -> Result<(&str, &str), String> {
+    if let Some(rest) = entry.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return Err("no ']' after the IPv6 address; write it as [::1]:9999".into());
+        };
+        if ip.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("[{ip}] is not an IPv6 address"));
+        }
+        let host = &entry[..ip.len() + 2];
+        return match after.strip_prefix(':') {
+            Some(port) => Ok((host, port)),
+            None if after.is_empty() => Err(format!("no :PORT after the host; e.g. {host}:9999")),
+            None => Err(format!(
+                "{after:?} after {host}; expected :PORT, e.g. {host}:9999"
+            )),
+        };
+    }
     let Some((host, port)) = entry.rsplit_once(':') else {
         return Err("no :PORT after the host".into());
     };
+    if host.parse::<Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "an IPv6 address needs brackets, e.g. [{host}]:{port}"
+        ));
+    }
+    if entry.parse::<Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "an IPv6 address needs brackets and a port, e.g. [{entry}]:9999"
+        ));
+    }
+    if host.contains(':') {
+        return Err(
+            "more than one ':'; expected one HOST:PORT (an IPv6 address in brackets: [::1]:9999)"
+                .into(),
+        );
+    }
     if host.is_empty() {
         return Err("no HOST before the :PORT".into());
     }
-    if !matches!(port.parse::<u16>(), Ok(1..)) {
-        return Err(format!("port {port:?} is not a port number (1-65535)"));
+    if host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("{host:?} is not a host name or IP address"));
     }
-    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(ip) if ip.parse::<Ipv6Addr>().is_err() => {
-            Err(format!("[{ip}] is not an IPv6 address"))
-        }
-        Some(_) => Ok(()),
-        None if host.contains(':') => Err("an IPv6 address needs brackets, e.g. [::1]:9999".into()),
-        None if host.contains(|c: char| c.is_whitespace() || c == '/') => {
-            Err(format!("{host:?} is not a host name or IP address"))
-        }
-        None => Ok(()),
+    Ok((host, port))
+}
+
+/// If `text`, given where a host alone belongs (`--host`), carries a
+/// `:PORT` (`127.0.0.1:9999`, `[::1]:9999`, `name:9999`): the host and the
+/// port. A bare IPv6 address (`::1`) carries none; nor does a URL (for
+/// [`check_host`] to refuse).
+pub fn port_in_host(text: &str) -> Option<(&str, &str)> {
+    if text.parse::<Ipv6Addr>().is_ok() || text.contains("://") {
+        return None;
     }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']')?;
+        return after
+            .strip_prefix(':')
+            .map(|port| (&text[..ip.len() + 2], port));
+    }
+    text.rsplit_once(':')
+}
+
+/// Checks `host`, given without a port (a name, an IPv4 address, or an
+/// IPv6 one with or without brackets), as [`parse_list`] checks the host of
+/// an entry. The caller first refuses a `:PORT` ([`port_in_host`]).
+pub fn check_host(host: &str) -> Result<(), String> {
+    if let Some((scheme, _)) = host.split_once("://") {
+        return Err(format!("not a host: drop the scheme {scheme}://"));
+    }
+    let entry = match host.parse::<Ipv6Addr>() {
+        Ok(_) => format!("[{host}]:1"),
+        Err(_) => format!("{host}:1"),
+    };
+    check_one(&entry)
 }
 
 /// The list in [`SERVER_ENV`]; `Ok(None)` if it is unset, empty or only
@@ -176,10 +250,40 @@ mod tests {
         assert!(err("::1:9999").contains("brackets"));
         assert!(err("[nope]:1").contains("not an IPv6"));
         assert!(err("").contains("no address"));
-        assert!(err("a:1,,b:2").contains("entry \"\""));
+        assert!(err("a:1,,b:2").contains("an empty entry"));
         assert!(err("a:1,b").contains("entry \"b\""));
+        assert!(err("a:1,").contains("drop the extra comma"));
+        assert!(err("[::1]").contains("no :PORT after the host; e.g. [::1]:9999"));
+        assert!(err("[::1]x").contains("expected :PORT"));
+        assert!(err("[::1:9").contains("no ']'"));
+        assert!(err("::1").contains("brackets and a port, e.g. [::1]:9999"));
+        assert!(err("h:").contains("no port after the ':'"));
+        assert!(err("h:0").contains("port 0 cannot be connected to"));
+        assert!(err("1.2.3.4:5:6").contains("more than one ':'"));
+        assert!(err("a b:1").contains("not a host name"));
+        let e = err("http://127.0.0.1:43317");
+        assert!(
+            e.contains("drop the scheme http://, e.g. 127.0.0.1:43317"),
+            "{e}"
+        );
+        assert!(err("tcp://h").contains("drop the scheme tcp://"));
         let many = vec!["h:1"; SERVERS_MAX + 1].join(",");
         assert!(err(&many).contains("over the 16"));
+    }
+
+    #[test]
+    fn a_port_given_as_part_of_a_host_is_found() {
+        assert_eq!(port_in_host("127.0.0.1:1"), Some(("127.0.0.1", "1")));
+        assert_eq!(port_in_host("[::1]:2"), Some(("[::1]", "2")));
+        assert_eq!(port_in_host("name:3"), Some(("name", "3")));
+        assert_eq!(port_in_host("::1"), None);
+        assert_eq!(port_in_host("[::1]"), None);
+        assert_eq!(port_in_host("localhost"), None);
+        assert_eq!(port_in_host("http://a:1"), None);
+        assert_eq!(check_host("::1"), Ok(()));
+        assert_eq!(check_host("[::1]"), Ok(()));
+        assert!(check_host("a b").is_err());
+        assert!(check_host("http://a").unwrap_err().contains("scheme"));
     }
 
     #[test]
