@@ -207,9 +207,9 @@ impl fmt::Display for Error {
                 source,
             } if source.kind() == io::ErrorKind::ConnectionRefused => write!(
                 f,
-                "nothing is listening at {addr} (connection refused, {attempts} attempt{}: {source}); start a server there, e.g. `distlockd server --port {}`, or use the address of a running one",
+                "nothing is listening at {addr} (connection refused, {attempts} attempt{}: {source}); start a server there, e.g. `{}`, or use the address of a running one",
                 if *attempts == 1 { "" } else { "s" },
-                servers::first_port(addr).unwrap_or("9999")
+                servers::start_command(addr)
             ),
             Error::Connection {
                 addr,

@@ -794,3 +794,98 @@ fn acquire_without_ttl_takes_the_servers_default() {
     let out = run(port, &["acquire", "other", "--ttl", "1m", "--json"]);
     assert_eq!(json_field(&text(&out.stdout), "ttl_ms"), "60000");
 }
+
+#[test]
+fn with_json_a_usage_error_anywhere_on_the_line_is_one_json_object() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    for args in [
+        &["acquire", "a", "b", "--json"][..],
+        &["acquire", "a", "--bogus", "--json"],
+        &["acquire", "a", "--ttl", "abc", "--json"],
+        &["acquire", "a", "--wait", "60d", "--json"],
+        &["release", "a", "--owner", "o", "--token", "abc", "--json"],
+        &["status", "--limit", "0", "--json"],
+        &["ping", "extra", "--json"],
+    ] {
+        let out = run(port, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let json = text(&out.stdout);
+        assert_eq!(json_field(&json, "exit_status"), "2", "{args:?}: {json}");
+        assert_eq!(json_field(&json, "ok"), "false", "{args:?}: {json}");
+    }
+}
+
+#[test]
+fn a_value_option_given_twice_is_refused() {
+    let (_server, addr) = common::start_server();
+    let port = addr.port();
+    for (args, flag) in [
+        (
+            &["acquire", "a", "--owner", "x", "--owner", "y"][..],
+            "--owner",
+        ),
+        (&["acquire", "a", "--ttl", "1m", "--ttl", "2m"], "--ttl"),
+        (&["acquire", "a", "--wait", "1s", "--wait", "2s"], "--wait"),
+        (
+            &[
+                "release", "a", "--owner", "x", "--token", "1", "--token", "2",
+            ],
+            "--token",
+        ),
+        (&["status", "--limit", "5", "--limit", "6"], "--limit"),
+    ] {
+        let out = run(port, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("{flag} given twice")), "{stderr}");
+    }
+    // Nothing was taken.
+    assert_eq!(text(&run(port, &["status", "a"]).stdout).trim(), "a: free");
+}
+
+#[test]
+fn name_and_owner_limits_are_told_in_the_clis_words() {
+    let (_server, addr) =
+        common::start_server_with(&["--name-len-max", "10", "--owner-len-max", "8"]);
+    let port = addr.port();
+    let out = run(port, &["acquire", "a-much-longer-name"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--name-len-max 10"), "{stderr}");
+    assert!(!stderr.contains("name_len_max"), "{stderr}");
+    let out = run(port, &["acquire", "job", "--owner", "ninebytes"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--owner \"ninebytes\": 9 bytes") && stderr.contains("--owner-len-max 8"),
+        "{stderr}"
+    );
+    // The generated owner is longer than 8 bytes: say to pass --owner.
+    let out = run(port, &["acquire", "job"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("pass --owner with at most 8 bytes"),
+        "{stderr}"
+    );
+    assert_eq!(
+        run(port, &["acquire", "job", "--owner", "eight8b!"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn nothing_listening_names_the_host_to_start_a_server_on() {
+    let out = distlockd(None, &["ping", "--server", "[::1]:1"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("distlockd server --host ::1 --port 1")
+            || stderr.contains("Cannot assign")
+            || stderr.contains("unreachable"),
+        "{stderr}"
+    );
+}

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
-    EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
+    EXIT_USAGE, length_refusal, positive_duration_value, refusal_in_flags, string_value,
+    wait_value,
 };
 use crate::client::{Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text};
 use crate::json::string as json_string;
@@ -20,9 +21,9 @@ pub const STATUS_LIMIT_DEFAULT: usize = 100;
 const ACQUIRE_USAGE: &str = "\
 Usage: distlockd acquire NAME [options]
 
-Takes lock NAME and exits, leaving it held until released, extended past its
-TTL, or expired; prints the owner and token that `distlockd release` and
-`distlockd extend` need.
+Takes lock NAME and exits, leaving it held until `distlockd release` releases
+it or its TTL runs out (`distlockd extend` gives it a new TTL); prints the
+owner and token that release and extend need.
 
 Options:
   --wait DURATION|forever  wait this long for a held lock, in the server's
@@ -121,12 +122,15 @@ fn exit_codes(command: &str) -> &'static str {
         "acquire" => {
             "Exit status: 0 acquired (or re-entered); 1 held by another owner (at once,
 or when --wait ran out); 2 bad usage; 3 the server could not be reached or
-refused the request. With --json, failures print {\"ok\":false,...} too."
+refused the request. With --json, exit 1 prints {\"acquired\":false,...},
+other failures {\"ok\":false,...}."
         }
         "release" | "extend" => {
             "Exit status: 0 done; 1 not held by this owner under this token (released,
 expired, never taken, or held by another owner or under another token);
-2 bad usage; 3 the server could not be reached or refused the request."
+2 bad usage; 3 the server could not be reached or refused the request. With
+--json, exit 1 prints {\"released\":false,...,\"reason\":...} (or \"extended\"),
+other failures {\"ok\":false,...}."
         }
         _ => {
             "Exit status: 0 done; 2 bad usage; 3 the server could not be reached or
@@ -151,11 +155,58 @@ struct Args {
 
 /// Runs one lock command; `command` is its name.
 pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    let (usage, options) = usage_and_options(command);
     let mut args = Args {
         command: command.to_owned(),
         ..Args::default()
     };
+    match parse(command, parser, &mut args) {
+        Ok(true) => {}
+        Ok(false) => return Ok(ExitCode::SUCCESS),
+        Err(message) => {
+            // A script that asked for JSON gets one object, whether or not
+            // the parser reached `--json` before the mistake.
+            let json = args.json
+                || parser
+                    .raw_args()
+                    .is_ok_and(|mut rest| rest.any(|a| a == "--json"));
+            if json {
+                print_failure_json(EXIT_USAGE, &message);
+            }
+            return Err(message);
+        }
+    }
+    let outcome = match command {
+        "acquire" => acquire(&args),
+        "release" => release(&args),
+        "extend" => extend(&args),
+        "status" => status(&args),
+        "ping" => ping(&args),
+        _ => unreachable!("main dispatches only the lock commands"),
+    };
+    match outcome {
+        Ok(code) => Ok(ExitCode::from(code)),
+        Err(Failure::Usage(message)) => {
+            let message = format!("{command}: {message}; run `distlockd {command} --help`");
+            if args.json {
+                print_failure_json(EXIT_USAGE, &message);
+            }
+            Err(message)
+        }
+        Err(Failure::Client(e)) => {
+            let code = exit_code(&e);
+            Ok(failed(&args, code, &args.connect.describe(&e)))
+        }
+        Err(Failure::Refused(message)) => Ok(failed(&args, EXIT_UNAVAILABLE, &message)),
+    }
+}
+
+/// Options that take a value: each may be given once.
+const VALUE_FLAGS: [&str; 5] = ["wait", "ttl", "owner", "token", "limit"];
+
+/// Parses the command line into `args`. `Ok(false)`: help was printed.
+fn parse(command: &str, parser: &mut lexopt::Parser, args: &mut Args) -> Result<bool, String> {
+    let (usage, options) = usage_and_options(command);
+    let mut seen: Vec<&'static str> = Vec::new();
     while let Some(arg) = Arg::next(parser)? {
         if args.connect.parse(&arg, parser)? {
             continue;
@@ -165,6 +216,12 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             Arg::Short('h') => "help",
             _ => "",
         };
+        if let Some(&once) = VALUE_FLAGS.iter().find(|&&f| f == flag) {
+            if seen.contains(&once) {
+                return Err(format!("{command}: --{once} given twice; give it once"));
+            }
+            seen.push(once);
+        }
         match flag {
             "wait" => args.wait = wait_value(parser, "--wait")?,
             "ttl" => {
@@ -179,6 +236,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
                 let v = string_value(parser, "--owner")?;
                 if !(1..=OWNER_LEN_CEILING).contains(&v.len()) {
                     let fix = match command {
+                        _ if v.is_empty() => "give at least 1 byte",
                         "acquire" => "use a shorter one",
                         _ => "use the owner `distlockd acquire` printed",
                     };
@@ -200,14 +258,16 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
                 let v = string_value(parser, "--limit")?;
                 args.limit = Some(
                     v.parse()
-                        .map_err(|_| format!("--limit {v}: not a whole number"))?,
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("--limit {v}: not a whole number of 1 or more"))?,
                 );
             }
             "json" => args.json = true,
             "help" => {
                 let codes = exit_codes(command);
                 println!("{usage}\nConnection options:\n{CONNECT_OPTIONS_HELP}\n\n{codes}");
-                return Ok(ExitCode::SUCCESS);
+                return Ok(false);
             }
             _ => match arg {
                 // ping takes no NAME; the others one.
@@ -226,32 +286,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             },
         }
     }
-    let outcome = match command {
-        "acquire" => acquire(&args),
-        "release" => release(&args),
-        "extend" => extend(&args),
-        "status" => status(&args),
-        "ping" => ping(&args),
-        _ => unreachable!("main dispatches only the lock commands"),
-    };
-    match outcome {
-        Ok(code) => Ok(ExitCode::from(code)),
-        Err(Failure::Usage(message)) => {
-            let message = format!("{command}: {message}; run `distlockd {command} --help`");
-            if args.json {
-                println!(
-                    "{{\"ok\":false,\"exit_status\":{EXIT_USAGE},\"error\":{}}}",
-                    json_string(&message)
-                );
-            }
-            Err(message)
-        }
-        Err(Failure::Client(e)) => {
-            let code = exit_code(&e);
-            Ok(failed(&args, code, &args.connect.describe(&e)))
-        }
-        Err(Failure::Refused(message)) => Ok(failed(&args, EXIT_UNAVAILABLE, &message)),
-    }
+    Ok(true)
 }
 
 /// Reports a request that failed on standard error and, with `--json`,
@@ -260,12 +295,16 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
 fn failed(args: &Args, code: u8, message: &str) -> ExitCode {
     eprintln!("distlockd {}: {message}", args.command);
     if args.json {
-        println!(
-            "{{\"ok\":false,\"exit_status\":{code},\"error\":{}}}",
-            json_string(message)
-        );
+        print_failure_json(code, message);
     }
     ExitCode::from(code)
+}
+
+fn print_failure_json(code: u8, message: &str) {
+    println!(
+        "{{\"ok\":false,\"exit_status\":{code},\"error\":{}}}",
+        json_string(message)
+    );
 }
 
 enum Failure {
@@ -384,10 +423,14 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
-/// A server's refusal of `--wait` or `--ttl`, in those flags' words.
+/// A server's refusal of `--wait`, `--ttl`, the NAME or `--owner` for its
+/// limits, in the CLI's words.
 fn refused(client: &Client, args: &Args, e: &Error) -> Option<Failure> {
     let ttl = args.ttl.unwrap_or(Duration::ZERO);
-    refusal_in_flags(client, args.wait, ttl, e).map(Failure::Refused)
+    let name = args.name.as_deref().unwrap_or_default();
+    refusal_in_flags(client, args.wait, ttl, e)
+        .or_else(|| length_refusal(client, name, args.owner.as_deref(), e))
+        .map(Failure::Refused)
 }
 
 fn release(args: &Args) -> Result<u8, Failure> {
@@ -396,6 +439,13 @@ fn release(args: &Args) -> Result<u8, Failure> {
     let client = args.connect.builder()?.build()?;
     let lease = Lease::from_parts(name, owner, token, Duration::ZERO);
     let result = client.release_lease(&lease);
+    if let Some(refusal) = result
+        .as_ref()
+        .err()
+        .and_then(|e| refused(&client, args, e))
+    {
+        return Err(refusal);
+    }
     report(args, "released", name, token, None, result.map(|()| None))
 }
 
@@ -468,6 +518,11 @@ fn report(
 }
 
 fn status(args: &Args) -> Result<u8, Failure> {
+    if args.name.is_some() && args.limit.is_some() {
+        return Err(Failure::Usage(
+            "--limit is for the listing of every held lock, not one NAME; drop one".into(),
+        ));
+    }
     let client = args.connect.builder()?.build()?;
     if let Some(name) = &args.name {
         let status = client.status(name)?;

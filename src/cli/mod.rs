@@ -318,6 +318,7 @@ pub fn format_wait(wait: Duration) -> String {
     }
     let ms = wait.as_millis();
     match ms {
+        _ if ms % 86_400_000 == 0 && ms > 0 => format!("{}d", ms / 86_400_000),
         _ if ms % 3_600_000 == 0 && ms > 0 => format!("{}h", ms / 3_600_000),
         _ if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
         _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
@@ -370,6 +371,49 @@ pub fn refusal_in_flags(
             format_wait(max)
         )
     })
+}
+
+/// When a server refused a request (BAD_ARGUMENT) because the lock NAME or
+/// the owner is longer than its `--name-len-max` or `--owner-len-max`, says
+/// so in the CLI's words; `owner` is `--owner` if given (else the command
+/// generated one). `None` if that is not why.
+pub fn length_refusal(
+    client: &Client,
+    name: &str,
+    owner: Option<&str>,
+    e: &Error,
+) -> Option<String> {
+    let refused = matches!(
+        e,
+        Error::Server {
+            code: ErrorCode::BadArgument,
+            ..
+        }
+    );
+    if !refused {
+        return None;
+    }
+    let info = client.server_info().ok()?;
+    let (name_max, owner_max) = (info.name_len_max, info.owner_len_max);
+    if name.len() > name_max {
+        return Some(format!(
+            "lock NAME is {} bytes, over this server's longest name, {name_max} bytes (it runs with --name-len-max {name_max}); use a shorter name",
+            name.len()
+        ));
+    }
+    match owner {
+        Some(owner) if owner.len() > owner_max => Some(format!(
+            "--owner {owner:?}: {} bytes, over this server's longest owner, {owner_max} bytes (it runs with --owner-len-max {owner_max}); use a shorter --owner",
+            owner.len()
+        )),
+        Some(_) => None,
+        None => {
+            let message = e.to_string();
+            message.contains("owner_len_max").then(|| format!(
+                "the owner this command generates is longer than this server's longest owner, {owner_max} bytes (it runs with --owner-len-max {owner_max}); pass --owner with at most {owner_max} bytes"
+            ))
+        }
+    }
 }
 
 /// A duration: a number with a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`,
@@ -435,6 +479,8 @@ mod tests {
         assert!(parse_wait("always").is_err());
         assert_eq!(format_wait(WAIT_FOREVER), "forever");
         assert_eq!(format_wait(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_wait(Duration::from_secs(3 * 86400)), "3d");
+        assert_eq!(format_wait(Duration::from_secs(36 * 3600)), "36h");
         assert_eq!(format_wait(Duration::from_secs(90)), "90s");
         assert_eq!(format_wait(Duration::from_millis(1500)), "1500ms");
     }

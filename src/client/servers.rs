@@ -215,9 +215,17 @@ pub(super) fn unreachable(tried: Vec<(&str, io::Error)>) -> io::Error {
 
 /// The port of the first entry of a checked list, for "start a server
 /// with --port N" hints.
-pub(super) fn first_port(list: &str) -> Option<&str> {
-    let first = list.split(',').next()?.trim();
-    first.rsplit_once(':').map(|(_, port)| port)
+/// The command that starts a server where the first address of `list`
+/// points: `--host` only when that is not the default 127.0.0.1 (an IPv6
+/// address without its brackets, as `--host` takes it).
+pub(super) fn start_command(list: &str) -> String {
+    let first = list.split(',').next().unwrap_or_default().trim();
+    let (host, port) = first.rsplit_once(':').unwrap_or(("127.0.0.1", "9999"));
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host {
+        "127.0.0.1" => format!("distlockd server --port {port}"),
+        _ => format!("distlockd server --host {host} --port {port}"),
+    }
 }
 
 #[cfg(test)]
@@ -311,7 +319,15 @@ mod tests {
     }
 
     #[test]
-    fn first_port_of_a_list() {
-        assert_eq!(first_port("[::1]:7,b:8"), Some("7"));
+    fn start_commands_name_the_host_unless_it_is_the_default() {
+        assert_eq!(start_command("127.0.0.1:7"), "distlockd server --port 7");
+        assert_eq!(
+            start_command("[::1]:7,b:8"),
+            "distlockd server --host ::1 --port 7"
+        );
+        assert_eq!(
+            start_command("localhost:9"),
+            "distlockd server --host localhost --port 9"
+        );
     }
 }
