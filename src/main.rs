@@ -366,7 +366,7 @@ fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, 
             Some(path) if !path.is_empty() => PathBuf::from(path),
             _ if allow_legacy => {
                 return Err(
-                    "--auth-allow-legacy needs a secret: pass --auth-secret-file".to_owned(),
+                    "--auth-allow-legacy needs a secret: pass --auth-secret-file, or set $DISTLOCKD_AUTH_SECRET_FILE".to_owned(),
                 );
             }
             _ => return Ok(None),

@@ -165,14 +165,10 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
         Err(message) => {
             // A script that asked for JSON gets one object, whether or not
             // the parser reached `--json` before the mistake.
-            let json = args.json
-                || parser
-                    .raw_args()
-                    .is_ok_and(|mut rest| rest.any(|a| a == "--json"));
-            if json {
-                print_failure_json(EXIT_USAGE, &message);
-            }
-            return Err(message);
+            args.json |= parser
+                .raw_args()
+                .is_ok_and(|mut rest| rest.any(|a| a == "--json"));
+            return Ok(failed(&args, EXIT_USAGE, &usage_message(command, &message)));
         }
     }
     let outcome = match command {
@@ -186,11 +182,8 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
     match outcome {
         Ok(code) => Ok(ExitCode::from(code)),
         Err(Failure::Usage(message)) => {
-            let message = format!("{command}: {message}; run `distlockd {command} --help`");
-            if args.json {
-                print_failure_json(EXIT_USAGE, &message);
-            }
-            Err(message)
+            let message = format!("{message}; run `distlockd {command} --help`");
+            Ok(failed(&args, EXIT_USAGE, &message))
         }
         Err(Failure::Client(e)) => {
             let code = exit_code(&e);
@@ -298,6 +291,13 @@ fn failed(args: &Args, code: u8, message: &str) -> ExitCode {
         print_failure_json(code, message);
     }
     ExitCode::from(code)
+}
+
+/// A usage error as `failed` prints it after "distlockd COMMAND: ", so
+/// without the command again if the message starts with it.
+fn usage_message(command: &str, message: &str) -> String {
+    let prefix = format!("{command}: ");
+    message.strip_prefix(&prefix).unwrap_or(message).to_owned()
 }
 
 fn print_failure_json(code: u8, message: &str) {

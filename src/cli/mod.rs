@@ -427,7 +427,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| "not a duration; use e.g. 500ms, 10s, 5m or 1h".to_owned())?;
+        .map_err(|_| "not a duration; use e.g. 500ms, 10s, 5m, 1h or 3d".to_owned())?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
