@@ -705,3 +705,97 @@ fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     );
     assert!(!stderr.contains("renewals failed until"), "{stderr}");
 }
+
+/// `distlockd run --port PORT ARGS...` (no NAME of its own), output captured.
+fn run_raw(port: u16, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+    cmd.args(["run", "--port", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Run::start(&mut cmd).finish()
+}
+
+/// NAME left out: what follows `--` is the command, never the NAME, so
+/// nothing is locked or run, and the usage error says what is missing.
+#[test]
+fn after_dashes_nothing_is_taken_for_the_name() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("no-name");
+    let ran = dir.sh("ran");
+    let script = format!("echo ran > {ran}");
+    let cases: [&[&str]; 4] = [
+        &["-w", "1s", "--", "sh", "-c", &script],
+        &["--", "sh", "-c", &script],
+        &["-c", &script],
+        &["-c", &script, "--", "job"],
+    ];
+    for args in cases {
+        let out = run_raw(port, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the lock NAME is missing"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!dir.path("ran").exists(), "{args:?} ran the command");
+    }
+    let holder = client(port);
+    for name in ["sh", "job", "-c"] {
+        assert!(holder.status(name).unwrap().is_none(), "{name} was locked");
+    }
+    // NAME and no command.
+    for args in [&["job"][..], &["job", "--"], &["job", "-w", "1s", "--"]] {
+        let out = run_raw(port, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("COMMAND is missing"), "{args:?}");
+    }
+}
+
+/// A repeated option would silently use its last value: refused, naming it.
+#[test]
+fn a_repeated_option_or_nonblock_with_wait_is_refused() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("twice");
+    let ran = format!("echo ran > {}", dir.sh("ran"));
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["-E", "5", "-E", "6", "-c", &ran],
+            "-E/--conflict-exit-code given twice",
+        ),
+        (
+            &["-w", "5s", "-w", "6s", "-c", &ran],
+            "-w/--wait given twice",
+        ),
+        (
+            &["--ttl", "5s", "--ttl", "6s", "-c", &ran],
+            "--ttl given twice",
+        ),
+        (&["-c", "true", "-c", &ran], "-c/--command given twice"),
+        (
+            &["--kill-grace", "1s", "--kill-grace", "2s", "-c", &ran],
+            "--kill-grace given twice",
+        ),
+        (
+            &["-n", "-w", "5s", "-c", &ran],
+            "-n/--nonblock and -w/--wait 5s both given",
+        ),
+        (
+            &["-w", "5s", "-n", "-c", &ran],
+            "-n/--nonblock and -w/--wait 5s both given",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        let out = run_raw(port, &all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!dir.path("ran").exists(), "{args:?} ran the command");
+    }
+    assert!(client(port).status("job").unwrap().is_none());
+}

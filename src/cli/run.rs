@@ -240,14 +240,28 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
     let mut connect = ConnectOptions::default();
     let mut name = None;
     let mut command = Vec::new();
-    let mut wait = Duration::ZERO;
+    let mut once = Once::default();
+    let mut wait = None;
+    let mut nonblock = false;
     let mut ttl = TTL_DEFAULT;
     let mut conflict_exit_code = super::EXIT_NOT_OBTAINED;
     let mut kill_grace = None;
     let mut session = false;
     let mut quiet = false;
     let mut shell_command: Option<OsString> = None;
-    while let Some(arg) = Arg::next(parser)? {
+    loop {
+        // Everything after `--` is the command's: neither an option nor the
+        // NAME, even when NAME was left out (`run -- sh -c ...` must not take
+        // a lock named "sh").
+        if let Some(mut raw) = parser.try_raw_args()
+            && raw.next_if(|a| a == "--").is_some()
+        {
+            command.extend(raw);
+            break;
+        }
+        let Some(arg) = Arg::next(parser)? else {
+            break;
+        };
         if connect.parse(&arg, parser)? {
             continue;
         }
@@ -265,22 +279,35 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             _ => "",
         };
         match flag {
-            "wait" => wait = super::wait_value(parser, "--wait")?,
-            "nonblock" | "nb" => wait = Duration::ZERO,
-            "ttl" => ttl = duration_value(parser, "--ttl")?,
-            "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
+            "wait" => {
+                let v = super::wait_value(parser, "--wait")?;
+                once.check("-w/--wait", super::format_wait(v))?;
+                wait = Some(v);
+            }
+            "nonblock" | "nb" => nonblock = true,
+            "ttl" => {
+                let v = duration_value(parser, "--ttl")?;
+                once.check("--ttl", super::format_wait(v))?;
+                ttl = v;
+            }
+            "kill-grace" => {
+                let v = duration_value(parser, "--kill-grace")?;
+                once.check("--kill-grace", super::format_wait(v))?;
+                kill_grace = Some(v);
+            }
             "conflict-exit-code" => {
                 let v = super::string_value(parser, "--conflict-exit-code")?;
                 conflict_exit_code = v
                     .parse()
                     .map_err(|_| format!("--conflict-exit-code {v}: not an exit status (0-255)"))?;
+                once.check("-E/--conflict-exit-code", v)?;
             }
             "command" => {
-                shell_command = Some(
-                    parser
-                        .value()
-                        .map_err(|_| "-c: missing value; use -c 'SHELL COMMAND'".to_owned())?,
-                );
+                let v = parser
+                    .value()
+                    .map_err(|_| "-c: missing value; use -c 'SHELL COMMAND'".to_owned())?;
+                once.check("-c/--command", format!("{:?}", v.to_string_lossy()))?;
+                shell_command = Some(v);
             }
             "shared" => {
                 return Err(
@@ -311,7 +338,16 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             },
         }
     }
-    let name = name.ok_or("the lock NAME is missing")?;
+    let name = name.ok_or(
+        "the lock NAME is missing; it comes before the command (everything after `--` is the command's): `distlockd run NAME [options] -- COMMAND [ARGS...]`",
+    )?;
+    if let (true, Some(wait)) = (nonblock, wait) {
+        return Err(format!(
+            "-n/--nonblock and -w/--wait {} both given: -n fails at once if the lock is held, -w waits for it; give one of them",
+            super::format_wait(wait)
+        ));
+    }
+    let wait = wait.unwrap_or(Duration::ZERO);
     if let Some(shell_command) = shell_command {
         if !command.is_empty() {
             return Err(format!(
@@ -354,6 +390,24 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
         session,
         quiet,
     }))
+}
+
+/// The options given so far that take a value: each may be given once, as a
+/// second one silently winning would hide which was meant.
+#[derive(Default)]
+struct Once(Vec<(&'static str, String)>);
+
+impl Once {
+    /// Records `flag` given as `value`; an error if it was given before.
+    fn check(&mut self, flag: &'static str, value: String) -> Result<(), String> {
+        if let Some((_, first)) = self.0.iter().find(|(f, _)| *f == flag) {
+            return Err(format!(
+                "{flag} given twice ({first}, then {value}); give it once"
+            ));
+        }
+        self.0.push((flag, value));
+        Ok(())
+    }
 }
 
 /// Acquires, runs, supervises, releases. Returns the exit status.
@@ -990,10 +1044,7 @@ mod tests {
         let o = options(&["-w", "2", "-E", "0", "job", "true"]);
         assert_eq!(o.wait, Duration::from_secs(2));
         assert_eq!(o.conflict_exit_code, 0);
-        assert_eq!(
-            options(&["job", "-w", "1s", "-n", "true"]).wait,
-            Duration::ZERO
-        );
+        assert_eq!(options(&["job", "-n", "-n", "true"]).wait, Duration::ZERO);
         assert_eq!(options(&["-x", "job", "-e", "true"]).command, ["true"]);
         let o = options(&["job", "-c", "echo \"$0\" >out"]);
         assert_eq!(o.command, [SHELL, "-c", "echo \"$0\" >out"]);
@@ -1008,6 +1059,64 @@ mod tests {
             "{shared}"
         );
         assert!(err(&["job", "--shared", "true"]).contains("drop -s"));
+    }
+
+    #[test]
+    fn after_dashes_nothing_is_the_name() {
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        for args in [
+            &["-w", "1s", "--", "sh", "-c", "echo hi"][..],
+            &["--", "job", "true"],
+            &["-c", "echo hi", "--", "job"],
+        ] {
+            assert!(err(args).contains("the lock NAME is missing"), "{args:?}");
+        }
+        assert!(err(&["-c", "echo hi"]).contains("the lock NAME is missing"));
+        assert!(err(&["job", "--"]).contains("COMMAND is missing"));
+        // `--` right after NAME, and a command that starts with `--`.
+        assert_eq!(options(&["job", "--", "--", "x"]).command, ["--", "x"]);
+        assert_eq!(options(&["-q", "job", "--", "true"]).command, ["true"]);
+    }
+
+    #[test]
+    fn an_option_given_twice_is_refused() {
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        let twice = [
+            (
+                &["job", "-E", "5", "-E", "6", "true"][..],
+                "-E/--conflict-exit-code given twice (5, then 6)",
+            ),
+            (
+                &["job", "-w", "5s", "--wait", "6s", "true"],
+                "-w/--wait given twice (5s, then 6s)",
+            ),
+            (
+                &["job", "--ttl", "5s", "--ttl", "6s", "true"],
+                "--ttl given twice",
+            ),
+            (
+                &["job", "-c", "a", "-c", "b"],
+                "-c/--command given twice (\"a\", then \"b\")",
+            ),
+            (
+                &["job", "--kill-grace", "1s", "--kill-grace", "2s", "true"],
+                "--kill-grace given twice",
+            ),
+        ];
+        for (args, message) in twice {
+            let e = err(args);
+            assert!(e.contains(message), "{args:?}: {e}");
+        }
+        for args in [
+            &["job", "-n", "-w", "5s", "true"][..],
+            &["job", "-w", "5s", "-n", "true"],
+        ] {
+            let e = err(args);
+            assert!(
+                e.contains("-n/--nonblock and -w/--wait 5s both given"),
+                "{e}"
+            );
+        }
     }
 
     fn clock(t0: Instant) -> LeaseClock {
