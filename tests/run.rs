@@ -297,11 +297,13 @@ fn renewals_failing_kill_the_command_group() {
         dir.sh("shell"),
         dir.sh("sleeper")
     );
-    let ttl = Duration::from_secs(2);
+    // Long enough that the first renewal's failure (after the client's
+    // retries, about 0.4 s) is reported seconds before SIGTERM is due.
+    let ttl = Duration::from_secs(6);
     let run = Run::start(&mut run_cmd(
         addr.port(),
         "job",
-        &["--ttl", "2s", "--kill-grace", "300ms"],
+        &["--ttl", "6s", "--kill-grace", "300ms"],
         &script,
     ));
     let shell: u32 = wait_for_file(&dir.path("shell")).trim().parse().unwrap();
@@ -324,6 +326,15 @@ fn renewals_failing_kill_the_command_group() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("lost lock \"job\""), "{stderr}");
+    // It says what it saw: renewals failing, not a pause.
+    assert!(
+        stderr
+            .contains("no renewal was confirmed before the lease could run out: renewals failed: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no renewal was sent in time"), "{stderr}");
+    // The grace period, then SIGKILL to the shell that ignored SIGTERM.
+    assert!(stderr.contains("SIGKILL within"), "{stderr}");
     assert!(stderr.contains("SIGKILL to its process group"), "{stderr}");
 }
 
@@ -357,6 +368,14 @@ fn a_renewal_answered_not_held_terminates_the_command_at_once() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("not held"), "{stderr}");
     assert!(!stderr.contains("no renewal was confirmed"), "{stderr}");
+    // Plain words, not the protocol's reply name.
+    assert!(
+        stderr.contains(
+            "a renewal found that this run no longer holds it: the server says it is not held"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("NOT_HELD"), "{stderr}");
 }
 
 #[test]
@@ -677,7 +696,9 @@ fn a_server_bounding_waits_refuses_run_wait_forever_in_flag_words() {
 }
 
 /// A `run` stopped (SIGSTOP) past its lease sent no renewal at all: it must
-/// not claim that renewals failed, only that none was confirmed in time.
+/// not claim that renewals failed, but say that none was sent in time; and
+/// woken past both deadlines, it must not announce a grace period it
+/// cannot give.
 #[test]
 fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     let (_server, addr) = start_server();
@@ -700,10 +721,23 @@ fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("no renewal was confirmed before the lease could run out"),
+        stderr.contains(
+            "no renewal was confirmed before the lease could run out: no renewal was sent in time: this process (or its renewal thread) was held up"
+        ),
         "{stderr}"
     );
-    assert!(!stderr.contains("renewals failed until"), "{stderr}");
+    assert!(!stderr.contains("renewals failed"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "SIGTERM and SIGKILL at once to its process group, no grace period: the lease could have ended already"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SIGKILL within"), "{stderr}");
+    assert!(
+        !stderr.contains("still running at the SIGKILL deadline"),
+        "{stderr}"
+    );
 }
 
 /// `distlockd run --port PORT ARGS...` (no NAME of its own), output captured.

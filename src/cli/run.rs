@@ -98,7 +98,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 
 use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
-use crate::client::{Binding, Client, Error, Lease, SESSION_PROBE_INTERVAL};
+use crate::client::{
+    Binding, Client, Error, Lease, NotHeldCause, SESSION_PROBE_INTERVAL, not_held_reason_text,
+};
 
 /// Exit status when the lease was lost and the command was terminated.
 pub const EXIT_LEASE_LOST: u8 = 4;
@@ -613,13 +615,17 @@ fn exit_code(status: ExitStatus) -> u8 {
 #[derive(Debug)]
 enum Event {
     Exited(io::Result<ExitStatus>),
+    /// A renewal is being sent.
+    Renewing {
+        sent_at: Instant,
+    },
     Renewed {
         sent_at: Instant,
         ttl: Duration,
     },
     RenewFailed(String),
-    /// A renewal was answered NOT_HELD.
-    Lost(String),
+    /// A renewal found the hold gone (answered NOT_HELD).
+    Lost(NotHeldCause),
     /// The SESSION connection closed or failed: the server released the
     /// hold at the disconnect.
     SessionClosed(String),
@@ -657,6 +663,9 @@ impl Renewal {
                 return;
             }
             let sent_at = Instant::now();
+            if events.send(Event::Renewing { sent_at }).is_err() {
+                return;
+            }
             let read_until = self.binding.as_ref().map(|_| self.expiry_earliest);
             let result = extend(
                 &self.client,
@@ -674,8 +683,8 @@ impl Renewal {
                         ttl: granted,
                     }
                 }
-                Err(e @ Error::NotHeld { .. }) => {
-                    let _ = events.send(Event::Lost(e.to_string()));
+                Err(Error::NotHeld { reason, .. }) => {
+                    let _ = events.send(Event::Lost(reason));
                     return;
                 }
                 Err(e) => {
@@ -731,7 +740,7 @@ fn supervise(
     loop {
         let now = Instant::now();
         if let Some(action) = supervisor.poll(now) {
-            act(action, group, name, supervisor.clock.grace);
+            act(action, group, name);
         }
         let event = match supervisor.wake_at() {
             Some(at) => match inbox.recv_timeout(at.saturating_duration_since(now)) {
@@ -746,6 +755,7 @@ fn supervise(
                 finish_group(supervisor, group);
                 return status;
             }
+            Event::Renewing { sent_at } => supervisor.renewing(sent_at),
             Event::Renewed { sent_at, ttl } => supervisor.renewed(sent_at, ttl),
             Event::RenewFailed(e) => {
                 if !quiet && matches!(supervisor.phase, Phase::Holding) {
@@ -758,11 +768,13 @@ fn supervise(
                         left.as_millis()
                     );
                 }
+                supervisor.renew_failed(e);
             }
-            Event::Lost(why) => {
+            Event::Lost(cause) => {
                 if matches!(supervisor.phase, Phase::Holding) {
                     eprintln!(
-                        "distlockd run: lost lock {name:?}: a renewal was answered NOT_HELD: {why}"
+                        "distlockd run: lost lock {name:?}: a renewal found that this run no longer holds it: {}",
+                        not_held_text(cause)
                     );
                 }
                 supervisor.lost();
@@ -804,23 +816,48 @@ fn finish_group(supervisor: &mut Supervisor, group: Pid) {
     supervisor.phase = Phase::Killed;
 }
 
-fn act(action: Action, group: Pid, name: &str, grace: Duration) {
+/// Why a renewal found the hold gone, in plain words.
+fn not_held_text(cause: NotHeldCause) -> &'static str {
+    match cause {
+        NotHeldCause::Server(reason) => not_held_reason_text(reason),
+        NotHeldCause::NotAcquiredHere => "this process has no record of holding it",
+    }
+}
+
+fn act(action: Action, group: Pid, name: &str) {
     match action {
-        Action::Terminate { lease_ran_out } => {
-            if lease_ran_out {
+        Action::Terminate {
+            lapse,
+            grace,
+            lease_ended,
+        } => {
+            if let Some(lapse) = lapse {
                 eprintln!(
-                    "distlockd run: lost lock {name:?}: no renewal was confirmed before the lease could run out (renewals failed, or this process was paused)"
+                    "distlockd run: lost lock {name:?}: no renewal was confirmed before the lease could run out: {lapse}"
                 );
             }
+            if !grace.is_zero() {
+                eprintln!(
+                    "distlockd run: stopping the command: SIGTERM to its process group, SIGKILL within {}ms",
+                    grace.as_millis()
+                );
+                let _ = kill_process_group(group, Signal::TERM);
+                return;
+            }
+            // Woken after the SIGKILL deadline (this process was held up):
+            // no grace period is left to give.
             eprintln!(
-                "distlockd run: stopping the command: SIGTERM to its process group, SIGKILL within {}ms",
-                grace.as_millis()
+                "distlockd run: stopping the command: SIGTERM and SIGKILL at once to its process group, no grace period: {}",
+                if lease_ended {
+                    "the lease could have ended already"
+                } else {
+                    "the SIGKILL deadline (TTL/10 before the lease could end) has passed"
+                }
             );
             let _ = kill_process_group(group, Signal::TERM);
+            let _ = kill_process_group(group, Signal::KILL);
         }
         Action::Kill => {
-            // A process paused past both deadlines sends both at once: the
-            // grace period may not have run for the command.
             eprintln!(
                 "distlockd run: the command is still running at the SIGKILL deadline: SIGKILL to its process group"
             );
@@ -918,13 +955,49 @@ enum Phase {
     Killed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
-    /// SIGTERM to the group; `lease_ran_out`: because renewals failed (not
-    /// because one answered NOT_HELD, which was reported already).
-    Terminate { lease_ran_out: bool },
+    /// SIGTERM to the group, SIGKILL after `grace`; a zero `grace`: both
+    /// at once.
+    Terminate {
+        /// Why no renewal was confirmed in time; `None`: a renewal found
+        /// the hold gone, which was reported already.
+        lapse: Option<Lapse>,
+        grace: Duration,
+        /// Past the earliest expiry: the lease could have ended already.
+        lease_ended: bool,
+    },
     /// SIGKILL to the group.
     Kill,
+}
+
+/// Why no renewal was confirmed before the termination deadline, as far as
+/// this process can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lapse {
+    /// The last renewal attempt failed, with this error.
+    RenewalsFailed(String),
+    /// A renewal sent before the deadline has had no answer for `waited`.
+    Unanswered { waited: Duration },
+    /// None was sent before the deadline: this process, or its renewal
+    /// thread, did not run in time (stopped, or starved of CPU).
+    NotSent,
+}
+
+impl std::fmt::Display for Lapse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lapse::RenewalsFailed(e) => write!(f, "renewals failed: {e}"),
+            Lapse::Unanswered { waited } => write!(
+                f,
+                "the renewal sent {}ms ago is still unanswered (the server or the network is slow or down)",
+                waited.as_millis()
+            ),
+            Lapse::NotSent => f.write_str(
+                "no renewal was sent in time: this process (or its renewal thread) was held up (stopped, or starved of CPU) past the renewal deadline",
+            ),
+        }
+    }
 }
 
 /// Decides when to stop the command; pure: time is passed in.
@@ -934,6 +1007,11 @@ struct Supervisor {
     phase: Phase,
     /// A renewal found the hold gone: terminate at the next poll.
     lost: bool,
+    /// The error of the last renewal attempt, if it failed; cleared by a
+    /// success.
+    failure: Option<String>,
+    /// When the renewal awaiting its answer was sent.
+    in_flight: Option<Instant>,
 }
 
 impl Supervisor {
@@ -942,11 +1020,35 @@ impl Supervisor {
             clock,
             phase: Phase::Holding,
             lost: false,
+            failure: None,
+            in_flight: None,
         }
+    }
+
+    fn renewing(&mut self, sent_at: Instant) {
+        self.in_flight = Some(sent_at);
     }
 
     fn renewed(&mut self, sent_at: Instant, granted: Duration) {
         self.clock.renewed(sent_at, granted);
+        self.failure = None;
+        self.in_flight = None;
+    }
+
+    fn renew_failed(&mut self, error: String) {
+        self.failure = Some(error);
+        self.in_flight = None;
+    }
+
+    /// Why no renewal was confirmed by the termination deadline.
+    fn lapse(&self, now: Instant) -> Lapse {
+        match (&self.failure, self.in_flight) {
+            (Some(e), _) => Lapse::RenewalsFailed(e.clone()),
+            (None, Some(sent_at)) if sent_at < self.clock.terminate_at() => Lapse::Unanswered {
+                waited: now.saturating_duration_since(sent_at),
+            },
+            _ => Lapse::NotSent,
+        }
     }
 
     fn lost(&mut self) {
@@ -958,11 +1060,17 @@ impl Supervisor {
         match self.phase {
             Phase::Holding if self.lost || now >= self.clock.terminate_at() => {
                 // Late (a slow wake-up), the grace shrinks so that SIGKILL
-                // still lands by kill_by.
+                // still lands by kill_by; past kill_by, none is left.
                 let kill_at = (now + self.clock.grace).min(self.clock.kill_by()).max(now);
-                self.phase = Phase::Terminating { kill_at };
+                let grace = kill_at - now;
+                self.phase = match grace.is_zero() {
+                    true => Phase::Killed,
+                    false => Phase::Terminating { kill_at },
+                };
                 Some(Action::Terminate {
-                    lease_ran_out: !self.lost,
+                    lapse: (!self.lost).then(|| self.lapse(now)),
+                    grace,
+                    lease_ended: now >= self.clock.expiry_earliest,
                 })
             }
             Phase::Terminating { kill_at } if now >= kill_at => {
@@ -1133,7 +1241,9 @@ mod tests {
         assert_eq!(
             s.poll(t0 + 700 * MS),
             Some(Action::Terminate {
-                lease_ran_out: true
+                lapse: Some(Lapse::NotSent),
+                grace: 200 * MS,
+                lease_ended: false,
             })
         );
         assert_eq!(s.wake_at(), Some(t0 + 900 * MS));
@@ -1154,9 +1264,69 @@ mod tests {
                 kill_at: t0 + 900 * MS
             }
         );
+        // Past kill_by (paused): both signals at once, and no SIGKILL
+        // "deadline" announced afterwards.
         let mut s = Supervisor::new(clock(t0));
-        assert!(s.poll(t0 + 2000 * MS).is_some());
-        assert_eq!(s.poll(t0 + 2000 * MS), Some(Action::Kill));
+        assert_eq!(
+            s.poll(t0 + 950 * MS),
+            Some(Action::Terminate {
+                lapse: Some(Lapse::NotSent),
+                grace: Duration::ZERO,
+                lease_ended: false,
+            })
+        );
+        assert_eq!(s.phase, Phase::Killed);
+        assert_eq!(s.poll(t0 + 2000 * MS), None);
+        let mut s = Supervisor::new(clock(t0));
+        assert!(matches!(
+            s.poll(t0 + 2000 * MS),
+            Some(Action::Terminate {
+                grace: Duration::ZERO,
+                lease_ended: true,
+                ..
+            })
+        ));
+        assert_eq!(s.poll(t0 + 2000 * MS), None);
+    }
+
+    fn lapse_at_termination(s: &mut Supervisor, now: Instant) -> Lapse {
+        match s.poll(now) {
+            Some(Action::Terminate {
+                lapse: Some(lapse), ..
+            }) => lapse,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_lapse_says_whether_renewals_failed_hung_or_were_never_sent() {
+        let t0 = Instant::now();
+        // A failure, then a retry still in flight: the failure is the news.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 333 * MS);
+        s.renew_failed("connection refused".into());
+        s.renewing(t0 + 433 * MS);
+        assert_eq!(
+            lapse_at_termination(&mut s, t0 + 700 * MS),
+            Lapse::RenewalsFailed("connection refused".into())
+        );
+        // Sent in time, never answered.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 333 * MS);
+        assert_eq!(
+            lapse_at_termination(&mut s, t0 + 700 * MS),
+            Lapse::Unanswered { waited: 367 * MS }
+        );
+        // Sent only after the deadline (the process was stopped): not sent
+        // in time.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 2000 * MS);
+        assert_eq!(lapse_at_termination(&mut s, t0 + 2000 * MS), Lapse::NotSent);
+        // A success forgets earlier failures.
+        let mut s = Supervisor::new(clock(t0));
+        s.renew_failed("timed out".into());
+        s.renewed(t0 + 100 * MS, 1000 * MS);
+        assert_eq!(lapse_at_termination(&mut s, t0 + 800 * MS), Lapse::NotSent);
     }
 
     #[test]
@@ -1178,7 +1348,9 @@ mod tests {
         assert_eq!(
             s.poll(t0 + 10 * MS),
             Some(Action::Terminate {
-                lease_ran_out: false
+                lapse: None,
+                grace: 200 * MS,
+                lease_ended: false,
             })
         );
         assert_eq!(
