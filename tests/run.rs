@@ -833,3 +833,39 @@ fn a_repeated_option_or_nonblock_with_wait_is_refused() {
     }
     assert!(client(port).status("job").unwrap().is_none());
 }
+
+/// Without --ttl, run's default TTL (30 s) is capped to the server's longest
+/// hold, so the defaults work with any server; a --ttl the user gave is
+/// never changed, and its refusal names it.
+#[test]
+fn run_defaults_work_with_a_server_granting_shorter_holds() {
+    let (_server, addr) = common::start_server_with(&[
+        "--ttl-max-ms",
+        "5000",
+        "--ttl-default-ms",
+        "5000",
+        "--legacy-ttl-ms",
+        "5000",
+    ]);
+    let port = addr.port();
+    let out = run_args(port, "job", &["-c", "echo ran"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    let out = run_args(port, "job", &["--ttl", "10s", "-c", "echo ran"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--ttl 10s: this server grants holds of at most 5s"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
+    // A --kill-grace too long for the capped TTL says where the TTL came from.
+    let out = run_args(port, "job", &["--kill-grace", "3s", "-c", "echo ran"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--kill-grace 3s: over half of the TTL, 5s (run's default 30s capped"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
+}

@@ -183,7 +183,9 @@ Options:
   -s, --shared             reserved for shared locks, which are not supported
                            yet: refused (exit 2), never taken as exclusive
   -x, -e, --exclusive      an exclusive lock: the only kind, so the default
-  --ttl DURATION           the lease's TTL (default 30s, at least 100ms)
+  --ttl DURATION           the lease's TTL, at least 100ms (default 30s, or
+                           the server's longest hold, its --ttl-max-ms, if
+                           shorter)
   --kill-grace DURATION    SIGTERM to SIGKILL delay when the lease is lost
                            (default TTL/4, at most 5s; at most TTL/2)
   --session                a SESSION hold: the server also releases it as soon
@@ -219,9 +221,14 @@ struct Options {
     name: String,
     command: Vec<OsString>,
     wait: Duration,
-    ttl: Duration,
+    /// `--ttl`, if given.
+    ttl: Option<Duration>,
     conflict_exit_code: u8,
-    kill_grace: Duration,
+    /// `--kill-grace`, if given.
+    kill_grace: Option<Duration>,
+    /// From `--ttl` and `--kill-grace` or their defaults; without `--ttl`,
+    /// [`run`] caps it to the server's longest hold.
+    timing: Timing,
     session: bool,
     quiet: bool,
 }
@@ -234,7 +241,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         println!("{USAGE}\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
         return Ok(ExitCode::SUCCESS);
     };
-    run(&options).map(ExitCode::from)
+    run(options).map(ExitCode::from)
 }
 
 /// `Ok(None)`: `--help`.
@@ -245,7 +252,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
     let mut once = Once::default();
     let mut wait = None;
     let mut nonblock = false;
-    let mut ttl = TTL_DEFAULT;
+    let mut ttl = None;
     let mut conflict_exit_code = super::EXIT_NOT_OBTAINED;
     let mut kill_grace = None;
     let mut session = false;
@@ -290,7 +297,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             "ttl" => {
                 let v = duration_value(parser, "--ttl")?;
                 once.check("--ttl", super::format_wait(v))?;
-                ttl = v;
+                ttl = Some(v);
             }
             "kill-grace" => {
                 let v = duration_value(parser, "--kill-grace")?;
@@ -365,22 +372,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             "COMMAND is missing: put it after NAME and the options, e.g. `distlockd run {name} -- /usr/local/bin/job`, or give a shell command with -c 'SHELL COMMAND'"
         ));
     }
-    if ttl < TTL_MIN {
-        return Err(format!(
-            "--ttl {}ms: under the minimum {}ms; renewals every TTL/3 need time for a round trip",
-            ttl.as_millis(),
-            TTL_MIN.as_millis()
-        ));
-    }
-    let kill_grace_max = ttl / KILL_GRACE_TTL_DIVISOR_MIN;
-    let kill_grace = kill_grace.unwrap_or((ttl / 4).min(KILL_GRACE_DEFAULT_MAX));
-    if kill_grace > kill_grace_max {
-        return Err(format!(
-            "--kill-grace {}ms: over half of --ttl ({}ms); use a shorter grace or a longer TTL, so renewals get time to succeed before termination starts",
-            kill_grace.as_millis(),
-            ttl.as_millis()
-        ));
-    }
+    let timing = timing(ttl, kill_grace, None)?;
     Ok(Some(Options {
         connect,
         name,
@@ -389,9 +381,62 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
         ttl,
         conflict_exit_code,
         kill_grace,
+        timing,
         session,
         quiet,
     }))
+}
+
+/// The lease's TTL and the SIGTERM-to-SIGKILL delay of one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Timing {
+    ttl: Duration,
+    kill_grace: Duration,
+}
+
+/// The timing from `--ttl` and `--kill-grace` (`None`: not given), checked.
+/// Without `--ttl`, the TTL is [`TTL_DEFAULT`], capped to `ttl_cap` (the
+/// server's longest hold) if known, so that run's defaults work with any
+/// server.
+fn timing(
+    ttl: Option<Duration>,
+    kill_grace: Option<Duration>,
+    ttl_cap: Option<Duration>,
+) -> Result<Timing, String> {
+    let (ttl, ttl_words) = match (ttl, ttl_cap) {
+        (Some(ttl), _) => (ttl, format!("--ttl {}", super::format_wait(ttl))),
+        (None, Some(cap)) if cap < TTL_DEFAULT => (
+            cap,
+            format!(
+                "the TTL, {} (run's default {} capped to this server's longest hold: it runs with --ttl-max-ms {})",
+                super::format_wait(cap),
+                super::format_wait(TTL_DEFAULT),
+                cap.as_millis()
+            ),
+        ),
+        (None, _) => (
+            TTL_DEFAULT,
+            format!(
+                "the TTL, {} (run's default)",
+                super::format_wait(TTL_DEFAULT)
+            ),
+        ),
+    };
+    if ttl < TTL_MIN {
+        return Err(format!(
+            "{ttl_words}: under the minimum {}ms; renewals every TTL/3 need time for a round trip",
+            TTL_MIN.as_millis()
+        ));
+    }
+    let kill_grace_max = ttl / KILL_GRACE_TTL_DIVISOR_MIN;
+    let kill_grace = kill_grace.unwrap_or((ttl / 4).min(KILL_GRACE_DEFAULT_MAX));
+    if kill_grace > kill_grace_max {
+        return Err(format!(
+            "--kill-grace {}: over half of {ttl_words}; use a shorter grace or a longer --ttl, so renewals get time to succeed before termination starts",
+            super::format_wait(kill_grace),
+        ));
+    }
+    Ok(Timing { ttl, kill_grace })
 }
 
 /// The options given so far that take a value: each may be given once, as a
@@ -413,12 +458,26 @@ impl Once {
 }
 
 /// Acquires, runs, supervises, releases. Returns the exit status.
-fn run(options: &Options) -> Result<u8, String> {
-    let client = options
-        .connect
-        .builder()?
-        .ttl(options.ttl)
-        .session(options.session)
+fn run(mut options: Options) -> Result<u8, String> {
+    let builder = options.connect.builder()?.session(options.session);
+    if options.ttl.is_none() {
+        // Run's default TTL, capped to this server's longest hold: the
+        // defaults work with any server.
+        let probe = builder.clone().build().map_err(|e| format!("run: {e}"))?;
+        match probe.server_info() {
+            Ok(info) => {
+                options.timing = timing(None, options.kill_grace, Some(info.lock_ttl_max))
+                    .map_err(|e| format!("run: {e}"))?;
+            }
+            Err(e) => {
+                eprintln!("distlockd run: {}", options.connect.describe(&e));
+                return Ok(EXIT_UNAVAILABLE);
+            }
+        }
+    }
+    let options = &options;
+    let client = builder
+        .ttl(options.timing.ttl)
         .build()
         .map_err(|e| format!("run: {e}"))?;
     let client = Arc::new(client);
@@ -440,7 +499,10 @@ fn run(options: &Options) -> Result<u8, String> {
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
         Err(e) => {
-            let message = super::refusal_in_flags(&client, options.wait, options.ttl, &e)
+            // Only a --ttl the user gave is named as the cause; run's own
+            // default was capped to the server's longest hold above.
+            let ttl = options.ttl.unwrap_or(Duration::ZERO);
+            let message = super::refusal_in_flags(&client, options.wait, ttl, &e)
                 .unwrap_or_else(|| options.connect.describe(&e));
             eprintln!("distlockd run: {message}");
             return Ok(EXIT_UNAVAILABLE);
@@ -484,7 +546,7 @@ fn obtain(client: &Client, options: &Options) -> Result<Option<Obtained>, Error>
     }
     // Granted at some moment of the wait: extend now to know the expiry.
     let sent_at = Instant::now();
-    match extend(client, &lease, binding.as_ref(), options.ttl, None) {
+    match extend(client, &lease, binding.as_ref(), options.timing.ttl, None) {
         Ok(ttl) => Ok(Some((
             Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl),
             sent_at,
@@ -530,7 +592,8 @@ fn run_under_lease(
     binding: Option<Arc<Binding>>,
     options: &Options,
 ) -> u8 {
-    let clock = LeaseClock::new(sent_at, lease.ttl(), options.ttl, options.kill_grace);
+    let Timing { ttl, kill_grace } = options.timing;
+    let clock = LeaseClock::new(sent_at, lease.ttl(), ttl, kill_grace);
     // Registered before the command starts, so a signal that arrives in
     // between is queued and forwarded once it runs, never lost.
     let signals = match Signals::new(FORWARDED_SIGNALS) {
@@ -564,7 +627,7 @@ fn run_under_lease(
             client: Arc::clone(client),
             lease: lease.clone(),
             binding: binding.clone(),
-            ttl: options.ttl,
+            ttl,
             expiry_earliest: sent_at + lease.ttl(),
         };
         let first = sent_at + lease.ttl() / RENEWALS_PER_TTL;
@@ -1112,7 +1175,7 @@ mod tests {
         let o = options(&["job", "--ttl", "2s", "--", "sh", "-c", "exit 7"]);
         assert_eq!(o.name, "job");
         assert_eq!(o.command, ["sh", "-c", "exit 7"]);
-        assert_eq!(o.ttl, Duration::from_secs(2));
+        assert_eq!(o.timing.ttl, Duration::from_secs(2));
         // The command's own options are not ours.
         let o = options(&["--wait", "1s", "job", "ls", "--ttl", "-q"]);
         assert_eq!(o.command, ["ls", "--ttl", "-q"]);
@@ -1123,12 +1186,13 @@ mod tests {
     #[test]
     fn defaults() {
         let o = options(&["job", "true"]);
-        assert_eq!(o.ttl, TTL_DEFAULT);
+        assert_eq!(o.ttl, None);
+        assert_eq!(o.timing.ttl, TTL_DEFAULT);
         assert_eq!(o.wait, Duration::ZERO);
         assert_eq!(o.conflict_exit_code, 1);
-        assert_eq!(o.kill_grace, KILL_GRACE_DEFAULT_MAX);
+        assert_eq!(o.timing.kill_grace, KILL_GRACE_DEFAULT_MAX);
         assert_eq!(
-            options(&["job", "--ttl", "1s", "true"]).kill_grace,
+            options(&["job", "--ttl", "1s", "true"]).timing.kill_grace,
             250 * MS
         );
         assert!(parse_args(&["--help"]).unwrap().is_none());
@@ -1225,6 +1289,33 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_default_ttl_is_capped_to_the_servers_longest_hold() {
+        let capped = |grace, cap| timing(None, grace, Some(cap));
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            capped(None, five),
+            Ok(Timing {
+                ttl: five,
+                kill_grace: 1250 * MS
+            })
+        );
+        // A longer maximum, or a --ttl given, is not touched.
+        assert_eq!(
+            capped(None, Duration::from_secs(60)).unwrap().ttl,
+            TTL_DEFAULT
+        );
+        assert_eq!(timing(Some(five), None, Some(MS)).unwrap().ttl, five);
+        let e = capped(Some(Duration::from_secs(3)), five).unwrap_err();
+        assert!(
+            e.contains("--kill-grace 3s: over half of the TTL, 5s (run's default 30s capped")
+                && e.contains("--ttl-max-ms 5000"),
+            "{e}"
+        );
+        let e = capped(None, 50 * MS).unwrap_err();
+        assert!(e.contains("under the minimum 100ms"), "{e}");
     }
 
     fn clock(t0: Instant) -> LeaseClock {
