@@ -644,6 +644,20 @@ fn help_shows_the_flock_forms() {
         assert!(help.contains(form), "no {form} in {help}");
     }
     assert!(help.contains("--server"), "{help}");
+    // Every duration form that works, days and forever included.
+    let durations = help
+        .split("Durations:")
+        .nth(1)
+        .and_then(|d| d.split("\n\n").next())
+        .unwrap_or_default();
+    for form in [
+        "ms, s, m, h or d",
+        "1.5s",
+        "2d",
+        "--wait also takes forever",
+    ] {
+        assert!(durations.contains(form), "no {form} in {durations}");
+    }
     assert!(
         help.split("Examples:")
             .nth(1)

@@ -152,7 +152,7 @@ waits up to --wait for it), runs COMMAND with DISTLOCKD_LOCK=NAME and
 DISTLOCKD_TOKEN=<fencing token> in its environment, renews the lease every
 TTL/3 while it runs, releases the lock when it exits, and exits with its
 status. Options may come before or after NAME; everything from COMMAND on
-(or after `--`) is the command's.
+(or after `--`) is the command's, so NAME must come before `--`.
 
 If the lease is lost (a renewal finds the hold gone, or renewals fail until
 the TTL could run out), COMMAND's process group gets SIGTERM, then SIGKILL
@@ -198,8 +198,10 @@ Options:
   -q, --quiet              no message when the lock is busy, a renewal fails
                            or the release fails
   -h, --help               print this help
-Durations: 500ms, 10s, 5m, 1h, or a number of seconds (as flock's -w).
-Unlike flock, --timeout is the connection timeout (below), not -w.
+Durations: a number with a unit, ms, s, m, h or d (500ms, 1.5s, 10s, 5m, 1h,
+2d), or a bare number of seconds (as flock's -w); --wait also takes forever.
+Each option may be given once, and not both -n and -w. Unlike flock,
+--timeout is the connection timeout (below), not -w.
 
 Examples:
   distlockd run nightly-report -- ./make-report.sh --full
