@@ -297,11 +297,13 @@ fn renewals_failing_kill_the_command_group() {
         dir.sh("shell"),
         dir.sh("sleeper")
     );
-    let ttl = Duration::from_secs(2);
+    // Long enough that the first renewal's failure (after the client's
+    // retries, about 0.4 s) is reported seconds before SIGTERM is due.
+    let ttl = Duration::from_secs(6);
     let run = Run::start(&mut run_cmd(
         addr.port(),
         "job",
-        &["--ttl", "2s", "--kill-grace", "300ms"],
+        &["--ttl", "6s", "--kill-grace", "300ms"],
         &script,
     ));
     let shell: u32 = wait_for_file(&dir.path("shell")).trim().parse().unwrap();
@@ -324,6 +326,15 @@ fn renewals_failing_kill_the_command_group() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("lost lock \"job\""), "{stderr}");
+    // It says what it saw: renewals failing, not a pause.
+    assert!(
+        stderr
+            .contains("no renewal was confirmed before the lease could run out: renewals failed: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no renewal was sent in time"), "{stderr}");
+    // The grace period, then SIGKILL to the shell that ignored SIGTERM.
+    assert!(stderr.contains("SIGKILL within"), "{stderr}");
     assert!(stderr.contains("SIGKILL to its process group"), "{stderr}");
 }
 
@@ -357,6 +368,14 @@ fn a_renewal_answered_not_held_terminates_the_command_at_once() {
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("not held"), "{stderr}");
     assert!(!stderr.contains("no renewal was confirmed"), "{stderr}");
+    // Plain words, not the protocol's reply name.
+    assert!(
+        stderr.contains(
+            "a renewal found that this run no longer holds it: the server says it is not held"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("NOT_HELD"), "{stderr}");
 }
 
 #[test]
@@ -625,6 +644,20 @@ fn help_shows_the_flock_forms() {
         assert!(help.contains(form), "no {form} in {help}");
     }
     assert!(help.contains("--server"), "{help}");
+    // Every duration form that works, days and forever included.
+    let durations = help
+        .split("Durations:")
+        .nth(1)
+        .and_then(|d| d.split("\n\n").next())
+        .unwrap_or_default();
+    for form in [
+        "ms, s, m, h or d",
+        "1.5s",
+        "2d",
+        "--wait also takes forever",
+    ] {
+        assert!(durations.contains(form), "no {form} in {durations}");
+    }
     assert!(
         help.split("Examples:")
             .nth(1)
@@ -677,7 +710,9 @@ fn a_server_bounding_waits_refuses_run_wait_forever_in_flag_words() {
 }
 
 /// A `run` stopped (SIGSTOP) past its lease sent no renewal at all: it must
-/// not claim that renewals failed, only that none was confirmed in time.
+/// not claim that renewals failed, but say that none was sent in time; and
+/// woken past both deadlines, it must not announce a grace period it
+/// cannot give.
 #[test]
 fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     let (_server, addr) = start_server();
@@ -700,8 +735,151 @@ fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        stderr.contains("no renewal was confirmed before the lease could run out"),
+        stderr.contains(
+            "no renewal was confirmed before the lease could run out: no renewal was sent in time: this process (or its renewal thread) was held up"
+        ),
         "{stderr}"
     );
-    assert!(!stderr.contains("renewals failed until"), "{stderr}");
+    assert!(!stderr.contains("renewals failed"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "SIGTERM and SIGKILL at once to its process group, no grace period: the lease could have ended already"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("SIGKILL within"), "{stderr}");
+    assert!(
+        !stderr.contains("still running at the SIGKILL deadline"),
+        "{stderr}"
+    );
+}
+
+/// `distlockd run --port PORT ARGS...` (no NAME of its own), output captured.
+fn run_raw(port: u16, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
+    cmd.args(["run", "--port", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    Run::start(&mut cmd).finish()
+}
+
+/// NAME left out: what follows `--` is the command, never the NAME, so
+/// nothing is locked or run, and the usage error says what is missing.
+#[test]
+fn after_dashes_nothing_is_taken_for_the_name() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("no-name");
+    let ran = dir.sh("ran");
+    let script = format!("echo ran > {ran}");
+    let cases: [&[&str]; 4] = [
+        &["-w", "1s", "--", "sh", "-c", &script],
+        &["--", "sh", "-c", &script],
+        &["-c", &script],
+        &["-c", &script, "--", "job"],
+    ];
+    for args in cases {
+        let out = run_raw(port, args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("the lock NAME is missing"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!dir.path("ran").exists(), "{args:?} ran the command");
+    }
+    let holder = client(port);
+    for name in ["sh", "job", "-c"] {
+        assert!(holder.status(name).unwrap().is_none(), "{name} was locked");
+    }
+    // NAME and no command.
+    for args in [&["job"][..], &["job", "--"], &["job", "-w", "1s", "--"]] {
+        let out = run_raw(port, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains("COMMAND is missing"), "{args:?}");
+    }
+}
+
+/// A repeated option would silently use its last value: refused, naming it.
+#[test]
+fn a_repeated_option_or_nonblock_with_wait_is_refused() {
+    let (_server, addr) = start_server();
+    let port = addr.port();
+    let dir = Scratch::new("twice");
+    let ran = format!("echo ran > {}", dir.sh("ran"));
+    let cases: [(&[&str], &str); 7] = [
+        (
+            &["-E", "5", "-E", "6", "-c", &ran],
+            "-E/--conflict-exit-code given twice",
+        ),
+        (
+            &["-w", "5s", "-w", "6s", "-c", &ran],
+            "-w/--wait given twice",
+        ),
+        (
+            &["--ttl", "5s", "--ttl", "6s", "-c", &ran],
+            "--ttl given twice",
+        ),
+        (&["-c", "true", "-c", &ran], "-c/--command given twice"),
+        (
+            &["--kill-grace", "1s", "--kill-grace", "2s", "-c", &ran],
+            "--kill-grace given twice",
+        ),
+        (
+            &["-n", "-w", "5s", "-c", &ran],
+            "-n/--nonblock and -w/--wait 5s both given",
+        ),
+        (
+            &["-w", "5s", "-n", "-c", &ran],
+            "-n/--nonblock and -w/--wait 5s both given",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut all = vec!["job"];
+        all.extend_from_slice(args);
+        let out = run_raw(port, &all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!dir.path("ran").exists(), "{args:?} ran the command");
+    }
+    assert!(client(port).status("job").unwrap().is_none());
+}
+
+/// Without --ttl, run's default TTL (30 s) is capped to the server's longest
+/// hold, so the defaults work with any server; a --ttl the user gave is
+/// never changed, and its refusal names it.
+#[test]
+fn run_defaults_work_with_a_server_granting_shorter_holds() {
+    let (_server, addr) = common::start_server_with(&[
+        "--ttl-max-ms",
+        "5000",
+        "--ttl-default-ms",
+        "5000",
+        "--legacy-ttl-ms",
+        "5000",
+    ]);
+    let port = addr.port();
+    let out = run_args(port, "job", &["-c", "echo ran"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ran\n");
+    let out = run_args(port, "job", &["--ttl", "10s", "-c", "echo ran"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("--ttl 10s: this server grants holds of at most 5s"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
+    // A --kill-grace too long for the capped TTL says where the TTL came from.
+    let out = run_args(port, "job", &["--kill-grace", "3s", "-c", "echo ran"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--kill-grace 3s: over half of the TTL, 5s (run's default 30s capped"),
+        "{stderr}"
+    );
+    assert_eq!(text(&out.stdout), "");
 }

@@ -98,7 +98,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::{Handle, Signals};
 
 use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
-use crate::client::{Binding, Client, Error, Lease, SESSION_PROBE_INTERVAL};
+use crate::client::{
+    Binding, Client, Error, Lease, NotHeldCause, SESSION_PROBE_INTERVAL, not_held_reason_text,
+};
 
 /// Exit status when the lease was lost and the command was terminated.
 pub const EXIT_LEASE_LOST: u8 = 4;
@@ -150,7 +152,7 @@ waits up to --wait for it), runs COMMAND with DISTLOCKD_LOCK=NAME and
 DISTLOCKD_TOKEN=<fencing token> in its environment, renews the lease every
 TTL/3 while it runs, releases the lock when it exits, and exits with its
 status. Options may come before or after NAME; everything from COMMAND on
-(or after `--`) is the command's.
+(or after `--`) is the command's, so NAME must come before `--`.
 
 If the lease is lost (a renewal finds the hold gone, or renewals fail until
 the TTL could run out), COMMAND's process group gets SIGTERM, then SIGKILL
@@ -181,7 +183,9 @@ Options:
   -s, --shared             reserved for shared locks, which are not supported
                            yet: refused (exit 2), never taken as exclusive
   -x, -e, --exclusive      an exclusive lock: the only kind, so the default
-  --ttl DURATION           the lease's TTL (default 30s, at least 100ms)
+  --ttl DURATION           the lease's TTL, at least 100ms (default 30s, or
+                           the server's longest hold, its --ttl-max-ms, if
+                           shorter)
   --kill-grace DURATION    SIGTERM to SIGKILL delay when the lease is lost
                            (default TTL/4, at most 5s; at most TTL/2)
   --session                a SESSION hold: the server also releases it as soon
@@ -194,8 +198,10 @@ Options:
   -q, --quiet              no message when the lock is busy, a renewal fails
                            or the release fails
   -h, --help               print this help
-Durations: 500ms, 10s, 5m, 1h, or a number of seconds (as flock's -w).
-Unlike flock, --timeout is the connection timeout (below), not -w.
+Durations: a number with a unit, ms, s, m, h or d (500ms, 1.5s, 10s, 5m, 1h,
+2d), or a bare number of seconds (as flock's -w); --wait also takes forever.
+Each option may be given once, and not both -n and -w. Unlike flock,
+--timeout is the connection timeout (below), not -w.
 
 Examples:
   distlockd run nightly-report -- ./make-report.sh --full
@@ -217,9 +223,14 @@ struct Options {
     name: String,
     command: Vec<OsString>,
     wait: Duration,
-    ttl: Duration,
+    /// `--ttl`, if given.
+    ttl: Option<Duration>,
     conflict_exit_code: u8,
-    kill_grace: Duration,
+    /// `--kill-grace`, if given.
+    kill_grace: Option<Duration>,
+    /// From `--ttl` and `--kill-grace` or their defaults; without `--ttl`,
+    /// [`run`] caps it to the server's longest hold.
+    timing: Timing,
     session: bool,
     quiet: bool,
 }
@@ -232,7 +243,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         println!("{USAGE}\n{CONNECT_OPTIONS_HELP}\n\n{EXIT_CODES}");
         return Ok(ExitCode::SUCCESS);
     };
-    run(&options).map(ExitCode::from)
+    run(options).map(ExitCode::from)
 }
 
 /// `Ok(None)`: `--help`.
@@ -240,14 +251,28 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
     let mut connect = ConnectOptions::default();
     let mut name = None;
     let mut command = Vec::new();
-    let mut wait = Duration::ZERO;
-    let mut ttl = TTL_DEFAULT;
+    let mut once = Once::default();
+    let mut wait = None;
+    let mut nonblock = false;
+    let mut ttl = None;
     let mut conflict_exit_code = super::EXIT_NOT_OBTAINED;
     let mut kill_grace = None;
     let mut session = false;
     let mut quiet = false;
     let mut shell_command: Option<OsString> = None;
-    while let Some(arg) = Arg::next(parser)? {
+    loop {
+        // Everything after `--` is the command's: neither an option nor the
+        // NAME, even when NAME was left out (`run -- sh -c ...` must not take
+        // a lock named "sh").
+        if let Some(mut raw) = parser.try_raw_args()
+            && raw.next_if(|a| a == "--").is_some()
+        {
+            command.extend(raw);
+            break;
+        }
+        let Some(arg) = Arg::next(parser)? else {
+            break;
+        };
         if connect.parse(&arg, parser)? {
             continue;
         }
@@ -265,22 +290,35 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             _ => "",
         };
         match flag {
-            "wait" => wait = super::wait_value(parser, "--wait")?,
-            "nonblock" | "nb" => wait = Duration::ZERO,
-            "ttl" => ttl = duration_value(parser, "--ttl")?,
-            "kill-grace" => kill_grace = Some(duration_value(parser, "--kill-grace")?),
+            "wait" => {
+                let v = super::wait_value(parser, "--wait")?;
+                once.check("-w/--wait", super::format_wait(v))?;
+                wait = Some(v);
+            }
+            "nonblock" | "nb" => nonblock = true,
+            "ttl" => {
+                let v = duration_value(parser, "--ttl")?;
+                once.check("--ttl", super::format_wait(v))?;
+                ttl = Some(v);
+            }
+            "kill-grace" => {
+                let v = duration_value(parser, "--kill-grace")?;
+                once.check("--kill-grace", super::format_wait(v))?;
+                kill_grace = Some(v);
+            }
             "conflict-exit-code" => {
                 let v = super::string_value(parser, "--conflict-exit-code")?;
                 conflict_exit_code = v
                     .parse()
                     .map_err(|_| format!("--conflict-exit-code {v}: not an exit status (0-255)"))?;
+                once.check("-E/--conflict-exit-code", v)?;
             }
             "command" => {
-                shell_command = Some(
-                    parser
-                        .value()
-                        .map_err(|_| "-c: missing value; use -c 'SHELL COMMAND'".to_owned())?,
-                );
+                let v = parser
+                    .value()
+                    .map_err(|_| "-c: missing value; use -c 'SHELL COMMAND'".to_owned())?;
+                once.check("-c/--command", format!("{:?}", v.to_string_lossy()))?;
+                shell_command = Some(v);
             }
             "shared" => {
                 return Err(
@@ -311,7 +349,16 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             },
         }
     }
-    let name = name.ok_or("the lock NAME is missing")?;
+    let name = name.ok_or(
+        "the lock NAME is missing; it comes before the command (everything after `--` is the command's): `distlockd run NAME [options] -- COMMAND [ARGS...]`",
+    )?;
+    if let (true, Some(wait)) = (nonblock, wait) {
+        return Err(format!(
+            "-n/--nonblock and -w/--wait {} both given: -n fails at once if the lock is held, -w waits for it; give one of them",
+            super::format_wait(wait)
+        ));
+    }
+    let wait = wait.unwrap_or(Duration::ZERO);
     if let Some(shell_command) = shell_command {
         if !command.is_empty() {
             return Err(format!(
@@ -327,22 +374,7 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
             "COMMAND is missing: put it after NAME and the options, e.g. `distlockd run {name} -- /usr/local/bin/job`, or give a shell command with -c 'SHELL COMMAND'"
         ));
     }
-    if ttl < TTL_MIN {
-        return Err(format!(
-            "--ttl {}ms: under the minimum {}ms; renewals every TTL/3 need time for a round trip",
-            ttl.as_millis(),
-            TTL_MIN.as_millis()
-        ));
-    }
-    let kill_grace_max = ttl / KILL_GRACE_TTL_DIVISOR_MIN;
-    let kill_grace = kill_grace.unwrap_or((ttl / 4).min(KILL_GRACE_DEFAULT_MAX));
-    if kill_grace > kill_grace_max {
-        return Err(format!(
-            "--kill-grace {}ms: over half of --ttl ({}ms); use a shorter grace or a longer TTL, so renewals get time to succeed before termination starts",
-            kill_grace.as_millis(),
-            ttl.as_millis()
-        ));
-    }
+    let timing = timing(ttl, kill_grace, None)?;
     Ok(Some(Options {
         connect,
         name,
@@ -351,18 +383,103 @@ fn parse(parser: &mut lexopt::Parser) -> Result<Option<Options>, String> {
         ttl,
         conflict_exit_code,
         kill_grace,
+        timing,
         session,
         quiet,
     }))
 }
 
+/// The lease's TTL and the SIGTERM-to-SIGKILL delay of one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Timing {
+    ttl: Duration,
+    kill_grace: Duration,
+}
+
+/// The timing from `--ttl` and `--kill-grace` (`None`: not given), checked.
+/// Without `--ttl`, the TTL is [`TTL_DEFAULT`], capped to `ttl_cap` (the
+/// server's longest hold) if known, so that run's defaults work with any
+/// server.
+fn timing(
+    ttl: Option<Duration>,
+    kill_grace: Option<Duration>,
+    ttl_cap: Option<Duration>,
+) -> Result<Timing, String> {
+    let (ttl, ttl_words) = match (ttl, ttl_cap) {
+        (Some(ttl), _) => (ttl, format!("--ttl {}", super::format_wait(ttl))),
+        (None, Some(cap)) if cap < TTL_DEFAULT => (
+            cap,
+            format!(
+                "the TTL, {} (run's default {} capped to this server's longest hold: it runs with --ttl-max-ms {})",
+                super::format_wait(cap),
+                super::format_wait(TTL_DEFAULT),
+                cap.as_millis()
+            ),
+        ),
+        (None, _) => (
+            TTL_DEFAULT,
+            format!(
+                "the TTL, {} (run's default)",
+                super::format_wait(TTL_DEFAULT)
+            ),
+        ),
+    };
+    if ttl < TTL_MIN {
+        return Err(format!(
+            "{ttl_words}: under the minimum {}ms; renewals every TTL/3 need time for a round trip",
+            TTL_MIN.as_millis()
+        ));
+    }
+    let kill_grace_max = ttl / KILL_GRACE_TTL_DIVISOR_MIN;
+    let kill_grace = kill_grace.unwrap_or((ttl / 4).min(KILL_GRACE_DEFAULT_MAX));
+    if kill_grace > kill_grace_max {
+        return Err(format!(
+            "--kill-grace {}: over half of {ttl_words}; use a shorter grace or a longer --ttl, so renewals get time to succeed before termination starts",
+            super::format_wait(kill_grace),
+        ));
+    }
+    Ok(Timing { ttl, kill_grace })
+}
+
+/// The options given so far that take a value: each may be given once, as a
+/// second one silently winning would hide which was meant.
+#[derive(Default)]
+struct Once(Vec<(&'static str, String)>);
+
+impl Once {
+    /// Records `flag` given as `value`; an error if it was given before.
+    fn check(&mut self, flag: &'static str, value: String) -> Result<(), String> {
+        if let Some((_, first)) = self.0.iter().find(|(f, _)| *f == flag) {
+            return Err(format!(
+                "{flag} given twice ({first}, then {value}); give it once"
+            ));
+        }
+        self.0.push((flag, value));
+        Ok(())
+    }
+}
+
 /// Acquires, runs, supervises, releases. Returns the exit status.
-fn run(options: &Options) -> Result<u8, String> {
-    let client = options
-        .connect
-        .builder()?
-        .ttl(options.ttl)
-        .session(options.session)
+fn run(mut options: Options) -> Result<u8, String> {
+    let builder = options.connect.builder()?.session(options.session);
+    if options.ttl.is_none() {
+        // Run's default TTL, capped to this server's longest hold: the
+        // defaults work with any server.
+        let probe = builder.clone().build().map_err(|e| format!("run: {e}"))?;
+        match probe.server_info() {
+            Ok(info) => {
+                options.timing = timing(None, options.kill_grace, Some(info.lock_ttl_max))
+                    .map_err(|e| format!("run: {e}"))?;
+            }
+            Err(e) => {
+                eprintln!("distlockd run: {}", options.connect.describe(&e));
+                return Ok(EXIT_UNAVAILABLE);
+            }
+        }
+    }
+    let options = &options;
+    let client = builder
+        .ttl(options.timing.ttl)
         .build()
         .map_err(|e| format!("run: {e}"))?;
     let client = Arc::new(client);
@@ -384,7 +501,10 @@ fn run(options: &Options) -> Result<u8, String> {
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
         Err(e) => {
-            let message = super::refusal_in_flags(&client, options.wait, options.ttl, &e)
+            // Only a --ttl the user gave is named as the cause; run's own
+            // default was capped to the server's longest hold above.
+            let ttl = options.ttl.unwrap_or(Duration::ZERO);
+            let message = super::refusal_in_flags(&client, options.wait, ttl, &e)
                 .unwrap_or_else(|| options.connect.describe(&e));
             eprintln!("distlockd run: {message}");
             return Ok(EXIT_UNAVAILABLE);
@@ -428,7 +548,7 @@ fn obtain(client: &Client, options: &Options) -> Result<Option<Obtained>, Error>
     }
     // Granted at some moment of the wait: extend now to know the expiry.
     let sent_at = Instant::now();
-    match extend(client, &lease, binding.as_ref(), options.ttl, None) {
+    match extend(client, &lease, binding.as_ref(), options.timing.ttl, None) {
         Ok(ttl) => Ok(Some((
             Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl),
             sent_at,
@@ -474,7 +594,8 @@ fn run_under_lease(
     binding: Option<Arc<Binding>>,
     options: &Options,
 ) -> u8 {
-    let clock = LeaseClock::new(sent_at, lease.ttl(), options.ttl, options.kill_grace);
+    let Timing { ttl, kill_grace } = options.timing;
+    let clock = LeaseClock::new(sent_at, lease.ttl(), ttl, kill_grace);
     // Registered before the command starts, so a signal that arrives in
     // between is queued and forwarded once it runs, never lost.
     let signals = match Signals::new(FORWARDED_SIGNALS) {
@@ -508,7 +629,7 @@ fn run_under_lease(
             client: Arc::clone(client),
             lease: lease.clone(),
             binding: binding.clone(),
-            ttl: options.ttl,
+            ttl,
             expiry_earliest: sent_at + lease.ttl(),
         };
         let first = sent_at + lease.ttl() / RENEWALS_PER_TTL;
@@ -559,13 +680,17 @@ fn exit_code(status: ExitStatus) -> u8 {
 #[derive(Debug)]
 enum Event {
     Exited(io::Result<ExitStatus>),
+    /// A renewal is being sent.
+    Renewing {
+        sent_at: Instant,
+    },
     Renewed {
         sent_at: Instant,
         ttl: Duration,
     },
     RenewFailed(String),
-    /// A renewal was answered NOT_HELD.
-    Lost(String),
+    /// A renewal found the hold gone (answered NOT_HELD).
+    Lost(NotHeldCause),
     /// The SESSION connection closed or failed: the server released the
     /// hold at the disconnect.
     SessionClosed(String),
@@ -603,6 +728,9 @@ impl Renewal {
                 return;
             }
             let sent_at = Instant::now();
+            if events.send(Event::Renewing { sent_at }).is_err() {
+                return;
+            }
             let read_until = self.binding.as_ref().map(|_| self.expiry_earliest);
             let result = extend(
                 &self.client,
@@ -620,8 +748,8 @@ impl Renewal {
                         ttl: granted,
                     }
                 }
-                Err(e @ Error::NotHeld { .. }) => {
-                    let _ = events.send(Event::Lost(e.to_string()));
+                Err(Error::NotHeld { reason, .. }) => {
+                    let _ = events.send(Event::Lost(reason));
                     return;
                 }
                 Err(e) => {
@@ -677,7 +805,7 @@ fn supervise(
     loop {
         let now = Instant::now();
         if let Some(action) = supervisor.poll(now) {
-            act(action, group, name, supervisor.clock.grace);
+            act(action, group, name);
         }
         let event = match supervisor.wake_at() {
             Some(at) => match inbox.recv_timeout(at.saturating_duration_since(now)) {
@@ -692,6 +820,7 @@ fn supervise(
                 finish_group(supervisor, group);
                 return status;
             }
+            Event::Renewing { sent_at } => supervisor.renewing(sent_at),
             Event::Renewed { sent_at, ttl } => supervisor.renewed(sent_at, ttl),
             Event::RenewFailed(e) => {
                 if !quiet && matches!(supervisor.phase, Phase::Holding) {
@@ -704,11 +833,13 @@ fn supervise(
                         left.as_millis()
                     );
                 }
+                supervisor.renew_failed(e);
             }
-            Event::Lost(why) => {
+            Event::Lost(cause) => {
                 if matches!(supervisor.phase, Phase::Holding) {
                     eprintln!(
-                        "distlockd run: lost lock {name:?}: a renewal was answered NOT_HELD: {why}"
+                        "distlockd run: lost lock {name:?}: a renewal found that this run no longer holds it: {}",
+                        not_held_text(cause)
                     );
                 }
                 supervisor.lost();
@@ -750,23 +881,48 @@ fn finish_group(supervisor: &mut Supervisor, group: Pid) {
     supervisor.phase = Phase::Killed;
 }
 
-fn act(action: Action, group: Pid, name: &str, grace: Duration) {
+/// Why a renewal found the hold gone, in plain words.
+fn not_held_text(cause: NotHeldCause) -> &'static str {
+    match cause {
+        NotHeldCause::Server(reason) => not_held_reason_text(reason),
+        NotHeldCause::NotAcquiredHere => "this process has no record of holding it",
+    }
+}
+
+fn act(action: Action, group: Pid, name: &str) {
     match action {
-        Action::Terminate { lease_ran_out } => {
-            if lease_ran_out {
+        Action::Terminate {
+            lapse,
+            grace,
+            lease_ended,
+        } => {
+            if let Some(lapse) = lapse {
                 eprintln!(
-                    "distlockd run: lost lock {name:?}: no renewal was confirmed before the lease could run out (renewals failed, or this process was paused)"
+                    "distlockd run: lost lock {name:?}: no renewal was confirmed before the lease could run out: {lapse}"
                 );
             }
+            if !grace.is_zero() {
+                eprintln!(
+                    "distlockd run: stopping the command: SIGTERM to its process group, SIGKILL within {}ms",
+                    grace.as_millis()
+                );
+                let _ = kill_process_group(group, Signal::TERM);
+                return;
+            }
+            // Woken after the SIGKILL deadline (this process was held up):
+            // no grace period is left to give.
             eprintln!(
-                "distlockd run: stopping the command: SIGTERM to its process group, SIGKILL within {}ms",
-                grace.as_millis()
+                "distlockd run: stopping the command: SIGTERM and SIGKILL at once to its process group, no grace period: {}",
+                if lease_ended {
+                    "the lease could have ended already"
+                } else {
+                    "the SIGKILL deadline (TTL/10 before the lease could end) has passed"
+                }
             );
             let _ = kill_process_group(group, Signal::TERM);
+            let _ = kill_process_group(group, Signal::KILL);
         }
         Action::Kill => {
-            // A process paused past both deadlines sends both at once: the
-            // grace period may not have run for the command.
             eprintln!(
                 "distlockd run: the command is still running at the SIGKILL deadline: SIGKILL to its process group"
             );
@@ -864,13 +1020,49 @@ enum Phase {
     Killed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Action {
-    /// SIGTERM to the group; `lease_ran_out`: because renewals failed (not
-    /// because one answered NOT_HELD, which was reported already).
-    Terminate { lease_ran_out: bool },
+    /// SIGTERM to the group, SIGKILL after `grace`; a zero `grace`: both
+    /// at once.
+    Terminate {
+        /// Why no renewal was confirmed in time; `None`: a renewal found
+        /// the hold gone, which was reported already.
+        lapse: Option<Lapse>,
+        grace: Duration,
+        /// Past the earliest expiry: the lease could have ended already.
+        lease_ended: bool,
+    },
     /// SIGKILL to the group.
     Kill,
+}
+
+/// Why no renewal was confirmed before the termination deadline, as far as
+/// this process can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Lapse {
+    /// The last renewal attempt failed, with this error.
+    RenewalsFailed(String),
+    /// A renewal sent before the deadline has had no answer for `waited`.
+    Unanswered { waited: Duration },
+    /// None was sent before the deadline: this process, or its renewal
+    /// thread, did not run in time (stopped, or starved of CPU).
+    NotSent,
+}
+
+impl std::fmt::Display for Lapse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lapse::RenewalsFailed(e) => write!(f, "renewals failed: {e}"),
+            Lapse::Unanswered { waited } => write!(
+                f,
+                "the renewal sent {}ms ago is still unanswered (the server or the network is slow or down)",
+                waited.as_millis()
+            ),
+            Lapse::NotSent => f.write_str(
+                "no renewal was sent in time: this process (or its renewal thread) was held up (stopped, or starved of CPU) past the renewal deadline",
+            ),
+        }
+    }
 }
 
 /// Decides when to stop the command; pure: time is passed in.
@@ -880,6 +1072,11 @@ struct Supervisor {
     phase: Phase,
     /// A renewal found the hold gone: terminate at the next poll.
     lost: bool,
+    /// The error of the last renewal attempt, if it failed; cleared by a
+    /// success.
+    failure: Option<String>,
+    /// When the renewal awaiting its answer was sent.
+    in_flight: Option<Instant>,
 }
 
 impl Supervisor {
@@ -888,11 +1085,35 @@ impl Supervisor {
             clock,
             phase: Phase::Holding,
             lost: false,
+            failure: None,
+            in_flight: None,
         }
+    }
+
+    fn renewing(&mut self, sent_at: Instant) {
+        self.in_flight = Some(sent_at);
     }
 
     fn renewed(&mut self, sent_at: Instant, granted: Duration) {
         self.clock.renewed(sent_at, granted);
+        self.failure = None;
+        self.in_flight = None;
+    }
+
+    fn renew_failed(&mut self, error: String) {
+        self.failure = Some(error);
+        self.in_flight = None;
+    }
+
+    /// Why no renewal was confirmed by the termination deadline.
+    fn lapse(&self, now: Instant) -> Lapse {
+        match (&self.failure, self.in_flight) {
+            (Some(e), _) => Lapse::RenewalsFailed(e.clone()),
+            (None, Some(sent_at)) if sent_at < self.clock.terminate_at() => Lapse::Unanswered {
+                waited: now.saturating_duration_since(sent_at),
+            },
+            _ => Lapse::NotSent,
+        }
     }
 
     fn lost(&mut self) {
@@ -904,11 +1125,17 @@ impl Supervisor {
         match self.phase {
             Phase::Holding if self.lost || now >= self.clock.terminate_at() => {
                 // Late (a slow wake-up), the grace shrinks so that SIGKILL
-                // still lands by kill_by.
+                // still lands by kill_by; past kill_by, none is left.
                 let kill_at = (now + self.clock.grace).min(self.clock.kill_by()).max(now);
-                self.phase = Phase::Terminating { kill_at };
+                let grace = kill_at - now;
+                self.phase = match grace.is_zero() {
+                    true => Phase::Killed,
+                    false => Phase::Terminating { kill_at },
+                };
                 Some(Action::Terminate {
-                    lease_ran_out: !self.lost,
+                    lapse: (!self.lost).then(|| self.lapse(now)),
+                    grace,
+                    lease_ended: now >= self.clock.expiry_earliest,
                 })
             }
             Phase::Terminating { kill_at } if now >= kill_at => {
@@ -950,7 +1177,7 @@ mod tests {
         let o = options(&["job", "--ttl", "2s", "--", "sh", "-c", "exit 7"]);
         assert_eq!(o.name, "job");
         assert_eq!(o.command, ["sh", "-c", "exit 7"]);
-        assert_eq!(o.ttl, Duration::from_secs(2));
+        assert_eq!(o.timing.ttl, Duration::from_secs(2));
         // The command's own options are not ours.
         let o = options(&["--wait", "1s", "job", "ls", "--ttl", "-q"]);
         assert_eq!(o.command, ["ls", "--ttl", "-q"]);
@@ -961,12 +1188,13 @@ mod tests {
     #[test]
     fn defaults() {
         let o = options(&["job", "true"]);
-        assert_eq!(o.ttl, TTL_DEFAULT);
+        assert_eq!(o.ttl, None);
+        assert_eq!(o.timing.ttl, TTL_DEFAULT);
         assert_eq!(o.wait, Duration::ZERO);
         assert_eq!(o.conflict_exit_code, 1);
-        assert_eq!(o.kill_grace, KILL_GRACE_DEFAULT_MAX);
+        assert_eq!(o.timing.kill_grace, KILL_GRACE_DEFAULT_MAX);
         assert_eq!(
-            options(&["job", "--ttl", "1s", "true"]).kill_grace,
+            options(&["job", "--ttl", "1s", "true"]).timing.kill_grace,
             250 * MS
         );
         assert!(parse_args(&["--help"]).unwrap().is_none());
@@ -990,10 +1218,7 @@ mod tests {
         let o = options(&["-w", "2", "-E", "0", "job", "true"]);
         assert_eq!(o.wait, Duration::from_secs(2));
         assert_eq!(o.conflict_exit_code, 0);
-        assert_eq!(
-            options(&["job", "-w", "1s", "-n", "true"]).wait,
-            Duration::ZERO
-        );
+        assert_eq!(options(&["job", "-n", "-n", "true"]).wait, Duration::ZERO);
         assert_eq!(options(&["-x", "job", "-e", "true"]).command, ["true"]);
         let o = options(&["job", "-c", "echo \"$0\" >out"]);
         assert_eq!(o.command, [SHELL, "-c", "echo \"$0\" >out"]);
@@ -1010,6 +1235,91 @@ mod tests {
         assert!(err(&["job", "--shared", "true"]).contains("drop -s"));
     }
 
+    #[test]
+    fn after_dashes_nothing_is_the_name() {
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        for args in [
+            &["-w", "1s", "--", "sh", "-c", "echo hi"][..],
+            &["--", "job", "true"],
+            &["-c", "echo hi", "--", "job"],
+        ] {
+            assert!(err(args).contains("the lock NAME is missing"), "{args:?}");
+        }
+        assert!(err(&["-c", "echo hi"]).contains("the lock NAME is missing"));
+        assert!(err(&["job", "--"]).contains("COMMAND is missing"));
+        // `--` right after NAME, and a command that starts with `--`.
+        assert_eq!(options(&["job", "--", "--", "x"]).command, ["--", "x"]);
+        assert_eq!(options(&["-q", "job", "--", "true"]).command, ["true"]);
+    }
+
+    #[test]
+    fn an_option_given_twice_is_refused() {
+        let err = |args: &[&str]| parse_args(args).unwrap_err();
+        let twice = [
+            (
+                &["job", "-E", "5", "-E", "6", "true"][..],
+                "-E/--conflict-exit-code given twice (5, then 6)",
+            ),
+            (
+                &["job", "-w", "5s", "--wait", "6s", "true"],
+                "-w/--wait given twice (5s, then 6s)",
+            ),
+            (
+                &["job", "--ttl", "5s", "--ttl", "6s", "true"],
+                "--ttl given twice",
+            ),
+            (
+                &["job", "-c", "a", "-c", "b"],
+                "-c/--command given twice (\"a\", then \"b\")",
+            ),
+            (
+                &["job", "--kill-grace", "1s", "--kill-grace", "2s", "true"],
+                "--kill-grace given twice",
+            ),
+        ];
+        for (args, message) in twice {
+            let e = err(args);
+            assert!(e.contains(message), "{args:?}: {e}");
+        }
+        for args in [
+            &["job", "-n", "-w", "5s", "true"][..],
+            &["job", "-w", "5s", "-n", "true"],
+        ] {
+            let e = err(args);
+            assert!(
+                e.contains("-n/--nonblock and -w/--wait 5s both given"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_ttl_is_capped_to_the_servers_longest_hold() {
+        let capped = |grace, cap| timing(None, grace, Some(cap));
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            capped(None, five),
+            Ok(Timing {
+                ttl: five,
+                kill_grace: 1250 * MS
+            })
+        );
+        // A longer maximum, or a --ttl given, is not touched.
+        assert_eq!(
+            capped(None, Duration::from_secs(60)).unwrap().ttl,
+            TTL_DEFAULT
+        );
+        assert_eq!(timing(Some(five), None, Some(MS)).unwrap().ttl, five);
+        let e = capped(Some(Duration::from_secs(3)), five).unwrap_err();
+        assert!(
+            e.contains("--kill-grace 3s: over half of the TTL, 5s (run's default 30s capped")
+                && e.contains("--ttl-max-ms 5000"),
+            "{e}"
+        );
+        let e = capped(None, 50 * MS).unwrap_err();
+        assert!(e.contains("under the minimum 100ms"), "{e}");
+    }
+
     fn clock(t0: Instant) -> LeaseClock {
         // TTL 1 s, grace 200 ms: margin 100 ms, SIGTERM at 700 ms, dead by 900 ms.
         LeaseClock::new(t0, 1000 * MS, 1000 * MS, 200 * MS)
@@ -1024,7 +1334,9 @@ mod tests {
         assert_eq!(
             s.poll(t0 + 700 * MS),
             Some(Action::Terminate {
-                lease_ran_out: true
+                lapse: Some(Lapse::NotSent),
+                grace: 200 * MS,
+                lease_ended: false,
             })
         );
         assert_eq!(s.wake_at(), Some(t0 + 900 * MS));
@@ -1045,9 +1357,69 @@ mod tests {
                 kill_at: t0 + 900 * MS
             }
         );
+        // Past kill_by (paused): both signals at once, and no SIGKILL
+        // "deadline" announced afterwards.
         let mut s = Supervisor::new(clock(t0));
-        assert!(s.poll(t0 + 2000 * MS).is_some());
-        assert_eq!(s.poll(t0 + 2000 * MS), Some(Action::Kill));
+        assert_eq!(
+            s.poll(t0 + 950 * MS),
+            Some(Action::Terminate {
+                lapse: Some(Lapse::NotSent),
+                grace: Duration::ZERO,
+                lease_ended: false,
+            })
+        );
+        assert_eq!(s.phase, Phase::Killed);
+        assert_eq!(s.poll(t0 + 2000 * MS), None);
+        let mut s = Supervisor::new(clock(t0));
+        assert!(matches!(
+            s.poll(t0 + 2000 * MS),
+            Some(Action::Terminate {
+                grace: Duration::ZERO,
+                lease_ended: true,
+                ..
+            })
+        ));
+        assert_eq!(s.poll(t0 + 2000 * MS), None);
+    }
+
+    fn lapse_at_termination(s: &mut Supervisor, now: Instant) -> Lapse {
+        match s.poll(now) {
+            Some(Action::Terminate {
+                lapse: Some(lapse), ..
+            }) => lapse,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_lapse_says_whether_renewals_failed_hung_or_were_never_sent() {
+        let t0 = Instant::now();
+        // A failure, then a retry still in flight: the failure is the news.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 333 * MS);
+        s.renew_failed("connection refused".into());
+        s.renewing(t0 + 433 * MS);
+        assert_eq!(
+            lapse_at_termination(&mut s, t0 + 700 * MS),
+            Lapse::RenewalsFailed("connection refused".into())
+        );
+        // Sent in time, never answered.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 333 * MS);
+        assert_eq!(
+            lapse_at_termination(&mut s, t0 + 700 * MS),
+            Lapse::Unanswered { waited: 367 * MS }
+        );
+        // Sent only after the deadline (the process was stopped): not sent
+        // in time.
+        let mut s = Supervisor::new(clock(t0));
+        s.renewing(t0 + 2000 * MS);
+        assert_eq!(lapse_at_termination(&mut s, t0 + 2000 * MS), Lapse::NotSent);
+        // A success forgets earlier failures.
+        let mut s = Supervisor::new(clock(t0));
+        s.renew_failed("timed out".into());
+        s.renewed(t0 + 100 * MS, 1000 * MS);
+        assert_eq!(lapse_at_termination(&mut s, t0 + 800 * MS), Lapse::NotSent);
     }
 
     #[test]
@@ -1069,7 +1441,9 @@ mod tests {
         assert_eq!(
             s.poll(t0 + 10 * MS),
             Some(Action::Terminate {
-                lease_ran_out: false
+                lapse: None,
+                grace: 200 * MS,
+                lease_ended: false,
             })
         );
         assert_eq!(
