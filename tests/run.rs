@@ -558,13 +558,7 @@ fn bad_usage_exits_2_and_help_exits_0() {
 
 /// `distlockd run NAME --port PORT ARGS...`, output captured.
 fn run_args(port: u16, name: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
-    cmd.args(["run", name, "--port", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    Run::start(&mut cmd).finish()
+    run_raw(port, &[&[name][..], args].concat())
 }
 
 #[test]
@@ -754,7 +748,8 @@ fn a_paused_run_says_no_renewal_was_confirmed_not_that_renewals_failed() {
     );
 }
 
-/// `distlockd run --port PORT ARGS...` (no NAME of its own), output captured.
+/// `distlockd run --port PORT ARGS...` (no NAME of its own unless in
+/// ARGS), output captured.
 fn run_raw(port: u16, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_distlockd"));
     cmd.args(["run", "--port", &port.to_string()])
