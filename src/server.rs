@@ -11,8 +11,13 @@
 //! Fairness: a connection decodes at most [`FRAMES_PER_TURN_MAX`] frames per
 //! turn; leftover work puts it on the `ready` list, served next turn after
 //! polling (with a zero timeout), so one pipelining client cannot starve the
-//! others. Memory: buffers are fixed at accept; when the output buffer
-//! cannot hold one more reply the connection is not read (backpressure).
+//! others. Memory: a connection's buffers have fixed capacities, set at
+//! accept, but hold storage from a [`BufferPool`] only while bytes are in
+//! flight: input before reading (kept while a frame is partial or frames
+//! wait behind a queued ACQUIRE), output before encoding (kept until the
+//! replies are written); a drained buffer gives its storage back, so an idle
+//! connection holds none. When the output buffer cannot hold one more reply
+//! the connection is not read (backpressure).
 //!
 //! Ordering: replies leave in request order. While a connection's ACQUIRE
 //! waits in a lock's queue, its later frames stay unread in its input buffer.
@@ -40,6 +45,7 @@ use slab::Slab;
 
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
+use crate::buffer::pool::BufferPool;
 use crate::execute::{
     self, Context, Refusal, Step, VERSION_BEFORE_HELLO, write_error, write_error_for,
 };
@@ -247,6 +253,11 @@ pub struct Server {
     http_conns: Slab<HttpConn>,
     /// HTTP connections accepted so far: each one's `seq`.
     http_accepted: u64,
+    /// Storage for lock-protocol connections' input buffers, lent while
+    /// they hold unread bytes.
+    input_pool: BufferPool,
+    /// Storage for their output buffers, lent while replies wait.
+    output_pool: BufferPool,
 }
 
 /// An HTTP connection: one request, one response, then closed.
@@ -323,6 +334,7 @@ impl Server {
         );
         debug!("first fencing token {seed}");
         check_open_file_limit(limits.connections_max);
+        let output_pool = BufferPool::new(limits.output_buffer_size);
         Ok(Server {
             poll,
             events: Events::with_capacity(POLL_EVENTS_MAX),
@@ -347,6 +359,8 @@ impl Server {
             http_listener,
             http_conns: Slab::new(),
             http_accepted: 0,
+            input_pool: BufferPool::new(CONN_INPUT_BUFFER_SIZE),
+            output_pool,
         })
     }
 
@@ -428,6 +442,7 @@ impl Server {
         for key in keys {
             let conn = &mut self.conns[key];
             if conn.waiting && !conn.closing {
+                self.output_pool.lend(&mut conn.output);
                 write_error(
                     &mut conn.output,
                     ErrorCode::ShuttingDown,
@@ -532,6 +547,10 @@ impl Server {
             self.close(key, now);
         }
         self.closing.clear();
+        self.input_pool.trim(now);
+        self.output_pool.trim(now);
+        self.input_pool.invariants();
+        self.output_pool.invariants();
         Ok(())
     }
 
@@ -617,8 +636,8 @@ impl Server {
             stream,
             peer,
             session,
-            input: ConnBuffer::with_capacity(CONN_INPUT_BUFFER_SIZE),
-            output: ConnBuffer::with_capacity(self.table.limits().output_buffer_size),
+            input: ConnBuffer::detached(CONN_INPUT_BUFFER_SIZE),
+            output: ConnBuffer::detached(self.table.limits().output_buffer_size),
             want_read: true,
             waiting: false,
             closing: false,
@@ -656,6 +675,7 @@ impl Server {
             // A hint, not a read: the socket's pending error says why, if any.
             Err(conn.stream.take_error().ok().flatten())
         } else if conn.want_read {
+            self.input_pool.lend(&mut conn.input);
             read_available(conn, now).map_err(Some)
         } else {
             Ok(())
@@ -671,6 +691,9 @@ impl Server {
         if conn.output.is_empty() {
             // The write timeout counts from when replies start to wait.
             conn.write_progress_ms = now;
+        }
+        if !conn.input.is_empty() {
+            self.output_pool.lend(&mut conn.output);
         }
         let mut ctx = Context {
             table: &mut self.table,
@@ -697,6 +720,8 @@ impl Server {
         self.deliver_table_events();
         self.queue_write(key);
         let conn = &mut self.conns[key];
+        self.input_pool.reclaim(&mut conn.input);
+        self.output_pool.reclaim(&mut conn.output);
         let can_read = conn.want_read && !conn.input.is_full();
         let has_room = conn.output.free_space() >= REPLY_SIZE_MAX;
         if (more || can_read) && has_room && !conn.waiting {
@@ -742,7 +767,8 @@ impl Server {
                 self.close_ended(key, None, now);
                 continue;
             }
-            let conn = &self.conns[key];
+            let conn = &mut self.conns[key];
+            self.output_pool.reclaim(&mut conn.output);
             let has_work = conn.want_read || !conn.input.is_empty();
             if has_work && !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX {
                 self.queue_ready(key);
@@ -796,6 +822,7 @@ impl Server {
             if conn.output.is_empty() {
                 conn.write_progress_ms = self.clock_ms;
             }
+            self.output_pool.lend(&mut conn.output);
             let reply = match event.kind {
                 // A waiter is never the holder: its grant is a new hold.
                 EventKind::Granted { token, ttl_ms } => {
@@ -887,6 +914,8 @@ impl Server {
             self.close_ended(key, Some(&e), now);
         } else if self.update_write_interest(key).is_err() {
             self.close_ended(key, None, now);
+        } else {
+            self.output_pool.reclaim(&mut self.conns[key].output);
         }
     }
 
@@ -924,6 +953,7 @@ impl Server {
                 );
                 last_error(
                     conn,
+                    &mut self.output_pool,
                     now,
                     ErrorCode::Limit,
                     format_args!(
@@ -947,6 +977,7 @@ impl Server {
                 );
                 last_error(
                     conn,
+                    &mut self.output_pool,
                     now,
                     ErrorCode::Auth,
                     format_args!(
@@ -1230,6 +1261,8 @@ impl Server {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
+        self.input_pool.reclaim_discarding(&mut conn.input);
+        self.output_pool.reclaim_discarding(&mut conn.output);
         if let Some((handle, _)) = conn.deadline {
             self.deadlines.cancel(handle);
         }
@@ -1321,7 +1354,14 @@ fn read_available(conn: &mut Conn, now: u64) -> io::Result<()> {
 
 /// Writes a last error (in the protocol the connection speaks) before the
 /// server closes the connection, and tries once to send it.
-fn last_error(conn: &mut Conn, now: u64, code: ErrorCode, message: std::fmt::Arguments<'_>) {
+fn last_error(
+    conn: &mut Conn,
+    output_pool: &mut BufferPool,
+    now: u64,
+    code: ErrorCode,
+    message: std::fmt::Arguments<'_>,
+) {
+    output_pool.lend(&mut conn.output);
     write_error_for(conn.input.unread(), &mut conn.output, code, message);
     let _ = flush(conn, now);
 }
@@ -1721,6 +1761,101 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Drives `server` a turn at a time (woken, so no turn sleeps) until
+    /// `done` holds; at most 10 s.
+    fn turn_until(server: &mut super::Server, mut done: impl FnMut(&super::Server) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done(server) {
+            assert!(std::time::Instant::now() < deadline, "not reached in 10 s");
+            server.waker.wake().unwrap();
+            server.turn().unwrap();
+        }
+    }
+
+    fn send(stream: &mut std::net::TcpStream, request: crate::protocol::Request<'_>) {
+        use std::io::Write;
+        let mut frame = [0u8; 128];
+        let n = request.encode(&mut frame);
+        stream.write_all(&frame[..n]).unwrap();
+    }
+
+    /// The first byte of the next reply on `stream` (non-blocking), after
+    /// serving turns until one whole reply is there.
+    fn reply_kind(server: &mut super::Server, stream: &mut std::net::TcpStream) -> u8 {
+        use std::io::Read;
+        let mut reply = Vec::new();
+        turn_until(server, |_| {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stream.read(&mut buf) {
+                reply.extend_from_slice(&buf[..n]);
+                if n == 0 {
+                    break;
+                }
+            }
+            matches!(crate::protocol::decode_reply(&reply), Ok(Some(_)))
+        });
+        reply[0]
+    }
+
+    fn lent(server: &super::Server) -> (usize, usize) {
+        (server.input_pool.lent(), server.output_pool.lent())
+    }
+
+    /// Buffers are lent while bytes are in flight only: not to a connection
+    /// served and drained, nor to one whose ACQUIRE waits in a queue; a
+    /// partial frame keeps its input buffer until the frame is whole.
+    #[test]
+    fn only_connections_with_bytes_in_flight_hold_buffers() {
+        use crate::protocol::{FLAG_SESSION, Request, kind};
+        let config = super::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..super::Config::default()
+        };
+        let mut server = super::Server::bind(config).unwrap();
+        let connect = || {
+            let s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s
+        };
+        let (mut holder, mut waiter) = (connect(), connect());
+        let acquire = |owner, wait_ms, flags| {
+            Request::Acquire(Acquire {
+                name: b"job",
+                owner,
+                ttl_ms: 60_000,
+                wait_ms,
+                flags,
+            })
+        };
+        send(&mut holder, acquire(b"holder", 0, FLAG_SESSION));
+        assert_eq!(reply_kind(&mut server, &mut holder), kind::GRANTED);
+        assert_eq!(lent(&server), (0, 0), "served and drained");
+        send(&mut waiter, acquire(b"waiter", 60_000, 0));
+        turn_until(&mut server, |s| s.conns.iter().any(|(_, c)| c.waiting));
+        assert_eq!(lent(&server), (0, 0), "a queued ACQUIRE holds no buffer");
+        assert_eq!(server.conns.len(), 2);
+
+        // Half a PING's header: the input buffer stays lent, the output not.
+        let mut ping = [0u8; 16];
+        let n = Request::Ping.encode(&mut ping);
+        std::io::Write::write_all(&mut holder, &ping[..1]).unwrap();
+        turn_until(&mut server, |s| s.input_pool.lent() == 1);
+        assert_eq!(lent(&server), (1, 0));
+        std::io::Write::write_all(&mut holder, &ping[1..n]).unwrap();
+        assert_eq!(reply_kind(&mut server, &mut holder), kind::PONG);
+        assert_eq!(lent(&server), (0, 0));
+
+        // The holder goes: the lock passes to the waiter, whose answer is
+        // lent an output buffer until written.
+        drop(holder);
+        assert_eq!(reply_kind(&mut server, &mut waiter), kind::GRANTED);
+        turn_until(&mut server, |s| s.conns.len() == 1);
+        assert_eq!(lent(&server), (0, 0));
+        assert!(server.output_pool.allocated() >= 1);
+        server.input_pool.invariants();
+        server.output_pool.invariants();
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! burst takes about 6 s in a debug build (2 s in release). The daemon-level figure
 //! (RSS of a real `distlockd server`) is printed by the ignored test
 //! `daemon_rss_after_a_burst` (`cargo test --release --test memory -- --ignored
-//! --nocapture`).
+//! --nocapture`). What an idle connection costs the daemon is measured, and
+//! bounded, by `idle_connections_cost_little_memory` (its figure: `cargo test
+//! --release --test memory idle -- --nocapture`).
 
 mod common;
 
@@ -304,4 +306,90 @@ fn daemon_rss_after_a_burst() {
     );
     assert!(peak > baseline, "the load did not show in RSS");
     assert!(after < peak, "RSS did not go down at all");
+}
+
+/// Idle connections opened by `idle_connections_cost_little_memory`: fewer
+/// if the open-file limit cannot be raised that far.
+const IDLE_CONNECTIONS: u64 = 10_000;
+
+/// File descriptors kept out of the idle connections' share of the
+/// open-file limit, for the test's and the daemon's other needs.
+const FDS_SPARE: u64 = 256;
+
+/// Fewer connections than this would measure noise, not connections.
+const IDLE_CONNECTIONS_MIN: u64 = 500;
+
+/// What an idle connection may add to the daemon's RSS: twice the 2 KiB
+/// aimed at, so allocator and page-rounding noise cannot fail the test,
+/// and a fifth of what buffers held from the accept cost (20 KiB).
+const IDLE_CONNECTION_RSS_BYTES_MAX: u64 = 4 * 1024;
+
+/// Raises this process's soft open-file limit to its hard limit (the
+/// daemon, started after, inherits it) and returns the soft limit.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        return limit.current.unwrap_or(u64::MAX);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// One PING and its PONG: the connection was accepted and served.
+fn ping(stream: &mut TcpStream) {
+    let mut frame = [0u8; 16];
+    let n = Request::Ping.encode(&mut frame);
+    stream.write_all(&frame[..n]).unwrap();
+    let mut reply = [0u8; 64];
+    let mut filled = 0;
+    while distlockd::protocol::decode_reply(&reply[..filled])
+        .expect("a valid reply")
+        .is_none()
+    {
+        let got = stream.read(&mut reply[filled..]).unwrap();
+        assert!(got > 0, "the server closed a connection");
+        filled += got;
+    }
+}
+
+/// Opens many connections, each served one PING and then left idle, and
+/// measures the daemon's RSS growth per connection: an idle connection
+/// holds no buffer (they are lent only while bytes are in flight).
+#[test]
+fn idle_connections_cost_little_memory() {
+    let fds = raise_open_file_limit();
+    let count = IDLE_CONNECTIONS.min(fds.saturating_sub(FDS_SPARE));
+    assert!(
+        count >= IDLE_CONNECTIONS_MIN,
+        "the open-file limit {fds} (ulimit -n) allows only {count} connections; raise it to at least {}",
+        IDLE_CONNECTIONS_MIN + FDS_SPARE
+    );
+    let max = (count + 16).to_string();
+    let (server, addr) = common::start_server_with(&["--connections-max", &max]);
+    let pid = server.0.id();
+    // Warm-up: the first connections' buffers and the loop's own.
+    let mut warm = TcpStream::connect(addr).unwrap();
+    ping(&mut warm);
+    let baseline = vm_rss_kib(pid);
+    let mut streams = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        ping(&mut stream);
+        streams.push(stream);
+    }
+    // Every connection was answered, so every one is accepted and idle.
+    let idle = vm_rss_kib(pid);
+    let per_connection = (idle.saturating_sub(baseline) * 1024) / count;
+    println!(
+        "daemon VmRSS: {baseline} KiB, with {count} idle connections {idle} KiB: {per_connection} bytes per idle connection"
+    );
+    assert!(
+        per_connection <= IDLE_CONNECTION_RSS_BYTES_MAX,
+        "{per_connection} bytes of RSS per idle connection, over {IDLE_CONNECTION_RSS_BYTES_MAX}"
+    );
+    drop(streams);
 }
