@@ -54,7 +54,7 @@ pub const CONN_OUTPUT_BUFFER_SIZE: usize = 16 * 1024;
 /// Smallest configurable output buffer: room for a few of the longest replies.
 pub const CONN_OUTPUT_BUFFER_SIZE_MIN: usize = 4 * REPLY_SIZE_MAX;
 
-/// Largest configurable output buffer (per connection, allocated up front).
+/// Largest configurable output buffer (per connection with replies waiting).
 pub const CONN_OUTPUT_BUFFER_SIZE_CEILING: usize = 1 << 20;
 
 /// Default bound on ACQUIREs queued on one lock.
