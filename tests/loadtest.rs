@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use distlockd::limits::Limits;
+use distlockd::loadtest::noop::NoopServer;
 use distlockd::loadtest::resp::{self, Value};
 use distlockd::server::{Config, Server};
 
@@ -412,7 +413,7 @@ fn compare_quick_runs_end_to_end() {
     let report = text(&out.stdout);
     assert!(
         report.contains(
-            "| Scenario | Metric | distlockd | Redis | distlockd/Redis | Better | Target |"
+            "| Scenario | Metric | distlockd | Redis | distlockd/Redis | Better | Target | no-op reference | distlockd/no-op |"
         ),
         "{report}"
     );
@@ -428,12 +429,30 @@ fn compare_quick_runs_end_to_end() {
         assert!(report.contains(row), "no row {row} in:\n{report}");
     }
     assert!(report.contains("Targets met: "), "{report}");
+    // 8 scenarios on two servers, 4 of them on the no-op reference too.
     assert!(
-        stderr.contains("[16/16] memory"),
+        stderr.contains("[20/20] memory"),
         "progress lines: {stderr}"
     );
+    // The no-op reference has figures where it runs, n/a elsewhere.
+    for (row, has_noop) in [
+        (
+            "| pipelined depth 16, 16 conns | throughput (lock ops/s) |",
+            true,
+        ),
+        ("| uncontended, 1 conn | server CPU (s per M ops) |", true),
+        ("| contended, 16 clients on 1 lock | handoffs/s", false),
+        ("| memory, 20,000 held locks, 12-byte names |", false),
+    ] {
+        let line = report.lines().find(|l| l.starts_with(row)).unwrap();
+        assert_eq!(
+            !line.ends_with("| n/a | n/a |"),
+            has_noop,
+            "no-op columns of {line}"
+        );
+    }
     // Correctness is asserted; speed is only printed.
-    for server in ["distlockd", "Redis"] {
+    for server in ["distlockd", "Redis", "no-op reference"] {
         assert!(
             report.contains(&format!(
                 "Checks, {server}: 0 mutual-exclusion violations, 0 lost releases, 0 failed acquisitions"
@@ -460,6 +479,16 @@ fn compare_quick_runs_end_to_end() {
                 assert_eq!(runs.len(), 1, "one repetition in --quick");
                 assert!(figures.get("median").is_some());
             }
+            let id = scenario.get("id").unwrap().str().unwrap();
+            let noop_runs = metric.get("noop").unwrap().get("runs").unwrap();
+            let expected =
+                usize::from(id.starts_with("uncontended") || id.starts_with("pipelined"));
+            assert_eq!(
+                noop_runs.array().unwrap().len(),
+                expected,
+                "no-op runs of {id}"
+            );
+            assert!(metric.get("ratio_noop").is_some());
         }
     }
     // The contended scenario's grants were FIFO on our side.
@@ -484,6 +513,117 @@ fn compare_quick_runs_end_to_end() {
         assert_eq!(c.get("violations").unwrap().num(), Some(0.0));
         assert_eq!(c.get("lost_releases").unwrap().num(), Some(0.0));
     }
+}
+
+/// Every request kind, one at a time and all pipelined in one write, gets
+/// its fixed valid reply from the no-op reference; a malformed frame gets
+/// an ERROR and the connection closes.
+#[test]
+fn noop_reference_answers_every_request_kind_with_a_valid_reply() {
+    use distlockd::protocol::{self, Acquire, ErrorCode, Reply, Request};
+    use std::io::{Read, Write};
+
+    let mut server = NoopServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = server.local_addr().unwrap();
+    // Serves until the test process ends.
+    std::thread::spawn(move || server.run());
+    let requests = [
+        Request::Ping,
+        Request::Hello {
+            version: 2,
+            client_name: b"test",
+        },
+        Request::Acquire(Acquire {
+            name: b"job",
+            owner: b"me",
+            ttl_ms: 5_000,
+            wait_ms: 100,
+            flags: 0,
+        }),
+        Request::Release {
+            name: b"job",
+            owner: b"me",
+            token: 1,
+        },
+        Request::Extend {
+            name: b"job",
+            owner: b"me",
+            token: 1,
+            ttl_ms: 7_000,
+        },
+        Request::Auth { secret: b"s" },
+        Request::Status {
+            name: b"",
+            cursor: 0,
+        },
+    ];
+    let check = |request: &Request<'_>, reply: Reply<'_>| match (request, reply) {
+        (Request::Ping, Reply::Pong { server_version, .. }) => {
+            assert!(server_version.ends_with(b"no-op reference"))
+        }
+        (Request::Hello { .. }, Reply::Hello(h)) => assert_eq!(h.version, 2),
+        (Request::Acquire(_), Reply::Granted { ttl_ms, .. }) => assert_eq!(ttl_ms, 5_000),
+        (Request::Release { .. }, Reply::Released) => {}
+        (Request::Extend { .. }, Reply::Extended { ttl_ms }) => assert_eq!(ttl_ms, 7_000),
+        (Request::Auth { .. }, Reply::Authed) => {}
+        (Request::Status { .. }, Reply::Status(s)) => assert_eq!(s.entries().count(), 0),
+        (request, reply) => panic!("{request:?} answered {reply:?}"),
+    };
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    // Reads until `count` whole replies are in `buf`; returns their ends.
+    let read_replies = |stream: &mut TcpStream, buf: &mut Vec<u8>, count: usize| {
+        buf.clear();
+        loop {
+            let mut ends = Vec::new();
+            let mut at = 0;
+            while let Some((_, used)) = protocol::decode_reply(&buf[at..]).expect("valid reply") {
+                at += used;
+                ends.push(at);
+            }
+            if ends.len() >= count {
+                assert_eq!(ends.len(), count, "no reply without a request");
+                return ends;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).expect("reply within 10 s");
+            assert!(n > 0, "closed before {count} replies");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    for request in &requests {
+        let mut frame = Vec::new();
+        request.encode_to_vec(&mut frame);
+        stream.write_all(&frame).unwrap();
+        read_replies(&mut stream, &mut buf, 1);
+        check(request, protocol::decode_reply(&buf).unwrap().unwrap().0);
+    }
+    let mut frames = Vec::new();
+    for request in &requests {
+        request.encode_to_vec(&mut frames);
+    }
+    stream.write_all(&frames).unwrap();
+    let ends = read_replies(&mut stream, &mut buf, requests.len());
+    let mut start = 0;
+    for (request, end) in requests.iter().zip(ends) {
+        check(
+            request,
+            protocol::decode_reply(&buf[start..end]).unwrap().unwrap().0,
+        );
+        start = end;
+    }
+    // An unknown kind: ERROR, then the server closes.
+    stream.write_all(b"Z\x00\x00").unwrap();
+    read_replies(&mut stream, &mut buf, 1);
+    match protocol::decode_reply(&buf).unwrap().unwrap().0 {
+        Reply::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownKind),
+        other => panic!("unknown kind answered {other:?}"),
+    }
+    let mut rest = [0u8; 16];
+    assert_eq!(stream.read(&mut rest).expect("closed within 10 s"), 0);
 }
 
 /// A small JSON parser for checking `--json` output (no serde dependency).

@@ -17,7 +17,8 @@ use super::compare::CompareConfig;
 pub const TEST_USAGE: &str = "\
 Usage:
   distlockd test distlockd|redis [options]   the original's benchmark against a running server
-  distlockd test compare [options]           start our server and redis-server, compare side by side
+  distlockd test compare [options]           start our server, redis-server and a no-op
+                                             reference, compare side by side
   distlockd test stress [options]            many client processes, kill -9s, and a checker of
                                              exclusion and token order (`test stress --help`)
 
@@ -61,6 +62,12 @@ performance targets (✓/✗). Scenarios:
   memory, 12- and 32-byte names
                               RSS per held lock with --rss-locks locks, on freshly
                               started servers (target ≤ 0.5×)
+The uncontended and pipelined scenarios also run against a no-op reference
+(`distlockd test noop-server`, a child like ours): one mio thread that decodes
+the same frames and answers each with a fixed valid reply (GRANTED, RELEASED,
+PONG, ...), no lock table, the ceiling on this machine. Its median and the ratio
+distlockd/no-op are the last two columns (n/a where it cannot run: latency,
+contended, memory).
 Server CPU is utime+stime from /proc/PID/stat, RSS is VmRSS from /proc/PID/status.
 Progress lines go to stderr.
 
@@ -123,6 +130,9 @@ pub enum TestCommand {
     Single(SingleConfig),
     Compare(CompareConfig),
     Stress(super::stress::StressCommand),
+    /// `test noop-server` (hidden): the no-op reference `test compare`
+    /// starts as a child, listening on this address.
+    NoopServer(SocketAddr),
 }
 
 #[derive(Clone, Debug)]
@@ -268,6 +278,15 @@ pub fn parse(parser: &mut lexopt::Parser) -> Result<TestCommand, String> {
         Some("distlockd") => single(f, Backend::Distlockd),
         Some("redis") => single(f, Backend::Redis),
         Some("compare") => compare(f),
+        Some("noop-server") => {
+            let Some(port) = f.port else {
+                return Err("test noop-server needs --port (test compare passes it)".into());
+            };
+            Ok(TestCommand::NoopServer(resolve(
+                f.host.as_deref().unwrap_or("127.0.0.1"),
+                port,
+            )?))
+        }
         Some(other) => Err(format!(
             "test {other}: unknown target; use distlockd, redis or compare"
         )),
@@ -291,7 +310,7 @@ fn single(f: Flags, backend: Backend) -> Result<TestCommand, String> {
         ));
     }
     let port = f.port.unwrap_or(match backend {
-        Backend::Distlockd => DISTLOCKD_PORT_DEFAULT,
+        Backend::Distlockd | Backend::Noop => DISTLOCKD_PORT_DEFAULT,
         Backend::Redis => REDIS_PORT_DEFAULT,
     });
     let addr = resolve(f.host.as_deref().unwrap_or("localhost"), port)?;

@@ -1,14 +1,16 @@
 //! `distlockd test compare`: our server and a real `redis-server`, started
 //! here on free loopback ports, driven through the same scenarios,
-//! interleaved and repeated.
+//! interleaved and repeated; beside them, for the scenarios it can serve
+//! (uncontended and pipelined), the no-op reference server ([`super::noop`]).
 //!
 //! Our server runs as a child process (this executable's `server`
-//! subcommand), so /proc/PID/stat measures the server alone, not the load
-//! generator. Both children are killed when the run ends, errors or panics
-//! ([`ServerProcess`]'s `Drop`).
+//! subcommand), and so does the no-op reference (`test noop-server`), so
+//! /proc/PID/stat measures the server alone, not the load generator. Every
+//! child is killed when the run ends, errors or panics ([`ServerProcess`]'s
+//! `Drop`).
 //!
-//! Order: for each repetition, each timed scenario runs against both
-//! servers, back to back; which server goes first alternates per
+//! Order: for each repetition, each timed scenario runs against every
+//! server it applies to, back to back; the order reverses every
 //! repetition, so drift (thermal, page cache, other load) is spread evenly.
 //! Every run locks names of its own (`bench:{scenario}:{run id}:…`) and
 //! drains its locks at the end, so one run cannot disturb the next. The
@@ -69,7 +71,7 @@ impl ServerProcess {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let program = match backend {
-            Backend::Distlockd => std::env::current_exe()
+            Backend::Distlockd | Backend::Noop => std::env::current_exe()
                 .map_err(|e| format!("cannot find this executable to start the server: {e}"))?
                 .into_os_string(),
             Backend::Redis => redis_server.into(),
@@ -87,6 +89,14 @@ impl ServerProcess {
                 &port,
                 "--locks-max",
                 &locks_max,
+            ],
+            Backend::Noop => &[
+                "test",
+                "noop-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
             ],
             Backend::Redis => &[
                 "--port",
@@ -134,7 +144,7 @@ impl ServerProcess {
         let started = Instant::now();
         loop {
             let probe = match backend {
-                Backend::Distlockd => probe::distlockd_version(self.addr).map(drop),
+                Backend::Distlockd | Backend::Noop => probe::distlockd_version(self.addr).map(drop),
                 Backend::Redis => probe::redis_version(self.addr).map(drop),
             };
             let last_error = match probe {
@@ -167,38 +177,59 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Both servers, indexed by [`Backend::index`].
+/// Our server and Redis, and the no-op reference when asked for.
 struct Pair {
-    servers: [ServerProcess; 2],
-    targets: [Target; 2],
+    servers: Vec<(Backend, ServerProcess, Target)>,
 }
 
 impl Pair {
-    fn start(cfg: &CompareConfig, placement: Option<&Placement>) -> Result<Pair, String> {
+    fn start(
+        cfg: &CompareConfig,
+        placement: Option<&Placement>,
+        with_noop: bool,
+    ) -> Result<Pair, String> {
         let ours = ServerProcess::start(Backend::Distlockd, &cfg.redis_server, placement)?;
         let redis = ServerProcess::start(Backend::Redis, &cfg.redis_server, placement)?;
         let sha = probe::redis_load_script(redis.addr)?;
-        let targets = [
-            Target {
-                addr: ours.addr,
-                proto: Proto::Native,
+        let native = |server: &ServerProcess| Target {
+            addr: server.addr,
+            proto: Proto::Native,
+        };
+        let redis_target = Target {
+            addr: redis.addr,
+            proto: Proto::Redis {
+                sha,
+                poll: cfg.redis_poll,
             },
-            Target {
-                addr: redis.addr,
-                proto: Proto::Redis {
-                    sha,
-                    poll: cfg.redis_poll,
-                },
-            },
+        };
+        let ours_target = native(&ours);
+        let mut servers = vec![
+            (Backend::Distlockd, ours, ours_target),
+            (Backend::Redis, redis, redis_target),
         ];
-        Ok(Pair {
-            servers: [ours, redis],
-            targets,
-        })
+        if with_noop {
+            let noop = ServerProcess::start(Backend::Noop, &cfg.redis_server, placement)?;
+            let noop_target = native(&noop);
+            servers.push((Backend::Noop, noop, noop_target));
+        }
+        Ok(Pair { servers })
+    }
+
+    /// A started server; `run` asks only for those it started.
+    fn get(&self, b: Backend) -> (&ServerProcess, &Target) {
+        self.servers
+            .iter()
+            .find(|(backend, ..)| *backend == b)
+            .map(|(_, server, target)| (server, target))
+            .expect("a scenario runs only on the servers started for it")
+    }
+
+    fn target(&self, b: Backend) -> &Target {
+        self.get(b).1
     }
 
     fn pid(&self, b: Backend) -> u32 {
-        self.servers[b.index()].pid()
+        self.get(b).0.pid()
     }
 }
 
@@ -216,30 +247,35 @@ pub fn run(cfg: &CompareConfig) -> Result<String, String> {
         load_cpus: placement.as_ref().map(|p| p.load.clone()),
     };
     let scenarios = select(Scenario::all(&settings), cfg.only.as_deref())?;
-    let pair = Pair::start(cfg, placement.as_ref())?;
-    let distlockd_version = probe::distlockd_version(pair.targets[0].addr)?;
-    let redis_version = probe::redis_version(pair.targets[1].addr)?;
+    let with_noop = scenarios.iter().any(Scenario::has_noop_reference);
+    let pair = Pair::start(cfg, placement.as_ref(), with_noop)?;
+    let distlockd_version = probe::distlockd_version(pair.target(Backend::Distlockd).addr)?;
+    let redis_version = probe::redis_version(pair.target(Backend::Redis).addr)?;
     let mut results = CompareResults {
         scenarios: scenarios
             .iter()
             .map(|&scenario| ScenarioRuns {
                 scenario,
-                runs: [Vec::new(), Vec::new()],
+                runs: [Vec::new(), Vec::new(), Vec::new()],
             })
             .collect(),
-        checks: [Checks::default(), Checks::default()],
+        checks: Default::default(),
     };
-    let total_runs = cfg.repeat * scenarios.len() * 2;
+    let total_runs = cfg.repeat
+        * scenarios
+            .iter()
+            .map(|s| Backend::ALL.iter().filter(|&&b| s.runs_on(b)).count())
+            .sum::<usize>();
     let mut done = 0;
     for rep in 0..cfg.repeat {
-        let order = if rep % 2 == 0 {
-            [Backend::Distlockd, Backend::Redis]
-        } else {
-            [Backend::Redis, Backend::Distlockd]
-        };
+        let mut order = Backend::ALL;
+        if rep % 2 == 1 {
+            order.reverse();
+        }
         for (si, scenario) in scenarios.iter().enumerate() {
+            let order = order.into_iter().filter(|&b| scenario.runs_on(b));
             if let Scenario::Rss { locks, name_len } = *scenario {
-                let rss_pair = Pair::start(cfg, placement.as_ref())?;
+                let rss_pair = Pair::start(cfg, placement.as_ref(), false)?;
                 for b in order {
                     done += 1;
                     let figures = rss_run(
@@ -258,7 +294,7 @@ pub fn run(cfg: &CompareConfig) -> Result<String, String> {
             for b in order {
                 done += 1;
                 let wl = scenario.workload(&settings);
-                let stats = driver::run(&pair.targets[b.index()], &wl, Some(pair.pid(b)))
+                let stats = driver::run(pair.target(b), &wl, Some(pair.pid(b)))
                     .map_err(|e| format!("{}, {}: {e}", scenario.title(), b.name()))?;
                 record_checks(&mut results.checks[b.index()], scenario, &stats);
                 let figures = scenario.figures(&stats);
@@ -323,12 +359,12 @@ fn rss_run(
     (locks, name_len): (u64, usize),
     settings: &CompareSettings,
     cfg: &CompareConfig,
-    checks: &mut [Checks; 2],
+    checks: &mut [Checks; 3],
 ) -> Result<Vec<f64>, String> {
     let pid = pair.pid(b);
     let before = procstat::rss_bytes(pid)?;
     let wl = scenarios::rss_fill(locks, name_len, settings);
-    let stats = driver::run(&pair.targets[b.index()], &wl, None)
+    let stats = driver::run(pair.target(b), &wl, None)
         .map_err(|e| format!("memory fill, {}: {e}", b.name()))?;
     checks[b.index()].failed_acquisitions += locks.saturating_sub(stats.grants);
     std::thread::sleep(RSS_SETTLE);

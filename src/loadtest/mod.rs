@@ -9,7 +9,8 @@
 //!   latency is the acquire's round trip and throughput is the server's.
 //! - `distlockd test compare` starts both servers itself and runs the
 //!   scenarios of [`scenarios::Scenario`], interleaved and repeated, into
-//!   one table with the ratio ours/Redis per row.
+//!   one table with the ratio ours/Redis per row, beside a no-op reference
+//!   server ([`noop`]) where it applies: the ceiling on this machine.
 //!
 //! Files, in the order a run goes through them:
 //! [`cli`] (flags) → [`scenarios`] (what each test does, as a workload) →
@@ -33,6 +34,7 @@ pub mod affinity;
 pub mod cli;
 pub mod compare;
 pub mod driver;
+pub mod noop;
 pub mod probe;
 pub mod procstat;
 pub mod report;
@@ -46,21 +48,25 @@ use cli::{SingleConfig, TestCommand};
 use driver::{Proto, Target};
 use scenarios::original;
 
-/// The two servers a benchmark can drive.
+/// The servers a benchmark can drive: ours, Redis, and the no-op
+/// reference of `test compare` (see [`noop`]), which speaks our protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Distlockd,
     Redis,
+    Noop,
 }
 
 impl Backend {
     pub const BOTH: [Backend; 2] = [Backend::Distlockd, Backend::Redis];
+    pub const ALL: [Backend; 3] = [Backend::Distlockd, Backend::Redis, Backend::Noop];
 
     /// Display name, as in the report's columns.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Distlockd => "distlockd",
             Backend::Redis => "Redis",
+            Backend::Noop => "no-op reference",
         }
     }
 
@@ -69,6 +75,7 @@ impl Backend {
         match self {
             Backend::Distlockd => "distlockd",
             Backend::Redis => "redis",
+            Backend::Noop => "noop",
         }
     }
 
@@ -76,6 +83,7 @@ impl Backend {
         match self {
             Backend::Distlockd => 0,
             Backend::Redis => 1,
+            Backend::Noop => 2,
         }
     }
 }
@@ -95,6 +103,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
             print!("{report}");
         }
         TestCommand::Stress(command) => return stress::main(command),
+        TestCommand::NoopServer(addr) => noop::serve(addr)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -103,7 +112,7 @@ pub fn main(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
 pub fn run_single(cfg: &SingleConfig) -> Result<String, String> {
     let name = cfg.backend.name();
     let hint = match cfg.backend {
-        Backend::Distlockd => format!(
+        Backend::Distlockd | Backend::Noop => format!(
             "start one with `distlockd server --port {}` or pass --host/--port",
             cfg.addr.port()
         ),
@@ -114,7 +123,7 @@ pub fn run_single(cfg: &SingleConfig) -> Result<String, String> {
     };
     let unreachable = |e: String| format!("cannot reach {name} at {}: {e}; {hint}", cfg.addr);
     let (version, proto) = match cfg.backend {
-        Backend::Distlockd => (
+        Backend::Distlockd | Backend::Noop => (
             probe::distlockd_version(cfg.addr).map_err(unreachable)?,
             Proto::Native,
         ),

@@ -161,16 +161,27 @@ pub struct Checks {
 pub struct CompareResults {
     pub scenarios: Vec<ScenarioRuns>,
     /// Indexed by [`Backend::index`].
-    pub checks: [Checks; 2],
+    pub checks: [Checks; 3],
 }
 
-/// One scenario's figures: `runs[backend][repetition][metric]`.
+impl CompareResults {
+    /// Whether the no-op reference ran any scenario.
+    fn has_noop(&self) -> bool {
+        self.scenarios
+            .iter()
+            .any(|s| !s.runs[Backend::Noop.index()].is_empty())
+    }
+}
+
+/// One scenario's figures: `runs[backend][repetition][metric]`; no
+/// repetitions for a server the scenario does not run on.
 pub struct ScenarioRuns {
     pub scenario: Scenario,
-    pub runs: [Vec<Vec<f64>>; 2],
+    pub runs: [Vec<Vec<f64>>; 3],
 }
 
 impl ScenarioRuns {
+    /// NaN when the scenario did not run on `backend`.
     pub fn median(&self, backend: Backend, metric: usize) -> f64 {
         median(self.runs[backend.index()].iter().map(|r| r[metric]))
     }
@@ -209,12 +220,13 @@ pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-/// ours / Redis; NaN when undefined (0/0), infinite when Redis is 0.
-pub fn ratio(ours: f64, redis: f64) -> f64 {
-    if ours == 0.0 && redis == 0.0 {
+/// ours / theirs (Redis or the no-op reference); NaN when undefined (0/0,
+/// or a figure missing), infinite when theirs is 0.
+pub fn ratio(ours: f64, theirs: f64) -> f64 {
+    if ours == 0.0 && theirs == 0.0 {
         return f64::NAN;
     }
-    ours / redis
+    ours / theirs
 }
 
 fn format_ratio(r: f64) -> String {
@@ -242,7 +254,7 @@ fn better(b: Better, ours: f64, redis: f64) -> &'static str {
 }
 
 /// How to read the compare table; printed under it.
-const METHODOLOGY: [&str; 7] = [
+const METHODOLOGY: [&str; 8] = [
     "Clients are non-blocking connections on persistent sockets, closed loop, driven by mio threads; latencies go into HDR histograms (3 significant digits).",
     "Acquire latency and wait run from the first request of an attempt to the grant (across Redis poll retries); waits still open when the window closes count at their age then.",
     "Contended: each of the 16 clients re-acquires as soon as it has released (hold 0). A handoff passes the lock to a client that was waiting (Redis: a SET of its attempt was refused; distlockd: its ACQUIRE was queued); a client that never waited taking the lock while others wait is barging, counted only in \"changed hands\". FIFO grants went to the client that had waited longest.",
@@ -250,6 +262,7 @@ const METHODOLOGY: [&str; 7] = [
     "Server CPU: utime+stime of the server process over the measured window, per million lock ops (acquire + release).",
     "Memory: VmRSS growth of a freshly started server while holding that many locks (fresh names of the stated length; owners of about 20 bytes for distlockd, 32-hex-digit tokens for Redis, as their clients make them; 10-minute TTL; filled pipelined), divided by the lock count.",
     "Ratios are distlockd/Redis of the medians; \"Better\" and the targets read them in each row's direction.",
+    "No-op reference: a single-threaded mio server in this executable that decodes the same frames and answers each at once with a fixed valid reply (GRANTED, RELEASED, ...), with no lock table: the ceiling a lock server reaches on this machine. It runs the uncontended and pipelined scenarios only (it cannot make a client wait or hold a lock: n/a elsewhere); distlockd/no-op is the ratio of the medians.",
 ];
 
 /// The compare report: header, the side-by-side table, targets, checks.
@@ -270,7 +283,11 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
     );
     let _ = writeln!(
         out,
-        "- both started by this command on loopback; runs interleaved, {} repetition{}, figures are medians",
+        "- no-op reference (`distlockd test noop-server`): decodes our frames, answers each with a fixed reply, no lock table"
+    );
+    let _ = writeln!(
+        out,
+        "- all started by this command on loopback; runs interleaved, {} repetition{}, figures are medians",
         info.repeat,
         if info.repeat == 1 { "" } else { "s" }
     );
@@ -292,14 +309,15 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| Scenario | Metric | distlockd | Redis | distlockd/Redis | Better | Target |"
+        "| Scenario | Metric | distlockd | Redis | distlockd/Redis | Better | Target | no-op reference | distlockd/no-op |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---|---|---:|---:|");
     let (mut met, mut total) = (0, 0);
     for s in &results.scenarios {
         for (i, m) in s.scenario.metrics().iter().enumerate() {
             let ours = s.median(Backend::Distlockd, i);
             let redis = s.median(Backend::Redis, i);
+            let noop = s.median(Backend::Noop, i);
             let r = ratio(ours, redis);
             let target = match m.goal {
                 None => String::new(),
@@ -312,14 +330,16 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.scenario.title(),
                 m.label,
                 format_value(ours, m.decimals),
                 format_value(redis, m.decimals),
                 format_ratio(r),
                 better(m.better, ours, redis),
-                target
+                target,
+                format_value(noop, m.decimals),
+                format_ratio(ratio(ours, noop)),
             );
         }
     }
@@ -331,7 +351,12 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
         let _ = writeln!(out, "- {line}");
     }
     let _ = writeln!(out);
-    for b in Backend::BOTH {
+    let checked: &[Backend] = if results.has_noop() {
+        &Backend::ALL
+    } else {
+        &Backend::BOTH
+    };
+    for &b in checked {
         let c = &results.checks[b.index()];
         let _ = writeln!(
             out,
@@ -382,15 +407,17 @@ pub fn compare_json(info: &CompareInfo, sys: &SystemInfo, results: &CompareResul
                     Better::Lower => "lower",
                 },
             );
-            for b in Backend::BOTH {
+            for b in Backend::ALL {
                 let mut bo = JsonObject::new();
                 bo.num("median", s.median(b, i));
                 let runs: Vec<String> = s.runs[b.index()].iter().map(|r| num(r[i])).collect();
                 bo.raw("runs", &format!("[{}]", runs.join(", ")));
                 mo.raw(b.key(), &bo.finish());
             }
-            let r = ratio(s.median(Backend::Distlockd, i), s.median(Backend::Redis, i));
+            let ours = s.median(Backend::Distlockd, i);
+            let r = ratio(ours, s.median(Backend::Redis, i));
             mo.num("ratio", r);
+            mo.num("ratio_noop", ratio(ours, s.median(Backend::Noop, i)));
             match m.goal {
                 None => mo.raw("target", "null"),
                 Some(goal) => {
@@ -413,7 +440,7 @@ pub fn compare_json(info: &CompareInfo, sys: &SystemInfo, results: &CompareResul
     }
     o.raw("scenarios", &format!("[{}]", scenarios.join(", ")));
     let mut checks = JsonObject::new();
-    for b in Backend::BOTH {
+    for b in Backend::ALL {
         let c = &results.checks[b.index()];
         let mut co = JsonObject::new();
         co.num("violations", c.violations as f64);

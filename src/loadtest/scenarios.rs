@@ -13,6 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::Backend;
 use super::driver::{Names, RunStats, Stop, Workload};
 
 /// A run id for lock names, unique within the process and unlikely to
@@ -347,6 +348,22 @@ impl Scenario {
             name_len,
         }));
         list
+    }
+
+    /// Whether the no-op reference server runs it: it answers every
+    /// request at once, so it cannot make a client wait (contended) or
+    /// hold anything (memory); a single connection's latency shows in its
+    /// "uncontended, 1 conn" rows.
+    pub fn has_noop_reference(&self) -> bool {
+        matches!(
+            self,
+            Scenario::Uncontended { .. } | Scenario::Pipelined { .. }
+        )
+    }
+
+    /// Whether the scenario runs against server `b`.
+    pub fn runs_on(&self, b: Backend) -> bool {
+        b != Backend::Noop || self.has_noop_reference()
     }
 
     pub fn id(&self) -> String {
