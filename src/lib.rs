@@ -7,6 +7,8 @@
 //! deterministic state machine) → [`wheel`] (expiry and wait deadlines).
 //! [`limits`] names every bound; [`client`] is the blocking Rust client.
 
+#![forbid(unsafe_code)]
+
 pub mod auth;
 pub mod buffer;
 #[doc(hidden)]

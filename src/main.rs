@@ -1,5 +1,7 @@
 //! The `distlockd` command line.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -283,8 +285,12 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     server
         .handle_signals()
         .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
-    server.run().map_err(|e| format!("server stopped: {e}"))?;
-    Ok(ExitCode::SUCCESS)
+    match server.run() {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        // A second signal: exit at once, status 1 (logged by the server).
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(ExitCode::from(1)),
+        Err(e) => Err(format!("server stopped: {e}")),
+    }
 }
 
 /// The address to listen on for `--host` or `--http-host` (`flag`): an IP

@@ -43,7 +43,11 @@ pub mod kind {
     pub const AUTHED: u8 = b'u';
     pub const STATUS_REPLY: u8 = b's';
     /// First bytes of the original daemon's frames: acquire, release, health.
-    pub const LEGACY_RESERVED: [u8; 3] = [0x01, 0x02, 0x03];
+    pub const LEGACY_RESERVED: [u8; 3] = [
+        crate::legacy::CMD_ACQUIRE,
+        crate::legacy::CMD_RELEASE,
+        crate::legacy::CMD_HEALTH,
+    ];
 }
 
 /// ACQUIRE flag: release the hold when the acquiring connection closes.

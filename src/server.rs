@@ -202,6 +202,11 @@ struct Conn {
     deadline: Option<(TimerHandle, u64)>,
 }
 
+/// [`Server::run`]'s error after a second SIGINT or SIGTERM (its kind is
+/// [`io::ErrorKind::Interrupted`]): the daemon exits with status 1 at once.
+pub const SECOND_SIGNAL_MESSAGE: &str =
+    "a second signal: stopped at once, without answering waiters or closing connections";
+
 /// Why a connection's deadline closed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expired {
@@ -228,6 +233,8 @@ pub struct Server {
     signals: Option<signal_hook_mio::v1_0::Signals>,
     /// A first signal came: the server is stopping.
     shutting_down: bool,
+    /// A second signal came: stop at once, without the graceful close.
+    aborted: bool,
     waker: Arc<Waker>,
     /// Connections with work left over from the previous turn.
     ready: Vec<usize>,
@@ -346,6 +353,7 @@ impl Server {
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
             shutting_down: false,
+            aborted: false,
             waker,
             ready: Vec::with_capacity(64),
             ready_next: Vec::with_capacity(64),
@@ -411,8 +419,10 @@ impl Server {
     /// Runs until a [`Stopper`] fires, then closes every connection.
     /// Stops gracefully on the first SIGINT or SIGTERM: no new connections,
     /// every queued ACQUIRE answered SHUTTING_DOWN, pending replies written,
-    /// then [`Server::run`] returns. A second signal exits the process at
-    /// once with status 1. For the daemon; embedders use a [`Stopper`].
+    /// then [`Server::run`] returns. A second signal makes `run` return at
+    /// once, without that, with an [`io::ErrorKind::Interrupted`] error
+    /// (the daemon then exits with status 1). For the daemon; embedders use
+    /// a [`Stopper`].
     pub fn handle_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
@@ -432,8 +442,12 @@ impl Server {
             return;
         }
         if self.shutting_down || count > 1 {
+            // The caller (the daemon's main) exits with status 1; library
+            // code does not end the process itself.
             warn!("second signal: exiting at once");
-            std::process::exit(1);
+            self.aborted = true;
+            self.stop.store(true, Ordering::SeqCst);
+            return;
         }
         info!("signal received: stopping (a second signal exits at once)");
         self.shutting_down = true;
@@ -466,6 +480,12 @@ impl Server {
         }
         while !self.stop.load(Ordering::SeqCst) {
             self.turn()?;
+        }
+        if self.aborted {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                SECOND_SIGNAL_MESSAGE,
+            ));
         }
         let now = self.tick();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();

@@ -583,3 +583,34 @@ fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
     let answer = exchange(&mut stream, extend).unwrap();
     assert!(answer.starts_with("NotHeld"), "{answer}");
 }
+
+/// Two signals at once (SIGTERM and SIGINT while the process is stopped):
+/// the daemon exits at once with status 1, as a second signal asks.
+#[test]
+fn a_second_signal_exits_at_once_with_status_1() {
+    let (mut server, addr) = start_server();
+    let mut waiter = TcpStream::connect(addr).unwrap();
+    let pid = server.0.id();
+    common::send_signal(pid, "STOP");
+    common::send_signal(pid, "TERM");
+    common::send_signal(pid, "INT");
+    common::send_signal(pid, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server still running 5 s after two signals"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "exit status {status}");
+    // The connection ends with the process.
+    waiter
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(matches!(waiter.read(&mut buf), Ok(0) | Err(_)));
+}
