@@ -298,10 +298,10 @@ pub fn parse_wait(text: &str) -> Result<Duration, String> {
     if text.trim() == "forever" {
         return Ok(WAIT_FOREVER);
     }
-    let wait = parse_duration(text).map_err(|e| match e.starts_with("not a duration") {
-        true => "not a wait; use e.g. 500ms, 10s, 5m, 2h, 3d or forever".to_owned(),
-        false => e,
-    })?;
+    let wait = parse_duration_or(
+        text,
+        "not a wait; use e.g. 500ms, 10s, 5m, 2h, 3d or forever",
+    )?;
     if wait > WAIT_FINITE_MAX {
         return Err(format!(
             "over the longest wait with a deadline, {} ms (about 49.7 days); use forever to wait with no deadline",
@@ -420,14 +420,18 @@ pub fn length_refusal(
 /// `1.5s`, `10m`, `2d`), or a bare number of seconds, as flock(1) and
 /// timeout(1) take them.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    parse_duration_or(text, "not a duration; use e.g. 500ms, 10s, 5m, 1h or 3d")
+}
+
+/// [`parse_duration`], answering `not_a_number` when the text does not
+/// start with a number.
+fn parse_duration_or(text: &str, not_a_number: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| "not a duration; use e.g. 500ms, 10s, 5m, 1h or 3d".to_owned())?;
+    let value: f64 = number.parse().map_err(|_| not_a_number.to_owned())?;
     let seconds = match unit {
         "" | "s" => value,
         "ms" => value / 1000.0,
