@@ -346,16 +346,11 @@ fn hello(version: u16, ctx: &mut Context<'_>, out: &mut ConnBuffer) {
     }
     ctx.version = version.min(PROTOCOL_VERSION);
     let limits = ctx.table.limits();
-    let reply = Reply::Hello(HelloReply {
-        version: ctx.version,
-        frame_size_max: limits.frame_size_max as u16,
-        name_len_max: limits.name_len_max as u8,
-        owner_len_max: limits.owner_len_max as u8,
-        lock_ttl_ms_default: limits.lock_ttl_ms_default,
-        lock_ttl_ms_max: limits.lock_ttl_ms_max,
-        wait_ms_max: limits.wait_ms_max,
-        server_version: SERVER_VERSION.as_bytes(),
-    });
+    let reply = Reply::Hello(HelloReply::new(
+        ctx.version,
+        limits,
+        SERVER_VERSION.as_bytes(),
+    ));
     out.write_with(REPLY_SIZE_MAX, |buf| reply.encode(buf));
 }
 

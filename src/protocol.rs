@@ -339,6 +339,22 @@ pub struct HelloReply<'a> {
     pub server_version: &'a [u8],
 }
 
+impl<'a> HelloReply<'a> {
+    /// The reply of a server with `limits`, speaking `version`.
+    pub fn new(version: u16, limits: &crate::limits::Limits, server_version: &'a [u8]) -> Self {
+        HelloReply {
+            version,
+            frame_size_max: limits.frame_size_max as u16,
+            name_len_max: limits.name_len_max as u8,
+            owner_len_max: limits.owner_len_max as u8,
+            lock_ttl_ms_default: limits.lock_ttl_ms_default,
+            lock_ttl_ms_max: limits.lock_ttl_ms_max,
+            wait_ms_max: limits.wait_ms_max,
+            server_version,
+        }
+    }
+}
+
 /// Why bytes could not be decoded as a frame. Every variant closes the
 /// connection that sent them: after it, frame boundaries are unknown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

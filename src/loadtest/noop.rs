@@ -74,16 +74,11 @@ impl Answerer {
             .encode(out),
             Request::Hello { version: asked, .. } => {
                 *version = asked.min(PROTOCOL_VERSION);
-                Reply::Hello(HelloReply {
-                    version: *version,
-                    frame_size_max: limits.frame_size_max as u16,
-                    name_len_max: limits.name_len_max as u8,
-                    owner_len_max: limits.owner_len_max as u8,
-                    lock_ttl_ms_default: limits.lock_ttl_ms_default,
-                    lock_ttl_ms_max: limits.lock_ttl_ms_max,
-                    wait_ms_max: limits.wait_ms_max,
-                    server_version: NOOP_SERVER_VERSION.as_bytes(),
-                })
+                Reply::Hello(HelloReply::new(
+                    *version,
+                    &limits,
+                    NOOP_SERVER_VERSION.as_bytes(),
+                ))
                 .encode(out)
             }
             Request::Ping => Reply::Pong {
