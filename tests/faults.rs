@@ -27,10 +27,8 @@ use distlockd::protocol::{
 };
 
 mod common;
+use common::wire::{REPLY_WAIT, Wire};
 use common::{ServerProcess, send_signal, start_server, start_server_on, start_server_with};
-
-/// Bound on any single reply the tests wait for.
-const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // A raw connection: frames in, replies out, and what the server closed.
@@ -65,48 +63,11 @@ impl From<Reply<'_>> for Got {
     }
 }
 
-struct Wire {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
 impl Wire {
-    fn connect(addr: SocketAddr) -> Wire {
-        let stream = TcpStream::connect(addr).expect("connect to the server");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(REPLY_WAIT)).unwrap();
-        Wire {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send to the server");
-    }
-
-    fn send(&mut self, request: Request<'_>) {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        self.send_raw(&frame);
-    }
-
     /// The next reply; panics if none comes within REPLY_WAIT.
     fn reply(&mut self) -> Got {
-        loop {
-            if let Some((reply, used)) = decode_reply(&self.pending).expect("a valid reply") {
-                let got = Got::from(reply);
-                self.pending.drain(..used);
-                return got;
-            }
-            let mut buf = [0u8; 1024];
-            let n = self.stream.read(&mut buf).expect("a reply in time");
-            assert!(
-                n > 0,
-                "the server closed the connection instead of replying"
-            );
-            self.pending.extend_from_slice(&buf[..n]);
-        }
+        self.next_reply()
+            .expect("the server closed the connection instead of replying")
     }
 
     /// Every reply until the server closes the connection (end-of-file or

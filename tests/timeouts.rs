@@ -17,13 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::protocol::{Acquire, ErrorCode, FLAG_SESSION, Reply, Request, decode_reply};
+use distlockd::protocol::{Acquire, ErrorCode, FLAG_SESSION, Reply, Request};
 
 mod common;
+use common::wire::{REPLY_WAIT, Wire};
 use common::{ServerProcess, start_server_with, start_server_with_http};
-
-/// Bound on any single reply the tests wait for.
-const REPLY_WAIT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Pausing the server.
@@ -87,55 +85,11 @@ impl From<Reply<'_>> for Got {
     }
 }
 
-struct Wire {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
 impl Wire {
-    fn connect(addr: SocketAddr) -> Wire {
-        let stream = TcpStream::connect(addr).expect("connect to the server");
-        stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(REPLY_WAIT)).unwrap();
-        Wire {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("send to the server");
-    }
-
-    fn send(&mut self, request: Request<'_>) {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        self.send_raw(&frame);
-    }
-
     /// The next reply; None if the server closed the connection first.
     /// Panics if neither comes within REPLY_WAIT.
     fn reply(&mut self) -> Option<Got> {
-        loop {
-            if let Some(got) = self.decoded() {
-                return Some(got);
-            }
-            let mut buf = [0u8; 64 * 1024];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("no reply and no close within {REPLY_WAIT:?}: {e}"),
-            }
-        }
-    }
-
-    /// A reply already read, if one is whole.
-    fn decoded(&mut self) -> Option<Got> {
-        let (reply, used) = decode_reply(&self.pending).expect("a valid reply")?;
-        let got = Got::from(reply);
-        self.pending.drain(..used);
-        Some(got)
+        self.next_reply()
     }
 
     fn acquire(&mut self, name: &str, owner: &str, wait_ms: u32, flags: u8) {
@@ -313,7 +267,7 @@ fn read_pongs(wire: &mut Wire, pongs: &mut usize) -> bool {
         Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
         Err(e) => panic!("the connection failed after {pongs} replies: {e}"),
     }
-    while let Some(got) = wire.decoded() {
+    while let Some(got) = wire.decoded::<Got>() {
         assert_eq!(got, Got::Pong, "after {pongs} replies");
         *pongs += 1;
     }

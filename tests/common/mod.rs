@@ -1,5 +1,7 @@
 //! Shared by the tests that run the daemon as a separate process.
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStderr, Command, Stdio};
