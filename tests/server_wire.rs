@@ -2,14 +2,14 @@
 //! not use our client library sees.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use distlockd::limits::Limits;
-use distlockd::protocol::{
-    Acquire, ErrorCode, FLAG_SESSION, NotHeldReason, Reply, Request, decode_reply, kind,
-};
+use distlockd::protocol::{Acquire, ErrorCode, FLAG_SESSION, NotHeldReason, Reply, Request, kind};
 use distlockd::server::{Config, Server, ServerHandle};
+
+mod common;
+use common::wire::Wire;
 
 fn start(limits: Limits) -> ServerHandle {
     let config = Config {
@@ -21,43 +21,11 @@ fn start(limits: Limits) -> ServerHandle {
     Server::spawn(config).unwrap()
 }
 
-struct Wire {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
-
 impl Wire {
-    fn connect(server: &ServerHandle) -> Wire {
-        let stream = TcpStream::connect(server.local_addr()).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        Wire {
-            stream,
-            pending: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, request: Request<'_>) {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        self.stream.write_all(&frame).unwrap();
-    }
-
     /// The next reply, as an owned debug-friendly value.
     fn reply(&mut self) -> OwnedReply {
-        loop {
-            if let Some((reply, n)) = decode_reply(&self.pending).unwrap() {
-                let owned = OwnedReply::from(reply);
-                self.pending.drain(..n);
-                return owned;
-            }
-            let mut buf = [0u8; 4096];
-            let n = self.stream.read(&mut buf).expect("reply within 5 s");
-            assert!(n > 0, "connection closed while a reply was expected");
-            self.pending.extend_from_slice(&buf[..n]);
-        }
+        self.next_reply()
+            .expect("connection closed while a reply was expected")
     }
 
     /// Whether the server closed the connection (EOF within 2 s).
@@ -136,7 +104,7 @@ fn token(reply: OwnedReply) -> u64 {
 #[test]
 fn hello_and_ping() {
     let server = start(Limits::default());
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     c.send(Request::Hello {
         version: 1,
         client_name: b"wire-test",
@@ -166,9 +134,9 @@ fn hello_and_ping() {
 #[test]
 fn a_waiter_that_disconnects_leaves_the_queue() {
     let server = start(Limits::default());
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     let t = token(holder.acquire(b"q", b"holder", 60_000, 0));
-    let mut gone = Wire::connect(&server);
+    let mut gone = Wire::connect(server.local_addr());
     gone.send(Request::Acquire(Acquire {
         name: b"q",
         owner: b"gone",
@@ -179,7 +147,7 @@ fn a_waiter_that_disconnects_leaves_the_queue() {
     std::thread::sleep(Duration::from_millis(100));
     drop(gone);
     std::thread::sleep(Duration::from_millis(100));
-    let mut next = Wire::connect(&server);
+    let mut next = Wire::connect(server.local_addr());
     assert_eq!(
         next.acquire(b"q", b"next", 1000, 0).busy_waiters(),
         Some(0),
@@ -211,10 +179,10 @@ impl OwnedReply {
 #[test]
 fn queued_waiters_are_counted_and_served_in_order() {
     let server = start(Limits::default());
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     let t = token(holder.acquire(b"fifo", b"h", 60_000, 0));
-    let mut waiters: Vec<Wire> = (0..3).map(|_| Wire::connect(&server)).collect();
-    let mut probe = Wire::connect(&server);
+    let mut waiters: Vec<Wire> = (0..3).map(|_| Wire::connect(server.local_addr())).collect();
+    let mut probe = Wire::connect(server.local_addr());
     for (i, w) in waiters.iter_mut().enumerate() {
         let owner = format!("w{i}");
         w.send(Request::Acquire(Acquire {
@@ -256,9 +224,9 @@ fn queued_waiters_are_counted_and_served_in_order() {
 #[test]
 fn requests_behind_a_waiting_acquire_wait_for_it() {
     let server = start(Limits::default());
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     token(holder.acquire(b"block", b"h", 60_000, 0));
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     // Pipeline: a waiting ACQUIRE (300 ms) then a PING. The PING's reply must
     // come after the TIMEOUT, not before.
     c.send(Request::Acquire(Acquire {
@@ -278,7 +246,7 @@ fn requests_behind_a_waiting_acquire_wait_for_it() {
 #[test]
 fn session_hold_is_released_when_its_connection_closes() {
     let server = start(Limits::default());
-    let mut a = Wire::connect(&server);
+    let mut a = Wire::connect(server.local_addr());
     a.send(Request::Acquire(Acquire {
         name: b"sess",
         owner: b"a",
@@ -287,7 +255,7 @@ fn session_hold_is_released_when_its_connection_closes() {
         flags: FLAG_SESSION,
     }));
     token(a.reply());
-    let mut b = Wire::connect(&server);
+    let mut b = Wire::connect(server.local_addr());
     b.send(Request::Acquire(Acquire {
         name: b"sess",
         owner: b"b",
@@ -309,7 +277,7 @@ fn bad_arguments_get_an_error_and_the_connection_stays_open() {
         legacy_ttl_ms: 60_000,
         ..Limits::default()
     });
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     let OwnedReply::Error(ErrorCode::BadArgument, message) = c.acquire(b"x", b"o", 60_001, 0)
     else {
         panic!("expected BAD_ARGUMENT");
@@ -342,7 +310,7 @@ fn bad_arguments_get_an_error_and_the_connection_stays_open() {
 #[test]
 fn bad_frames_close_only_their_connection() {
     let server = start(Limits::default());
-    let mut bystander = Wire::connect(&server);
+    let mut bystander = Wire::connect(server.local_addr());
     let held = token(bystander.acquire(b"keep", b"bystander", 60_000, 0));
     let cases: [(&[u8], ErrorCode); 5] = [
         (b"GET / HTTP/1.1\r\n\r\n", ErrorCode::UnknownKind),
@@ -355,7 +323,7 @@ fn bad_frames_close_only_their_connection() {
         (&[kind::PING, 0x00, 0x01, 0x00], ErrorCode::Protocol),
     ];
     for (bytes, code) in cases {
-        let mut bad = Wire::connect(&server);
+        let mut bad = Wire::connect(server.local_addr());
         bad.stream.write_all(bytes).unwrap();
         let OwnedReply::Error(got, message) = bad.reply() else {
             panic!("no error for {bytes:?}")
@@ -378,13 +346,13 @@ fn connections_past_the_limit_are_refused_with_an_error() {
         connections_max: 2,
         ..Limits::default()
     });
-    let mut a = Wire::connect(&server);
-    let mut b = Wire::connect(&server);
+    let mut a = Wire::connect(server.local_addr());
+    let mut b = Wire::connect(server.local_addr());
     a.send(Request::Ping);
     b.send(Request::Ping);
     assert_eq!(a.reply(), OwnedReply::Pong);
     assert_eq!(b.reply(), OwnedReply::Pong);
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     let OwnedReply::Error(ErrorCode::Limit, message) = c.reply() else {
         panic!("not refused")
     };
@@ -392,7 +360,7 @@ fn connections_past_the_limit_are_refused_with_an_error() {
     assert!(c.closed_by_server());
     drop(a);
     std::thread::sleep(Duration::from_millis(100));
-    let mut d = Wire::connect(&server);
+    let mut d = Wire::connect(server.local_addr());
     d.send(Request::Ping);
     assert_eq!(d.reply(), OwnedReply::Pong, "a freed slot is usable again");
 }
@@ -402,7 +370,7 @@ fn connections_past_the_limit_are_refused_with_an_error() {
 #[test]
 fn deep_pipelines_are_served_in_order() {
     let server = start(Limits::default());
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     let mut frames = Vec::new();
     let count = 2_000;
     for i in 0..count {
@@ -421,7 +389,7 @@ fn deep_pipelines_are_served_in_order() {
         let mut stream = c.stream.try_clone().unwrap();
         std::thread::spawn(move || stream.write_all(&frames).unwrap())
     };
-    let mut other = Wire::connect(&server);
+    let mut other = Wire::connect(server.local_addr());
     other.send(Request::Ping);
     assert_eq!(other.reply(), OwnedReply::Pong);
     let mut tokens = std::collections::HashMap::new();
@@ -440,7 +408,7 @@ fn locks_past_locks_max_get_a_limit_error() {
         locks_max: 3,
         ..Limits::default()
     });
-    let mut c = Wire::connect(&server);
+    let mut c = Wire::connect(server.local_addr());
     for name in [&b"l1"[..], b"l2", b"l3"] {
         token(c.acquire(name, b"o", 60_000, 0));
     }
@@ -469,9 +437,9 @@ fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
         frame_timeout_ms: 1500,
         ..Limits::default()
     });
-    let mut loris = Wire::connect(&server);
-    let mut slow = Wire::connect(&server);
-    let mut normal = Wire::connect(&server);
+    let mut loris = Wire::connect(server.local_addr());
+    let mut slow = Wire::connect(server.local_addr());
+    let mut normal = Wire::connect(server.local_addr());
     let started = Instant::now();
     loris.stream.write_all(&[kind::ACQUIRE, 0, 40, 0]).unwrap();
     // The slow client sends a PING byte by byte, 100 ms apart: each frame
@@ -519,8 +487,8 @@ fn a_client_that_never_reads_is_closed_after_write_timeout() {
         write_timeout_ms: 300,
         ..Limits::default()
     });
-    let mut normal = Wire::connect(&server);
-    let mut deaf = Wire::connect(&server);
+    let mut normal = Wire::connect(server.local_addr());
+    let mut deaf = Wire::connect(server.local_addr());
     deaf.stream.set_nonblocking(true).unwrap();
     let pings = [b'P', 0, 0].repeat(10_000);
     let mut sent = 0usize;
@@ -583,14 +551,14 @@ fn idle_connections_are_closed_when_idle_timeout_is_set() {
         idle_timeout_ms: 1000,
         ..Limits::default()
     });
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     assert!(matches!(
         holder.acquire(b"idle", b"holder", 60_000, 0),
         OwnedReply::Granted(..)
     ));
-    let mut silent = Wire::connect(&server);
-    let mut waiter = Wire::connect(&server);
-    let mut chatty = Wire::connect(&server);
+    let mut silent = Wire::connect(server.local_addr());
+    let mut waiter = Wire::connect(server.local_addr());
+    let mut chatty = Wire::connect(server.local_addr());
     waiter.send(Request::Acquire(Acquire {
         name: b"idle",
         owner: b"waiter",
@@ -616,9 +584,9 @@ fn waiters_past_the_limit_get_a_limit_error() {
         waiters_per_lock_max: 2,
         ..Limits::default()
     });
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     let granted = token(holder.acquire(b"q", b"holder", 60_000, 0));
-    let mut waiters: Vec<Wire> = (0..2).map(|_| Wire::connect(&server)).collect();
+    let mut waiters: Vec<Wire> = (0..2).map(|_| Wire::connect(server.local_addr())).collect();
     for (i, waiter) in waiters.iter_mut().enumerate() {
         waiter.send(Request::Acquire(Acquire {
             name: b"q",
@@ -628,7 +596,7 @@ fn waiters_past_the_limit_get_a_limit_error() {
             flags: 0,
         }));
     }
-    let mut third = Wire::connect(&server);
+    let mut third = Wire::connect(server.local_addr());
     // The two waiters are queued once BUSY counts them.
     let deadline = Instant::now() + Duration::from_secs(5);
     while !matches!(third.acquire(b"q", b"probe", 0, 0), OwnedReply::Busy(_, 2)) {
@@ -659,7 +627,7 @@ fn many_session_holds_all_end_when_their_connection_closes() {
     const HOLDS: usize = 5_000;
     let server = start(Limits::default());
     let names: Vec<Vec<u8>> = (0..HOLDS).map(|i| format!("s{i}").into_bytes()).collect();
-    let mut holder = Wire::connect(&server);
+    let mut holder = Wire::connect(server.local_addr());
     for chunk in names.chunks(500) {
         let mut frames = Vec::new();
         for name in chunk {
@@ -677,7 +645,7 @@ fn many_session_holds_all_end_when_their_connection_closes() {
             assert!(matches!(holder.reply(), OwnedReply::Granted(..)));
         }
     }
-    let mut waiter = Wire::connect(&server);
+    let mut waiter = Wire::connect(server.local_addr());
     // A name in the middle: not among the few released at the close itself.
     let middle = HOLDS / 2;
     waiter.send(Request::Acquire(Acquire {
@@ -687,7 +655,7 @@ fn many_session_holds_all_end_when_their_connection_closes() {
         wait_ms: 10_000,
         flags: 0,
     }));
-    let mut other = Wire::connect(&server);
+    let mut other = Wire::connect(server.local_addr());
     assert!(matches!(
         other.acquire(&names[0], b"other", 0, 0),
         OwnedReply::Busy(..)
