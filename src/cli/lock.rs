@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use super::{
-    Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
-    EXIT_USAGE, length_refusal, positive_duration_value, refusal_in_flags, string_value,
-    wait_value,
+    Arg, Asked, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
+    EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
 };
 use crate::client::{Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text};
 use crate::json::string as json_string;
@@ -426,11 +425,14 @@ fn acquire(args: &Args) -> Result<u8, Failure> {
 /// A server's refusal of `--wait`, `--ttl`, the NAME or `--owner` for its
 /// limits, in the CLI's words.
 fn refused(client: &Client, args: &Args, e: &Error) -> Option<Failure> {
-    let ttl = args.ttl.unwrap_or(Duration::ZERO);
-    let name = args.name.as_deref().unwrap_or_default();
-    refusal_in_flags(client, args.wait, ttl, e)
-        .or_else(|| length_refusal(client, name, args.owner.as_deref(), e))
-        .map(Failure::Refused)
+    let asked = Asked {
+        wait: args.wait,
+        ttl: args.ttl.unwrap_or(Duration::ZERO),
+        name: args.name.as_deref().unwrap_or_default(),
+        owner: args.owner.as_deref(),
+        takes_owner: args.command == "acquire",
+    };
+    refusal_in_flags(client, &asked, e).map(Failure::Refused)
 }
 
 fn release(args: &Args) -> Result<u8, Failure> {

@@ -326,16 +326,23 @@ pub fn format_wait(wait: Duration) -> String {
     }
 }
 
-/// When a server refused a request (BAD_ARGUMENT) because its
-/// `--wait-max-ms` or `--ttl-max-ms` is below the `--wait` or `--ttl` asked
-/// (zero: not asked), says so in those flags' words; `None` if that is not
-/// why.
-pub fn refusal_in_flags(
-    client: &Client,
-    wait: Duration,
-    ttl: Duration,
-    e: &Error,
-) -> Option<String> {
+/// What a command asked the server for, to tell a refusal for the server's
+/// limits in the CLI's words. Zero durations were not asked.
+pub struct Asked<'a> {
+    pub wait: Duration,
+    pub ttl: Duration,
+    pub name: &'a str,
+    /// `--owner` if given; `None`: the client generated the owner.
+    pub owner: Option<&'a str>,
+    /// Whether the command takes `--owner`, to suggest it.
+    pub takes_owner: bool,
+}
+
+/// When a server refused a request (BAD_ARGUMENT) because what was asked is
+/// over one of its limits (`--wait-max-ms`, `--ttl-max-ms`,
+/// `--name-len-max`, `--owner-len-max`), says so in the flags' words, from
+/// the limits its HELLO reply gives; `None` if that is not why.
+pub fn refusal_in_flags(client: &Client, asked: &Asked<'_>, e: &Error) -> Option<String> {
     let refused = matches!(
         e,
         Error::Server {
@@ -343,10 +350,13 @@ pub fn refusal_in_flags(
             ..
         }
     );
-    if !refused || (wait.is_zero() && ttl.is_zero()) {
+    if !refused {
         return None;
     }
     let info = client.server_info().ok()?;
+    let Asked {
+        wait, ttl, name, ..
+    } = *asked;
     if ttl > info.lock_ttl_max {
         let max = format_wait(info.lock_ttl_max);
         return Some(format!(
@@ -355,7 +365,20 @@ pub fn refusal_in_flags(
             info.lock_ttl_max.as_millis(),
         ));
     }
+    let name_max = info.name_len_max;
+    if name.len() > name_max {
+        return Some(format!(
+            "lock NAME is {} bytes, over this server's longest name, {name_max} bytes (it runs with --name-len-max {name_max}); use a shorter name",
+            name.len()
+        ));
+    }
+    if let Some(message) = owner_refusal(client, asked, info.owner_len_max) {
+        return Some(message);
+    }
     let max = info.wait_max?;
+    if wait.is_zero() {
+        return None;
+    }
     if max.is_zero() {
         return Some(format!(
             "--wait {}: this server does not wait for held locks (it runs with --wait-max-ms 0); drop --wait and retry later, or ask its operator for --wait-max-ms forever",
@@ -373,44 +396,23 @@ pub fn refusal_in_flags(
     })
 }
 
-/// When a server refused a request (BAD_ARGUMENT) because the lock NAME or
-/// the owner is longer than its `--name-len-max` or `--owner-len-max`, says
-/// so in the CLI's words; `owner` is `--owner` if given (else the command
-/// generated one). `None` if that is not why.
-pub fn length_refusal(
-    client: &Client,
-    name: &str,
-    owner: Option<&str>,
-    e: &Error,
-) -> Option<String> {
-    let refused = matches!(
-        e,
-        Error::Server {
-            code: ErrorCode::BadArgument,
-            ..
-        }
-    );
-    if !refused {
-        return None;
-    }
-    let info = client.server_info().ok()?;
-    let (name_max, owner_max) = (info.name_len_max, info.owner_len_max);
-    if name.len() > name_max {
-        return Some(format!(
-            "lock NAME is {} bytes, over this server's longest name, {name_max} bytes (it runs with --name-len-max {name_max}); use a shorter name",
-            name.len()
-        ));
-    }
-    match owner {
-        Some(owner) if owner.len() > owner_max => Some(format!(
+/// The owner over the server's `--owner-len-max` (`owner_max`), if it is:
+/// the `--owner` given, or the one the client generates
+/// (`{client_id}:{counter}`, at least the client id and two bytes long).
+fn owner_refusal(client: &Client, asked: &Asked<'_>, owner_max: usize) -> Option<String> {
+    match asked.owner {
+        Some(owner) => (owner.len() > owner_max).then(|| format!(
             "--owner {owner:?}: {} bytes, over this server's longest owner, {owner_max} bytes (it runs with --owner-len-max {owner_max}); use a shorter --owner",
             owner.len()
         )),
-        Some(_) => None,
         None => {
-            let message = e.to_string();
-            message.contains("owner_len_max").then(|| format!(
-                "the owner this command generates is longer than this server's longest owner, {owner_max} bytes (it runs with --owner-len-max {owner_max}); pass --owner with at most {owner_max} bytes"
+            let generated_min = client.client_id().len() + 2;
+            let fix = match asked.takes_owner {
+                true => format!("pass --owner with at most {owner_max} bytes"),
+                false => format!("ask its operator to raise --owner-len-max to at least {generated_min}"),
+            };
+            (generated_min > owner_max).then(|| format!(
+                "the owner this command generates (at least {generated_min} bytes) is longer than this server's longest owner, {owner_max} bytes (it runs with --owner-len-max {owner_max}); {fix}"
             ))
         }
     }

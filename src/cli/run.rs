@@ -503,8 +503,14 @@ fn run(mut options: Options) -> Result<u8, String> {
         Err(e) => {
             // Only a --ttl the user gave is named as the cause; run's own
             // default was capped to the server's longest hold above.
-            let ttl = options.ttl.unwrap_or(Duration::ZERO);
-            let message = super::refusal_in_flags(&client, options.wait, ttl, &e)
+            let asked = super::Asked {
+                wait: options.wait,
+                ttl: options.ttl.unwrap_or(Duration::ZERO),
+                name: &options.name,
+                owner: None,
+                takes_owner: false,
+            };
+            let message = super::refusal_in_flags(&client, &asked, &e)
                 .unwrap_or_else(|| options.connect.describe(&e));
             eprintln!("distlockd run: {message}");
             return Ok(EXIT_UNAVAILABLE);
