@@ -167,7 +167,7 @@ pub fn main(command: &str, parser: &mut lexopt::Parser) -> Result<ExitCode, Stri
             args.json |= parser
                 .raw_args()
                 .is_ok_and(|mut rest| rest.any(|a| a == "--json"));
-            return Ok(failed(&args, EXIT_USAGE, &usage_message(command, &message)));
+            return Ok(failed(&args, EXIT_USAGE, &message));
         }
     }
     let outcome = match command {
@@ -210,7 +210,7 @@ fn parse(command: &str, parser: &mut lexopt::Parser, args: &mut Args) -> Result<
         };
         if let Some(&once) = VALUE_FLAGS.iter().find(|&&f| f == flag) {
             if seen.contains(&once) {
-                return Err(format!("{command}: --{once} given twice; give it once"));
+                return Err(format!("--{once} given twice; give it once"));
             }
             seen.push(once);
         }
@@ -233,7 +233,7 @@ fn parse(command: &str, parser: &mut lexopt::Parser, args: &mut Args) -> Result<
                         _ => "use the owner `distlockd acquire` printed",
                     };
                     return Err(format!(
-                        "{command}: --owner {v:?}: {} bytes, not an owner (1 to {OWNER_LEN_CEILING} bytes); {fix}",
+                        "--owner {v:?}: {} bytes, not an owner (1 to {OWNER_LEN_CEILING} bytes); {fix}",
                         v.len()
                     ));
                 }
@@ -271,7 +271,7 @@ fn parse(command: &str, parser: &mut lexopt::Parser, args: &mut Args) -> Result<
                 }
                 other => {
                     return Err(format!(
-                        "{command}: {}; run `distlockd {command} --help`",
+                        "{}; run `distlockd {command} --help`",
                         other.unexpected()
                     ));
                 }
@@ -290,13 +290,6 @@ fn failed(args: &Args, code: u8, message: &str) -> ExitCode {
         print_failure_json(code, message);
     }
     ExitCode::from(code)
-}
-
-/// A usage error as `failed` prints it after "distlockd COMMAND: ", so
-/// without the command again if the message starts with it.
-fn usage_message(command: &str, message: &str) -> String {
-    let prefix = format!("{command}: ");
-    message.strip_prefix(&prefix).unwrap_or(message).to_owned()
 }
 
 fn print_failure_json(code: u8, message: &str) {
