@@ -48,15 +48,20 @@ const LISTENER: Token = Token(usize::MAX);
 const _: () = assert!(INPUT_BUFFER_SIZE >= FRAME_SIZE_CEILING);
 const _: () = assert!(OUTPUT_BUFFER_SIZE >= REPLY_SIZE_MAX);
 
-/// What the no-op server keeps across requests: the next GRANTED token.
+/// What the no-op server keeps across requests: the next GRANTED token,
+/// and the limits its HELLO reports (built once, not per request).
 #[derive(Debug)]
 pub struct Answerer {
     next_token: u64,
+    limits: Limits,
 }
 
 impl Default for Answerer {
     fn default() -> Self {
-        Answerer { next_token: 1 }
+        Answerer {
+            next_token: 1,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -65,7 +70,7 @@ impl Answerer {
     /// REPLY_SIZE_MAX bytes); returns its length. `version` is the
     /// connection's protocol version; HELLO sets it.
     pub fn answer(&mut self, request: Request<'_>, version: &mut u16, out: &mut [u8]) -> usize {
-        let limits = Limits::default();
+        let limits = &self.limits;
         match request {
             Request::Hello { version: 0, .. } => Reply::Error {
                 code: ErrorCode::UnsupportedVersion,
@@ -76,7 +81,7 @@ impl Answerer {
                 *version = asked.min(PROTOCOL_VERSION);
                 Reply::Hello(HelloReply::new(
                     *version,
-                    &limits,
+                    limits,
                     NOOP_SERVER_VERSION.as_bytes(),
                 ))
                 .encode(out)
