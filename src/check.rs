@@ -1,5 +1,5 @@
 //! Checks shared by the fuzz targets (`fuzz/`) and the randomized tests
-//! (`tests/model.rs`): both run exactly this code, the fuzzer with choices
+//! (`tests.rs` here): both run exactly this code, the fuzzer with choices
 //! read from its input bytes, the tests with choices from a seeded PRNG.
 //!
 //! - [`decode`]: frames of both protocols split into arbitrary reads decode
@@ -16,6 +16,9 @@ pub mod connection;
 pub mod decode;
 pub mod model;
 pub mod wheel;
+
+#[cfg(test)]
+mod tests;
 
 /// Where a check takes its choices from.
 pub trait Source {
@@ -155,7 +158,7 @@ impl<S: Source> Source for Recorder<S> {
 }
 
 /// Prints the seed of a randomized check if it panics (see
-/// `tests/model.rs`): create one per seed and keep it alive during the run.
+/// `check::tests`): create one per seed and keep it alive during the run.
 pub struct SeedReport {
     pub name: &'static str,
     pub seed: u64,

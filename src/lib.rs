@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod buffer;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod check;
 pub mod cli;

@@ -1,13 +1,13 @@
-//! The fuzz targets' checks (`distlockd::check`, also run by `fuzz/`) with
+//! The fuzz targets' checks (also run by `fuzz/`) with
 //! choices from a seeded PRNG, so that every test run exercises them on new
 //! cases. Each test runs for a bounded number of seeds; a failure prints its
 //! seed, and `DISTLOCKD_CHECK_SEED=N` runs that seed alone.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use distlockd::check::connection::Tally;
-use distlockd::check::decode::{self, Case, Side};
-use distlockd::check::{ByteSource, Recorder, SeedReport, Source, SplitMix64, connection, wheel};
+use super::connection::Tally;
+use super::decode::{self, Case, Side};
+use super::{ByteSource, Recorder, SeedReport, Source, SplitMix64, connection, wheel};
 
 /// The seeds to run: the one asked for, or `count` fresh ones.
 fn seeds(count: u64) -> Vec<u64> {
@@ -101,7 +101,7 @@ fn recorded_runs_replay_from_bytes() {
 }
 
 /// Writes the seed corpora of the fuzz targets `connection` and `wheel`:
-/// `cargo test --test model write_seed_corpora -- --ignored`.
+/// `cargo test --lib check::tests::write_seed_corpora -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/corpus/; run by hand"]
 fn write_seed_corpora() {
