@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request};
 
 /// Measured window per row and repetition.
 const WINDOW: Duration = Duration::from_millis(1500);
@@ -117,63 +118,48 @@ fn frame(request: Request<'_>) -> Vec<u8> {
 }
 
 /// Reads one reply; `None` if the connection closed first.
-fn read_reply(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<(u8, u64)> {
-    loop {
-        if let Ok(Some((reply, used))) = decode_reply(pending) {
-            let out = match reply {
-                Reply::Granted { token, .. } => (b'g', token),
-                Reply::Released => (b'r', 0),
-                Reply::Busy { .. } => (b'b', 0),
-                _ => (b'?', 0),
-            };
-            pending.drain(..used);
-            return Some(out);
-        }
-        let mut buf = [0u8; 512];
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-        }
-    }
+fn read_reply(conn: &mut Connection) -> Option<(u8, u64)> {
+    Some(match conn.read_reply().ok()? {
+        Reply::Granted { token, .. } => (b'g', token),
+        Reply::Released => (b'r', 0),
+        Reply::Busy { .. } => (b'b', 0),
+        _ => (b'?', 0),
+    })
 }
 
 /// The normal client's connection, opened before an attack starts (so a
 /// connection flood cannot take its place).
-fn connect_normal(addr: SocketAddr) -> TcpStream {
+fn connect_normal(addr: SocketAddr) -> Connection {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_nodelay(true).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    stream
+    let mut conn = Connection::new(stream);
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn
 }
 
 /// Acquire + release round trips for `WINDOW`; each sample in µs.
-fn measure(mut stream: TcpStream) -> Vec<u64> {
-    let mut pending = Vec::new();
+fn measure(mut conn: Connection) -> Vec<u64> {
     let mut samples = Vec::with_capacity(50_000);
     let end = Instant::now() + WINDOW;
     while Instant::now() < end {
         let started = Instant::now();
-        stream
-            .write_all(&frame(Request::Acquire(Acquire {
-                name: b"normal",
-                owner: b"normal",
-                ttl_ms: 10_000,
-                wait_ms: 0,
-                flags: 0,
-            })))
-            .unwrap();
-        let (kind, token) = read_reply(&mut stream, &mut pending).expect("GRANTED");
+        conn.send(&Request::Acquire(Acquire {
+            name: b"normal",
+            owner: b"normal",
+            ttl_ms: 10_000,
+            wait_ms: 0,
+            flags: 0,
+        }))
+        .unwrap();
+        let (kind, token) = read_reply(&mut conn).expect("GRANTED");
         assert_eq!(kind, b'g');
-        stream
-            .write_all(&frame(Request::Release {
-                name: b"normal",
-                owner: b"normal",
-                token,
-            }))
-            .unwrap();
-        let (kind, _) = read_reply(&mut stream, &mut pending).expect("RELEASED");
+        conn.send(&Request::Release {
+            name: b"normal",
+            owner: b"normal",
+            token,
+        })
+        .unwrap();
+        let (kind, _) = read_reply(&mut conn).expect("RELEASED");
         assert_eq!(kind, b'r');
         samples.push(started.elapsed().as_micros() as u64);
     }
@@ -186,16 +172,16 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
 
 /// Sends `bytes` on a new connection and reads until the server closes it.
 fn send_and_wait_close(addr: SocketAddr, bytes: &[u8], shutdown_write: bool) {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
+    let Ok(stream) = TcpStream::connect(addr) else {
         return;
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.write_all(bytes);
+    let mut conn = Connection::new(stream);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.send_raw(bytes);
     if shutdown_write {
-        let _ = stream.shutdown(Shutdown::Write);
+        let _ = conn.get_ref().shutdown(Shutdown::Write);
     }
-    let mut buf = [0u8; 512];
-    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    let _ = conn.read_to_close();
 }
 
 /// Runs `attack` until `stop`; returns how many bad connections it made.

@@ -21,14 +21,15 @@
 //!
 //! Run: `cargo bench --bench expiry_lateness` (about 30 s).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, Reply, Request};
 
 /// Samples taken (each one hold and its hand-over).
 const SAMPLES: usize = 500;
@@ -77,43 +78,25 @@ fn start_server() -> (Server, SocketAddr) {
     (server, addr.parse().unwrap())
 }
 
-struct Conn {
-    stream: TcpStream,
-    pending: Vec<u8>,
-}
+struct Conn(Connection);
 
 impl Conn {
     fn connect(addr: SocketAddr) -> Conn {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
+        let mut conn = Connection::new(stream);
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
-        Conn {
-            stream,
-            pending: Vec::new(),
-        }
+        Conn(conn)
     }
 
     fn send(&mut self, request: Request<'_>) {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        self.stream.write_all(&frame).unwrap();
+        self.0.send(&request).unwrap();
     }
 
     /// Reads one reply and hands it to `take`.
     fn reply<T>(&mut self, take: impl FnOnce(Reply<'_>) -> T) -> T {
-        loop {
-            if let Some((reply, used)) = decode_reply(&self.pending).unwrap() {
-                let taken = take(reply);
-                self.pending.drain(..used);
-                return taken;
-            }
-            let mut buf = [0u8; 256];
-            let n = self.stream.read(&mut buf).expect("a reply within 10 s");
-            assert!(n > 0, "the server closed the connection");
-            self.pending.extend_from_slice(&buf[..n]);
-        }
+        take(self.0.read_reply().expect("a reply within 10 s"))
     }
 
     /// Reads a GRANTED and returns its token; panics on any other reply.

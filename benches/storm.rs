@@ -8,18 +8,17 @@
 //!
 //! `cargo bench --bench storm` (`-- --locks N --ttl-ms T` to change the load).
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, Reply, Request};
 use distlockd::server::{Config, Server};
 
 struct Wire {
-    stream: TcpStream,
-    pending: Vec<u8>,
+    conn: Connection,
     frame: Vec<u8>,
 }
 
@@ -28,29 +27,19 @@ impl Wire {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
         Wire {
-            stream,
-            pending: Vec::new(),
+            conn: Connection::new(stream),
             frame: Vec::new(),
         }
     }
 
     fn send(&mut self) {
-        self.stream.write_all(&self.frame).unwrap();
+        self.conn.send_raw(&self.frame).unwrap();
         self.frame.clear();
     }
 
     fn reply_ok(&mut self) -> bool {
-        loop {
-            if let Some((reply, used)) = decode_reply(&self.pending).unwrap() {
-                let ok = matches!(reply, Reply::Granted { .. } | Reply::Pong { .. });
-                self.pending.drain(..used);
-                return ok;
-            }
-            let mut buf = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut buf).unwrap();
-            assert!(n > 0, "server closed");
-            self.pending.extend_from_slice(&buf[..n]);
-        }
+        let reply = self.conn.read_reply().expect("a reply");
+        matches!(reply, Reply::Granted { .. } | Reply::Pong { .. })
     }
 }
 

@@ -10,7 +10,8 @@ use distlockd::auth::Auth;
 use distlockd::client::{Client, Error};
 use distlockd::legacy::{self, Command};
 use distlockd::limits::Limits;
-use distlockd::protocol::{Acquire, ErrorCode, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, ErrorCode, Reply, Request};
 use distlockd::server::{Config, Server, ServerHandle};
 
 const SECRET: &[u8] = b"correct horse battery staple";
@@ -36,43 +37,28 @@ fn with_secret(allow_legacy: bool) -> ServerHandle {
 
 /// Sends one frame and returns the reply's kind and error code (if any),
 /// and whether the server then closed the connection.
-struct Wire(TcpStream, Vec<u8>);
+struct Wire(Connection);
 
 impl Wire {
     fn connect(server: &ServerHandle) -> Wire {
         let stream = TcpStream::connect(server.local_addr()).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        Wire(stream, Vec::new())
+        let mut conn = Connection::new(stream);
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        Wire(conn)
     }
 
     fn send(&mut self, request: Request<'_>) -> String {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        self.0.write_all(&frame).unwrap();
-        loop {
-            if let Some((reply, n)) = decode_reply(&self.1).unwrap() {
-                let text = match reply {
-                    Reply::Error { code, message } => {
-                        format!("ERROR {} {}", code.name(), String::from_utf8_lossy(message))
-                    }
-                    other => format!("{other:?}"),
-                };
-                self.1.drain(..n);
-                return text;
+        match self.0.exchange(&request).expect("a reply") {
+            Reply::Error { code, message } => {
+                format!("ERROR {} {}", code.name(), String::from_utf8_lossy(message))
             }
-            let mut buf = [0u8; 1024];
-            let n = self.0.read(&mut buf).unwrap();
-            assert!(n > 0, "closed without a reply");
-            self.1.extend_from_slice(&buf[..n]);
+            other => format!("{other:?}"),
         }
     }
 
+    /// Whether the server closed the connection, sending nothing more.
     fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(self.0.read(&mut buf), Ok(0))
-            || matches!(self.0.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        self.0.read_to_close().is_ok() && self.0.buffered().is_empty()
     }
 }
 
@@ -248,10 +234,7 @@ fn connections_that_never_authenticate_are_closed() {
             .starts_with("Hello(")
     );
     assert_eq!(authed.send(Request::Auth { secret: SECRET }), "Authed");
-    let mut buf = [0u8; 512];
-    let n = silent.0.read(&mut buf).unwrap();
-    let (reply, _) = decode_reply(&buf[..n]).unwrap().unwrap();
-    match reply {
+    match silent.0.read_reply().unwrap() {
         Reply::Error { code, message } => {
             assert_eq!(code, ErrorCode::Auth);
             let message = String::from_utf8_lossy(message);
@@ -260,16 +243,12 @@ fn connections_that_never_authenticate_are_closed() {
         other => panic!("expected ERROR AUTH, got {other:?}"),
     }
     assert!(silent.closed());
-    let n = hello_only.0.read(&mut buf).unwrap();
     assert!(matches!(
-        decode_reply(&buf[..n]),
-        Ok(Some((
-            Reply::Error {
-                code: ErrorCode::Auth,
-                ..
-            },
-            _
-        )))
+        hello_only.0.read_reply(),
+        Ok(Reply::Error {
+            code: ErrorCode::Auth,
+            ..
+        })
     ));
     assert!(authed.send(Request::Ping).starts_with("Pong"));
 }

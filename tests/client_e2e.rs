@@ -2,7 +2,7 @@
 //! loopback TCP. Each test starts its own server on port 0. Every loop and
 //! wait is bounded; timing assertions leave room for a loaded machine.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use distlockd::client::{Client, Error, Lease, NotHeldCause};
 use distlockd::limits::Limits;
-use distlockd::protocol::{Acquire, ErrorCode, NotHeldReason, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, ErrorCode, NotHeldReason, Reply, Request};
 use distlockd::server::{Config, Server, ServerHandle};
 
 fn start() -> ServerHandle {
@@ -55,36 +56,26 @@ fn raw_connect(addr: SocketAddr) -> TcpStream {
 
 /// Reads exactly `count` replies from `stream`, in order.
 fn raw_read(stream: &mut TcpStream, count: usize) -> Vec<Raw> {
-    let mut buf = Vec::new();
+    let mut conn = Connection::new(stream);
     let mut replies = Vec::new();
-    let mut chunk = [0u8; 4096];
     while replies.len() < count {
-        while let Some((reply, used)) = decode_reply(&buf).expect("decodable reply") {
-            replies.push(match reply {
-                Reply::Granted { token, .. } => Raw::Granted(token),
-                Reply::Busy { waiters, .. } => Raw::Busy { waiters },
-                Reply::Timeout { .. } => Raw::Timeout,
-                Reply::Released => Raw::Released,
-                Reply::NotHeld { reason } => Raw::NotHeld(reason),
-                Reply::Pong { .. } => Raw::Pong,
-                other => Raw::Other(format!("{other:?}")),
-            });
-            buf.drain(..used);
-        }
-        if replies.len() >= count {
-            break;
-        }
-        let n = stream
-            .read(&mut chunk)
-            .expect("reply within the read timeout");
-        assert!(
-            n > 0,
-            "server closed after {} of {count} replies",
-            replies.len()
-        );
-        buf.extend_from_slice(&chunk[..n]);
+        let reply = conn
+            .read_reply()
+            .unwrap_or_else(|e| panic!("{} of {count} replies, then: {e}", replies.len()));
+        replies.push(match reply {
+            Reply::Granted { token, .. } => Raw::Granted(token),
+            Reply::Busy { waiters, .. } => Raw::Busy { waiters },
+            Reply::Timeout { .. } => Raw::Timeout,
+            Reply::Released => Raw::Released,
+            Reply::NotHeld { reason } => Raw::NotHeld(reason),
+            Reply::Pong { .. } => Raw::Pong,
+            other => Raw::Other(format!("{other:?}")),
+        });
     }
-    assert!(buf.is_empty(), "unexpected bytes after {count} replies");
+    assert!(
+        conn.buffered().is_empty(),
+        "unexpected bytes after {count} replies"
+    );
     replies
 }
 

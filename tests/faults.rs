@@ -73,26 +73,17 @@ impl Wire {
     /// Every reply until the server closes the connection (end-of-file or
     /// reset); panics if it is still open after REPLY_WAIT.
     fn replies_until_closed(&mut self) -> Vec<Got> {
-        let deadline = Instant::now() + REPLY_WAIT;
-        let mut buf = [0u8; 1024];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                Err(e) => panic!("the server kept the connection open ({e})"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the server kept the connection open"
-            );
+        if let Err(e) = self.conn.read_to_close() {
+            panic!("the server kept the connection open ({e})");
         }
         let mut replies = Vec::new();
-        while let Some((reply, used)) = decode_reply(&self.pending).expect("valid replies") {
-            replies.push(Got::from(reply));
-            self.pending.drain(..used);
+        while let Some(got) = self.decoded() {
+            replies.push(got);
         }
-        assert!(self.pending.is_empty(), "a partial frame before the close");
+        assert!(
+            self.conn.buffered().is_empty(),
+            "a partial frame before the close"
+        );
         replies
     }
 
@@ -352,15 +343,11 @@ fn killed_session_holder_frees_its_lock_at_disconnect() {
 impl Wire {
     /// Any reply that arrives within 200 ms without asking: `None` if none.
     fn unasked_reply(&mut self) -> Option<Vec<u8>> {
-        self.stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
+        let conn = &mut self.conn;
+        conn.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let mut buf = [0u8; 64];
-        let got = match self.stream.read(&mut buf) {
-            Ok(n) => Some(buf[..n].to_vec()),
-            Err(_) => None,
-        };
-        self.stream.set_read_timeout(Some(REPLY_WAIT)).unwrap();
+        let got = conn.fill().ok().map(|_| conn.buffered().to_vec());
+        conn.set_read_timeout(Some(REPLY_WAIT)).unwrap();
         got
     }
 }
@@ -866,7 +853,7 @@ fn lying_length_then_close_drops_only_that_connection() {
     let mut bystander = Bystander::start(addr);
     let mut liar = Wire::connect(addr);
     liar.send_raw(&[b'A', 0x01, 0x00, 0, 0, 0, 0]);
-    liar.stream.shutdown(Shutdown::Write).unwrap();
+    liar.stream().shutdown(Shutdown::Write).unwrap();
     assert_eq!(liar.replies_until_closed(), vec![]);
     bystander.assert_unharmed();
 }
@@ -907,7 +894,7 @@ fn half_open_and_silent_sockets_harm_no_one() {
     let silent: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
     let mut half = Wire::connect(addr);
     token_of(&half.acquire("half", "half", 600_000, 0, FLAG_SESSION));
-    half.stream.shutdown(Shutdown::Write).unwrap();
+    half.stream().shutdown(Shutdown::Write).unwrap();
     assert_eq!(half.replies_until_closed(), vec![]);
     assert_free(addr, "half");
     bystander.assert_unharmed();
@@ -970,20 +957,7 @@ impl Wire {
     }
 
     fn reply_or_close(&mut self) -> Option<Got> {
-        loop {
-            if let Some((reply, used)) = decode_reply(&self.pending).expect("a valid reply") {
-                let got = Got::from(reply);
-                self.pending.drain(..used);
-                return Some(got);
-            }
-            let mut buf = [0u8; 1024];
-            match self.stream.read(&mut buf) {
-                Ok(0) => return None,
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("no reply and no close within 10 s: {e}"),
-            }
-        }
+        self.next_reply()
     }
 }
 

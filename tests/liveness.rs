@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request};
 use distlockd::server::{Config, Server, ServerHandle};
 
 /// A raw protocol connection: pipelined frames out, replies in order.
 struct Wire {
-    stream: TcpStream,
-    pending: Vec<u8>,
+    conn: Connection,
     frame: Vec<u8>,
 }
 
@@ -23,12 +23,11 @@ impl Wire {
     fn connect(addr: SocketAddr) -> Wire {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
+        let mut conn = Connection::new(stream);
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
         Wire {
-            stream,
-            pending: Vec::new(),
+            conn,
             frame: Vec::new(),
         }
     }
@@ -38,23 +37,13 @@ impl Wire {
     }
 
     fn flush(&mut self) {
-        self.stream.write_all(&self.frame).unwrap();
+        self.conn.send_raw(&self.frame).unwrap();
         self.frame.clear();
     }
 
     /// Calls `f` with the next reply.
     fn reply<T>(&mut self, f: impl FnOnce(Reply<'_>) -> T) -> T {
-        loop {
-            if let Some((reply, used)) = decode_reply(&self.pending).expect("a valid reply") {
-                let out = f(reply);
-                self.pending.drain(..used);
-                return out;
-            }
-            let mut buf = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut buf).expect("a reply in time");
-            assert!(n > 0, "the server closed the connection");
-            self.pending.extend_from_slice(&buf[..n]);
-        }
+        f(self.conn.read_reply().expect("a reply in time"))
     }
 
     fn ping_rtt(&mut self) -> Duration {

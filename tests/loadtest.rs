@@ -520,8 +520,8 @@ fn compare_quick_runs_end_to_end() {
 /// an ERROR and the connection closes.
 #[test]
 fn noop_reference_answers_every_request_kind_with_a_valid_reply() {
-    use distlockd::protocol::{self, Acquire, ErrorCode, Reply, Request};
-    use std::io::{Read, Write};
+    use distlockd::protocol::blocking::Connection;
+    use distlockd::protocol::{Acquire, ErrorCode, Reply, Request};
 
     let mut server = NoopServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.local_addr().unwrap();
@@ -569,61 +569,32 @@ fn noop_reference_answers_every_request_kind_with_a_valid_reply() {
         (Request::Status { .. }, Reply::Status(s)) => assert_eq!(s.entries().count(), 0),
         (request, reply) => panic!("{request:?} answered {reply:?}"),
     };
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
+    let mut conn = Connection::new(TcpStream::connect(addr).unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut buf = Vec::new();
-    // Reads until `count` whole replies are in `buf`; returns their ends.
-    let read_replies = |stream: &mut TcpStream, buf: &mut Vec<u8>, count: usize| {
-        buf.clear();
-        loop {
-            let mut ends = Vec::new();
-            let mut at = 0;
-            while let Some((_, used)) = protocol::decode_reply(&buf[at..]).expect("valid reply") {
-                at += used;
-                ends.push(at);
-            }
-            if ends.len() >= count {
-                assert_eq!(ends.len(), count, "no reply without a request");
-                return ends;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).expect("reply within 10 s");
-            assert!(n > 0, "closed before {count} replies");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
     for request in &requests {
-        let mut frame = Vec::new();
-        request.encode_to_vec(&mut frame);
-        stream.write_all(&frame).unwrap();
-        read_replies(&mut stream, &mut buf, 1);
-        check(request, protocol::decode_reply(&buf).unwrap().unwrap().0);
+        check(
+            request,
+            conn.exchange(request).expect("a reply within 10 s"),
+        );
+        assert!(conn.buffered().is_empty(), "no reply without a request");
     }
     let mut frames = Vec::new();
     for request in &requests {
         request.encode_to_vec(&mut frames);
     }
-    stream.write_all(&frames).unwrap();
-    let ends = read_replies(&mut stream, &mut buf, requests.len());
-    let mut start = 0;
-    for (request, end) in requests.iter().zip(ends) {
-        check(
-            request,
-            protocol::decode_reply(&buf[start..end]).unwrap().unwrap().0,
-        );
-        start = end;
+    conn.send_raw(&frames).unwrap();
+    for request in &requests {
+        check(request, conn.read_reply().expect("a reply within 10 s"));
     }
+    assert!(conn.buffered().is_empty(), "no reply without a request");
     // An unknown kind: ERROR, then the server closes.
-    stream.write_all(b"Z\x00\x00").unwrap();
-    read_replies(&mut stream, &mut buf, 1);
-    match protocol::decode_reply(&buf).unwrap().unwrap().0 {
+    conn.send_raw(b"Z\x00\x00").unwrap();
+    match conn.read_reply().expect("a reply within 10 s") {
         Reply::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownKind),
         other => panic!("unknown kind answered {other:?}"),
     }
-    let mut rest = [0u8; 16];
-    assert_eq!(stream.read(&mut rest).expect("closed within 10 s"), 0);
+    assert_eq!(conn.fill().expect("closed within 10 s"), 0);
 }
 
 /// A small JSON parser for checking `--json` output (no serde dependency).

@@ -23,7 +23,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use distlockd::limits::Limits;
-use distlockd::protocol::{Acquire, FLAG_SESSION, Request};
+use distlockd::protocol::blocking::{Connection, INPUT_BUFFER_SIZE_MIN};
+use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request};
 use distlockd::table::{LockTable, Outcome, SessionId};
 
 struct Counting;
@@ -341,19 +342,9 @@ fn raise_open_file_limit() -> u64 {
 
 /// One PING and its PONG: the connection was accepted and served.
 fn ping(stream: &mut TcpStream) {
-    let mut frame = [0u8; 16];
-    let n = Request::Ping.encode(&mut frame);
-    stream.write_all(&frame[..n]).unwrap();
-    let mut reply = [0u8; 64];
-    let mut filled = 0;
-    while distlockd::protocol::decode_reply(&reply[..filled])
-        .expect("a valid reply")
-        .is_none()
-    {
-        let got = stream.read(&mut reply[filled..]).unwrap();
-        assert!(got > 0, "the server closed a connection");
-        filled += got;
-    }
+    let mut conn = Connection::with_input_buffer_size(stream, INPUT_BUFFER_SIZE_MIN);
+    let reply = conn.exchange(&Request::Ping).expect("a reply to PING");
+    assert!(matches!(reply, Reply::Pong { .. }), "{reply:?}");
 }
 
 /// Opens many connections, each served one PING and then left idle, and

@@ -1,7 +1,6 @@
 //! What a client is told about re-entry, and waits without a deadline, against a real server over loopback TCP: the Rust client and
 //! raw frames. Every loop and wait is bounded.
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
@@ -9,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use distlockd::client::{Client, Error, WAIT_FOREVER};
 use distlockd::limits::Limits;
-use distlockd::protocol::{Acquire, ErrorCode, FLAG_WAIT_FOREVER, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{
+    Acquire, DecodeError, ErrorCode, FLAG_WAIT_FOREVER, Reply, Request, decode_reply,
+};
 use distlockd::server::{Config, Server, ServerHandle};
 
 fn start_with(limits: Limits) -> ServerHandle {
@@ -36,34 +38,21 @@ fn client(addr: SocketAddr, client_id: &str) -> Client {
 /// Sends `requests` on a new connection and returns the raw bytes of the
 /// last reply (one reply per request).
 fn raw_exchange(addr: SocketAddr, requests: &[Request<'_>]) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut conn = Connection::new(TcpStream::connect(addr).unwrap());
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut frames = Vec::new();
     for request in requests {
         request.encode_to_vec(&mut frames);
     }
-    stream.write_all(&frames).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let mut replies = 0;
-    loop {
-        let mut at = 0;
-        let mut last = 0..0;
-        while let Some((_, used)) = decode_reply(&buf[at..]).expect("decodable reply") {
-            last = at..at + used;
-            at += used;
-            replies += 1;
-        }
-        if replies >= requests.len() {
-            return buf[last].to_vec();
-        }
-        replies = 0;
-        let n = stream.read(&mut chunk).expect("replies within 5 s");
-        assert!(n > 0, "server closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
+    conn.send_raw(&frames).unwrap();
+    for _ in 1..requests.len() {
+        conn.read_reply().expect("replies within 5 s");
     }
+    conn.read_frame(|buf| {
+        let whole = decode_reply(buf)?;
+        Ok::<_, DecodeError>(whole.map(|(_, used)| (buf[..used].to_vec(), used)))
+    })
+    .expect("the last reply within 5 s")
 }
 
 fn acquire_request<'a>(name: &'a str, owner: &'a str) -> Request<'a> {

@@ -6,9 +6,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use distlockd::limits::{CLIENT_NAME_LEN_CEILING, longest_request};
-use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
+use distlockd::protocol::{Acquire, Reply, Request};
 
 mod common;
+use common::wire::Wire;
 use common::{start_server, start_server_cmd};
 
 fn pong(stream: &mut TcpStream) -> bool {
@@ -399,26 +400,18 @@ fn http_host_without_http_port_is_refused() {
 
 /// Sends one request and reads its reply: `Ok(reply)` as text, `Err` if the
 /// server answered with an ERROR.
-fn exchange(stream: &mut TcpStream, request: Request<'_>) -> Result<String, String> {
-    let mut frame = Vec::new();
-    request.encode_to_vec(&mut frame);
-    stream.write_all(&frame).unwrap();
-    let mut input = Vec::new();
-    loop {
-        if let Some((reply, _)) = decode_reply(&input).unwrap() {
-            return match reply {
-                Reply::Error { code, message } => Err(format!(
-                    "ERROR {} {}",
-                    code.name(),
-                    String::from_utf8_lossy(message)
-                )),
-                other => Ok(format!("{other:?}")),
-            };
-        }
-        let mut buf = [0u8; 1024];
-        let n = stream.read(&mut buf).unwrap();
-        assert!(n > 0, "closed after {request:?}");
-        input.extend_from_slice(&buf[..n]);
+fn exchange(wire: &mut Wire, request: Request<'_>) -> Result<String, String> {
+    let reply = wire
+        .conn
+        .exchange(&request)
+        .unwrap_or_else(|e| panic!("no reply to {request:?}: {e}"));
+    match reply {
+        Reply::Error { code, message } => Err(format!(
+            "ERROR {} {}",
+            code.name(),
+            String::from_utf8_lossy(message)
+        )),
+        other => Ok(format!("{other:?}")),
     }
 }
 
@@ -541,13 +534,10 @@ fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
         "--frame-size-max",
         &floor,
     ]));
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut wire = Wire::connect(addr);
     let client_name = [b'c'; CLIENT_NAME_LEN_CEILING];
     let hello = exchange(
-        &mut stream,
+        &mut wire,
         Request::Hello {
             version: 1,
             client_name: &client_name,
@@ -561,10 +551,10 @@ fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
     let auth = Request::Auth {
         secret: secret.as_bytes(),
     };
-    assert_eq!(exchange(&mut stream, auth), Ok("Authed".to_owned()));
+    assert_eq!(exchange(&mut wire, auth), Ok("Authed".to_owned()));
     let (name, owner) = (b"12345678", b"abcdefgh");
     let status = Request::Status { name, cursor: 0 };
-    assert!(exchange(&mut stream, status).unwrap().starts_with("Status"));
+    assert!(exchange(&mut wire, status).unwrap().starts_with("Status"));
     let acquire = Request::Acquire(Acquire {
         name,
         owner,
@@ -572,7 +562,7 @@ fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
         wait_ms: 10,
         flags: 0,
     });
-    let granted = exchange(&mut stream, acquire).unwrap();
+    let granted = exchange(&mut wire, acquire).unwrap();
     assert!(granted.starts_with("Granted"), "{granted}");
     let extend = Request::Extend {
         name,
@@ -580,7 +570,7 @@ fn frame_size_max_fits_hello_and_auth_or_the_daemon_refuses_to_start() {
         token: 1,
         ttl_ms: 10_000,
     };
-    let answer = exchange(&mut stream, extend).unwrap();
+    let answer = exchange(&mut wire, extend).unwrap();
     assert!(answer.starts_with("NotHeld"), "{answer}");
 }
 

@@ -30,18 +30,10 @@ impl Wire {
 
     /// Whether the server closed the connection (EOF within 2 s).
     fn closed_by_server(&mut self) -> bool {
-        self.stream
+        self.conn
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
-        let mut buf = [0u8; 64];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => return false,
-            }
-        }
+        self.conn.read_to_close().is_ok()
     }
 
     fn acquire(&mut self, name: &[u8], owner: &[u8], ttl_ms: u32, wait_ms: u32) -> OwnedReply {
@@ -324,7 +316,7 @@ fn bad_frames_close_only_their_connection() {
     ];
     for (bytes, code) in cases {
         let mut bad = Wire::connect(server.local_addr());
-        bad.stream.write_all(bytes).unwrap();
+        bad.send_raw(bytes);
         let OwnedReply::Error(got, message) = bad.reply() else {
             panic!("no error for {bytes:?}")
         };
@@ -386,7 +378,7 @@ fn deep_pipelines_are_served_in_order() {
         Request::Ping.encode_to_vec(&mut frames);
     }
     let writer = {
-        let mut stream = c.stream.try_clone().unwrap();
+        let mut stream = c.stream().try_clone().unwrap();
         std::thread::spawn(move || stream.write_all(&frames).unwrap())
     };
     let mut other = Wire::connect(server.local_addr());
@@ -441,11 +433,11 @@ fn a_frame_left_incomplete_past_frame_timeout_closes_its_connection() {
     let mut slow = Wire::connect(server.local_addr());
     let mut normal = Wire::connect(server.local_addr());
     let started = Instant::now();
-    loris.stream.write_all(&[kind::ACQUIRE, 0, 40, 0]).unwrap();
+    loris.send_raw(&[kind::ACQUIRE, 0, 40, 0]);
     // The slow client sends a PING byte by byte, 100 ms apart: each frame
     // is whole within the timeout.
     for byte in [b'P', 0, 0] {
-        slow.stream.write_all(&[byte]).unwrap();
+        slow.send_raw(&[byte]);
         std::thread::sleep(Duration::from_millis(100));
         ping(&mut normal);
     }
@@ -489,13 +481,13 @@ fn a_client_that_never_reads_is_closed_after_write_timeout() {
     });
     let mut normal = Wire::connect(server.local_addr());
     let mut deaf = Wire::connect(server.local_addr());
-    deaf.stream.set_nonblocking(true).unwrap();
+    deaf.stream().set_nonblocking(true).unwrap();
     let pings = [b'P', 0, 0].repeat(10_000);
     let mut sent = 0usize;
     let mut blocked_since: Option<Instant> = None;
     // Write until the server has stopped reading for 200 ms (bounded).
     while sent < 512 << 20 {
-        match deaf.stream.write(&pings) {
+        match deaf.stream().write(&pings) {
             Ok(n) => {
                 sent += n;
                 blocked_since = None;
@@ -519,19 +511,19 @@ fn a_client_that_never_reads_is_closed_after_write_timeout() {
         ping(&mut normal);
     }
     assert!(blocked_since.is_some(), "never blocked after {sent} bytes");
-    deaf.stream.set_nonblocking(false).unwrap();
+    deaf.stream().set_nonblocking(false).unwrap();
     // 10x write_timeout_ms: reading before the close would be progress and
     // keep the connection open, so the close must have happened by now even
     // on a loaded machine.
     std::thread::sleep(Duration::from_millis(3000));
     ping(&mut normal);
     // The replies written before the close can be read; then EOF or reset.
-    deaf.stream
+    deaf.conn
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut buf = vec![0u8; 1 << 16];
     let ended = loop {
-        match deaf.stream.read(&mut buf) {
+        match deaf.stream().read(&mut buf) {
             Ok(0) => break true,
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
@@ -640,7 +632,7 @@ fn many_session_holds_all_end_when_their_connection_closes() {
             })
             .encode_to_vec(&mut frames);
         }
-        holder.stream.write_all(&frames).unwrap();
+        holder.send_raw(&frames);
         for _ in chunk {
             assert!(matches!(holder.reply(), OwnedReply::Granted(..)));
         }

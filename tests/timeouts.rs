@@ -127,7 +127,7 @@ fn a_pinging_session_holder_outlives_a_server_pause_past_the_idle_timeout() {
 
     let stop_pinging = Arc::new(AtomicBool::new(false));
     let pinger = {
-        let mut stream = holder.stream.try_clone().unwrap();
+        let mut stream = holder.stream().try_clone().unwrap();
         let stop_pinging = stop_pinging.clone();
         thread::spawn(move || {
             let mut sent = 0;
@@ -195,8 +195,8 @@ fn a_frame_completed_during_a_server_pause_is_answered() {
 fn a_client_that_read_its_replies_during_a_server_pause_stays_open() {
     let (server, addr) = start_server_with(&["--write-timeout-ms", "1000"]);
     let mut wire = Wire::connect(addr);
-    let client_port = wire.stream.local_addr().unwrap().port();
-    wire.stream.set_nonblocking(true).unwrap();
+    let client_port = wire.stream().local_addr().unwrap().port();
+    wire.stream().set_nonblocking(true).unwrap();
     let pings = b"P\x00\x00".repeat(10_000);
     let mut sent = 0usize;
     let mut blocked_since: Option<Instant> = None;
@@ -204,7 +204,7 @@ fn a_client_that_read_its_replies_during_a_server_pause_stays_open() {
     // reading, its output buffer full of replies this client does not read.
     while blocked_since.is_none_or(|since| since.elapsed() < Duration::from_millis(20)) {
         assert!(sent < 256 << 20, "the server never stopped reading");
-        match wire.stream.write(&pings[sent % 3..]) {
+        match wire.stream().write(&pings[sent % 3..]) {
             Ok(n) => {
                 sent += n;
                 blocked_since = None;
@@ -244,7 +244,7 @@ fn a_client_that_read_its_replies_during_a_server_pause_stays_open() {
             sent / 3
         );
         if !tail.is_empty()
-            && let Ok(n) = wire.stream.write(tail)
+            && let Ok(n) = wire.stream().write(tail)
         {
             tail = &tail[n..];
         }
@@ -252,7 +252,7 @@ fn a_client_that_read_its_replies_during_a_server_pause_stays_open() {
             thread::sleep(Duration::from_millis(1));
         }
     }
-    wire.stream.set_nonblocking(false).unwrap();
+    wire.stream().set_nonblocking(false).unwrap();
     wire.send(Request::Ping);
     assert_eq!(wire.reply(), Some(Got::Pong));
 }
@@ -260,10 +260,9 @@ fn a_client_that_read_its_replies_during_a_server_pause_stays_open() {
 /// Reads what is there without blocking and counts the PONGs in it; true if
 /// anything was read. Panics if the server closed the connection.
 fn read_pongs(wire: &mut Wire, pongs: &mut usize) -> bool {
-    let mut buf = [0u8; 64 * 1024];
-    match wire.stream.read(&mut buf) {
+    match wire.conn.fill() {
         Ok(0) => panic!("the server closed the connection after {pongs} replies"),
-        Ok(n) => wire.pending.extend_from_slice(&buf[..n]),
+        Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
         Err(e) => panic!("the connection failed after {pongs} replies: {e}"),
     }
@@ -465,7 +464,7 @@ fn clients_that_never_read_are_closed_and_hold_little_kernel_memory() {
     for (i, wire) in deaf.iter_mut().enumerate() {
         wire.acquire(&format!("deaf-{i}"), "deaf", 0, FLAG_SESSION);
         wire.granted();
-        wire.stream.set_nonblocking(true).unwrap();
+        wire.stream().set_nonblocking(true).unwrap();
     }
     // Round-robin until each has sent PIPELINED_SIZE, has been blocked for
     // 200 ms, or was closed.
@@ -479,7 +478,10 @@ fn clients_that_never_read_are_closed_and_hold_little_kernel_memory() {
                 continue;
             }
             let left = PIPELINED_SIZE - sent[i];
-            match wire.stream.write(&pings[sent[i] % 3..][..left.min(9_000)]) {
+            match wire
+                .stream()
+                .write(&pings[sent[i] % 3..][..left.min(9_000)])
+            {
                 Ok(n) => {
                     sent[i] += n;
                     blocked_since[i] = None;
@@ -533,11 +535,7 @@ fn replies_parked_in_the_kernel_are_bounded_by_the_write_timeout() {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     socket.connect(&addr.into()).unwrap();
-    let mut deaf = Wire {
-        stream: socket.into(),
-        pending: Vec::new(),
-    };
-    deaf.stream.set_read_timeout(Some(REPLY_WAIT)).unwrap();
+    let mut deaf = Wire::from_stream(socket.into());
     deaf.acquire("parked", "deaf", 0, FLAG_SESSION);
     deaf.granted();
     deaf.send_raw(&b"P\x00\x00".repeat(2_000));

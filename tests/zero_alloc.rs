@@ -1,15 +1,18 @@
 //! After warm-up, serving requests allocates nothing: the server decodes in
 //! place, executes against preallocated tables and encodes into fixed
 //! buffers. A counting global allocator sees every allocation of every
-//! thread in this process, the server's included; this file holds a single
-//! test so that no other test's allocations are counted.
+//! thread in this process, the server's included, and the test's own
+//! connection (`protocol::blocking`), which must not allocate per request
+//! either; this file holds a single test so that no other test's
+//! allocations are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{Read, Write};
+use std::convert::Infallible;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request, decode_reply};
+use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::{Acquire, FLAG_SESSION, Reply, Request};
 use distlockd::server::{Config, Server};
 
 struct Counting;
@@ -40,29 +43,23 @@ static GLOBAL: Counting = Counting;
 
 const NAMES: [&[u8]; 4] = [b"zero-alloc-a", b"zero-alloc-b", b"zero-alloc-c", b"d"];
 
-/// Reads one reply into `buf`, returning its decoded form, without allocating.
-fn read_reply<'a>(stream: &mut TcpStream, buf: &'a mut [u8; 512]) -> Reply<'a> {
-    let mut filled = 0;
-    loop {
-        if let Some((_, n)) = decode_reply(&buf[..filled]).expect("valid reply") {
-            assert_eq!(n, filled, "one reply per request, nothing extra");
-            break;
-        }
-        let n = stream.read(&mut buf[filled..]).expect("read");
-        assert!(n > 0, "server closed the connection");
-        filled += n;
-    }
-    decode_reply(&buf[..filled]).unwrap().unwrap().0
-}
-
-fn send(stream: &mut TcpStream, request: Request<'_>) {
-    let mut frame = [0u8; 512];
-    let n = request.encode(&mut frame);
-    stream.write_all(&frame[..n]).expect("write");
+/// Sends `request` and hands its reply to `take`, checking that nothing
+/// came after it.
+fn exchange<T>(
+    conn: &mut Connection,
+    request: Request<'_>,
+    take: impl FnOnce(Reply<'_>) -> T,
+) -> T {
+    let taken = take(conn.exchange(&request).expect("a reply"));
+    assert!(
+        conn.buffered().is_empty(),
+        "one reply per request, nothing extra"
+    );
+    taken
 }
 
 /// One round of acquire, extend, release on every name, plus a ping.
-fn round(stream: &mut TcpStream, buf: &mut [u8; 512], flags: u8) {
+fn round(conn: &mut Connection, flags: u8) {
     for name in NAMES {
         let owner = b"zero-alloc-owner";
         let acquire = Acquire {
@@ -72,47 +69,48 @@ fn round(stream: &mut TcpStream, buf: &mut [u8; 512], flags: u8) {
             wait_ms: 0,
             flags,
         };
-        send(stream, Request::Acquire(acquire));
-        let Reply::Granted { token, .. } = read_reply(stream, buf) else {
-            panic!("not granted")
+        let token = exchange(conn, Request::Acquire(acquire), |reply| {
+            let Reply::Granted { token, .. } = reply else {
+                panic!("not granted")
+            };
+            token
+        });
+        let extend = Request::Extend {
+            name,
+            owner,
+            token,
+            ttl_ms: 30_000,
         };
-        send(
-            stream,
-            Request::Extend {
-                name,
-                owner,
-                token,
-                ttl_ms: 30_000,
-            },
-        );
-        assert!(matches!(
-            read_reply(stream, buf),
-            Reply::Extended { ttl_ms: 30_000 }
-        ));
-        send(stream, Request::Release { name, owner, token });
-        assert_eq!(read_reply(stream, buf), Reply::Released);
+        exchange(conn, extend, |reply| {
+            assert!(matches!(reply, Reply::Extended { ttl_ms: 30_000 }));
+        });
+        let release = Request::Release { name, owner, token };
+        exchange(conn, release, |reply| assert_eq!(reply, Reply::Released));
     }
-    send(stream, Request::Ping);
-    assert!(matches!(read_reply(stream, buf), Reply::Pong { .. }));
-    legacy_round(stream);
+    exchange(conn, Request::Ping, |reply| {
+        assert!(matches!(reply, Reply::Pong { .. }));
+    });
+    legacy_round(conn);
 }
 
 /// The original protocol's acquire, release and health on the same path.
-fn legacy_round(stream: &mut TcpStream) {
+fn legacy_round(conn: &mut Connection) {
     // cmd, name_len, client_id_len, name, client_id
     const ACQUIRE: &[u8] = b"\x01\x00\x06\x00\x02legacyid";
     const RELEASE: &[u8] = b"\x02\x00\x06\x00\x02legacyid";
     const HEALTH: &[u8] = b"\x03\x00\x06\x00\x02healthid";
     for frame in [ACQUIRE, RELEASE, HEALTH] {
-        stream.write_all(frame).unwrap();
-        let mut reply = [0u8; 3];
-        stream.read_exact(&mut reply).unwrap();
+        conn.send_raw(frame).unwrap();
+        // status, message length (u16): three bytes when the message is empty.
+        let reply = conn
+            .read_frame(|buf| Ok::<_, Infallible>(buf.first_chunk::<3>().map(|head| (*head, 3))))
+            .unwrap();
         assert_eq!(reply, [0, 0, 0], "legacy OK with an empty message");
     }
 }
 
 /// Pipelined: all acquires of a round in one write, then all replies.
-fn pipelined_round(stream: &mut TcpStream, buf: &mut [u8; 512]) {
+fn pipelined_round(conn: &mut Connection) {
     let mut frames = [0u8; 1024];
     let mut len = 0;
     for name in NAMES {
@@ -125,34 +123,22 @@ fn pipelined_round(stream: &mut TcpStream, buf: &mut [u8; 512]) {
         };
         len += Request::Acquire(acquire).encode(&mut frames[len..]);
     }
-    stream.write_all(&frames[..len]).unwrap();
+    conn.send_raw(&frames[..len]).unwrap();
     let mut tokens = [0u64; NAMES.len()];
-    let mut pending = [0u8; 512];
-    let mut filled = 0;
     for token in tokens.iter_mut() {
-        loop {
-            if let Some((reply, n)) = decode_reply(&pending[..filled]).unwrap() {
-                let Reply::Granted { token: t, .. } = reply else {
-                    panic!("not granted: {reply:?}")
-                };
-                *token = t;
-                pending.copy_within(n..filled, 0);
-                filled -= n;
-                break;
-            }
-            filled += stream.read(&mut pending[filled..]).unwrap();
-        }
+        let reply = conn.read_reply().unwrap();
+        let Reply::Granted { token: t, .. } = reply else {
+            panic!("not granted: {reply:?}")
+        };
+        *token = t;
     }
     for (name, token) in NAMES.iter().zip(tokens) {
-        send(
-            stream,
-            Request::Release {
-                name,
-                owner: b"pipe",
-                token,
-            },
-        );
-        assert_eq!(read_reply(stream, buf), Reply::Released);
+        let release = Request::Release {
+            name,
+            owner: b"pipe",
+            token,
+        };
+        exchange(conn, release, |reply| assert_eq!(reply, Reply::Released));
     }
 }
 
@@ -163,13 +149,13 @@ fn serving_requests_allocates_nothing_after_warm_up() {
         ..Config::default()
     };
     let server = Server::spawn(config).unwrap();
-    let mut stream = TcpStream::connect(server.local_addr()).unwrap();
+    let stream = TcpStream::connect(server.local_addr()).unwrap();
     stream.set_nodelay(true).unwrap();
-    let mut buf = [0u8; 512];
+    let mut conn = Connection::new(stream);
     for _ in 0..200 {
-        round(&mut stream, &mut buf, 0);
-        round(&mut stream, &mut buf, FLAG_SESSION);
-        pipelined_round(&mut stream, &mut buf);
+        round(&mut conn, 0);
+        round(&mut conn, FLAG_SESSION);
+        pipelined_round(&mut conn);
     }
 
     // The counter must see allocations, or this test proves nothing.
@@ -185,9 +171,9 @@ fn serving_requests_allocates_nothing_after_warm_up() {
     let before = ALLOCATIONS.load(Ordering::SeqCst);
     let rounds = 2_000;
     for _ in 0..rounds {
-        round(&mut stream, &mut buf, 0);
-        round(&mut stream, &mut buf, FLAG_SESSION);
-        pipelined_round(&mut stream, &mut buf);
+        round(&mut conn, 0);
+        round(&mut conn, FLAG_SESSION);
+        pipelined_round(&mut conn);
     }
     let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
     let requests = rounds * (2 * (NAMES.len() * 3 + 1 + 3) + 2 * NAMES.len());
@@ -195,6 +181,6 @@ fn serving_requests_allocates_nothing_after_warm_up() {
         allocated, 0,
         "{allocated} allocations while serving {requests} requests"
     );
-    drop(stream);
+    drop(conn);
     server.stop().unwrap();
 }

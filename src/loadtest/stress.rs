@@ -77,7 +77,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lexopt::prelude::*;
 
-use crate::protocol::{Acquire, FLAG_SESSION, Reply, Request, decode_reply};
+use crate::protocol::blocking::Connection;
+use crate::protocol::{Acquire, FLAG_SESSION, Reply, Request};
 
 pub const STRESS_USAGE: &str = "\
 Usage: distlockd test stress [options]
@@ -587,12 +588,11 @@ struct StressClient<'a> {
     sent: &'a AtomicU64,
     client: usize,
     rng: Rng,
-    stream: TcpStream,
+    wire: Connection,
     /// `{worker id}.{client}.{n}`: the connection, in the log.
     conn: String,
     conns: u64,
     acquisitions: u64,
-    input: Vec<u8>,
 }
 
 /// A reply, copied out of the input buffer.
@@ -613,18 +613,17 @@ impl<'a> StressClient<'a> {
         log: &'a Log,
         sent: &'a AtomicU64,
     ) -> Result<Self, String> {
-        let stream = connect(cfg.addr)?;
+        let wire = connect(cfg.addr)?;
         Ok(StressClient {
             cfg,
             log,
             sent,
             client,
             rng: Rng::new(cfg.seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-            stream,
+            wire,
             conn: format!("{}.{client}.0", cfg.id),
             conns: 1,
             acquisitions: 0,
-            input: Vec::with_capacity(1024),
         })
     }
 
@@ -764,7 +763,7 @@ impl<'a> StressClient<'a> {
     /// Closes the connection (logged first) and opens a new one.
     fn reconnect(&mut self) -> Result<(), String> {
         self.log.write(format_args!("D {}", self.conn))?;
-        self.stream = connect(self.cfg.addr)?;
+        self.wire = connect(self.cfg.addr)?;
         self.conn = format!("{}.{}.{}", self.cfg.id, self.client, self.conns);
         self.conns += 1;
         Ok(())
@@ -774,32 +773,12 @@ impl<'a> StressClient<'a> {
     /// fatal for the worker: the run fails.
     fn exchange(&mut self, request: Request<'_>) -> Result<Got, String> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Vec::with_capacity(64);
-        request.encode_to_vec(&mut frame);
-        match self.round_trip(&frame) {
-            Ok(got) => Ok(got),
+        match self.wire.exchange(&request) {
+            Ok(reply) => Ok(Got::from(reply)),
             Err(e) => {
                 self.log.write(format_args!("C {}", self.conn))?;
                 Err(format!("connection {} broke: {e}", self.conn))
             }
-        }
-    }
-
-    fn round_trip(&mut self, frame: &[u8]) -> std::io::Result<Got> {
-        self.stream.write_all(frame)?;
-        self.input.clear();
-        let mut buf = [0u8; 512];
-        loop {
-            match decode_reply(&self.input) {
-                Ok(Some((reply, _))) => return Ok(Got::from(reply)),
-                Ok(None) => {}
-                Err(e) => return Err(std::io::Error::other(format!("bad reply: {e}"))),
-            }
-            let n = self.stream.read(&mut buf)?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.input.extend_from_slice(&buf[..n]);
         }
     }
 }
@@ -818,14 +797,16 @@ impl From<Reply<'_>> for Got {
     }
 }
 
-fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+fn connect(addr: SocketAddr) -> Result<Connection, String> {
     let stream = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream
         .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(Some(WORKER_IO_TIMEOUT)))
         .and_then(|()| stream.set_write_timeout(Some(WORKER_IO_TIMEOUT)))
         .map_err(|e| format!("{addr}: {e}"))?;
-    Ok(stream)
+    let mut wire = Connection::new(stream);
+    wire.set_read_timeout(Some(WORKER_IO_TIMEOUT))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    Ok(wire)
 }
 
 // ---------------------------------------------------------------------------

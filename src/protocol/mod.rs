@@ -18,6 +18,10 @@
 //!
 //! First bytes 0x01, 0x02 and 0x03 are reserved for the original Python
 //! daemon's protocol and never start a native frame.
+//!
+//! [`blocking`] writes frames and reads replies on a blocking stream.
+
+pub mod blocking;
 
 use crate::limits::{FRAME_HEADER_SIZE, FRAME_SIZE_CEILING};
 
