@@ -12,10 +12,10 @@ use mio::{Interest, Token};
 use super::Server;
 use super::connection::{Conn, close_gently};
 use crate::buffer::ConnBuffer;
-use crate::execute::{VERSION_BEFORE_HELLO, write_error};
+use crate::execute::write_error;
 use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, FDS_RESERVED, Limits, REPLY_SIZE_MAX, TCP_KEEPALIVE_IDLE_S,
-    TCP_KEEPALIVE_INTERVAL_S, TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE,
+    FDS_RESERVED, Limits, REPLY_SIZE_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+    TCP_RECEIVE_BUFFER_SIZE, TCP_SEND_BUFFER_SIZE,
 };
 use crate::protocol::ErrorCode;
 
@@ -76,28 +76,14 @@ impl Server {
             .registry()
             .register(&mut stream, Token(key), Interest::READABLE)?;
         let session = self.table.open_session(key as u64);
-        entry.insert(Conn {
+        entry.insert(Conn::new(
             stream,
             peer,
             session,
-            input: ConnBuffer::detached(CONN_INPUT_BUFFER_SIZE),
-            output: ConnBuffer::detached(self.table.limits().output_buffer_size),
-            want_read: true,
-            waiting: false,
-            closing: false,
-            in_ready: false,
-            write_interest: false,
-            in_writes: false,
-            peer_gone: false,
-            authenticated: self.auth.is_none(),
-            version: VERSION_BEFORE_HELLO,
-            partial_since_ms: None,
-            write_progress_ms: now,
-            replied_ms: now,
-            read_ms: now,
-            accepted_ms: now,
-            deadline: None,
-        });
+            self.table.limits().output_buffer_size,
+            self.auth.is_none(),
+            now,
+        ));
         self.arm_deadline(key, now);
         debug!("{peer}: connected (connection {key})");
         Ok(())

@@ -427,9 +427,12 @@ impl Server {
                 }
                 Token(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
-                        conn.want_read |= event.is_readable() || gone;
-                        conn.peer_gone |= gone;
-                        self.service(key);
+                        if gone {
+                            self.hang_up(key);
+                        } else {
+                            conn.want_read |= event.is_readable();
+                            self.service(key);
+                        }
                     }
                 }
             }
@@ -456,6 +459,35 @@ impl Server {
         self.input_pool.invariants();
         self.output_pool.invariants();
         Ok(())
+    }
+
+    /// Every connection's invariants ([`Server::conn_invariants`]), and the
+    /// loop's lists against the flags that mirror them; Err names what
+    /// broke. Holds between turns. O(connections × listed): for tests.
+    /// `ready` may also name a connection closed since it was listed, or
+    /// the new one in its slot: the pass over it finds nothing to do.
+    #[cfg(test)]
+    fn invariants(&self) -> Result<(), &'static str> {
+        use connection::check;
+        for (key, conn) in &self.conns {
+            self.conn_invariants(key)?;
+            let listed_ready = self.ready.contains(&key) || self.ready_next.contains(&key);
+            check(
+                !conn.in_ready || listed_ready,
+                "flagged ready but not on `ready`",
+            )?;
+            check(
+                conn.in_writes == self.writes.contains(&key),
+                "flagged for writing but not on `writes`, or the reverse",
+            )?;
+            check(
+                conn.is_closing() == self.closing.contains(&key),
+                "closing but not on `closing`, or the reverse",
+            )?;
+        }
+        let live = |keys: &[usize]| keys.iter().all(|&key| self.conns.contains(key));
+        check(live(&self.writes), "`writes` names no connection")?;
+        check(live(&self.closing), "`closing` names no connection")
     }
 
     /// Reads the clock. Every handler takes a fresh reading, and every

@@ -8,7 +8,7 @@ use log::{debug, warn};
 use mio::{Interest, Token};
 
 use super::Server;
-use super::connection::{Conn, close_gently, ended_reason, flush, read_available};
+use super::connection::{Conn, Phase, close_gently, ended_reason, flush, read_available};
 use crate::auth::Auth;
 use crate::execute::{self, Context, Refusal, Step};
 use crate::limits::{FRAMES_PER_TURN_MAX, REPLY_SIZE_MAX};
@@ -22,25 +22,19 @@ impl Server {
     pub(super) fn service(&mut self, key: usize) {
         let now = self.clock_ms;
         let conn = &mut self.conns[key];
-        if conn.closing {
+        if conn.is_closing() {
             return;
         }
         // Read even while an ACQUIRE waits: a read of 0 bytes is how a
         // waiter's disconnect is seen, and it must leave the queue at once.
         // With a full input buffer that read cannot happen; the RDHUP hint
-        // covers it.
-        let ended = if conn.peer_gone {
-            // A hint, not a read: the socket's pending error says why, if any.
-            Err(conn.stream.take_error().ok().flatten())
-        } else if conn.want_read {
+        // covers it (see `hang_up`).
+        if conn.want_read {
             self.input_pool.lend(&mut conn.input);
-            read_available(conn, now).map_err(Some)
-        } else {
-            Ok(())
-        };
-        if let Err(error) = ended {
-            self.close_ended(key, error.as_ref(), now);
-            return;
+            if let Err(error) = read_available(conn, now) {
+                self.close_ended(key, Some(&error), now);
+                return;
+            }
         }
         // The clock is read after the bytes: see `tick`.
         let started = Instant::now();
@@ -82,10 +76,23 @@ impl Server {
         self.output_pool.reclaim(&mut conn.output);
         let can_read = conn.want_read && !conn.input.is_full();
         let has_room = conn.output.free_space() >= REPLY_SIZE_MAX;
-        if (more || can_read) && has_room && !conn.waiting {
+        if (more || can_read) && has_room && conn.phase == Phase::Serving {
             self.queue_ready(key);
         }
         self.arm_deadline(key, now);
+    }
+
+    /// The peer closed or the socket failed (epoll's RDHUP/ERR hint):
+    /// closes the connection without reading, under the reason the socket's
+    /// pending error tells, if any.
+    pub(super) fn hang_up(&mut self, key: usize) {
+        let now = self.clock_ms;
+        let conn = &self.conns[key];
+        if conn.is_closing() {
+            return;
+        }
+        let error = conn.stream.take_error().ok().flatten();
+        self.close_ended(key, error.as_ref(), now);
     }
 
     fn queue_ready(&mut self, key: usize) {
@@ -113,8 +120,9 @@ impl Server {
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
+            debug_assert!(conn.in_writes, "connection {key} on `writes` unflagged");
             conn.in_writes = false;
-            if conn.closing {
+            if conn.is_closing() {
                 continue;
             }
             if let Err(e) = flush(conn, now) {
@@ -128,7 +136,8 @@ impl Server {
             let conn = &mut self.conns[key];
             self.output_pool.reclaim(&mut conn.output);
             let has_work = conn.want_read || !conn.input.is_empty();
-            if has_work && !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX {
+            let serving = conn.phase == Phase::Serving;
+            if has_work && serving && conn.output.free_space() >= REPLY_SIZE_MAX {
                 self.queue_ready(key);
             }
             self.arm_deadline(key, now);
@@ -164,7 +173,7 @@ impl Server {
             let Some(conn) = self
                 .conns
                 .get_mut(key)
-                .filter(|c| c.session == event.session && !c.closing)
+                .filter(|c| c.session == event.session && !c.is_closing())
             else {
                 // mark_closing delivers what is due before it closes a
                 // session, so this is a bug; a debug build stops on it, a
@@ -175,8 +184,7 @@ impl Server {
                 warn!("dropped an answer for a closed connection: {event:?}");
                 continue;
             };
-            debug_assert!(conn.waiting);
-            conn.waiting = false;
+            conn.answered();
             if conn.output.is_empty() {
                 conn.write_progress_ms = self.clock_ms;
             }
@@ -219,7 +227,7 @@ impl Server {
     /// granted to it in the rest of this turn; its slab slot is freed at the
     /// end of the turn, when no event of this turn can name it any more.
     pub(super) fn mark_closing(&mut self, key: usize, now: u64) {
-        if self.conns[key].closing {
+        if self.conns[key].is_closing() {
             return;
         }
         // Answers already made go out first: one for the session closed
@@ -227,8 +235,7 @@ impl Server {
         // it makes none for this session.)
         self.deliver_table_events();
         let conn = &mut self.conns[key];
-        conn.closing = true;
-        conn.waiting = false;
+        conn.mark_closing();
         let session = conn.session;
         self.closing.push(key);
         self.table.close_session(session, now);
@@ -240,6 +247,7 @@ impl Server {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
+        debug_assert!(conn.is_closing());
         self.input_pool.reclaim_discarding(&mut conn.input);
         self.output_pool.reclaim_discarding(&mut conn.output);
         if let Some((handle, _)) = conn.deadline {
@@ -282,7 +290,7 @@ fn process_frames_counted(
     executed: &mut u64,
 ) -> Result<bool, Refusal> {
     for _ in 0..FRAMES_PER_TURN_MAX {
-        if conn.waiting || conn.output.free_space() < REPLY_SIZE_MAX {
+        if conn.phase == Phase::Waiting || conn.output.free_space() < REPLY_SIZE_MAX {
             return Ok(false);
         }
         let input = conn.input.unread();
@@ -298,7 +306,9 @@ fn process_frames_counted(
             }
             Ok(Step::Executed { used, queued }) => {
                 conn.input.consume(used);
-                conn.waiting = queued;
+                if queued {
+                    conn.wait_in_queue();
+                }
                 conn.partial_since_ms = None;
                 metrics.count_command(first_byte);
                 *executed += 1;

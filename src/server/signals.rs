@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use log::{info, warn};
 use mio::Interest;
 
-use super::connection::flush;
+use super::connection::{Phase, flush};
 use super::{SIGNALS, Server};
 use crate::execute::write_error;
 use crate::metrics::CloseReason;
@@ -57,7 +57,7 @@ impl Server {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let conn = &mut self.conns[key];
-            if conn.waiting && !conn.closing {
+            if conn.phase == Phase::Waiting {
                 self.output_pool.lend(&mut conn.output);
                 write_error(
                     &mut conn.output,

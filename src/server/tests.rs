@@ -1,5 +1,6 @@
 use super::Duration;
 use super::accept::open_file_soft_limit;
+use super::connection::Phase;
 use super::timeouts::poll_sleep;
 use crate::limits::Limits;
 use crate::protocol::Acquire;
@@ -143,6 +144,7 @@ fn turn_until(server: &mut super::Server, mut done: impl FnMut(&super::Server) -
         assert!(std::time::Instant::now() < deadline, "not reached in 10 s");
         server.waker.wake().unwrap();
         server.turn().unwrap();
+        assert_eq!(server.invariants(), Ok(()));
     }
 }
 
@@ -205,7 +207,9 @@ fn only_connections_with_bytes_in_flight_hold_buffers() {
     assert_eq!(reply_kind(&mut server, &mut holder), kind::GRANTED);
     assert_eq!(lent(&server), (0, 0), "served and drained");
     send(&mut waiter, acquire(b"waiter", 60_000, 0));
-    turn_until(&mut server, |s| s.conns.iter().any(|(_, c)| c.waiting));
+    turn_until(&mut server, |s| {
+        s.conns.iter().any(|(_, c)| c.phase == Phase::Waiting)
+    });
     assert_eq!(lent(&server), (0, 0), "a queued ACQUIRE holds no buffer");
     assert_eq!(server.conns.len(), 2);
 
@@ -239,4 +243,65 @@ fn reads_the_soft_open_file_limit() {
     let unlimited = "Max open files            unlimited            unlimited            files\n";
     assert_eq!(open_file_soft_limit(unlimited), Some(usize::MAX));
     assert_eq!(open_file_soft_limit("nothing here"), None);
+}
+
+/// What the invariants check about the rest of the server, broken one at a
+/// time on a real connection, as a bug would.
+#[test]
+fn invariants_catch_a_connection_at_odds_with_the_server() {
+    let config = super::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: Limits {
+            idle_timeout_ms: 60_000,
+            ..Limits::default()
+        },
+        ..super::Config::default()
+    };
+    let mut server = super::Server::bind(config).unwrap();
+    let _client = std::net::TcpStream::connect(server.local_addr()).unwrap();
+    turn_until(&mut server, |s| s.conns.len() == 1);
+    let key = server.conns.iter().next().unwrap().0;
+    assert_eq!(server.invariants(), Ok(()));
+
+    let conn = &mut server.conns[key];
+    conn.phase = Phase::Waiting;
+    assert_eq!(
+        server.invariants(),
+        Err("waiting without an ACQUIRE queued in the table, or not waiting with one")
+    );
+    server.conns[key].phase = Phase::Serving;
+
+    server.conns[key].in_ready = true;
+    assert_eq!(server.invariants(), Err("flagged ready but not on `ready`"));
+    server.conns[key].in_ready = false;
+
+    server.conns[key].in_writes = true;
+    assert_eq!(
+        server.invariants(),
+        Err("flagged for writing but not on `writes`, or the reverse")
+    );
+    server.conns[key].in_writes = false;
+
+    server.conns[key].phase = Phase::Closing;
+    assert_eq!(
+        server.invariants(),
+        Err("closing but not on `closing`, or the reverse")
+    );
+    server.conns[key].phase = Phase::Serving;
+
+    // The idle timeout applies: its deadline is armed. Lost from the
+    // wheel, or never armed, the connection would never be timed out.
+    let (handle, _) = server.conns[key].deadline.expect("idle deadline armed");
+    server.deadlines.cancel(handle);
+    assert_eq!(
+        server.invariants(),
+        Err("its deadline is not in the timer wheel")
+    );
+    server.conns[key].deadline = None;
+    assert_eq!(
+        server.invariants(),
+        Err("a timeout applies but no deadline is armed")
+    );
+    server.arm_deadline(key, server.clock_ms);
+    assert_eq!(server.invariants(), Ok(()));
 }

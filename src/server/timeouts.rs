@@ -5,7 +5,7 @@ use std::time::Duration;
 use log::debug;
 
 use super::accept::ACCEPT_RETRY_MS;
-use super::connection::{Conn, flush, last_error};
+use super::connection::{Conn, Phase, flush, last_error};
 use super::{HTTP_TOKEN_BASE, Server};
 use crate::limits::{Limits, REPLY_SIZE_MAX};
 use crate::metrics::CloseReason;
@@ -13,7 +13,7 @@ use crate::protocol::ErrorCode;
 
 /// Why a connection's deadline closed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expired {
+pub(super) enum Expired {
     /// A frame began and stayed incomplete for frame_timeout_ms.
     Frame,
     /// Replies stayed unwritten for write_timeout_ms.
@@ -45,8 +45,15 @@ impl Server {
 
     /// Makes sure the connection's entry in `deadlines` fires no later than
     /// its earliest timeout. An entry that would fire early is left alone:
-    /// [`Server::expire_connections`] re-arms it when it fires.
+    /// [`Server::expire_connections`] re-arms it when it fires. Every step
+    /// of the loop that leaves a lock-protocol connection open ends here,
+    /// so a debug build checks the connection's invariants here too.
     pub(super) fn arm_deadline(&mut self, key: usize, now: u64) {
+        self.arm_earliest_timeout(key, now);
+        debug_assert_eq!(self.conn_invariants(key), Ok(()), "connection {key}");
+    }
+
+    fn arm_earliest_timeout(&mut self, key: usize, now: u64) {
         let conn = &mut self.conns[key];
         let Some((due, _)) = next_timeout(conn, self.table.limits()) else {
             return;
@@ -80,7 +87,7 @@ impl Server {
                 continue;
             };
             conn.deadline = None;
-            if conn.closing {
+            if conn.is_closing() {
                 continue;
             }
             let limits = self.table.limits();
@@ -90,7 +97,7 @@ impl Server {
             }
             self.catch_up(key);
             let now = self.clock_ms;
-            let Some(conn) = self.conns.get(key).filter(|c| !c.closing) else {
+            let Some(conn) = self.conns.get(key).filter(|c| !c.is_closing()) else {
                 continue;
             };
             match next_timeout(conn, self.table.limits()) {
@@ -110,7 +117,7 @@ impl Server {
         self.service(key);
         let now = self.clock_ms;
         let conn = &mut self.conns[key];
-        if conn.closing {
+        if conn.is_closing() {
             return;
         }
         if let Err(e) = flush(conn, now) {
@@ -188,10 +195,10 @@ impl Server {
 /// - auth: on a server with a secret, no good AUTH yet, auth_timeout_ms
 ///   after the accept (a connection without the secret cannot sit on a
 ///   connection slot).
-fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
+pub(super) fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
     let frame = conn
         .partial_since_ms
-        .filter(|_| !conn.waiting && conn.output.free_space() >= REPLY_SIZE_MAX)
+        .filter(|_| conn.phase != Phase::Waiting && conn.output.free_space() >= REPLY_SIZE_MAX)
         .map(|since| (since + limits.frame_timeout_ms as u64, Expired::Frame));
     let write = (!conn.output.is_empty()).then(|| {
         (
@@ -199,7 +206,7 @@ fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
             Expired::Write,
         )
     });
-    let quiet = !conn.waiting && conn.input.is_empty() && conn.output.is_empty();
+    let quiet = conn.phase != Phase::Waiting && conn.input.is_empty() && conn.output.is_empty();
     let idle = (limits.idle_timeout_ms > 0 && quiet).then(|| {
         let active = conn.read_ms.max(conn.replied_ms);
         (active + limits.idle_timeout_ms as u64, Expired::Idle)
