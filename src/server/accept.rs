@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::{debug, warn};
+use mio::Interest;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Interest, Token};
 
-use super::Server;
 use super::connection::{Conn, close_gently};
+use super::{Server, Source};
 use crate::buffer::ConnBuffer;
 use crate::execute::write_error;
 use crate::limits::{
@@ -72,9 +72,11 @@ impl Server {
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll
-            .registry()
-            .register(&mut stream, Token(key), Interest::READABLE)?;
+        self.poll.registry().register(
+            &mut stream,
+            Source::Lock(key).token(),
+            Interest::READABLE,
+        )?;
         let session = self.table.open_session(key as u64);
         entry.insert(Conn::new(
             stream,

@@ -5,12 +5,13 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use log::debug;
+use mio::Interest;
 use mio::net::TcpStream;
-use mio::{Interest, Token};
 
 use super::accept::ACCEPTS_PER_TURN_MAX;
 use super::connection::close_gently;
-use super::{HTTP_TOKEN_BASE, SERVER_VERSION, Server};
+use super::timeouts::Deadline;
+use super::{SERVER_VERSION, Server, Source};
 use crate::buffer::ConnBuffer;
 use crate::http::{self, HTTP_CONNECTIONS_MAX, HTTP_REQUEST_SIZE_MAX, Parsed, Route};
 use crate::metrics::Snapshot;
@@ -55,11 +56,10 @@ impl Server {
             self.make_http_room(now);
             let entry = self.http_conns.vacant_entry();
             let key = entry.key();
-            let token = HTTP_TOKEN_BASE + key;
             if self
                 .poll
                 .registry()
-                .register(&mut stream, Token(token), Interest::READABLE)
+                .register(&mut stream, Source::Http(key).token(), Interest::READABLE)
                 .is_err()
             {
                 continue;
@@ -71,7 +71,7 @@ impl Server {
                 output: Vec::new(),
                 written: 0,
                 answered: false,
-                deadline: Some(self.deadlines.insert(deadline, token)),
+                deadline: Some(self.deadlines.insert(deadline, Deadline::Http(key))),
                 seq: self.http_accepted,
             });
             self.http_accepted += 1;
@@ -163,7 +163,7 @@ impl Server {
                 self.deadlines.cancel(handle);
             }
             let deadline = now + self.table.limits().write_timeout_ms as u64;
-            conn.deadline = Some(self.deadlines.insert(deadline, HTTP_TOKEN_BASE + key));
+            conn.deadline = Some(self.deadlines.insert(deadline, Deadline::Http(key)));
         }
         let conn = &mut self.http_conns[key];
         loop {
@@ -180,7 +180,7 @@ impl Server {
                 Err(_) => return self.close_http(key),
             }
         }
-        let token = Token(HTTP_TOKEN_BASE + key);
+        let token = Source::Http(key).token();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if self
             .poll
@@ -251,7 +251,7 @@ impl Server {
         if (conn.answered, conn.written) != before {
             if conn.deadline.is_none() {
                 let deadline = now + self.table.limits().write_timeout_ms as u64;
-                conn.deadline = Some(self.deadlines.insert(deadline, HTTP_TOKEN_BASE + key));
+                conn.deadline = Some(self.deadlines.insert(deadline, Deadline::Http(key)));
             }
             return;
         }

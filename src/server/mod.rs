@@ -28,8 +28,9 @@
 //! [`SESSION_RELEASES_PER_TURN_MAX`] per turn; the table releases one on the
 //! spot if a request touches it first). Frames still unread are dropped.
 //!
-//! Per-connection timeouts (frame, write, idle) live in a second timer
-//! wheel, keyed by connection, apart from the lock table's.
+//! Per-connection timeouts (frame, write, idle, auth; an HTTP request's
+//! and response's) live in a second timer wheel, keyed by connection, apart
+//! from the lock table's.
 //!
 //! # Files, in the order a request passes
 //!
@@ -44,8 +45,9 @@
 //! - `service.rs`: serving it: read → decode → execute → encode (one frame
 //!   at a time by [`crate::execute`], decoded in place), the lock table's
 //!   later answers to queued ACQUIREs, the one write per turn, closing.
-//! - `timeouts.rs`: the frame, write, idle and auth timeouts, and how long
-//!   a poll may sleep.
+//! - `timeouts.rs`: the frame, write, idle and auth timeouts, on a timer
+//!   wheel whose entries say which connection they time (`Deadline`), and
+//!   how long a poll may sleep.
 //! - `http.rs`: HTTP connections (`GET /health`, `GET /metrics`; requests
 //!   parsed by [`crate::http`]).
 //! - `signals.rs`: SIGINT and SIGTERM: a graceful stop, or at once on a
@@ -82,18 +84,74 @@ use crate::wheel::TimerWheel;
 use accept::{bind_listener, check_open_file_limit};
 use connection::Conn;
 use http::HttpConn;
+use timeouts::Deadline;
 
 pub use crate::execute::SERVER_VERSION;
 pub use signals::SECOND_SIGNAL_MESSAGE;
+
+/// What a poll event is about: its token, decoded. A lock-protocol
+/// connection's token is its key in `Server::conns`; an HTTP connection's is
+/// its key in `Server::http_conns` with [`HTTP_TOKEN_BIT`] set; the fixed
+/// sources take the last few tokens. Slab keys stay below
+/// [`SLAB_KEY_END`], so the three kinds cannot meet, whatever
+/// `connections_max` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Listener,
+    HttpListener,
+    Waker,
+    Signals,
+    Lock(usize),
+    Http(usize),
+}
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const HTTP_LISTENER: Token = Token(usize::MAX - 4);
 
-/// HTTP connection `k` has token (and deadline key) `HTTP_TOKEN_BASE + k`,
-/// above every lock-protocol connection's key (at most 2^24).
-const HTTP_TOKEN_BASE: usize = 1 << 28;
+/// Set in an HTTP connection's token, clear in a lock-protocol one's.
+const HTTP_TOKEN_BIT: usize = 1 << (usize::BITS - 1);
+
+/// Above every slab key: a slab's entries lie in one allocation of at most
+/// `isize::MAX` bytes, and a connection's entry takes far more than 2.
+const SLAB_KEY_END: usize = isize::MAX as usize / 2;
+
+const _: () = assert!(
+    SLAB_KEY_END <= HTTP_TOKEN_BIT && (HTTP_TOKEN_BIT | SLAB_KEY_END) < HTTP_LISTENER.0,
+    "lock tokens, HTTP tokens and the fixed tokens apart"
+);
+
+impl Source {
+    fn token(self) -> Token {
+        match self {
+            Source::Listener => LISTENER,
+            Source::HttpListener => HTTP_LISTENER,
+            Source::Waker => WAKER,
+            Source::Signals => SIGNALS,
+            Source::Lock(key) => {
+                debug_assert!(key < SLAB_KEY_END, "slab key {key}");
+                Token(key)
+            }
+            Source::Http(key) => {
+                debug_assert!(key < SLAB_KEY_END, "slab key {key}");
+                Token(HTTP_TOKEN_BIT | key)
+            }
+        }
+    }
+
+    fn of(token: Token) -> Source {
+        match token {
+            LISTENER => Source::Listener,
+            HTTP_LISTENER => Source::HttpListener,
+            WAKER => Source::Waker,
+            SIGNALS => Source::Signals,
+            // After the fixed tokens, which have the bit set too.
+            Token(token) if token & HTTP_TOKEN_BIT != 0 => Source::Http(token & !HTTP_TOKEN_BIT),
+            Token(key) => Source::Lock(key),
+        }
+    }
+}
 
 /// Readiness events taken per poll; more simply wait for the next turn.
 const POLL_EVENTS_MAX: usize = 1024;
@@ -198,9 +256,10 @@ pub struct Server {
     /// Connections to close at the end of the turn (keys must not be reused
     /// while events of this turn may still name them).
     closing: Vec<usize>,
-    /// Per-connection deadlines (frame, write and idle timeouts), keyed by
-    /// connection; separate from the lock table, which is replicated state.
-    deadlines: TimerWheel<usize>,
+    /// Per-connection deadlines (frame, write, idle and auth timeouts of
+    /// lock-protocol connections, request and response timeouts of HTTP
+    /// ones); separate from the lock table, which is replicated state.
+    deadlines: TimerWheel<Deadline>,
     /// The shared secret every native connection must send, if set.
     auth: Option<Auth>,
     metrics: Metrics,
@@ -234,8 +293,8 @@ impl Server {
         let poll = Poll::new()?;
         let mut listener = listener;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            .register(&mut listener, Source::Listener.token(), Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), Source::Waker.token())?);
         let http_listener = match config.http_listen {
             Some(http_addr) => {
                 let mut listener = bind_listener(http_addr).map_err(|e| {
@@ -244,8 +303,11 @@ impl Server {
                         format!("cannot listen for HTTP on {http_addr}: {e}; is another server using this port?"),
                     )
                 })?;
-                poll.registry()
-                    .register(&mut listener, HTTP_LISTENER, Interest::READABLE)?;
+                poll.registry().register(
+                    &mut listener,
+                    Source::HttpListener.token(),
+                    Interest::READABLE,
+                )?;
                 let http_addr = listener.local_addr()?;
                 info!("HTTP health and metrics on http://{http_addr}/health and /metrics");
                 if !http_addr.ip().is_loopback() {
@@ -406,26 +468,25 @@ impl Server {
         for event in events.iter() {
             let gone = event.is_read_closed() || event.is_error();
             // `service` reads the clock itself, after reading the socket.
-            match event.token() {
-                LISTENER => {
+            match Source::of(event.token()) {
+                Source::Listener => {
                     let now = self.tick();
                     self.accept(now)
                 }
-                HTTP_LISTENER => {
+                Source::HttpListener => {
                     let now = self.tick();
                     self.accept_http(now)
                 }
-                WAKER => {}
-                SIGNALS => {
+                Source::Waker => {}
+                Source::Signals => {
                     let now = self.tick();
                     self.on_signal(now)
                 }
-                // After the fixed tokens, which are above HTTP_TOKEN_BASE too.
-                Token(token) if token >= HTTP_TOKEN_BASE => {
+                Source::Http(key) => {
                     let now = self.tick();
-                    self.service_http(token - HTTP_TOKEN_BASE, now)
+                    self.service_http(key, now)
                 }
-                Token(key) => {
+                Source::Lock(key) => {
                     if let Some(conn) = self.conns.get_mut(key) {
                         if gone {
                             self.hang_up(key);

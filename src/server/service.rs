@@ -5,10 +5,10 @@ use std::io;
 use std::time::Instant;
 
 use log::{debug, warn};
-use mio::{Interest, Token};
+use mio::Interest;
 
-use super::Server;
 use super::connection::{Conn, Phase, close_gently, ended_reason, flush, read_available};
+use super::{Server, Source};
 use crate::auth::Auth;
 use crate::execute::{self, Context, Refusal, Step};
 use crate::limits::{FRAMES_PER_TURN_MAX, REPLY_SIZE_MAX};
@@ -159,7 +159,7 @@ impl Server {
         };
         self.poll
             .registry()
-            .reregister(&mut conn.stream, Token(key), interest)?;
+            .reregister(&mut conn.stream, Source::Lock(key).token(), interest)?;
         conn.write_interest = want;
         Ok(())
     }

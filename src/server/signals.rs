@@ -7,7 +7,7 @@ use log::{info, warn};
 use mio::Interest;
 
 use super::connection::{Phase, flush};
-use super::{SIGNALS, Server};
+use super::{Server, Source};
 use crate::execute::write_error;
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
@@ -30,7 +30,7 @@ impl Server {
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
         self.poll
             .registry()
-            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+            .register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
     }

@@ -305,3 +305,31 @@ fn invariants_catch_a_connection_at_odds_with_the_server() {
     server.arm_deadline(key, server.clock_ms);
     assert_eq!(server.invariants(), Ok(()));
 }
+
+/// Every source's token decodes to it: lock-protocol and HTTP keys, from
+/// the first to the last a slab can hold, never meet each other or the
+/// fixed tokens.
+#[test]
+fn a_token_names_the_source_it_was_made_for() {
+    use super::{SLAB_KEY_END, Source};
+    let keys = [
+        0,
+        1,
+        crate::http::HTTP_CONNECTIONS_MAX,
+        crate::limits::CONNECTIONS_MAX_DEFAULT,
+        SLAB_KEY_END - 1,
+    ];
+    let fixed = [
+        Source::Listener,
+        Source::HttpListener,
+        Source::Waker,
+        Source::Signals,
+    ];
+    let all = fixed.into_iter().chain(
+        keys.into_iter()
+            .flat_map(|key| [Source::Lock(key), Source::Http(key)]),
+    );
+    for source in all {
+        assert_eq!(Source::of(source.token()), source, "{:?}", source.token());
+    }
+}

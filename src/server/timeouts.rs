@@ -4,12 +4,24 @@ use std::time::Duration;
 
 use log::debug;
 
+use super::Server;
 use super::accept::ACCEPT_RETRY_MS;
 use super::connection::{Conn, Phase, flush, last_error};
-use super::{HTTP_TOKEN_BASE, Server};
 use crate::limits::{Limits, REPLY_SIZE_MAX};
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
+
+/// What an entry of `Server::deadlines` is for: the connection it looks at
+/// when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Deadline {
+    /// A lock-protocol connection's frame, write, idle or auth timeout (its
+    /// key in `Server::conns`).
+    Lock(usize),
+    /// An HTTP connection's request or response timeout (its key in
+    /// `Server::http_conns`).
+    Http(usize),
+}
 
 /// Why a connection's deadline closed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,7 +77,7 @@ impl Server {
             self.deadlines.cancel(handle);
         }
         let at = due.max(now);
-        conn.deadline = Some((self.deadlines.insert(at, key), at));
+        conn.deadline = Some((self.deadlines.insert(at, Deadline::Lock(key)), at));
     }
 
     /// Closes the connections whose frame, write, idle or auth timeout has
@@ -78,11 +90,14 @@ impl Server {
     /// connection found due is first caught up ([`Server::catch_up`]) and
     /// judged again on what that found.
     pub(super) fn expire_connections(&mut self, now: u64) {
-        while let Some((_, key)) = self.deadlines.poll(now) {
-            if key >= HTTP_TOKEN_BASE {
-                self.expire_http(key - HTTP_TOKEN_BASE);
-                continue;
-            }
+        while let Some((_, deadline)) = self.deadlines.poll(now) {
+            let key = match deadline {
+                Deadline::Lock(key) => key,
+                Deadline::Http(key) => {
+                    self.expire_http(key);
+                    continue;
+                }
+            };
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
