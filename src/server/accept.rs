@@ -31,6 +31,9 @@ pub(super) const ACCEPT_RETRY_MS: u64 = 10;
 const LISTEN_BACKLOG: i32 = 1024;
 
 impl Server {
+    /// Accepts what waits on the lock-protocol listener, at most
+    /// ACCEPTS_PER_TURN_MAX at a time (the waker brings the loop back for
+    /// the rest).
     pub(super) fn accept(&mut self, now: u64) {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
             let (stream, peer) = match self.listener.accept() {

@@ -2,10 +2,12 @@
 //! reads and writes of its socket.
 //!
 //! Its state is one [`Phase`] (serving, waiting in a lock's queue, closing)
-//! and a few flags, each saying what it mirrors; [`Conn::invariants`] checks
-//! what they imply about each other and the buffers, and
-//! `Server::conn_invariants` what they imply about the lock table, the
-//! timer wheel and the loop's lists.
+//! and a few flags, each saying what it mirrors. [`Conn::invariants`]
+//! checks what they imply about each other and the buffers,
+//! `Server::conn_invariants` what they imply about the lock table and the
+//! timer wheel (a debug build checks both wherever a step of the loop ends
+//! for a connection), and `Server::invariants` (for tests, O(connections))
+//! the loop's lists against the flags that mirror them.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -36,11 +38,13 @@ pub(super) enum Phase {
     /// is seen at once.
     Waiting,
     /// Its session is closed and its key is on `Server::closing`: nothing
-    /// more is read, decoded or written; its slot is freed at the end of
-    /// the turn, when no event of the turn can name it any more.
+    /// more is served (read into its buffer, decoded, written); its slot is
+    /// freed at the end of the turn, when no event of the turn can name it
+    /// any more.
     Closing,
 }
 
+/// A lock-protocol connection, from its accept to its close.
 pub(super) struct Conn {
     pub(super) stream: TcpStream,
     pub(super) peer: SocketAddr,

@@ -19,6 +19,8 @@
 //! connection holds none. When the output buffer cannot hold one more reply
 //! the connection is not read (backpressure).
 //!
+//! [`FRAMES_PER_TURN_MAX`]: crate::limits::FRAMES_PER_TURN_MAX
+//!
 //! Ordering: replies leave in request order. While a connection's ACQUIRE
 //! waits in a lock's queue, its later frames stay unread in its input buffer.
 //!
@@ -403,7 +405,7 @@ impl Server {
     }
 
     /// Requires AUTH with this secret on every native connection (see
-    /// [`execute::step_gated`]). Call before [`Server::run`]. Every secret
+    /// [`crate::execute::step_gated`]). Call before [`Server::run`]. Every secret
     /// [`Auth`] accepts fits in an AUTH under every valid `frame_size_max`
     /// (see [`crate::limits::AUTH_SIZE_MAX`]), so no secret can leave the
     /// server unable to authenticate anyone.

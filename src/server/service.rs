@@ -1,5 +1,10 @@
-//! Serving a lock-protocol connection: read, decode, execute, encode,
-//! write once per turn, close.
+//! Serving a lock-protocol connection, the request path step by step:
+//! read its socket ([`read_available`]) → decode, execute and encode up to
+//! [`FRAMES_PER_TURN_MAX`] frames ([`process_frames`], one at a time by
+//! [`execute::step_gated`]) → list it for the turn's one write
+//! ([`Server::write_pending`], [`flush`]). Also the lock table's later
+//! answers to queued ACQUIREs ([`Server::deliver_table_events`]), and
+//! closing.
 
 use std::io;
 use std::time::Instant;

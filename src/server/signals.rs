@@ -25,6 +25,8 @@ impl Server {
     /// once, without that, with an [`io::ErrorKind::Interrupted`] error
     /// (the daemon then exits with status 1). For the daemon; embedders use
     /// a [`Stopper`].
+    ///
+    /// [`Stopper`]: super::Stopper
     pub fn handle_signals(&mut self) -> io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;

@@ -1,4 +1,7 @@
-//! Per-connection timeouts and how long a poll may sleep.
+//! Per-connection timeouts: which applies ([`next_timeout`]), its entry in
+//! `Server::deadlines` (armed lazily, keyed by [`Deadline`]), and the
+//! verdict when it fires, after a last look at the socket. And how long a
+//! poll may sleep.
 
 use std::time::Duration;
 
@@ -37,6 +40,9 @@ pub(super) enum Expired {
 }
 
 impl Server {
+    /// How long the next poll may sleep: not at all while work is left
+    /// over, else until the earliest deadline of the lock table or of a
+    /// connection, and at most ACCEPT_RETRY_MS after a failed accept.
     pub(super) fn poll_timeout(&self) -> Option<Duration> {
         if !self.ready.is_empty() || self.table.has_deferred_work() {
             return Some(Duration::ZERO);
