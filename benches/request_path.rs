@@ -53,7 +53,7 @@ fn execute(
             token,
             ttl_ms,
             reentered,
-        } => distlockd::execute::granted(2, token, ttl_ms, reentered),
+        } => distlockd::protocol::Reply::granted(2, token, ttl_ms, reentered),
         Outcome::Released => Reply::Released,
         other => panic!("unexpected {other:?}"),
     };

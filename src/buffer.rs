@@ -1,4 +1,6 @@
-//! A connection's fixed-capacity byte buffer.
+//! A connection's fixed-capacity byte buffer: the server's connections',
+//! the blocking [`crate::protocol::blocking::Connection`]'s and the load
+//! tester's.
 //!
 //! ```text
 //! 0          start              end              capacity
@@ -17,6 +19,7 @@
 //! least as long as they are, so each byte is moved at most once on average
 //! (amortised O(1)), and when nothing is unread the buffer simply rewinds.
 
+#[cfg(feature = "server")]
 pub mod pool;
 
 pub struct ConnBuffer {
@@ -114,6 +117,15 @@ impl ConnBuffer {
         }
     }
 
+    /// Consumes the first `n` unread bytes and returns them (valid until
+    /// the buffer is next written).
+    pub fn take(&mut self, n: usize) -> &[u8] {
+        let at = self.start;
+        self.consume(n);
+        // `consume` may rewind the indexes; the bytes stay where they were.
+        &self.storage[at..at + n]
+    }
+
     /// Free space at the tail to append into, compacting first when that is
     /// cheap (see module docs) or needed for any space at all.
     pub fn spare_mut(&mut self) -> &mut [u8] {
@@ -130,6 +142,7 @@ impl ConnBuffer {
         self.end += n;
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Appends `bytes` if they fit; returns whether they did.
     pub fn push(&mut self, bytes: &[u8]) -> bool {
         assert!(self.is_attached(), "push into a detached buffer");
@@ -167,6 +180,7 @@ impl ConnBuffer {
         self.start = 0;
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn invariants(&self) {
         assert!(self.start <= self.end);
         assert!(self.end <= self.capacity());

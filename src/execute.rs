@@ -10,10 +10,10 @@ use std::fmt::Write as _;
 
 use crate::auth::Auth;
 use crate::buffer::ConnBuffer;
-use crate::legacy::{self, Command, LegacyRequest};
+use crate::protocol::legacy::{self, Command, LegacyRequest};
 use crate::limits::{PROTOCOL_VERSION, REPLY_SIZE_MAX, STATUS_REPLY_SIZE_MAX};
 use crate::protocol::{
-    self, DecodeError, ErrorCode, GRANTED_FLAGS_VERSION, HelloReply, Reply, Request, StatusWriter,
+    self, DecodeError, ErrorCode, HelloReply, Reply, Request, StatusWriter,
     kind,
 };
 use crate::table::{ArgError, LockTable, Outcome, SessionId};
@@ -38,7 +38,7 @@ pub struct Context<'a> {
     pub session: SessionId,
     /// The protocol version the connection speaks: 1 until a HELLO
     /// negotiates another. HELLO sets it; the caller keeps it for the
-    /// connection's next steps and its later replies ([`granted`]).
+    /// connection's next steps and its later replies ([`Reply::granted`]).
     pub version: u16,
     pub now_ms: u64,
     pub uptime_ms: u64,
@@ -47,15 +47,6 @@ pub struct Context<'a> {
 /// The protocol version of a connection that has not sent HELLO.
 pub const VERSION_BEFORE_HELLO: u16 = 1;
 
-/// GRANTED as a connection speaking `version` reads it: version 2 and
-/// later carry the re-entry flag, version 1 has no room for it.
-pub fn granted(version: u16, token: u64, ttl_ms: u32, reentered: bool) -> Reply<'static> {
-    Reply::Granted {
-        token,
-        ttl_ms,
-        reentered: (version >= GRANTED_FLAGS_VERSION).then_some(reentered),
-    }
-}
 
 /// Decodes and executes the frame at the front of `input`. `Err`: the input
 /// cannot be decoded; an error reply was written (if there was room) and the
@@ -233,7 +224,7 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
             token,
             ttl_ms,
             reentered,
-        } => granted(ctx.version, token, ttl_ms, reentered),
+        } => Reply::granted(ctx.version, token, ttl_ms, reentered),
         Outcome::Busy {
             remaining_ms,
             waiters,
@@ -257,7 +248,7 @@ fn execute(request: Request<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) ->
     false
 }
 
-/// Applies one request of the original protocol (see [`crate::legacy`]).
+/// Applies one request of the original protocol (see [`crate::protocol::legacy`]).
 fn execute_legacy(request: LegacyRequest<'_>, ctx: &mut Context<'_>, out: &mut ConnBuffer) {
     let LegacyRequest {
         command,

@@ -153,12 +153,14 @@ pub const TCP_SEND_BUFFER_SIZE: usize = 64 * 1024;
 /// value) and stops it growing.
 pub const TCP_RECEIVE_BUFFER_SIZE: usize = 64 * 1024;
 
+#[cfg(any(test, feature = "internals"))]
 /// The most reply bytes the kernel holds for one connection: the send
 /// buffer as Linux reserves it (twice SO_SNDBUF), plus the one segment it
 /// may fill past that (up to 64 KiB, the default GSO size). Measured, not
 /// set: README and docs/PROTOCOL.md give it as the bound.
 pub const TCP_SEND_QUEUE_SIZE_MAX: usize = 2 * TCP_SEND_BUFFER_SIZE + 64 * 1024;
 
+#[cfg(any(test, feature = "internals"))]
 /// The most request bytes the kernel holds for one connection: the window
 /// the kernel offers the client never exceeds its receive buffer.
 pub const TCP_RECEIVE_QUEUE_SIZE_MAX: usize = 2 * TCP_RECEIVE_BUFFER_SIZE;
@@ -244,7 +246,7 @@ pub const fn request_sizes_max(name_len_max: usize, owner_len_max: usize) -> [Re
         ),
         sized(
             RequestKind::Legacy,
-            crate::legacy::LEGACY_HEADER_SIZE + name_len_max + owner_len_max,
+            crate::protocol::legacy::LEGACY_HEADER_SIZE + name_len_max + owner_len_max,
         ),
     ]
 }
@@ -731,7 +733,7 @@ mod tests {
     /// of every kind.
     #[test]
     fn at_the_floor_every_longest_request_decodes() {
-        use crate::legacy::{self, Command};
+        use crate::protocol::legacy::{self, Command};
         use crate::protocol::{Acquire, Request, decode_request};
         for (name_len_max, owner_len_max) in [(1, 1), (8, 8), (255, 1), (255, 64), (100, 64)] {
             let limits = Limits {

@@ -7,12 +7,15 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use distlockd::auth::{Auth, SECRET_FILE_ENV};
-use distlockd::cli::{read_secret_from, string_value};
+mod json;
+mod loadtest;
+
+use distlockd::cli::{SECRET_FILE_ENV, read_secret_from, string_value};
 use distlockd::client::servers::port_in_host;
-use distlockd::limits::{Limit, Limits, WAIT_MS_UNBOUNDED};
-use distlockd::server::{Config, SERVER_VERSION, Server};
+use distlockd::server::{Auth, Config, Limit, Limits, SERVER_VERSION, Server, WAIT_MS_UNBOUNDED};
 use lexopt::prelude::*;
+// The binary's own modules name the library's public ones as `crate::…`.
+use distlockd::{protocol, server};
 
 const USAGE: &str = "\
 distlockd: a named-lock daemon
@@ -396,7 +399,7 @@ fn load_auth(flag: Option<PathBuf>, allow_legacy: bool) -> Result<Option<Auth>, 
 
 /// `distlockd test …`: the benchmark (see `distlockd::loadtest`).
 fn loadtest_cli(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
-    distlockd::loadtest::main(parser)
+    loadtest::main(parser)
 }
 
 /// The flag that sets a limit: a person at the command line typed flags,

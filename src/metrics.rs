@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::legacy;
+use crate::protocol::legacy;
 use crate::protocol::kind;
 use crate::table::Stats;
 
@@ -83,6 +83,18 @@ pub struct Snapshot {
     pub locks_max: usize,
     pub waiters: usize,
     pub table: Stats,
+    /// The input and output buffer pools: (lent, allocated, buffer size).
+    pub buffers: [PoolFigures; 2],
+}
+
+/// One buffer pool's figures for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolFigures {
+    /// Buffers attached to a connection now: bytes in flight.
+    pub lent: usize,
+    /// Buffers allocated, lent or kept free for reuse.
+    pub allocated: usize,
+    pub buffer_size: usize,
 }
 
 impl Metrics {
@@ -191,6 +203,30 @@ impl Metrics {
             "Connections closed for undecodable input.",
             self.closed(CloseReason::ProtocolError),
         );
+        m.head(
+            "distlockd_connection_buffers_lent",
+            "gauge",
+            "Connection buffers holding bytes in flight now, by side (an idle connection holds none).",
+        );
+        for (side, pool) in ["input", "output"].iter().zip(s.buffers) {
+            m.line(
+                "distlockd_connection_buffers_lent",
+                &format!("side=\"{side}\""),
+                pool.lent,
+            );
+        }
+        m.head(
+            "distlockd_connection_buffer_bytes",
+            "gauge",
+            "Bytes of connection buffers allocated, lent or kept free, by side.",
+        );
+        for (side, pool) in ["input", "output"].iter().zip(s.buffers) {
+            m.line(
+                "distlockd_connection_buffer_bytes",
+                &format!("side=\"{side}\""),
+                pool.allocated * pool.buffer_size,
+            );
+        }
         m.single(
             "distlockd_locks_held",
             "gauge",
@@ -341,6 +377,18 @@ mod tests {
                 locks_max: 100,
                 waiters: 1,
                 table: Stats::default(),
+                buffers: [
+                    PoolFigures {
+                        lent: 1,
+                        allocated: 3,
+                        buffer_size: 1024,
+                    },
+                    PoolFigures {
+                        lent: 0,
+                        allocated: 2,
+                        buffer_size: 16384,
+                    },
+                ],
             },
             &mut out,
         );
@@ -352,6 +400,10 @@ mod tests {
             "distlockd_request_handling_seconds_count 4\n",
             "distlockd_uptime_seconds 1.5\n",
             "distlockd_locks_held 2\n",
+            "distlockd_connection_buffers_lent{side=\"input\"} 1\n",
+            "distlockd_connection_buffers_lent{side=\"output\"} 0\n",
+            "distlockd_connection_buffer_bytes{side=\"input\"} 3072\n",
+            "distlockd_connection_buffer_bytes{side=\"output\"} 32768\n",
         ] {
             assert!(out.contains(expected), "missing {expected:?} in\n{out}");
         }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use distlockd::auth::Auth;
 use distlockd::client::{Client, Error};
-use distlockd::legacy::{self, Command};
 use distlockd::limits::Limits;
 use distlockd::protocol::blocking::Connection;
+use distlockd::protocol::legacy::{self, Command};
 use distlockd::protocol::{Acquire, ErrorCode, Reply, Request};
 use distlockd::server::{Config, Server, ServerHandle};
 

@@ -6,8 +6,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use distlockd::client::Client;
-use distlockd::legacy::{self, Command};
 use distlockd::limits::Limits;
+use distlockd::protocol::legacy::{self, Command};
 use distlockd::protocol::{Acquire, Reply, Request, decode_reply};
 use distlockd::server::{Config, Server, ServerHandle};
 

@@ -1,6 +1,5 @@
 //! `distlockd test`: the benchmark command end to end, on loopback only.
 //!
-//! - the RESP encoder and parser against a real `redis-server`;
 //! - `test distlockd` against an in-process server: the original's report
 //!   with all seven rows and a 100.00 concurrency success rate;
 //! - `test redis` against a redis-server started here;
@@ -14,9 +13,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use distlockd::limits::Limits;
-use distlockd::loadtest::noop::NoopServer;
-use distlockd::loadtest::resp::{self, Value};
+use distlockd::Limits;
 use distlockd::server::{Config, Server};
 
 const BIN: &str = env!("CARGO_BIN_EXE_distlockd");
@@ -116,119 +113,6 @@ impl Drop for Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A reply copied out of the parser's borrowed [`Value`].
-#[derive(Debug, PartialEq)]
-enum Owned {
-    Simple(Vec<u8>),
-    Error(Vec<u8>),
-    Integer(i64),
-    Bulk(Vec<u8>),
-    Nil,
-}
-
-impl From<Value<'_>> for Owned {
-    fn from(v: Value<'_>) -> Owned {
-        match v {
-            Value::Simple(s) => Owned::Simple(s.to_vec()),
-            Value::Error(e) => Owned::Error(e.to_vec()),
-            Value::Integer(i) => Owned::Integer(i),
-            Value::Bulk(b) => Owned::Bulk(b.to_vec()),
-            Value::Nil => Owned::Nil,
-        }
-    }
-}
-
-/// Sends one command and reads one reply, through our encoder and parser.
-fn redis_roundtrip(stream: &mut TcpStream, args: &[&[u8]]) -> Owned {
-    use std::io::{Read, Write};
-    let mut out = vec![0u8; resp::command_len(args)];
-    let n = resp::encode_command(&mut out, args);
-    assert_eq!(n, out.len());
-    stream.write_all(&out).unwrap();
-    let mut buf = Vec::new();
-    loop {
-        if let Some((value, used)) = resp::parse(&buf).unwrap() {
-            assert_eq!(used, buf.len(), "exactly one reply");
-            return value.into();
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).unwrap();
-        assert!(n > 0, "redis closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-#[test]
-fn resp_codec_speaks_to_a_real_redis() {
-    if !redis_installed() {
-        return;
-    }
-    let redis = Redis::start();
-    let mut s = TcpStream::connect(redis.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(
-        redis_roundtrip(&mut s, &[b"PING"]),
-        Owned::Simple(b"PONG".to_vec())
-    );
-    let Owned::Bulk(sha) = redis_roundtrip(
-        &mut s,
-        &[b"SCRIPT", b"LOAD", resp::RELEASE_SCRIPT.as_bytes()],
-    ) else {
-        panic!("SCRIPT LOAD did not answer a bulk string")
-    };
-    assert_eq!(sha.len(), resp::SCRIPT_SHA_LEN);
-
-    // SET NX PX through the lock encoder: first wins, second gets nil.
-    let mut out = [0u8; 256];
-    for (token, want) in [
-        (&b"tok-a"[..], Owned::Simple(b"OK".to_vec())),
-        (b"tok-b", Owned::Nil),
-    ] {
-        let n = resp::encode_set_nx_px(&mut out, b"bench:test:lock", token, 60_000);
-        let args = parse_command(&out[..n]);
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-        assert_eq!(args[0], b"SET");
-        assert_eq!(redis_roundtrip(&mut s, &args), want);
-    }
-    // Compare-and-delete: the wrong token deletes nothing, the right one does.
-    for (token, want) in [(&b"tok-b"[..], 0), (b"tok-a", 1), (b"tok-a", 0)] {
-        let n = resp::encode_release(&mut out, &sha, b"bench:test:lock", token);
-        let args = parse_command(&out[..n]);
-        let args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-        assert_eq!(redis_roundtrip(&mut s, &args), Owned::Integer(want));
-    }
-    // An error reply parses as an error, not as a value.
-    assert!(matches!(
-        redis_roundtrip(&mut s, &[b"NOSUCHCOMMAND"]),
-        Owned::Error(_)
-    ));
-}
-
-/// Splits an encoded RESP command back into its arguments (checks the
-/// encoder's framing independently of Redis).
-fn parse_command(wire: &[u8]) -> Vec<Vec<u8>> {
-    let text = wire.to_vec();
-    let mut parts = text
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap());
-    let header = parts.next().unwrap();
-    assert_eq!(header[0], b'*');
-    let argc: usize = std::str::from_utf8(&header[1..]).unwrap().parse().unwrap();
-    let mut args = Vec::new();
-    for _ in 0..argc {
-        let len_line = parts.next().unwrap();
-        assert_eq!(len_line[0], b'$');
-        let len: usize = std::str::from_utf8(&len_line[1..])
-            .unwrap()
-            .parse()
-            .unwrap();
-        let arg = parts.next().unwrap().to_vec();
-        assert_eq!(arg.len(), len);
-        args.push(arg);
-    }
-    args
 }
 
 const ORIGINAL_ROWS: [&str; 7] = [
@@ -513,88 +397,6 @@ fn compare_quick_runs_end_to_end() {
         assert_eq!(c.get("violations").unwrap().num(), Some(0.0));
         assert_eq!(c.get("lost_releases").unwrap().num(), Some(0.0));
     }
-}
-
-/// Every request kind, one at a time and all pipelined in one write, gets
-/// its fixed valid reply from the no-op reference; a malformed frame gets
-/// an ERROR and the connection closes.
-#[test]
-fn noop_reference_answers_every_request_kind_with_a_valid_reply() {
-    use distlockd::protocol::blocking::Connection;
-    use distlockd::protocol::{Acquire, ErrorCode, Reply, Request};
-
-    let mut server = NoopServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = server.local_addr().unwrap();
-    // Serves until the test process ends.
-    std::thread::spawn(move || server.run());
-    let requests = [
-        Request::Ping,
-        Request::Hello {
-            version: 2,
-            client_name: b"test",
-        },
-        Request::Acquire(Acquire {
-            name: b"job",
-            owner: b"me",
-            ttl_ms: 5_000,
-            wait_ms: 100,
-            flags: 0,
-        }),
-        Request::Release {
-            name: b"job",
-            owner: b"me",
-            token: 1,
-        },
-        Request::Extend {
-            name: b"job",
-            owner: b"me",
-            token: 1,
-            ttl_ms: 7_000,
-        },
-        Request::Auth { secret: b"s" },
-        Request::Status {
-            name: b"",
-            cursor: 0,
-        },
-    ];
-    let check = |request: &Request<'_>, reply: Reply<'_>| match (request, reply) {
-        (Request::Ping, Reply::Pong { server_version, .. }) => {
-            assert!(server_version.ends_with(b"no-op reference"))
-        }
-        (Request::Hello { .. }, Reply::Hello(h)) => assert_eq!(h.version, 2),
-        (Request::Acquire(_), Reply::Granted { ttl_ms, .. }) => assert_eq!(ttl_ms, 5_000),
-        (Request::Release { .. }, Reply::Released) => {}
-        (Request::Extend { .. }, Reply::Extended { ttl_ms }) => assert_eq!(ttl_ms, 7_000),
-        (Request::Auth { .. }, Reply::Authed) => {}
-        (Request::Status { .. }, Reply::Status(s)) => assert_eq!(s.entries().count(), 0),
-        (request, reply) => panic!("{request:?} answered {reply:?}"),
-    };
-    let mut conn = Connection::new(TcpStream::connect(addr).unwrap());
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    for request in &requests {
-        check(
-            request,
-            conn.exchange(request).expect("a reply within 10 s"),
-        );
-        assert!(conn.buffered().is_empty(), "no reply without a request");
-    }
-    let mut frames = Vec::new();
-    for request in &requests {
-        request.encode_to_vec(&mut frames);
-    }
-    conn.send_raw(&frames).unwrap();
-    for request in &requests {
-        check(request, conn.read_reply().expect("a reply within 10 s"));
-    }
-    assert!(conn.buffered().is_empty(), "no reply without a request");
-    // An unknown kind: ERROR, then the server closes.
-    conn.send_raw(b"Z\x00\x00").unwrap();
-    match conn.read_reply().expect("a reply within 10 s") {
-        Reply::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownKind),
-        other => panic!("unknown kind answered {other:?}"),
-    }
-    assert_eq!(conn.fill().expect("closed within 10 s"), 0);
 }
 
 /// A small JSON parser for checking `--json` output (no serde dependency).

@@ -20,6 +20,7 @@
 //! buffers freed and re-allocated.
 
 use super::ConnBuffer;
+use crate::metrics::PoolFigures;
 
 /// How long free buffers must go unused before they are freed: long enough
 /// that a load's pauses between bursts do not free and re-allocate them.
@@ -62,16 +63,23 @@ impl BufferPool {
         }
     }
 
-    pub fn buffer_size(&self) -> usize {
-        self.buffer_size
+    /// What `/metrics` shows of this pool.
+    pub fn figures(&self) -> PoolFigures {
+        PoolFigures {
+            lent: self.lent,
+            allocated: self.allocated,
+            buffer_size: self.buffer_size,
+        }
     }
 
     /// Buffers attached to a connection's buffer now.
+    #[cfg(test)]
     pub fn lent(&self) -> usize {
         self.lent
     }
 
     /// Buffers allocated and not yet freed, lent or not.
+    #[cfg(test)]
     pub fn allocated(&self) -> usize {
         self.allocated
     }

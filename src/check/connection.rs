@@ -19,11 +19,11 @@ use super::Source;
 use super::model::{Answer, Later, Model};
 use crate::buffer::ConnBuffer;
 use crate::execute::{self, Context, Step};
-use crate::legacy::{self, Command};
 use crate::limits::{
     CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, Limits, PROTOCOL_VERSION, REPLY_SIZE_MAX,
     WAIT_MS_UNBOUNDED,
 };
+use crate::protocol::legacy::{self, Command};
 use crate::protocol::{self, Acquire, DecodeError, ErrorCode, HelloReply, Reply, Request, kind};
 use crate::table::{EventKind, LockTable, SessionId};
 

@@ -11,8 +11,8 @@
 
 use super::{ByteSource, Source};
 use crate::buffer::ConnBuffer;
-use crate::legacy;
 use crate::limits::{CONN_INPUT_BUFFER_SIZE, FRAME_HEADER_SIZE, FRAME_SIZE_CEILING};
+use crate::protocol::legacy;
 use crate::protocol::{self, Acquire, DecodeError, FLAG_SESSION, Request};
 
 /// Which decoder reads the stream.

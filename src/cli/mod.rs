@@ -11,7 +11,8 @@ pub mod run;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::auth::{SECRET_FILE_ENV, read_secret_file};
+pub use crate::auth::SECRET_FILE_ENV;
+use crate::auth::read_secret_file;
 use crate::client::servers::{self, SERVER_DEFAULT, SERVER_ENV, SERVER_FORM};
 use crate::client::{Client, ClientBuilder, Error, WAIT_FINITE_MAX, WAIT_FOREVER};
 use crate::protocol::ErrorCode;

@@ -57,13 +57,13 @@ pub struct CompareConfig {
 }
 
 /// A server child process, killed on drop.
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl ServerProcess {
-    fn start(
+    pub(super) fn start(
         backend: Backend,
         redis_server: &str,
         placement: Option<&Placement>,
@@ -79,7 +79,7 @@ impl ServerProcess {
         let port = port.to_string();
         // Redis runs without maxmemory, so ours runs without its default
         // cap on held locks (the memory scenario may hold more).
-        let locks_max = crate::limits::LOCKS_CEILING.to_string();
+        let locks_max = crate::server::LOCKS_CEILING.to_string();
         let args: &[&str] = match backend {
             Backend::Distlockd => &[
                 "server",

@@ -56,8 +56,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use super::resp;
-use crate::buffer::ConnBuffer;
-use crate::protocol::{self, Acquire, Reply, Request};
+use crate::protocol::{self, Acquire, ConnBuffer, Reply, Request};
 
 /// Longest lock name the engine builds (`bench:{label}:{run}:{thread}.{n}`).
 const NAME_LEN_MAX: usize = 64;
@@ -80,7 +79,7 @@ const DRAIN_DURATION_MAX: Duration = Duration::from_secs(2);
 /// Connect timeout per connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-const _: () = assert!(NATIVE_REQUEST_LEN_MAX <= crate::limits::FRAME_SIZE_CEILING);
+const _: () = assert!(NATIVE_REQUEST_LEN_MAX <= crate::protocol::FRAME_SIZE_CEILING);
 
 /// The protocol a target speaks.
 #[derive(Clone, Copy, Debug)]

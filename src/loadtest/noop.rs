@@ -26,11 +26,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, FRAME_SIZE_CEILING, Limits, PROTOCOL_VERSION,
-    REPLY_SIZE_MAX,
+use crate::protocol::{
+    self, ErrorCode, FRAME_SIZE_CEILING, HelloReply, PROTOCOL_VERSION, REPLY_SIZE_MAX, Reply,
+    Request, StatusWriter,
 };
-use crate::protocol::{self, ErrorCode, HelloReply, Reply, Request, StatusWriter};
+use crate::server::{CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, Limits};
 
 /// PONG's and HELLO's server version: says which server answered.
 pub const NOOP_SERVER_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " no-op reference");
@@ -98,7 +98,7 @@ impl Answerer {
                     0 => limits.lock_ttl_ms_default,
                     ttl_ms => ttl_ms,
                 };
-                crate::execute::granted(*version, token, ttl_ms, false).encode(out)
+                Reply::granted(*version, token, ttl_ms, false).encode(out)
             }
             Request::Release { .. } => Reply::Released.encode(out),
             Request::Extend { ttl_ms, .. } => Reply::Extended { ttl_ms }.encode(out),
@@ -151,6 +151,7 @@ impl NoopServer {
         })
     }
 
+    #[cfg(test)]
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -332,6 +333,90 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::protocol::{Acquire, decode_reply};
+
+    /// Every request kind, one at a time and all pipelined in one write, gets
+    /// its fixed valid reply from the no-op reference; a malformed frame gets
+    /// an ERROR and the connection closes.
+    #[test]
+    fn noop_reference_answers_every_request_kind_with_a_valid_reply() {
+        use std::net::TcpStream;
+        use std::time::Duration;
+
+        use crate::protocol::blocking::Connection;
+
+        let mut server = NoopServer::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = server.local_addr().unwrap();
+        // Serves until the test process ends.
+        std::thread::spawn(move || server.run());
+        let requests = [
+            Request::Ping,
+            Request::Hello {
+                version: 2,
+                client_name: b"test",
+            },
+            Request::Acquire(Acquire {
+                name: b"job",
+                owner: b"me",
+                ttl_ms: 5_000,
+                wait_ms: 100,
+                flags: 0,
+            }),
+            Request::Release {
+                name: b"job",
+                owner: b"me",
+                token: 1,
+            },
+            Request::Extend {
+                name: b"job",
+                owner: b"me",
+                token: 1,
+                ttl_ms: 7_000,
+            },
+            Request::Auth { secret: b"s" },
+            Request::Status {
+                name: b"",
+                cursor: 0,
+            },
+        ];
+        let check = |request: &Request<'_>, reply: Reply<'_>| match (request, reply) {
+            (Request::Ping, Reply::Pong { server_version, .. }) => {
+                assert!(server_version.ends_with(b"no-op reference"))
+            }
+            (Request::Hello { .. }, Reply::Hello(h)) => assert_eq!(h.version, 2),
+            (Request::Acquire(_), Reply::Granted { ttl_ms, .. }) => assert_eq!(ttl_ms, 5_000),
+            (Request::Release { .. }, Reply::Released) => {}
+            (Request::Extend { .. }, Reply::Extended { ttl_ms }) => assert_eq!(ttl_ms, 7_000),
+            (Request::Auth { .. }, Reply::Authed) => {}
+            (Request::Status { .. }, Reply::Status(s)) => assert_eq!(s.entries().count(), 0),
+            (request, reply) => panic!("{request:?} answered {reply:?}"),
+        };
+        let mut conn = Connection::new(TcpStream::connect(addr).unwrap());
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        for request in &requests {
+            check(
+                request,
+                conn.exchange(request).expect("a reply within 10 s"),
+            );
+            assert!(conn.buffered().is_empty(), "no reply without a request");
+        }
+        let mut frames = Vec::new();
+        for request in &requests {
+            request.encode_to_vec(&mut frames);
+        }
+        conn.send_raw(&frames).unwrap();
+        for request in &requests {
+            check(request, conn.read_reply().expect("a reply within 10 s"));
+        }
+        assert!(conn.buffered().is_empty(), "no reply without a request");
+        // An unknown kind: ERROR, then the server closes.
+        conn.send_raw(b"Z\x00\x00").unwrap();
+        match conn.read_reply().expect("a reply within 10 s") {
+            Reply::Error { code, .. } => assert_eq!(code, ErrorCode::UnknownKind),
+            other => panic!("unknown kind answered {other:?}"),
+        }
+        assert_eq!(conn.fill().expect("closed within 10 s"), 0);
+    }
 
     fn reply_kind(request: Request<'_>, version: &mut u16, answerer: &mut Answerer) -> u8 {
         let mut out = [0u8; REPLY_SIZE_MAX];

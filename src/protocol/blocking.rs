@@ -2,19 +2,13 @@
 //! one copy of that loop, shared by the client, the load tester and the
 //! tests; std only, so a client-only build has it.
 //!
-//! ```text
-//! input: 0          start              end              capacity
-//!        |  consumed  |   unread bytes   |  free space   |
-//! ```
-//!
-//! Replies are read into a fixed buffer and decoded in place: a [`Reply`]
+//! Replies are read into a fixed [`ConnBuffer`] (the server's kind) and
+//! decoded in place: a [`Reply`]
 //! borrows the buffer until the next call, and no call allocates once the
 //! connection exists. The buffer holds at least one largest reply
 //! ([`FRAME_SIZE_CEILING`], checked from a reply's header before its body
 //! arrives), so a reply always has room. Bytes past one reply stay for the
-//! next read: requests may be pipelined. Before a read, unread bytes slide to
-//! the front when the consumed prefix is at least as long as they are (each
-//! byte moves at most once on average) or when no free space is left.
+//! next read: requests may be pipelined.
 //!
 //! Every failure is an [`io::Error`] that says what happened:
 //! `UnexpectedEof` when the server closes before a reply is whole,
@@ -46,6 +40,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use super::{DecodeError, Reply, Request, decode_reply, is_reply_kind, split_frame};
+use crate::buffer::ConnBuffer;
 use crate::limits::{FRAME_SIZE_CEILING, STATUS_REPLY_SIZE_MAX};
 
 /// Default input buffer: one read takes several pipelined replies, and
@@ -100,10 +95,7 @@ impl std::error::Error for BadReply {}
 /// A stream with a fixed input buffer; see the module docs.
 pub struct Connection<S = TcpStream> {
     stream: S,
-    input: Box<[u8]>,
-    /// Unread bytes are `input[start..end]`.
-    start: usize,
-    end: usize,
+    input: ConnBuffer,
     /// The read timeout last set by [`Connection::set_read_timeout`], to
     /// skip the syscall when it does not change and to name it when it
     /// expires; `None` until set.
@@ -125,9 +117,7 @@ impl<S: Read + Write> Connection<S> {
         );
         Connection {
             stream,
-            input: vec![0; size].into_boxed_slice(),
-            start: 0,
-            end: 0,
+            input: ConnBuffer::with_capacity(size),
             read_timeout: None,
         }
     }
@@ -147,7 +137,7 @@ impl<S: Read + Write> Connection<S> {
 
     /// Bytes read but not yet returned as a reply.
     pub fn buffered(&self) -> &[u8] {
-        &self.input[self.start..self.end]
+        self.input.unread()
     }
 
     /// Encodes `request` (on the stack) and writes it.
@@ -258,22 +248,20 @@ impl<S: Read + Write> Connection<S> {
     /// from a non-blocking stream, for one), except a full buffer
     /// (`InvalidData`).
     pub fn fill(&mut self) -> io::Result<usize> {
-        self.make_room();
-        if self.end == self.input.len() {
+        if self.input.is_full() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "{} unread bytes fill the {}-byte input buffer; take the replies in it before reading more, or use a larger buffer",
-                    self.end - self.start,
-                    self.input.len()
+                    self.input.len(),
+                    self.input.capacity()
                 ),
             ));
         }
         loop {
-            match self.stream.read(&mut self.input[self.end..]) {
+            match self.stream.read(self.input.spare_mut()) {
                 Ok(n) => {
-                    self.end += n;
-                    self.invariants();
+                    self.input.commit(n);
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -284,39 +272,12 @@ impl<S: Read + Write> Connection<S> {
 
     /// Consumes the first `len` unread bytes and returns them.
     fn take(&mut self, len: usize) -> &[u8] {
-        assert!(
-            0 < len && len <= self.end - self.start,
-            "a frame of {len} bytes in {} unread bytes",
-            self.end - self.start
-        );
-        let at = self.start;
-        self.start += len;
-        self.invariants();
-        &self.input[at..at + len]
-    }
-
-    fn invariants(&self) {
-        debug_assert!(self.start <= self.end, "{} > {}", self.start, self.end);
-        debug_assert!(self.end <= self.input.len());
-        debug_assert!(self.input.len() >= INPUT_BUFFER_SIZE_MIN);
-    }
-
-    /// Rewinds an empty buffer; slides unread bytes to the front when that
-    /// moves no more than was consumed, or when no free space is left.
-    fn make_room(&mut self) {
-        let unread = self.end - self.start;
-        if unread == 0 {
-            self.start = 0;
-            self.end = 0;
-        } else if self.start > 0 && (self.start >= unread || self.end == self.input.len()) {
-            self.input.copy_within(self.start..self.end, 0);
-            self.start = 0;
-            self.end = unread;
-        }
+        assert!(len > 0, "a frame of no bytes");
+        self.input.take(len)
     }
 
     fn closed_before_whole(&self) -> io::Error {
-        let unread = self.end - self.start;
+        let unread = self.input.len();
         let message = if unread == 0 {
             "the server closed the connection before replying".to_owned()
         } else {
@@ -346,7 +307,7 @@ impl<S: fmt::Debug> fmt::Debug for Connection<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("stream", &self.stream)
-            .field("buffered", &(self.end - self.start))
+            .field("buffered", &self.input.len())
             .finish_non_exhaustive()
     }
 }

@@ -19,11 +19,18 @@
 //! First bytes 0x01, 0x02 and 0x03 are reserved for the original Python
 //! daemon's protocol and never start a native frame.
 //!
-//! [`blocking`] writes frames and reads replies on a blocking stream.
+//! [`blocking`] writes frames and reads replies on a blocking stream;
+//! [`legacy`] is the original daemon's protocol.
 
 pub mod blocking;
+pub mod legacy;
 
-use crate::limits::{FRAME_HEADER_SIZE, FRAME_SIZE_CEILING};
+pub use crate::buffer::ConnBuffer;
+pub use crate::limits::{
+    CLIENT_NAME_LEN_CEILING, FRAME_HEADER_SIZE, FRAME_SIZE_CEILING, NAME_LEN_CEILING,
+    OWNER_LEN_CEILING, PROTOCOL_VERSION, REPLY_SIZE_MAX, RequestSize, STATUS_REPLY_SIZE_MAX,
+    longest_request,
+};
 
 /// Request kinds (client → server).
 pub mod kind {
@@ -48,9 +55,9 @@ pub mod kind {
     pub const STATUS_REPLY: u8 = b's';
     /// First bytes of the original daemon's frames: acquire, release, health.
     pub const LEGACY_RESERVED: [u8; 3] = [
-        crate::legacy::CMD_ACQUIRE,
-        crate::legacy::CMD_RELEASE,
-        crate::legacy::CMD_HEALTH,
+        crate::protocol::legacy::CMD_ACQUIRE,
+        crate::protocol::legacy::CMD_RELEASE,
+        crate::protocol::legacy::CMD_HEALTH,
     ];
 }
 
@@ -401,7 +408,7 @@ impl std::fmt::Display for DecodeError {
             ),
             DecodeError::Legacy { kind } => write!(
                 f,
-                "frame kind 0x{kind:02x} belongs to the original Python protocol; decode it with distlockd::legacy"
+                "frame kind 0x{kind:02x} belongs to the original Python protocol; decode it with distlockd::protocol::legacy"
             ),
             DecodeError::FrameTooLarge { kind, size, max } => write!(
                 f,
@@ -833,6 +840,18 @@ impl Request<'_> {
         let start = out.len();
         out.resize(start + self.encoded_len(), 0);
         self.encode(&mut out[start..]);
+    }
+}
+
+impl Reply<'static> {
+    /// GRANTED as a connection speaking `version` reads it: version 2 and
+    /// later carry the re-entry flag, version 1 has no room for it.
+    pub fn granted(version: u16, token: u64, ttl_ms: u32, reentered: bool) -> Reply<'static> {
+        Reply::Granted {
+            token,
+            ttl_ms,
+            reentered: (version >= GRANTED_FLAGS_VERSION).then_some(reentered),
+        }
     }
 }
 

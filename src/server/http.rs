@@ -225,6 +225,7 @@ impl Server {
                         locks_max: self.table.limits().locks_max,
                         waiters: self.table.waiter_count(),
                         table: self.table.stats(),
+                        buffers: [self.input_pool.figures(), self.output_pool.figures()],
                     },
                     &mut body,
                 );

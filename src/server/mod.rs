@@ -74,12 +74,8 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::auth::Auth;
 use crate::buffer::pool::BufferPool;
-use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, Limits, SESSION_RELEASES_PER_TURN_MAX, TIMER_STEPS_PER_TURN_MAX,
-    WAIT_MS_UNBOUNDED,
-};
+use crate::limits::{SESSION_RELEASES_PER_TURN_MAX, TIMER_STEPS_PER_TURN_MAX};
 use crate::metrics::Metrics;
 use crate::table::LockTable;
 use crate::wheel::TimerWheel;
@@ -88,7 +84,13 @@ use connection::Conn;
 use http::HttpConn;
 use timeouts::Deadline;
 
+pub use crate::auth::Auth;
 pub use crate::execute::SERVER_VERSION;
+pub use crate::http::HTTP_CONNECTIONS_MAX;
+pub use crate::limits::{
+    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, LOCKS_CEILING, Limit, Limits, LimitsError,
+    WAIT_MS_UNBOUNDED,
+};
 pub use signals::SECOND_SIGNAL_MESSAGE;
 
 /// What a poll event is about: its token, decoded. A lock-protocol

@@ -197,7 +197,7 @@ impl Server {
             let reply = match event.kind {
                 // A waiter is never the holder: its grant is a new hold.
                 EventKind::Granted { token, ttl_ms } => {
-                    execute::granted(conn.version, token, ttl_ms, false)
+                    Reply::granted(conn.version, token, ttl_ms, false)
                 }
                 EventKind::TimedOut { waited_ms } => Reply::Timeout { waited_ms },
             };
