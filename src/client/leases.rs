@@ -1,0 +1,432 @@
+//! Held locks: a [`Lease`], the [`LockGuard`] that releases it on drop,
+//! and the [`Binding`] a SESSION hold keeps its own connection in.
+
+use std::fmt;
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use super::{
+    Answer, Client, Conn, Error, Failure, Op, Result, check_name, check_wait, duration_to_ms,
+    release_answer,
+};
+use crate::protocol::FLAG_SESSION;
+
+/// One granted hold: what RELEASE and EXTEND need to name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub(super) name: String,
+    pub(super) owner: String,
+    pub(super) token: u64,
+    pub(super) ttl: Duration,
+    pub(super) reentered: bool,
+}
+
+impl Lease {
+    /// A lease known by its parts, e.g. from another process (the lock
+    /// CLI's `release --owner --token`), to release or extend it.
+    pub fn from_parts(name: &str, owner: &str, token: u64, ttl: Duration) -> Lease {
+        Lease {
+            name: name.to_owned(),
+            owner: owner.to_owned(),
+            token,
+            ttl,
+            reentered: false,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The owner id the server knows this hold by.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The fencing token: larger than every token granted before it.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    /// The TTL the server granted.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Whether the server said this owner held the lock already when the
+    /// ACQUIRE arrived: a re-entry of that hold (same token, TTL restarted
+    /// from the ACQUIRE), not a new grant. Owners are per acquisition unless
+    /// [`ClientBuilder::client_id`] makes two clients share one; a retry
+    /// after a lost reply also re-enters the hold its first attempt took.
+    /// Always false from a server that speaks only protocol version 1,
+    /// which cannot say.
+    pub fn reentered(&self) -> bool {
+        self.reentered
+    }
+}
+
+/// A held lock that is released when dropped (the original's `with
+/// client.lock(...)`). A failed release on drop is logged, never panics; use
+/// [`LockGuard::unlock`] to see the error.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct LockGuard<'a> {
+    pub(super) client: &'a Client,
+    pub(super) lease: Lease,
+    pub(super) released: bool,
+}
+
+impl LockGuard<'_> {
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    pub fn token(&self) -> u64 {
+        self.lease.token
+    }
+
+    pub fn name(&self) -> &str {
+        &self.lease.name
+    }
+
+    /// Sets the hold's remaining TTL to `ttl` from now.
+    pub fn extend(&self, ttl: Duration) -> Result<Duration> {
+        self.client.extend(&self.lease, ttl)
+    }
+
+    /// Releases now and reports the outcome.
+    pub fn unlock(mut self) -> Result<()> {
+        self.released = true;
+        self.client.release_lease(&self.lease)
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Err(e) = self.client.release_lease(&self.lease) {
+            warn!(
+                "releasing lock {:?} (token {}) on drop failed: {e}",
+                self.lease.name, self.lease.token
+            );
+        }
+    }
+}
+
+impl Client {
+    /// Takes `name` as a SESSION hold over a new connection that stays out
+    /// of the pool (a [`Binding`]), so no other request can break it.
+    /// `Ok(None)`: still held by another owner when the wait ended.
+    ///
+    /// Connection failures are retried on a new connection with the same
+    /// owner, which is safe: if a lost reply had granted the hold to the
+    /// closed connection, the server either released it at the close or
+    /// rebinds it to the new one on the same-owner ACQUIRE.
+    pub(crate) fn acquire_bound(
+        &self,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<(Lease, Binding)>> {
+        check_name(name)?;
+        check_wait(wait)?;
+        let owner = self.next_owner();
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let op = Op::Acquire {
+                name,
+                owner: &owner,
+                ttl_ms: self.ttl_ms,
+                wait,
+                flags: self.flags | FLAG_SESSION,
+            };
+            let wait_ms = op.wait_ms_left(started.elapsed());
+            let exchanged = self.connect(self.timeout).and_then(|mut conn| {
+                let answer = self.exchange_op(&mut conn, &op, wait_ms, self.timeout)?;
+                Ok((conn, answer))
+            });
+            let error = match exchanged {
+                Ok((conn, answer)) => {
+                    let closes = answer.closes_connection();
+                    let Some(lease) = self.acquired(name, owner, answer)? else {
+                        return Ok(None);
+                    };
+                    // A granted ACQUIRE is never answered by a closing ERROR.
+                    debug_assert!(!closes);
+                    let binding = Binding::new(conn).map_err(|e| Error::Connection {
+                        addr: self.addr.clone(),
+                        attempts: attempts + 1,
+                        source: e,
+                    })?;
+                    return Ok(Some((lease, binding)));
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Io(e)) => e,
+            };
+            attempts += 1;
+            if attempts > self.retries {
+                return Err(Error::Connection {
+                    addr: self.addr.clone(),
+                    attempts,
+                    source: error,
+                });
+            }
+            let delay = self.backoff(attempts);
+            debug!(
+                "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
+                self.addr
+            );
+            std::thread::sleep(delay);
+        }
+    }
+
+    /// EXTEND of a SESSION hold over its own connection, waiting for the
+    /// reply until `read_until` (the lease's end; `None`: the client's
+    /// timeout) rather than the client's timeout: giving up would close the connection, and the server would
+    /// release the hold at the close. One attempt: a new connection cannot
+    /// carry the binding. Nothing is sent once [`Binding::stop`] was called.
+    /// If the connection fails, [`Binding::closed`] says why.
+    pub(crate) fn extend_bound(
+        &self,
+        binding: &Binding,
+        lease: &Lease,
+        ttl: Duration,
+        read_until: Option<Instant>,
+    ) -> Result<Duration> {
+        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.timeout);
+        let op = Op::Extend {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+            ttl_ms: duration_to_ms(ttl),
+        };
+        let answer = binding.request(self, &op, read_until, true)?;
+        self.extend_answer(lease, answer)
+    }
+
+    /// RELEASE of a SESSION hold: over its own connection while that is
+    /// open, else through the pool (the server released the hold at the
+    /// close, or will when it sees it; a RELEASE in between frees it
+    /// sooner and otherwise answers NOT_HELD).
+    pub(crate) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
+        let op = Op::Release {
+            name: &lease.name,
+            owner: &lease.owner,
+            token: lease.token,
+        };
+        let answer = match binding.request(self, &op, Instant::now() + self.timeout, false) {
+            Ok(answer) => answer,
+            // Stopping the renewals shut the socket down under a renewal in
+            // flight: the server ended the hold at that disconnect, which is
+            // the release asked for. The RELEASE through the pool then finds
+            // the lock free (or already someone else's).
+            Err(_) if binding.shut_by_stop() => {
+                return match self.release_lease(lease) {
+                    Err(Error::NotHeld { .. }) => Ok(()),
+                    other => other,
+                };
+            }
+            Err(_) if binding.closed().is_some() => return self.release_lease(lease),
+            Err(e) => return Err(e),
+        };
+        self.forget(lease);
+        release_answer(lease, answer)
+    }
+}
+
+/// How often a holder of a SESSION hold looks, between renewals, whether
+/// the server closed the hold's connection: a closed connection means the
+/// hold is gone, and the holder should know within this long.
+pub(crate) const SESSION_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The connection a SESSION hold is bound to, kept out of the pool: the
+/// server releases the hold the moment this connection closes, so only the
+/// hold's own requests use it, and any failure on it counts as the end of
+/// the hold (the client closes the connection, so the server releases the
+/// hold if it has not already).
+pub(crate) struct Binding {
+    /// `None` once closed.
+    conn: Mutex<Option<Conn>>,
+    /// Why the connection closed; set once, read without waiting for a
+    /// request in flight.
+    closed: Mutex<Option<String>>,
+    /// Another handle on the socket, to shut it down while a request is
+    /// blocked on it.
+    socket: TcpStream,
+    /// Set by [`Binding::stop`]: renewals send nothing more.
+    stopping: std::sync::atomic::AtomicBool,
+    /// A renewal is between its `stopping` check and its reply.
+    renewal_in_flight: std::sync::atomic::AtomicBool,
+    /// [`Binding::stop`] shut the socket down under a renewal: the server
+    /// ended the hold at that disconnect, as a release would have.
+    shut_by_stop: std::sync::atomic::AtomicBool,
+}
+
+impl Binding {
+    fn new(conn: Conn) -> io::Result<Binding> {
+        Ok(Binding {
+            socket: conn.stream.try_clone()?,
+            conn: Mutex::new(Some(conn)),
+            closed: Mutex::new(None),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            renewal_in_flight: std::sync::atomic::AtomicBool::new(false),
+            shut_by_stop: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Option<Conn>> {
+        // Every update is one assignment: a panic cannot leave it half done.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the connection closed (the server has released the hold, or
+    /// will when it sees the close), or `None` while it is open.
+    pub(crate) fn closed(&self) -> Option<String> {
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn close(&self, conn: &mut Option<Conn>, why: String) {
+        *conn = None;
+        self.closed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(why);
+    }
+
+    /// Looks, without blocking, whether the server closed the connection;
+    /// `false` if it did (then [`Binding::closed`] says so). A request in
+    /// flight is not disturbed: the probe is skipped and that request finds
+    /// out itself.
+    pub(crate) fn probe(&self) -> bool {
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return self.closed().is_none();
+        };
+        let Some(open) = conn.as_mut() else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let peeked = open
+            .stream
+            .set_nonblocking(true)
+            .and_then(|()| open.stream.peek(&mut byte));
+        let restored = open.stream.set_nonblocking(false);
+        let why = match (peeked, restored) {
+            (Ok(0), _) => "the server closed the connection".to_owned(),
+            (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => e.to_string(),
+            (_, Err(e)) => e.to_string(),
+            // Open: nothing to read, or bytes the next request will see.
+            _ => return true,
+        };
+        self.close(&mut conn, why);
+        false
+    }
+
+    /// Sends no more renewals, and unblocks one in flight by shutting the
+    /// socket down (which ends the hold on the server, as a release would).
+    /// A renewal marks itself in flight before it checks `stopping`, and
+    /// this sets `stopping` before it checks the mark, so either the
+    /// renewal sees `stopping` or this sees the renewal (both SeqCst).
+    /// Other holders of the connection lock (a probe) are not disturbed.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        if self.renewal_in_flight.load(Ordering::SeqCst) {
+            self.shut_by_stop.store(true, Ordering::SeqCst);
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Whether [`Binding::stop`] ended the hold by shutting the socket down.
+    pub(crate) fn shut_by_stop(&self) -> bool {
+        self.shut_by_stop.load(Ordering::SeqCst)
+    }
+
+    /// One request, reading until `read_until`; any failure closes the
+    /// connection. `renewal`: refused once stopped.
+    fn request(
+        &self,
+        client: &Client,
+        op: &Op<'_>,
+        read_until: Instant,
+        renewal: bool,
+    ) -> Result<Answer> {
+        let mut conn = self.conn();
+        let unsent = |why: String| Error::Connection {
+            addr: client.addr.clone(),
+            attempts: 0,
+            source: io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{} not sent: {why}", op.kind_name()),
+            ),
+        };
+        if renewal {
+            self.renewal_in_flight.store(true, Ordering::SeqCst);
+            if self.stopping.load(Ordering::SeqCst) {
+                self.renewal_in_flight.store(false, Ordering::SeqCst);
+                return Err(unsent("renewal stopped".to_owned()));
+            }
+        }
+        let result = self.request_locked(client, op, read_until, &mut conn, unsent);
+        if renewal {
+            self.renewal_in_flight.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn request_locked(
+        &self,
+        client: &Client,
+        op: &Op<'_>,
+        read_until: Instant,
+        conn: &mut Option<Conn>,
+        unsent: impl Fn(String) -> Error,
+    ) -> Result<Answer> {
+        let Some(open) = conn.as_mut() else {
+            return Err(unsent(format!(
+                "the SESSION connection was closed: {}",
+                self.closed().unwrap_or_default()
+            )));
+        };
+        let left = read_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(unsent("its deadline passed".to_owned()));
+        }
+        match client.exchange_op(open, op, 0, left) {
+            Ok(answer) => {
+                if answer.closes_connection() {
+                    self.close(conn, format!("the server answered {answer:?}"));
+                }
+                Ok(answer)
+            }
+            Err(Failure::Io(e)) => {
+                self.close(conn, e.to_string());
+                Err(Error::Connection {
+                    addr: client.addr.clone(),
+                    attempts: 1,
+                    source: e,
+                })
+            }
+            Err(Failure::Fatal(e)) => {
+                self.close(conn, e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Binding")
+            .field("closed", &self.closed())
+            .finish_non_exhaustive()
+    }
+}
