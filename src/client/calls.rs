@@ -1,5 +1,6 @@
-//! The operations: each public request of [`Client`], the [`Op`] it sends
-//! and the [`Answer`] it reads back.
+//! The operations: each request the client sends, as a type that names
+//! the answers it may get ([`Call`]), and the [`Client`] methods that send
+//! them.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use super::connection::CLIENT_NAME;
 use super::{Client, Error, Lease, LockGuard, NotHeldCause, Result, invalid};
 use crate::limits::{NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION, WAIT_MS_UNBOUNDED};
 use crate::protocol::{
-    Acquire, ErrorCode, FLAG_WAIT_FOREVER, HelloReply, NotHeldReason, Reply, Request, StatusEntry,
+    self, FLAG_WAIT_FOREVER, HelloReply, NotHeldReason, Reply, Request, StatusEntry,
 };
 
 /// A wait with no deadline: `client.acquire(name, WAIT_FOREVER)` waits in
@@ -98,12 +98,8 @@ impl Client {
     /// and no backoff. Never panics; the reason for `false` is logged at
     /// debug level.
     pub fn check_server_health(&self) -> bool {
-        match self.call(&Op::Ping, 0) {
-            Ok(Answer::Pong) => true,
-            Ok(other) => {
-                debug!("health check of {}: answered {other:?}", self.addr);
-                false
-            }
+        match self.call(&Ping, 0) {
+            Ok(()) => true,
             Err(e) => {
                 debug!("health check of {}: {e}", self.addr);
                 false
@@ -112,34 +108,24 @@ impl Client {
     }
 
     /// PING: whether the server serves this client's requests, with the
-    /// reason if not (for example [`ErrorCode::Auth`] from a server that
-    /// needs a secret this client does not have; HELLO alone is answered
-    /// before AUTH, so [`Client::server_info`] cannot tell).
+    /// reason if not (for example
+    /// [`ErrorCode::Auth`](crate::protocol::ErrorCode::Auth) from a server
+    /// that needs a secret this client does not have; HELLO alone is
+    /// answered before AUTH, so [`Client::server_info`] cannot tell).
     pub fn ping(&self) -> Result<()> {
-        match self.call(&Op::Ping, self.retries)? {
-            Answer::Pong => Ok(()),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for PING"),
-        }
+        self.call(&Ping, self.retries)
     }
 
     /// The server's version and limits.
     pub fn server_info(&self) -> Result<ServerInfo> {
-        match self.call(&Op::Hello, self.retries)? {
-            Answer::Hello(info) => Ok(info),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for HELLO"),
-        }
+        self.call(&Hello, self.retries)
     }
 
     /// The state of lock `name`: `None` if nobody holds it.
     pub fn status(&self, name: &str) -> Result<Option<LockStatus>> {
         check_name(name)?;
-        match self.call(&Op::Status { name, cursor: 0 }, self.retries)? {
-            Answer::Status { locks, .. } => Ok(locks.into_iter().next()),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for STATUS"),
-        }
+        let page = self.call(&Status { name, cursor: 0 }, self.retries)?;
+        Ok(page.locks.into_iter().next())
     }
 
     /// Up to `limit` held locks, fetched page by page. A listing that spans
@@ -152,28 +138,19 @@ impl Client {
         };
         let mut cursor = 0;
         loop {
-            let op = Op::Status { name: "", cursor };
-            let (total, next_cursor, locks) = match self.call(&op, self.retries)? {
-                Answer::Status {
-                    total,
-                    next_cursor,
-                    locks,
-                } => (total, next_cursor, locks),
-                Answer::Error { code, message } => return Err(Error::Server { code, message }),
-                other => unreachable!("Op::accepts admitted {other:?} for STATUS"),
-            };
-            list.total = total;
-            for lock in locks {
+            let page = self.call(&Status { name: "", cursor }, self.retries)?;
+            list.total = page.total;
+            for lock in page.locks {
                 if list.locks.len() == limit {
                     list.truncated = true;
                     return Ok(list);
                 }
                 list.locks.push(lock);
             }
-            if next_cursor == 0 {
+            if page.next_cursor == 0 {
                 return Ok(list);
             }
-            cursor = next_cursor;
+            cursor = page.next_cursor;
         }
     }
 
@@ -229,16 +206,13 @@ impl Client {
     /// If a retry was needed because the first attempt's reply was lost, that
     /// attempt may have released it already and the retry answers NotHeld.
     pub fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let op = Op::Release {
-            name: &lease.name,
-            owner: &lease.owner,
-            token: lease.token,
-        };
-        let answer = self.call(&op, self.retries)?;
+        let answer = self.call(&Release { lease }, self.retries);
         // Released or refused, the hold is not ours any more; a connection
         // failure keeps the record so the caller can release again.
-        self.forget(lease);
-        release_answer(lease, answer)
+        if matches!(answer, Ok(_) | Err(Error::Server { .. })) {
+            self.forget(lease);
+        }
+        released(lease, answer?)
     }
 
     /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
@@ -261,29 +235,29 @@ impl Client {
             // a caller passing zero means.
             return invalid("extend ttl 0: use a positive TTL; release the lock to give it up");
         }
-        let op = Op::Extend {
-            name: &lease.name,
-            owner: &lease.owner,
-            token: lease.token,
+        let op = Extend {
+            lease,
             ttl_ms: duration_to_ms(ttl),
         };
         let answer = self.call_within(&op, retries, deadline)?;
-        self.extend_answer(lease, answer)
+        self.extended(lease, answer)
     }
 
     /// What an EXTEND's answer means for `lease`.
-    pub(super) fn extend_answer(&self, lease: &Lease, answer: Answer) -> Result<Duration> {
+    pub(super) fn extended(
+        &self,
+        lease: &Lease,
+        answer: Result<u32, NotHeldReason>,
+    ) -> Result<Duration> {
         match answer {
-            Answer::Extended { ttl_ms } => Ok(Duration::from_millis(ttl_ms as u64)),
-            Answer::NotHeld(reason) => {
+            Ok(ttl_ms) => Ok(Duration::from_millis(ttl_ms as u64)),
+            Err(reason) => {
                 self.forget(lease);
                 Err(Error::NotHeld {
                     name: lease.name.clone(),
                     reason: NotHeldCause::Server(reason),
                 })
             }
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for EXTEND"),
         }
     }
 
@@ -312,47 +286,30 @@ impl Client {
         check_name(name)?;
         check_wait(wait)?;
         check_owner(&owner)?;
-        let op = Op::Acquire {
+        let op = Acquire {
             name,
             owner: &owner,
             ttl_ms: self.ttl_ms,
             wait,
             flags,
         };
-        let answer = self.call(&op, self.retries)?;
-        self.acquired(name, owner, answer)
+        let grant = self.call(&op, self.retries)?;
+        Ok(self.acquired(name, owner, grant))
     }
 
-    /// The lease an ACQUIRE's `answer` grants, recorded for
-    /// [`Client::release`]; `Ok(None)` if it was not granted.
-    pub(super) fn acquired(
-        &self,
-        name: &str,
-        owner: String,
-        answer: Answer,
-    ) -> Result<Option<Lease>> {
-        match answer {
-            Answer::Granted {
-                token,
-                ttl_ms,
-                reentered,
-            } => {
-                let lease = Lease {
-                    name: name.to_owned(),
-                    owner,
-                    token,
-                    ttl: Duration::from_millis(ttl_ms as u64),
-                    reentered: reentered.unwrap_or(false),
-                };
-                self.holds().insert(lease.name.clone(), lease.clone());
-                Ok(Some(lease))
-            }
-            // BUSY answers a wait of zero, including a retry whose wait was
-            // used up by failed attempts.
-            Answer::Busy | Answer::Timeout => Ok(None),
-            Answer::Error { code, message } => Err(Error::Server { code, message }),
-            other => unreachable!("Op::accepts admitted {other:?} for ACQUIRE"),
-        }
+    /// The lease `grant` gives, recorded for [`Client::release`]; `None`
+    /// if it was not granted.
+    pub(super) fn acquired(&self, name: &str, owner: String, grant: Grant) -> Option<Lease> {
+        let granted = grant?;
+        let lease = Lease {
+            name: name.to_owned(),
+            owner,
+            token: granted.token,
+            ttl: Duration::from_millis(granted.ttl_ms as u64),
+            reentered: granted.reentered.unwrap_or(false),
+        };
+        self.holds().insert(lease.name.clone(), lease.clone());
+        Some(lease)
     }
 
     pub(super) fn next_owner(&self) -> String {
@@ -380,225 +337,279 @@ impl Client {
     }
 }
 
-/// A request with owned-by-caller fields, re-encoded on each attempt because
-/// a waiting ACQUIRE's wait shrinks by the time already spent.
-pub(super) enum Op<'a> {
-    Hello,
-    Ping,
-    Acquire {
-        name: &'a str,
-        owner: &'a str,
-        ttl_ms: u32,
-        wait: Duration,
-        flags: u8,
-    },
-    Release {
-        name: &'a str,
-        owner: &'a str,
-        token: u64,
-    },
-    Extend {
-        name: &'a str,
-        owner: &'a str,
-        token: u64,
-        ttl_ms: u32,
-    },
-    Status {
-        name: &'a str,
-        cursor: u32,
-    },
-}
+/// Sent in HELLO so server logs say which client connected.
+const CLIENT_NAME: &str = concat!("distlockd-rust/", env!("CARGO_PKG_VERSION"));
+const _: () = assert!(CLIENT_NAME.len() <= u8::MAX as usize);
 
-impl Op<'_> {
-    /// Whether the server may hold the reply back (a waiting ACQUIRE).
-    pub(super) fn may_wait(&self) -> bool {
-        matches!(self, Op::Acquire { wait, .. } if !wait.is_zero())
+/// One request and the replies that answer it. Each request type names
+/// what its replies mean in [`Call::Answer`], so a reply that does not
+/// answer it is found in one place ([`Call::answer`] returns `None`: a
+/// protocol error) and callers match only answers that can happen. An
+/// ERROR reply answers any request; the exchange turns it into
+/// [`Failure::Refused`](super::Failure::Refused) before asking the request.
+///
+/// A request borrows its fields from the caller and is encoded again for
+/// each attempt, because a waiting ACQUIRE's wait shrinks by the time
+/// already spent.
+pub(super) trait Call {
+    /// What the replies to this request mean, copied out of the read
+    /// buffer.
+    type Answer;
+    /// The request's kind, for messages.
+    const KIND: &'static str;
+
+    /// The frame to send; `wait_ms` is what is left of a waiting ACQUIRE's
+    /// wait ([`Call::wait_ms_left`]).
+    fn request(&self, wait_ms: u32) -> Request<'_>;
+
+    /// What `reply` means, or `None` if it does not answer this request.
+    fn answer(reply: &Reply<'_>) -> Option<Self::Answer>;
+
+    /// How long the server may hold the reply back: zero, except for a
+    /// waiting ACQUIRE.
+    fn wait(&self) -> Duration {
+        Duration::ZERO
     }
 
-    /// `wait_ms` for the next attempt; 0 for a wait with no deadline,
-    /// which [`Op::request`] sends as flag WAIT_FOREVER instead.
-    pub(super) fn wait_ms_left(&self, elapsed: Duration) -> u32 {
-        match self {
-            Op::Acquire { wait, .. } if *wait == WAIT_FOREVER => 0,
-            Op::Acquire { wait, .. } => duration_to_ms(wait.saturating_sub(elapsed)),
-            _ => 0,
-        }
+    /// Whether the server may hold the reply back (a waiting ACQUIRE).
+    fn may_wait(&self) -> bool {
+        !self.wait().is_zero()
     }
 
     /// An ACQUIRE that waits with no deadline.
-    pub(super) fn waits_forever(&self) -> bool {
-        matches!(self, Op::Acquire { wait, .. } if *wait == WAIT_FOREVER)
+    fn waits_forever(&self) -> bool {
+        self.wait() == WAIT_FOREVER
     }
 
-    pub(super) fn request(&self, wait_ms: u32) -> Request<'_> {
-        match *self {
-            Op::Hello => Request::Hello {
-                version: PROTOCOL_VERSION,
-                client_name: CLIENT_NAME.as_bytes(),
-            },
-            Op::Ping => Request::Ping,
-            Op::Acquire {
-                name,
-                owner,
-                ttl_ms,
-                flags,
-                ..
-            } => Request::Acquire(Acquire {
-                name: name.as_bytes(),
-                owner: owner.as_bytes(),
-                ttl_ms,
-                wait_ms,
-                flags: match self.waits_forever() {
-                    true => flags | FLAG_WAIT_FOREVER,
-                    false => flags,
-                },
-            }),
-            Op::Release { name, owner, token } => Request::Release {
-                name: name.as_bytes(),
-                owner: owner.as_bytes(),
-                token,
-            },
-            Op::Extend {
-                name,
-                owner,
-                token,
-                ttl_ms,
-            } => Request::Extend {
-                name: name.as_bytes(),
-                owner: owner.as_bytes(),
-                token,
-                ttl_ms,
-            },
-            Op::Status { name, cursor } => Request::Status {
-                name: name.as_bytes(),
-                cursor,
-            },
+    /// `wait_ms` for the next attempt; 0 for a wait with no deadline,
+    /// which [`Acquire::request`] sends as flag WAIT_FOREVER instead.
+    fn wait_ms_left(&self, elapsed: Duration) -> u32 {
+        match self.wait() {
+            WAIT_FOREVER => 0,
+            wait => duration_to_ms(wait.saturating_sub(elapsed)),
+        }
+    }
+}
+
+/// HELLO: the server's version and limits.
+pub(super) struct Hello;
+
+impl Call for Hello {
+    type Answer = ServerInfo;
+    const KIND: &'static str = "HELLO";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+            client_name: CLIENT_NAME.as_bytes(),
         }
     }
 
-    pub(super) fn kind_name(&self) -> &'static str {
-        match self {
-            Op::Hello => "HELLO",
-            Op::Ping => "PING",
-            Op::Acquire { .. } => "ACQUIRE",
-            Op::Release { .. } => "RELEASE",
-            Op::Extend { .. } => "EXTEND",
-            Op::Status { .. } => "STATUS",
+    fn answer(reply: &Reply<'_>) -> Option<ServerInfo> {
+        match reply {
+            Reply::Hello(hello) => Some(ServerInfo::from(hello)),
+            _ => None,
+        }
+    }
+}
+
+/// AUTH with the server's shared secret.
+pub(super) struct Auth<'a> {
+    pub(super) secret: &'a [u8],
+}
+
+impl Call for Auth<'_> {
+    type Answer = ();
+    const KIND: &'static str = "AUTH";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Auth {
+            secret: self.secret,
         }
     }
 
-    /// Whether `answer` is a possible reply to this request; anything else
-    /// means the stream is out of step and the connection must go.
-    pub(super) fn accepts(&self, answer: &Answer) -> bool {
-        matches!(
-            (self, answer),
-            (_, Answer::Error { .. })
-                | (Op::Hello, Answer::Hello(_))
-                | (Op::Ping, Answer::Pong)
-                | (
-                    Op::Acquire { .. },
-                    Answer::Granted { .. } | Answer::Busy | Answer::Timeout
-                )
-                | (Op::Release { .. }, Answer::Released | Answer::NotHeld(_))
-                | (
-                    Op::Extend { .. },
-                    Answer::Extended { .. } | Answer::NotHeld(_)
-                )
-                | (Op::Status { .. }, Answer::Status { .. })
-        )
+    fn answer(reply: &Reply<'_>) -> Option<()> {
+        matches!(reply, Reply::Authed).then_some(())
     }
 }
 
-/// What a RELEASE's answer means for `lease`.
-pub(super) fn release_answer(lease: &Lease, answer: Answer) -> Result<()> {
-    match answer {
-        Answer::Released => Ok(()),
-        Answer::NotHeld(reason) => Err(Error::NotHeld {
-            name: lease.name.clone(),
-            reason: NotHeldCause::Server(reason),
-        }),
-        Answer::Error { code, message } => Err(Error::Server { code, message }),
-        other => unreachable!("Op::accepts admitted {other:?} for RELEASE"),
+/// PING: whether the server serves this client's requests.
+pub(super) struct Ping;
+
+impl Call for Ping {
+    type Answer = ();
+    const KIND: &'static str = "PING";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Ping
+    }
+
+    fn answer(reply: &Reply<'_>) -> Option<()> {
+        matches!(reply, Reply::Pong { .. }).then_some(())
     }
 }
 
-/// A reply copied out of the read buffer.
-#[derive(Debug)]
-pub(super) enum Answer {
-    Hello(ServerInfo),
-    Pong,
-    Granted {
-        token: u64,
-        ttl_ms: u32,
-        reentered: Option<bool>,
-    },
-    Busy,
-    Timeout,
-    Released,
-    Extended {
-        ttl_ms: u32,
-    },
-    NotHeld(NotHeldReason),
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-    Authed,
-    Status {
-        total: u32,
-        next_cursor: u32,
-        locks: Vec<LockStatus>,
-    },
+pub(super) struct Acquire<'a> {
+    pub(super) name: &'a str,
+    pub(super) owner: &'a str,
+    /// 0: the server's default TTL.
+    pub(super) ttl_ms: u32,
+    pub(super) wait: Duration,
+    pub(super) flags: u8,
 }
 
-impl Answer {
-    pub(super) fn from_reply(reply: &Reply<'_>) -> Answer {
+/// An ACQUIRE's answer: the hold it granted, or `None` if another owner
+/// held the lock for the whole wait (BUSY or TIMEOUT).
+pub(super) type Grant = Option<Granted>;
+
+/// What GRANTED carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Granted {
+    pub(super) token: u64,
+    pub(super) ttl_ms: u32,
+    /// `None` from a version 1 server, which cannot say.
+    pub(super) reentered: Option<bool>,
+}
+
+impl Call for Acquire<'_> {
+    type Answer = Grant;
+    const KIND: &'static str = "ACQUIRE";
+
+    fn request(&self, wait_ms: u32) -> Request<'_> {
+        Request::Acquire(protocol::Acquire {
+            name: self.name.as_bytes(),
+            owner: self.owner.as_bytes(),
+            ttl_ms: self.ttl_ms,
+            wait_ms,
+            flags: match self.waits_forever() {
+                true => self.flags | FLAG_WAIT_FOREVER,
+                false => self.flags,
+            },
+        })
+    }
+
+    fn answer(reply: &Reply<'_>) -> Option<Grant> {
         match *reply {
-            Reply::Hello(ref hello) => Answer::Hello(ServerInfo::from(hello)),
-            Reply::Pong { .. } => Answer::Pong,
             Reply::Granted {
                 token,
                 ttl_ms,
                 reentered,
-            } => Answer::Granted {
+            } => Some(Some(Granted {
                 token,
                 ttl_ms,
                 reentered,
-            },
-            Reply::Busy { .. } => Answer::Busy,
-            Reply::Timeout { .. } => Answer::Timeout,
-            Reply::Released => Answer::Released,
-            Reply::Extended { ttl_ms } => Answer::Extended { ttl_ms },
-            Reply::NotHeld { reason } => Answer::NotHeld(reason),
-            Reply::Error { code, message } => Answer::Error {
-                code,
-                message: String::from_utf8_lossy(message).into_owned(),
-            },
-            Reply::Authed => Answer::Authed,
-            Reply::Status(status) => Answer::Status {
-                total: status.total,
-                next_cursor: status.next_cursor,
-                locks: status.entries().map(|e| LockStatus::from(&e)).collect(),
-            },
+            })),
+            // BUSY answers a wait of zero, including a retry whose wait was
+            // used up by failed attempts.
+            Reply::Busy { .. } | Reply::Timeout { .. } => Some(None),
+            _ => None,
         }
     }
 
-    /// The server closes the connection after these errors (frame
-    /// boundaries are lost, or the connection was refused).
-    pub(super) fn closes_connection(&self) -> bool {
-        matches!(
-            self,
-            Answer::Error {
-                code: ErrorCode::Protocol
-                    | ErrorCode::UnknownKind
-                    | ErrorCode::FrameTooLarge
-                    | ErrorCode::Limit
-                    | ErrorCode::ShuttingDown
-                    | ErrorCode::Auth,
-                ..
-            }
-        )
+    fn wait(&self) -> Duration {
+        self.wait
     }
+}
+
+/// RELEASE of the hold `lease` names.
+pub(super) struct Release<'a> {
+    pub(super) lease: &'a Lease,
+}
+
+impl Call for Release<'_> {
+    /// `Err`: the server's NOT_HELD reason.
+    type Answer = Result<(), NotHeldReason>;
+    const KIND: &'static str = "RELEASE";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Release {
+            name: self.lease.name.as_bytes(),
+            owner: self.lease.owner.as_bytes(),
+            token: self.lease.token,
+        }
+    }
+
+    fn answer(reply: &Reply<'_>) -> Option<Self::Answer> {
+        match *reply {
+            Reply::Released => Some(Ok(())),
+            Reply::NotHeld { reason } => Some(Err(reason)),
+            _ => None,
+        }
+    }
+}
+
+/// EXTEND of the hold `lease` names to `ttl_ms` from now.
+pub(super) struct Extend<'a> {
+    pub(super) lease: &'a Lease,
+    pub(super) ttl_ms: u32,
+}
+
+impl Call for Extend<'_> {
+    /// The TTL the server applied, in ms; `Err`: its NOT_HELD reason.
+    type Answer = Result<u32, NotHeldReason>;
+    const KIND: &'static str = "EXTEND";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Extend {
+            name: self.lease.name.as_bytes(),
+            owner: self.lease.owner.as_bytes(),
+            token: self.lease.token,
+            ttl_ms: self.ttl_ms,
+        }
+    }
+
+    fn answer(reply: &Reply<'_>) -> Option<Self::Answer> {
+        match *reply {
+            Reply::Extended { ttl_ms } => Some(Ok(ttl_ms)),
+            Reply::NotHeld { reason } => Some(Err(reason)),
+            _ => None,
+        }
+    }
+}
+
+/// STATUS of one lock (`name`), or a page of all of them (`name` empty).
+pub(super) struct Status<'a> {
+    pub(super) name: &'a str,
+    pub(super) cursor: u32,
+}
+
+/// A STATUS reply's page.
+pub(super) struct StatusPage {
+    pub(super) total: u32,
+    /// 0: the last page.
+    pub(super) next_cursor: u32,
+    pub(super) locks: Vec<LockStatus>,
+}
+
+impl Call for Status<'_> {
+    type Answer = StatusPage;
+    const KIND: &'static str = "STATUS";
+
+    fn request(&self, _: u32) -> Request<'_> {
+        Request::Status {
+            name: self.name.as_bytes(),
+            cursor: self.cursor,
+        }
+    }
+
+    fn answer(reply: &Reply<'_>) -> Option<StatusPage> {
+        match reply {
+            Reply::Status(status) => Some(StatusPage {
+                total: status.total,
+                next_cursor: status.next_cursor,
+                locks: status.entries().map(|e| LockStatus::from(&e)).collect(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A RELEASE's answer for `lease`.
+pub(super) fn released(lease: &Lease, answer: Result<(), NotHeldReason>) -> Result<()> {
+    answer.map_err(|reason| Error::NotHeld {
+        name: lease.name.clone(),
+        reason: NotHeldCause::Server(reason),
+    })
 }
 
 /// A wait the protocol can carry: finite up to [`WAIT_FINITE_MAX`], or
@@ -645,4 +656,138 @@ pub(super) fn check_name(name: &str) -> Result<()> {
 pub(super) fn duration_to_ms(d: Duration) -> u32 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     ms.min(u32::MAX as u128) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ErrorCode, StatusReply};
+
+    /// One reply of every kind (ERROR aside, which the exchange handles).
+    fn replies() -> Vec<Reply<'static>> {
+        vec![
+            Reply::Hello(HelloReply {
+                version: PROTOCOL_VERSION,
+                frame_size_max: 1024,
+                name_len_max: 64,
+                owner_len_max: 64,
+                lock_ttl_ms_default: 10_000,
+                lock_ttl_ms_max: 60_000,
+                wait_ms_max: WAIT_MS_UNBOUNDED,
+                server_version: b"2.0.0",
+            }),
+            Reply::Pong {
+                uptime_ms: 1,
+                server_version: b"2.0.0",
+            },
+            Reply::Granted {
+                token: 7,
+                ttl_ms: 500,
+                reentered: Some(true),
+            },
+            Reply::Busy {
+                remaining_ms: 1,
+                waiters: 0,
+            },
+            Reply::Timeout { waited_ms: 1 },
+            Reply::Released,
+            Reply::Extended { ttl_ms: 900 },
+            Reply::NotHeld {
+                reason: NotHeldReason::OtherOwner,
+            },
+            Reply::Authed,
+            Reply::Status(StatusReply {
+                total: 0,
+                next_cursor: 0,
+                count: 0,
+                entries: &[],
+            }),
+        ]
+    }
+
+    /// The kinds of the replies `answer` takes, by their `Debug` names.
+    fn answered<T>(answer: fn(&Reply<'_>) -> Option<T>) -> Vec<String> {
+        replies()
+            .iter()
+            .filter(|r| answer(r).is_some())
+            .map(|r| {
+                format!("{r:?}")
+                    .split([' ', '('])
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_request_takes_only_the_replies_that_answer_it() {
+        assert_eq!(answered(Hello::answer), ["Hello"]);
+        assert_eq!(answered(Auth::answer), ["Authed"]);
+        assert_eq!(answered(Ping::answer), ["Pong"]);
+        assert_eq!(answered(Acquire::answer), ["Granted", "Busy", "Timeout"]);
+        assert_eq!(answered(Release::answer), ["Released", "NotHeld"]);
+        assert_eq!(answered(Extend::answer), ["Extended", "NotHeld"]);
+        assert_eq!(answered(Status::answer), ["Status"]);
+        let error = Reply::Error {
+            code: ErrorCode::BadArgument,
+            message: b"no",
+        };
+        assert!(Acquire::answer(&error).is_none());
+    }
+
+    #[test]
+    fn answers_carry_what_their_replies_say() {
+        let granted = Reply::Granted {
+            token: 7,
+            ttl_ms: 500,
+            reentered: None,
+        };
+        assert_eq!(
+            Acquire::answer(&granted),
+            Some(Some(Granted {
+                token: 7,
+                ttl_ms: 500,
+                reentered: None
+            }))
+        );
+        assert_eq!(
+            Acquire::answer(&Reply::Timeout { waited_ms: 3 }),
+            Some(None)
+        );
+        let not_held = Reply::NotHeld {
+            reason: NotHeldReason::TokenMismatch,
+        };
+        assert_eq!(
+            Release::answer(&not_held),
+            Some(Err(NotHeldReason::TokenMismatch))
+        );
+        assert_eq!(
+            Extend::answer(&Reply::Extended { ttl_ms: 900 }),
+            Some(Ok(900))
+        );
+    }
+
+    #[test]
+    fn a_wait_forever_is_sent_as_a_flag() {
+        let acquire = |wait| Acquire {
+            name: "a",
+            owner: "o",
+            ttl_ms: 10,
+            wait,
+            flags: 0,
+        };
+        let forever = acquire(WAIT_FOREVER);
+        assert!(forever.may_wait() && forever.waits_forever());
+        assert_eq!(forever.wait_ms_left(Duration::from_secs(5)), 0);
+        let Request::Acquire(sent) = forever.request(0) else {
+            panic!("not an ACQUIRE");
+        };
+        assert_eq!(sent.flags, FLAG_WAIT_FOREVER);
+        let finite = acquire(Duration::from_millis(1500));
+        assert_eq!(finite.wait_ms_left(Duration::from_millis(1000)), 500);
+        assert_eq!(finite.wait_ms_left(Duration::from_secs(2)), 0);
+        assert!(!acquire(Duration::ZERO).may_wait());
+        assert!(!Ping.may_wait());
+    }
 }

@@ -6,27 +6,25 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use super::{Answer, Client, Error, Op, Result, servers};
+use super::calls::{Auth, Call, Hello};
+use super::{Client, Error, Result, servers};
 use crate::limits::{
     FRAME_SIZE_CEILING, PROTOCOL_VERSION, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
 };
-use crate::protocol::{GRANTED_FLAGS_VERSION, Request, decode_reply};
-
-/// Sent in HELLO so server logs say which client connected.
-pub(super) const CLIENT_NAME: &str = concat!("distlockd-rust/", env!("CARGO_PKG_VERSION"));
-const _: () = assert!(CLIENT_NAME.len() <= u8::MAX as usize);
+use crate::protocol::{ErrorCode, GRANTED_FLAGS_VERSION, Reply, decode_reply};
 
 impl Client {
-    /// Sends `op` on `conn` and reads its reply. On `Err` the connection's
-    /// next bytes are unknown and it must be dropped.
-    pub(super) fn exchange_op(
+    /// Sends `call` on `conn` and reads its answer. On `Err` the
+    /// connection's next bytes are unknown and it must be dropped, unless
+    /// [`Failure::keeps_connection`] says otherwise.
+    pub(super) fn exchange_op<C: Call>(
         &self,
         conn: &mut Conn,
-        op: &Op<'_>,
+        call: &C,
         wait_ms: u32,
         io_timeout: Duration,
-    ) -> Result<Answer, Failure> {
-        if op.waits_forever() && conn.version < GRANTED_FLAGS_VERSION {
+    ) -> Result<C::Answer, Failure> {
+        if call.waits_forever() && conn.version < GRANTED_FLAGS_VERSION {
             return Err(Failure::Fatal(Error::InvalidArgument {
                 what: format!(
                     "wait WAIT_FOREVER: the server at {} speaks protocol version {}, which cannot wait without a deadline; pass a finite wait or upgrade the server",
@@ -35,19 +33,23 @@ impl Client {
             }));
         }
         let mut frame = Vec::with_capacity(64);
-        op.request(wait_ms).encode_to_vec(&mut frame);
+        call.request(wait_ms).encode_to_vec(&mut frame);
         // No deadline, no read timeout: the reply comes when the lock is
         // granted. A server that dies closes the connection; a host that
         // vanishes is found by TCP keepalive (see `handshake`).
-        let read_timeout = (!op.waits_forever())
+        let read_timeout = (!call.waits_forever())
             .then(|| io_timeout.saturating_add(Duration::from_millis(wait_ms as u64)));
-        let answer = conn.exchange(&frame, read_timeout)?;
-        if !op.accepts(&answer) {
-            return Err(Failure::Fatal(Error::Protocol {
-                message: format!("{} answered {} with {answer:?}", self.addr, op.kind_name()),
-            }));
-        }
-        Ok(answer)
+        conn.exchange(&frame, read_timeout, |reply| match *reply {
+            Reply::Error { code, message } => Err(Failure::Fatal(Error::Server {
+                code,
+                message: String::from_utf8_lossy(message).into_owned(),
+            })),
+            _ => C::answer(reply).ok_or_else(|| {
+                Failure::Fatal(Error::Protocol {
+                    message: format!("{} answered {} with {reply:?}", self.addr, C::KIND),
+                })
+            }),
+        })?
     }
 
     /// Opens a connection to the first server that accepts one, in the
@@ -91,50 +93,23 @@ impl Client {
             read_timeout: None,
             version: 1,
         };
-        let mut frame = Vec::with_capacity(32);
-        Request::Hello {
-            version: PROTOCOL_VERSION,
-            client_name: CLIENT_NAME.as_bytes(),
-        }
-        .encode_to_vec(&mut frame);
-        match conn.exchange(&frame, Some(io_timeout))? {
-            Answer::Hello(info) if (1..=PROTOCOL_VERSION).contains(&info.protocol_version) => {
-                conn.version = info.protocol_version;
-                self.authenticate(&mut conn, io_timeout)?;
-                Ok(conn)
-            }
-            Answer::Hello(info) => Err(Failure::Fatal(Error::Protocol {
+        let info = self.exchange_op(&mut conn, &Hello, 0, io_timeout)?;
+        if !(1..=PROTOCOL_VERSION).contains(&info.protocol_version) {
+            return Err(Failure::Fatal(Error::Protocol {
                 message: format!(
                     "{server} chose protocol version {} for our version {PROTOCOL_VERSION}",
                     info.protocol_version
                 ),
-            })),
-            Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
-            other => Err(Failure::Fatal(Error::Protocol {
-                message: format!("{server} answered HELLO with {other:?}"),
-            })),
+            }));
         }
-    }
-
-    /// Sends AUTH when this client has a secret.
-    pub(super) fn authenticate(
-        &self,
-        conn: &mut Conn,
-        io_timeout: Duration,
-    ) -> Result<(), Failure> {
-        let Some(secret) = &self.auth_secret else {
-            return Ok(());
-        };
-        let secret = secret.as_bytes();
-        let mut frame = Vec::with_capacity(4 + secret.len());
-        Request::Auth { secret }.encode_to_vec(&mut frame);
-        match conn.exchange(&frame, Some(io_timeout))? {
-            Answer::Authed => Ok(()),
-            Answer::Error { code, message } => Err(Failure::Fatal(Error::Server { code, message })),
-            other => Err(Failure::Fatal(Error::Protocol {
-                message: format!("{} answered AUTH with {other:?}", self.addr),
-            })),
+        conn.version = info.protocol_version;
+        if let Some(secret) = &self.auth_secret {
+            let auth = Auth {
+                secret: secret.as_bytes(),
+            };
+            self.exchange_op(&mut conn, &auth, 0, io_timeout)?;
         }
+        Ok(conn)
     }
 }
 
@@ -144,6 +119,34 @@ pub(super) enum Failure {
     Io(io::Error),
     /// The server answered, or answered nonsense: retrying will not help.
     Fatal(Error),
+}
+
+impl Failure {
+    /// Whether the connection is still in step after this failure, so it
+    /// may carry another request.
+    pub(super) fn keeps_connection(&self) -> bool {
+        matches!(self, Failure::Fatal(e) if connection_survives(e))
+    }
+}
+
+/// Whether the connection that got `e` stays open and in step: the server
+/// refused the request with an ERROR after which it keeps the connection.
+pub(super) fn connection_survives(e: &Error) -> bool {
+    matches!(e, Error::Server { code, .. } if !closes_connection(*code))
+}
+
+/// The server closes the connection after these errors (frame boundaries
+/// are lost, or the connection was refused).
+fn closes_connection(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::Protocol
+            | ErrorCode::UnknownKind
+            | ErrorCode::FrameTooLarge
+            | ErrorCode::Limit
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Auth
+    )
 }
 
 pub(super) struct Conn {
@@ -161,13 +164,15 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    /// Writes `frame` and reads its reply; `read_timeout` `None` reads
-    /// with no timeout.
-    pub(super) fn exchange(
+    /// Writes `frame` and reads one whole reply, which `read` turns into
+    /// what the caller keeps while it is still in the read buffer;
+    /// `read_timeout` `None` reads with no timeout.
+    pub(super) fn exchange<T>(
         &mut self,
         frame: &[u8],
         read_timeout: Option<Duration>,
-    ) -> Result<Answer, Failure> {
+        read: impl FnOnce(&Reply<'_>) -> T,
+    ) -> Result<T, Failure> {
         if self.read_timeout != read_timeout {
             self.stream
                 .set_read_timeout(read_timeout)
@@ -180,7 +185,7 @@ impl Conn {
         let mut filled = 0;
         loop {
             match decode_reply(&self.input[..filled]) {
-                Ok(Some((reply, used))) if used == filled => return Ok(Answer::from_reply(&reply)),
+                Ok(Some((reply, used))) if used == filled => return Ok(read(&reply)),
                 Ok(Some((reply, used))) => {
                     return Err(Failure::Fatal(Error::Protocol {
                         message: format!(

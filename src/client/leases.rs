@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{
-    Answer, Client, Conn, Error, Failure, Op, Result, check_name, check_wait, duration_to_ms,
-    release_answer,
-};
+use super::calls::{Acquire, Call, Extend, Release, released};
+use super::connection::connection_survives;
+use super::{Client, Conn, Error, Failure, Result, check_name, check_wait, duration_to_ms};
 use crate::protocol::FLAG_SESSION;
 
 /// One granted hold: what RELEASE and EXTEND need to name it.
@@ -140,7 +139,7 @@ impl Client {
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
-            let op = Op::Acquire {
+            let op = Acquire {
                 name,
                 owner: &owner,
                 ttl_ms: self.ttl_ms,
@@ -153,13 +152,10 @@ impl Client {
                 Ok((conn, answer))
             });
             let error = match exchanged {
-                Ok((conn, answer)) => {
-                    let closes = answer.closes_connection();
-                    let Some(lease) = self.acquired(name, owner, answer)? else {
+                Ok((conn, grant)) => {
+                    let Some(lease) = self.acquired(name, owner, grant) else {
                         return Ok(None);
                     };
-                    // A granted ACQUIRE is never answered by a closing ERROR.
-                    debug_assert!(!closes);
                     let binding = Binding::new(conn).map_err(|e| Error::Connection {
                         addr: self.addr.clone(),
                         attempts: attempts + 1,
@@ -201,14 +197,12 @@ impl Client {
         read_until: Option<Instant>,
     ) -> Result<Duration> {
         let read_until = read_until.unwrap_or_else(|| Instant::now() + self.timeout);
-        let op = Op::Extend {
-            name: &lease.name,
-            owner: &lease.owner,
-            token: lease.token,
+        let op = Extend {
+            lease,
             ttl_ms: duration_to_ms(ttl),
         };
         let answer = binding.request(self, &op, read_until, true)?;
-        self.extend_answer(lease, answer)
+        self.extended(lease, answer)
     }
 
     /// RELEASE of a SESSION hold: over its own connection while that is
@@ -216,13 +210,14 @@ impl Client {
     /// close, or will when it sees it; a RELEASE in between frees it
     /// sooner and otherwise answers NOT_HELD).
     pub(crate) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
-        let op = Op::Release {
-            name: &lease.name,
-            owner: &lease.owner,
-            token: lease.token,
-        };
+        let op = Release { lease };
         let answer = match binding.request(self, &op, Instant::now() + self.timeout, false) {
             Ok(answer) => answer,
+            // Refused, the hold is not ours any more (as through the pool).
+            Err(e @ Error::Server { .. }) if binding.closed().is_none() => {
+                self.forget(lease);
+                return Err(e);
+            }
             // Stopping the renewals shut the socket down under a renewal in
             // flight: the server ended the hold at that disconnect, which is
             // the release asked for. The RELEASE through the pool then finds
@@ -237,7 +232,7 @@ impl Client {
             Err(e) => return Err(e),
         };
         self.forget(lease);
-        release_answer(lease, answer)
+        released(lease, answer)
     }
 }
 
@@ -352,20 +347,20 @@ impl Binding {
 
     /// One request, reading until `read_until`; any failure closes the
     /// connection. `renewal`: refused once stopped.
-    fn request(
+    fn request<C: Call>(
         &self,
         client: &Client,
-        op: &Op<'_>,
+        op: &C,
         read_until: Instant,
         renewal: bool,
-    ) -> Result<Answer> {
+    ) -> Result<C::Answer> {
         let mut conn = self.conn();
         let unsent = |why: String| Error::Connection {
             addr: client.addr.clone(),
             attempts: 0,
             source: io::Error::new(
                 io::ErrorKind::NotConnected,
-                format!("{} not sent: {why}", op.kind_name()),
+                format!("{} not sent: {why}", C::KIND),
             ),
         };
         if renewal {
@@ -382,14 +377,14 @@ impl Binding {
         result
     }
 
-    fn request_locked(
+    fn request_locked<C: Call>(
         &self,
         client: &Client,
-        op: &Op<'_>,
+        op: &C,
         read_until: Instant,
         conn: &mut Option<Conn>,
         unsent: impl Fn(String) -> Error,
-    ) -> Result<Answer> {
+    ) -> Result<C::Answer> {
         let Some(open) = conn.as_mut() else {
             return Err(unsent(format!(
                 "the SESSION connection was closed: {}",
@@ -401,12 +396,8 @@ impl Binding {
             return Err(unsent("its deadline passed".to_owned()));
         }
         match client.exchange_op(open, op, 0, left) {
-            Ok(answer) => {
-                if answer.closes_connection() {
-                    self.close(conn, format!("the server answered {answer:?}"));
-                }
-                Ok(answer)
-            }
+            Ok(answer) => Ok(answer),
+            Err(Failure::Fatal(e)) if connection_survives(&e) => Err(e),
             Err(Failure::Io(e)) => {
                 self.close(conn, e.to_string());
                 Err(Error::Connection {

@@ -98,7 +98,7 @@ pub(crate) use leases::{Binding, SESSION_PROBE_INTERVAL};
 
 use crate::auth::Secret;
 use crate::protocol::FLAG_SESSION;
-use calls::{Answer, Op, check_name, check_wait, duration_to_ms, release_answer};
+use calls::{check_name, check_wait, duration_to_ms};
 use connection::{Conn, Failure};
 use errors::{invalid, not_held_text};
 use pool::Pool;

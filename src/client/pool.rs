@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use super::calls::Call;
 use super::connection::is_dead_connection;
-use super::{Answer, Client, Conn, Error, Failure, Op, POOL_SIZE_MIN, Result};
+use super::{Client, Conn, Error, Failure, POOL_SIZE_MIN, Result};
 
 /// First retry delay; doubles per retry.
 pub(super) const BACKOFF_BASE: Duration = Duration::from_millis(50);
@@ -20,7 +21,7 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(1);
 impl Client {
     /// Sends `op` and returns its reply, retrying connection failures up to
     /// `retries` times with backoff.
-    pub(super) fn call(&self, op: &Op<'_>, retries: u32) -> Result<Answer> {
+    pub(super) fn call<C: Call>(&self, op: &C, retries: u32) -> Result<C::Answer> {
         self.call_within(op, retries, None)
     }
 
@@ -28,12 +29,12 @@ impl Client {
     /// it, each attempt's connect and read timeouts end by it, and backoff
     /// sleeps stop at it. Writes keep the client's timeout: a request frame
     /// is small enough for an empty socket buffer, so a write does not block.
-    pub(super) fn call_within(
+    pub(super) fn call_within<C: Call>(
         &self,
-        op: &Op<'_>,
+        op: &C,
         retries: u32,
         deadline: Option<Instant>,
-    ) -> Result<Answer> {
+    ) -> Result<C::Answer> {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut stale_retry_used = false;
@@ -53,7 +54,7 @@ impl Client {
                             attempts,
                             source: io::Error::new(
                                 io::ErrorKind::TimedOut,
-                                format!("{} not sent: its deadline passed", op.kind_name()),
+                                format!("{} not sent: its deadline passed", C::KIND),
                             ),
                         });
                     }
@@ -98,27 +99,27 @@ impl Client {
         }
     }
 
-    /// One request on one connection. On any failure the connection is
-    /// dropped (it is not in `slot`), so the pool never holds a connection
-    /// whose next bytes are unknown.
+    /// One request on one connection. On a failure that leaves its next
+    /// bytes unknown the connection is dropped (it is not in `slot`), so the
+    /// pool never holds one out of step.
     /// `io_timeout` bounds connecting and each read (plus the server's wait
     /// for a waiting ACQUIRE).
-    pub(super) fn attempt(
+    pub(super) fn attempt<C: Call>(
         &self,
         slot: &mut Slot<'_>,
-        op: &Op<'_>,
+        op: &C,
         wait_ms: u32,
         io_timeout: Duration,
-    ) -> Result<Answer, Failure> {
+    ) -> Result<C::Answer, Failure> {
         let mut conn = match slot.conn.take() {
             Some(conn) => conn,
             None => self.connect(io_timeout)?,
         };
-        let answer = self.exchange_op(&mut conn, op, wait_ms, io_timeout)?;
-        if !answer.closes_connection() {
+        let answer = self.exchange_op(&mut conn, op, wait_ms, io_timeout);
+        if answer.as_ref().err().is_none_or(Failure::keeps_connection) {
             slot.conn = Some(conn);
         }
-        Ok(answer)
+        answer
     }
 
     /// Exponential backoff with up to 50% jitter, so clients that failed
