@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use super::calls::{Auth, Call, Hello};
 use super::{Client, Error, Result, servers};
-use crate::limits::{
-    FRAME_SIZE_CEILING, PROTOCOL_VERSION, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
-};
+use crate::limits::{FRAME_SIZE_CEILING, PROTOCOL_VERSION};
 use crate::protocol::{ErrorCode, GRANTED_FLAGS_VERSION, Reply, decode_reply};
 
 impl Client {
@@ -74,15 +72,7 @@ impl Client {
         // Requests are single small frames; Nagle would hold each one back
         // waiting for an ACK.
         stream.set_nodelay(true).map_err(Failure::Io)?;
-        // A wait without deadline reads with no timeout: keepalive finds a
-        // server whose host vanished (a server that dies closes the socket).
-        socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(
-                &socket2::TcpKeepalive::new()
-                    .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
-                    .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S)),
-            )
-            .map_err(Failure::Io)?;
+        set_keepalive(&stream).map_err(Failure::Io)?;
         stream
             .set_write_timeout(Some(self.timeout))
             .map_err(Failure::Io)?;
@@ -111,6 +101,26 @@ impl Client {
         }
         Ok(conn)
     }
+}
+
+/// A wait without deadline reads with no timeout: keepalive finds a server
+/// whose host vanished (a server that dies closes the socket).
+#[cfg(feature = "keepalive")]
+fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
+    use crate::limits::{TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S};
+    socket2::SockRef::from(stream).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(TCP_KEEPALIVE_IDLE_S))
+            .with_interval(Duration::from_secs(TCP_KEEPALIVE_INTERVAL_S)),
+    )
+}
+
+/// Without the `keepalive` feature (std cannot set the intervals), a wait
+/// without deadline on a vanished host lasts until the operating system
+/// gives up on the connection.
+#[cfg(not(feature = "keepalive"))]
+fn set_keepalive(_: &TcpStream) -> io::Result<()> {
+    Ok(())
 }
 
 /// How one attempt failed.
