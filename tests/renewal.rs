@@ -113,6 +113,33 @@ fn renewal_keeps_a_short_lease_held_for_many_ttls() {
     assert!(next.token() > token);
 }
 
+/// A renewing guard needs no `Arc` around the client: it keeps a handle of
+/// its own, so it goes on renewing after the caller's client is dropped.
+#[test]
+fn a_guard_needs_no_arc_and_outlives_the_client_it_came_from() {
+    let server = start();
+    let addr = server.local_addr();
+    let other = plain_client(addr);
+    let guard = {
+        let client = Client::builder(addr)
+            .ttl(TTL)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        client.lock_renewing("report", PATIENCE).unwrap()
+    };
+    let token = guard.token();
+    let until = Instant::now() + TTL * 4;
+    while Instant::now() < until {
+        let status = other.status("report").unwrap().expect("still held");
+        assert_eq!(status.token, token, "the hold was never re-granted");
+        thread::sleep(TTL / 4);
+    }
+    assert_eq!(guard.lost(), None);
+    guard.unlock().expect("still ours");
+    assert_eq!(other.status("report").unwrap(), None);
+}
+
 /// Runs `stop` on a renewing guard while EXTENDs are frequent, then checks
 /// that the server sees no EXTEND after `stop` returns.
 fn assert_no_renewal_after(stop: impl Fn(RenewingGuard)) {

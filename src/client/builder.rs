@@ -1,11 +1,11 @@
 //! [`ClientBuilder`]: a client's settings, their defaults and checks.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Client, Error, Pool, Result, SERVER_DEFAULT, duration_to_ms, invalid, servers};
+use super::{Client, Error, Inner, Pool, Result, SERVER_DEFAULT, duration_to_ms, invalid, servers};
 use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, Secret, read_secret_file};
 use crate::limits::OWNER_LEN_CEILING;
 use crate::protocol::FLAG_SESSION;
@@ -174,22 +174,24 @@ impl ClientBuilder {
             ));
         }
         Ok(Client {
-            jitter: AtomicU64::new(jitter_seed()),
-            addr: servers.join(","),
-            servers,
-            client_id,
-            ttl_ms: match self.ttl_server_default {
-                true => 0,
-                false => duration_to_ms(self.ttl),
-            },
-            timeout: self.timeout,
-            retries: self.retries,
-            flags: if self.session { FLAG_SESSION } else { 0 },
-            owner_counter: AtomicU64::new(1),
-            pool: Pool::new(self.pool_size),
-            holds: Mutex::new(HashMap::new()),
-            auth_secret: self.auth_secret,
-            renewals_per_ttl: self.renewals_per_ttl,
+            inner: Arc::new(Inner {
+                jitter: AtomicU64::new(jitter_seed()),
+                addr: servers.join(","),
+                servers,
+                client_id,
+                ttl_ms: match self.ttl_server_default {
+                    true => 0,
+                    false => duration_to_ms(self.ttl),
+                },
+                timeout: self.timeout,
+                retries: self.retries,
+                flags: if self.session { FLAG_SESSION } else { 0 },
+                owner_counter: AtomicU64::new(1),
+                pool: Pool::new(self.pool_size),
+                holds: Mutex::new(HashMap::new()),
+                auth_secret: self.auth_secret,
+                renewals_per_ttl: self.renewals_per_ttl,
+            }),
         })
     }
 }
@@ -246,11 +248,11 @@ impl Client {
 
     /// The server address, or the comma-separated list of them.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.inner.addr
     }
 
     pub fn client_id(&self) -> &str {
-        &self.client_id
+        &self.inner.client_id
     }
 }
 

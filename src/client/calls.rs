@@ -101,7 +101,7 @@ impl Client {
         match self.call(&Ping, 0) {
             Ok(()) => true,
             Err(e) => {
-                debug!("health check of {}: {e}", self.addr);
+                debug!("health check of {}: {e}", self.inner.addr);
                 false
             }
         }
@@ -113,18 +113,18 @@ impl Client {
     /// that needs a secret this client does not have; HELLO alone is
     /// answered before AUTH, so [`Client::server_info`] cannot tell).
     pub fn ping(&self) -> Result<()> {
-        self.call(&Ping, self.retries)
+        self.call(&Ping, self.inner.retries)
     }
 
     /// The server's version and limits.
     pub fn server_info(&self) -> Result<ServerInfo> {
-        self.call(&Hello, self.retries)
+        self.call(&Hello, self.inner.retries)
     }
 
     /// The state of lock `name`: `None` if nobody holds it.
     pub fn status(&self, name: &str) -> Result<Option<LockStatus>> {
         check_name(name)?;
-        let page = self.call(&Status { name, cursor: 0 }, self.retries)?;
+        let page = self.call(&Status { name, cursor: 0 }, self.inner.retries)?;
         Ok(page.locks.into_iter().next())
     }
 
@@ -138,7 +138,7 @@ impl Client {
         };
         let mut cursor = 0;
         loop {
-            let page = self.call(&Status { name: "", cursor }, self.retries)?;
+            let page = self.call(&Status { name: "", cursor }, self.inner.retries)?;
             list.total = page.total;
             for lock in page.locks {
                 if list.locks.len() == limit {
@@ -160,7 +160,7 @@ impl Client {
     /// [`WAIT_FINITE_MAX`] is `Err(InvalidArgument)`.
     pub fn acquire(&self, name: &str, wait: Duration) -> Result<Lease> {
         let started = Instant::now();
-        match self.acquire_inner(name, wait, self.flags)? {
+        match self.acquire_inner(name, wait, self.inner.flags)? {
             Some(lease) => Ok(lease),
             None => Err(Error::AcquireTimeout {
                 name: name.to_owned(),
@@ -171,7 +171,7 @@ impl Client {
 
     /// Takes `name` if it is free: `Ok(None)` if someone else holds it.
     pub fn try_acquire(&self, name: &str) -> Result<Option<Lease>> {
-        self.acquire_inner(name, Duration::ZERO, self.flags)
+        self.acquire_inner(name, Duration::ZERO, self.inner.flags)
     }
 
     /// [`Client::acquire`] returning a guard that releases on drop.
@@ -206,7 +206,7 @@ impl Client {
     /// If a retry was needed because the first attempt's reply was lost, that
     /// attempt may have released it already and the retry answers NotHeld.
     pub fn release_lease(&self, lease: &Lease) -> Result<()> {
-        let answer = self.call(&Release { lease }, self.retries);
+        let answer = self.call(&Release { lease }, self.inner.retries);
         // Released or refused, the hold is not ours any more; a connection
         // failure keeps the record so the caller can release again.
         if matches!(answer, Ok(_) | Err(Error::Server { .. })) {
@@ -218,7 +218,7 @@ impl Client {
     /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
     /// TTL the server applied. `Err(NotHeld)` if the hold was lost.
     pub fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Duration> {
-        self.extend_within(lease, ttl, self.retries, None)
+        self.extend_within(lease, ttl, self.inner.retries, None)
     }
 
     /// [`Client::extend`] with `retries` and, if given, no I/O past
@@ -289,11 +289,11 @@ impl Client {
         let op = Acquire {
             name,
             owner: &owner,
-            ttl_ms: self.ttl_ms,
+            ttl_ms: self.inner.ttl_ms,
             wait,
             flags,
         };
-        let grant = self.call(&op, self.retries)?;
+        let grant = self.call(&op, self.inner.retries)?;
         Ok(self.acquired(name, owner, grant))
     }
 
@@ -313,8 +313,8 @@ impl Client {
     }
 
     pub(super) fn next_owner(&self) -> String {
-        let n = self.owner_counter.fetch_add(1, Ordering::Relaxed);
-        let owner = format!("{}:{n}", self.client_id);
+        let n = self.inner.owner_counter.fetch_add(1, Ordering::Relaxed);
+        let owner = format!("{}:{n}", self.inner.client_id);
         debug_assert!(owner.len() <= OWNER_LEN_CEILING);
         owner
     }
@@ -322,7 +322,10 @@ impl Client {
     pub(super) fn holds(&self) -> MutexGuard<'_, HashMap<String, Lease>> {
         // A panic elsewhere while holding this lock cannot leave the map
         // half-updated (every update is one insert or remove).
-        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .holds
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Drops the record of `lease` unless the name has been re-acquired since.

@@ -26,7 +26,7 @@ impl Client {
             return Err(Failure::Fatal(Error::InvalidArgument {
                 what: format!(
                     "wait WAIT_FOREVER: the server at {} speaks protocol version {}, which cannot wait without a deadline; pass a finite wait or upgrade the server",
-                    self.addr, conn.version
+                    self.inner.addr, conn.version
                 ),
             }));
         }
@@ -44,7 +44,7 @@ impl Client {
             })),
             _ => C::answer(reply).ok_or_else(|| {
                 Failure::Fatal(Error::Protocol {
-                    message: format!("{} answered {} with {reply:?}", self.addr, C::KIND),
+                    message: format!("{} answered {} with {reply:?}", self.inner.addr, C::KIND),
                 })
             }),
         })?
@@ -53,8 +53,8 @@ impl Client {
     /// Opens a connection to the first server that accepts one, in the
     /// order given, and exchanges HELLO.
     pub(super) fn connect(&self, io_timeout: Duration) -> Result<Conn, Failure> {
-        let mut tried = Vec::with_capacity(self.servers.len());
-        for server in &self.servers {
+        let mut tried = Vec::with_capacity(self.inner.servers.len());
+        for server in &self.inner.servers {
             match servers::connect(server, io_timeout) {
                 Ok(stream) => return self.handshake(stream, server, io_timeout),
                 Err(e) => tried.push((server.as_str(), e)),
@@ -74,7 +74,7 @@ impl Client {
         stream.set_nodelay(true).map_err(Failure::Io)?;
         set_keepalive(&stream).map_err(Failure::Io)?;
         stream
-            .set_write_timeout(Some(self.timeout))
+            .set_write_timeout(Some(self.inner.timeout))
             .map_err(Failure::Io)?;
         let mut conn = Conn {
             server: server.to_owned(),
@@ -93,7 +93,7 @@ impl Client {
             }));
         }
         conn.version = info.protocol_version;
-        if let Some(secret) = &self.auth_secret {
+        if let Some(secret) = &self.inner.auth_secret {
             let auth = Auth {
                 secret: secret.as_bytes(),
             };

@@ -42,7 +42,6 @@
 //!   interval). A renewal waits for its reply until the lease's end, so a
 //!   server that pauses for less than that does not end the term.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Client, Lease, LockStatus, Lost, RenewingGuard, Result, check_name};
@@ -51,17 +50,20 @@ use crate::protocol::FLAG_SESSION;
 /// Candidates for leadership of one name, sharing a client.
 #[derive(Clone, Debug)]
 pub struct Election {
-    client: Arc<Client>,
+    client: Client,
     name: String,
 }
 
 impl Election {
     /// An election on lock `name`. Nothing is sent until
     /// [`campaign`](Election::campaign) or [`leader`](Election::leader).
-    pub fn new(client: Arc<Client>, name: impl Into<String>) -> Result<Election> {
+    pub fn new(client: &Client, name: impl Into<String>) -> Result<Election> {
         let name = name.into();
         check_name(&name)?;
-        Ok(Election { client, name })
+        Ok(Election {
+            client: client.clone(),
+            name,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -76,8 +78,8 @@ impl Election {
     ///
     /// As [`Client::lock_renewing`].
     pub fn campaign(&self, wait: Duration) -> Result<Leadership> {
-        let flags = self.client.flags | FLAG_SESSION;
-        let guard = RenewingGuard::acquire(Arc::clone(&self.client), &self.name, wait, flags)?;
+        let flags = self.client.inner.flags | FLAG_SESSION;
+        let guard = RenewingGuard::acquire(self.client.clone(), &self.name, wait, flags)?;
         Ok(Leadership { guard })
     }
 

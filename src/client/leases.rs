@@ -142,13 +142,13 @@ impl Client {
             let op = Acquire {
                 name,
                 owner: &owner,
-                ttl_ms: self.ttl_ms,
+                ttl_ms: self.inner.ttl_ms,
                 wait,
-                flags: self.flags | FLAG_SESSION,
+                flags: self.inner.flags | FLAG_SESSION,
             };
             let wait_ms = op.wait_ms_left(started.elapsed());
-            let exchanged = self.connect(self.timeout).and_then(|mut conn| {
-                let answer = self.exchange_op(&mut conn, &op, wait_ms, self.timeout)?;
+            let exchanged = self.connect(self.inner.timeout).and_then(|mut conn| {
+                let answer = self.exchange_op(&mut conn, &op, wait_ms, self.inner.timeout)?;
                 Ok((conn, answer))
             });
             let error = match exchanged {
@@ -157,7 +157,7 @@ impl Client {
                         return Ok(None);
                     };
                     let binding = Binding::new(conn).map_err(|e| Error::Connection {
-                        addr: self.addr.clone(),
+                        addr: self.inner.addr.clone(),
                         attempts: attempts + 1,
                         source: e,
                     })?;
@@ -167,9 +167,9 @@ impl Client {
                 Err(Failure::Io(e)) => e,
             };
             attempts += 1;
-            if attempts > self.retries {
+            if attempts > self.inner.retries {
                 return Err(Error::Connection {
-                    addr: self.addr.clone(),
+                    addr: self.inner.addr.clone(),
                     attempts,
                     source: error,
                 });
@@ -177,7 +177,7 @@ impl Client {
             let delay = self.backoff(attempts);
             debug!(
                 "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
-                self.addr
+                self.inner.addr
             );
             std::thread::sleep(delay);
         }
@@ -196,7 +196,7 @@ impl Client {
         ttl: Duration,
         read_until: Option<Instant>,
     ) -> Result<Duration> {
-        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.timeout);
+        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.inner.timeout);
         let op = Extend {
             lease,
             ttl_ms: duration_to_ms(ttl),
@@ -211,7 +211,7 @@ impl Client {
     /// sooner and otherwise answers NOT_HELD).
     pub(crate) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
         let op = Release { lease };
-        let answer = match binding.request(self, &op, Instant::now() + self.timeout, false) {
+        let answer = match binding.request(self, &op, Instant::now() + self.inner.timeout, false) {
             Ok(answer) => answer,
             // Refused, the hold is not ours any more (as through the pool).
             Err(e @ Error::Server { .. }) if binding.closed().is_none() => {
@@ -356,7 +356,7 @@ impl Binding {
     ) -> Result<C::Answer> {
         let mut conn = self.conn();
         let unsent = |why: String| Error::Connection {
-            addr: client.addr.clone(),
+            addr: client.inner.addr.clone(),
             attempts: 0,
             source: io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -401,7 +401,7 @@ impl Binding {
             Err(Failure::Io(e)) => {
                 self.close(conn, e.to_string());
                 Err(Error::Connection {
-                    addr: client.addr.clone(),
+                    addr: client.inner.addr.clone(),
                     attempts: 1,
                     source: e,
                 })

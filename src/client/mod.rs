@@ -1,7 +1,8 @@
 //! The blocking Rust client: named locks with fencing tokens over TCP.
 //!
 //! A [`Client`] owns a bounded pool of connections to one server and is
-//! `Send + Sync`: share it between threads with `&` or `Arc`. Every request
+//! `Send + Sync`: share it between threads with `&`, or clone it (a clone
+//! is another handle on the same pool, as cheap as an `Arc`). Every request
 //! checks a connection out of the pool, writes one frame, reads one reply and
 //! checks the connection back in; nothing is held between requests, so a
 //! thread holding a lock holds no connection.
@@ -69,8 +70,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod builder;
@@ -106,7 +107,18 @@ use pool::Pool;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A blocking distlockd client. See the module documentation.
+///
+/// Cloning is cheap and gives another handle on the same client: the same
+/// pool, settings and owner ids. A [`RenewingGuard`] or an [`Election`]
+/// keeps a handle of its own, so neither needs the caller to share the
+/// client in an `Arc`.
+#[derive(Clone)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// What every handle on one [`Client`] shares.
+struct Inner {
     /// `servers` joined by commas, for messages.
     addr: String,
     /// Tried in order on every connect; the first that accepts is used.
@@ -129,15 +141,16 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
         f.debug_struct("Client")
-            .field("addr", &self.addr)
-            .field("client_id", &self.client_id)
-            .field("ttl_ms", &self.ttl_ms)
-            .field("timeout", &self.timeout)
-            .field("retries", &self.retries)
-            .field("session", &(self.flags & FLAG_SESSION != 0))
-            .field("pool_size", &self.pool.size)
-            .field("renewals_per_ttl", &self.renewals_per_ttl)
+            .field("addr", &inner.addr)
+            .field("client_id", &inner.client_id)
+            .field("ttl_ms", &inner.ttl_ms)
+            .field("timeout", &inner.timeout)
+            .field("retries", &inner.retries)
+            .field("session", &(inner.flags & FLAG_SESSION != 0))
+            .field("pool_size", &inner.pool.size)
+            .field("renewals_per_ttl", &inner.renewals_per_ttl)
             .finish()
     }
 }

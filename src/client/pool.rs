@@ -39,18 +39,18 @@ impl Client {
         let mut attempts = 0u32;
         let mut stale_retry_used = false;
         loop {
-            let mut slot = self.pool.checkout(op.may_wait());
+            let mut slot = self.inner.pool.checkout(op.may_wait());
             // After checkout: time spent waiting for a connection counts
             // against the caller's wait too.
             let wait_ms = op.wait_ms_left(started.elapsed());
             let reused = slot.conn.is_some();
             let io_timeout = match deadline {
-                None => self.timeout,
+                None => self.inner.timeout,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Error::Connection {
-                            addr: self.addr.clone(),
+                            addr: self.inner.addr.clone(),
                             attempts,
                             source: io::Error::new(
                                 io::ErrorKind::TimedOut,
@@ -58,7 +58,7 @@ impl Client {
                             ),
                         });
                     }
-                    left.min(self.timeout)
+                    left.min(self.inner.timeout)
                 }
             };
             let error = match self.attempt(&mut slot, op, wait_ms, io_timeout) {
@@ -72,17 +72,17 @@ impl Client {
                 // restart, a stop): the others are likely dead too. This is
                 // not a failure to reach the server, so it costs no attempt.
                 stale_retry_used = true;
-                self.pool.discard_idle();
+                self.inner.pool.discard_idle();
                 debug!(
                     "{}: pooled connection was closed ({error}); reconnecting",
-                    self.addr
+                    self.inner.addr
                 );
                 continue;
             }
             attempts += 1;
             if attempts > retries {
                 return Err(Error::Connection {
-                    addr: self.addr.clone(),
+                    addr: self.inner.addr.clone(),
                     attempts,
                     source: error,
                 });
@@ -93,7 +93,7 @@ impl Client {
             }
             debug!(
                 "{}: attempt {attempts} failed: {error}; retrying in {delay:?}",
-                self.addr
+                self.inner.addr
             );
             std::thread::sleep(delay);
         }
@@ -132,11 +132,11 @@ impl Client {
     }
 
     pub(super) fn next_random(&self) -> u64 {
-        let mut x = self.jitter.load(Ordering::Relaxed);
+        let mut x = self.inner.jitter.load(Ordering::Relaxed);
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        self.jitter.store(x, Ordering::Relaxed);
+        self.inner.jitter.store(x, Ordering::Relaxed);
         x
     }
 }

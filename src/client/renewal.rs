@@ -138,7 +138,7 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 /// other threads' requests hold for at most their own timeouts).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RenewingGuard {
-    client: Arc<Client>,
+    client: Client,
     lease: Lease,
     /// A SESSION hold's own connection.
     binding: Option<Arc<Binding>>,
@@ -213,8 +213,8 @@ enum Wake {
 impl Client {
     /// [`Client::lock`] with a guard that renews the hold in the background
     /// every TTL / [`renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl)
-    /// until it is dropped, unlocked or lost. Needs an `Arc<Client>` because
-    /// the renewal thread shares the client.
+    /// until it is dropped, unlocked or lost. The renewal thread keeps a
+    /// handle on the client (a clone), so the guard may outlive this one.
     ///
     /// A grant that came later than the first renewal was due (after a wait
     /// in the queue) is renewed once before this returns: its TTL counts from
@@ -226,20 +226,20 @@ impl Client {
     ///
     /// If the operating system cannot start a thread (after releasing the
     /// hold), as [`std::thread::spawn`] does.
-    pub fn lock_renewing(self: &Arc<Self>, name: &str, wait: Duration) -> Result<RenewingGuard> {
-        RenewingGuard::acquire(Arc::clone(self), name, wait, self.flags)
+    pub fn lock_renewing(&self, name: &str, wait: Duration) -> Result<RenewingGuard> {
+        RenewingGuard::acquire(self.clone(), name, wait, self.inner.flags)
     }
 
     /// Time between renewals for a hold granted `ttl`.
     fn renew_interval(&self, ttl: Duration) -> Duration {
-        (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
+        (ttl / self.inner.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
     }
 }
 
 impl RenewingGuard {
     /// Acquires `name` with `flags` and starts renewing it.
     pub(super) fn acquire(
-        client: Arc<Client>,
+        client: Client,
         name: &str,
         wait: Duration,
         flags: u8,
@@ -276,7 +276,7 @@ impl RenewingGuard {
             changed: Condvar::new(),
         });
         let renewer = Renewer {
-            client: Arc::clone(&client),
+            client: client.clone(),
             lease: lease.clone(),
             binding: binding.clone(),
             shared: Arc::clone(&shared),
@@ -482,7 +482,7 @@ fn pin_late_grant(
     let sent = Instant::now();
     // The grant's own moment is unknown, so the lease's end is too: wait no
     // longer than the client's timeout.
-    match extend(client, lease, binding, client.retries, None) {
+    match extend(client, lease, binding, client.inner.retries, None) {
         Ok(ttl) => Ok((sent, ttl)),
         Err(e) => {
             if !matches!(e, Error::NotHeld { .. })
@@ -500,7 +500,7 @@ fn pin_late_grant(
 
 /// The renewal thread's side.
 struct Renewer {
-    client: Arc<Client>,
+    client: Client,
     lease: Lease,
     binding: Option<Arc<Binding>>,
     shared: Arc<Shared>,
