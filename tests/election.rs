@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Election, Error, Leadership, Lost};
+use distlockd::client::{Client, Election, Error, Leadership, LockOptions, Lost};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -261,4 +261,26 @@ fn leader_election_example_campaigns_leads_and_stops() {
         .unwrap()
         .expect("elected");
     assert!(leader_b.token() > leader_a.token());
+}
+
+/// An election's own TTL: the leader holds (and renews) the lock at it,
+/// not at the client's, and the hold is a SESSION hold all the same.
+#[test]
+fn an_election_takes_its_own_ttl() {
+    let server = start();
+    let client = Client::builder(server.local_addr())
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let options = LockOptions::new().ttl(TTL).session(false);
+    let election = Election::with_options(&client, "leader", options).unwrap();
+    let leadership = election.campaign(PATIENCE).unwrap();
+    assert_eq!(leadership.lease().ttl(), TTL);
+    thread::sleep(TTL * 2); // several renewals
+    let term = election.leader().unwrap().expect("a leader");
+    assert_eq!(term.token, leadership.token());
+    assert!(term.remaining <= TTL, "{:?}", term.remaining);
+    assert!(term.session, "an election's hold is a SESSION hold");
+    leadership.resign().unwrap();
 }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Error, Lost, NotHeldCause, RenewingGuard};
+use distlockd::client::{Client, Error, LockOptions, Lost, NotHeldCause, RenewingGuard};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -138,6 +138,34 @@ fn a_guard_needs_no_arc_and_outlives_the_client_it_came_from() {
     assert_eq!(guard.lost(), None);
     guard.unlock().expect("still ours");
     assert_eq!(other.status("report").unwrap(), None);
+}
+
+/// A renewing guard takes the lock's own options: its TTL (renewed at that
+/// TTL, not the client's) and SESSION (a connection of its own).
+#[test]
+fn a_renewing_guard_takes_the_locks_own_ttl_and_session() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = Client::builder(addr)
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(addr);
+    let options = LockOptions::new().ttl(TTL).session(true).wait(PATIENCE);
+    let guard = client.lock_renewing_with("own", &options).unwrap();
+    assert_eq!(guard.lease().ttl(), TTL);
+    let until = Instant::now() + TTL * 4;
+    while Instant::now() < until {
+        let status = other.status("own").unwrap().expect("still held");
+        assert_eq!(status.token, guard.token());
+        assert!(status.remaining <= TTL, "{:?}", status.remaining);
+        assert!(status.session);
+        thread::sleep(TTL / 4);
+    }
+    assert_eq!(guard.lost(), None);
+    guard.unlock().unwrap();
+    assert_eq!(other.status("own").unwrap(), None);
 }
 
 /// Runs `stop` on a renewing guard while EXTENDs are frequent, then checks

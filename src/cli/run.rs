@@ -99,7 +99,8 @@ use signal_hook::iterator::{Handle, Signals};
 
 use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
 use crate::client::{
-    Binding, Client, Error, Lease, NotHeldCause, SESSION_PROBE_INTERVAL, not_held_reason_text,
+    Binding, Client, Error, Lease, LockOptions, NotHeldCause, SESSION_PROBE_INTERVAL,
+    not_held_reason_text,
 };
 
 /// Exit status when the lease was lost and the command was terminated.
@@ -533,7 +534,7 @@ fn obtain(client: &Client, options: &Options) -> Result<Option<Obtained>, Error>
     let sent_at = Instant::now();
     let acquired = if options.session {
         client
-            .acquire_bound(&options.name, options.wait)
+            .acquire_bound(&options.name, &LockOptions::new().wait(options.wait))
             .map(|held| held.map(|(lease, binding)| (lease, Some(binding))))
     } else if options.wait.is_zero() {
         client

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Client, Error, Inner, Pool, Result, SERVER_DEFAULT, duration_to_ms, invalid, servers};
 use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, Secret, read_secret_file};
 use crate::limits::OWNER_LEN_CEILING;
-use crate::protocol::FLAG_SESSION;
 
 /// How long a hold lasts unless released or extended (the original's 10 s).
 pub const TTL_DEFAULT: Duration = Duration::from_secs(10);
@@ -56,20 +55,12 @@ pub struct ClientBuilder {
     client_id: Option<String>,
     auth_secret: Option<Secret>,
     renewals_per_ttl: u32,
-    /// Ask for TTL 0, the server's default, instead of `ttl`.
-    ttl_server_default: bool,
 }
 
 impl ClientBuilder {
-    /// Holds take the server's default TTL (its `--ttl-default-ms`): ACQUIRE
-    /// sends TTL 0, and each [`Lease::ttl`] is what the server granted. For
-    /// the lock CLI without `--ttl`, so that it follows the server's setting.
-    pub(crate) fn ttl_server_default(mut self) -> Self {
-        self.ttl_server_default = true;
-        self
-    }
-
-    /// TTL of every hold this client takes (default 10 s). Must be positive.
+    /// TTL of every hold this client takes unless a lock sets its own
+    /// ([`LockOptions::ttl`](super::LockOptions::ttl)); default 10 s. Must
+    /// be positive.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -93,18 +84,20 @@ impl ClientBuilder {
         self
     }
 
-    /// `true`: the server also releases a hold when the connection that took
-    /// it closes (the client is dropped, the process dies, a network
-    /// failure, the server's idle or write timeout, or this client drops
-    /// that connection after an I/O error on it). `false` (default): holds
-    /// survive disconnects until released or expired.
+    /// `true`: holds are SESSION holds unless a lock says otherwise
+    /// ([`LockOptions::session`](super::LockOptions::session)): the server
+    /// also releases one when the connection that took it closes (the
+    /// client is dropped, the process dies, a network failure, the server's
+    /// idle or write timeout, or this client drops that connection after an
+    /// I/O error on it). `false` (default): holds survive disconnects until
+    /// released or expired.
     ///
-    /// A hold from [`Client::acquire`], [`Client::lock`] or
-    /// [`Client::try_acquire`] is bound to a pooled connection, which any
-    /// request of this client may drop after an I/O error, ending the hold
-    /// without a word. [`Client::lock_renewing`] (and [`Election`]) gives a
-    /// SESSION hold a connection of its own and reports its loss; see
-    /// [SESSION holds](RenewingGuard#session-holds).
+    /// A SESSION hold from [`Client::acquire`], [`Client::lock`],
+    /// [`Client::try_acquire`] or their `_with` forms is bound to a pooled
+    /// connection, which any request of this client may drop after an I/O
+    /// error, ending the hold without a word. [`Client::lock_renewing`]
+    /// (and [`Election`]) gives a SESSION hold a connection of its own and
+    /// reports its loss; see [SESSION holds](RenewingGuard#session-holds).
     pub fn session(mut self, session: bool) -> Self {
         self.session = session;
         self
@@ -179,13 +172,10 @@ impl ClientBuilder {
                 addr: servers.join(","),
                 servers,
                 client_id,
-                ttl_ms: match self.ttl_server_default {
-                    true => 0,
-                    false => duration_to_ms(self.ttl),
-                },
+                ttl_ms: duration_to_ms(self.ttl),
                 timeout: self.timeout,
                 retries: self.retries,
-                flags: if self.session { FLAG_SESSION } else { 0 },
+                session: self.session,
                 owner_counter: AtomicU64::new(1),
                 pool: Pool::new(self.pool_size),
                 holds: Mutex::new(HashMap::new()),
@@ -242,7 +232,6 @@ impl Client {
             client_id: None,
             auth_secret: None,
             renewals_per_ttl: RENEWALS_PER_TTL_DEFAULT,
-            ttl_server_default: false,
         }
     }
 

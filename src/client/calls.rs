@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-use super::{Client, Error, Lease, LockGuard, NotHeldCause, Result, invalid};
+use super::{Client, Error, Lease, LockGuard, LockOptions, NotHeldCause, Result, invalid};
 use crate::limits::{NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION, WAIT_MS_UNBOUNDED};
 use crate::protocol::{
     self, FLAG_WAIT_FOREVER, HelloReply, NotHeldReason, Reply, Request, StatusEntry,
@@ -159,8 +159,26 @@ impl Client {
     /// `Err(AcquireTimeout)` if it stayed held; a finite wait over
     /// [`WAIT_FINITE_MAX`] is `Err(InvalidArgument)`.
     pub fn acquire(&self, name: &str, wait: Duration) -> Result<Lease> {
+        self.acquire_with(name, &LockOptions::new().wait(wait))
+    }
+
+    /// Takes `name` if it is free: `Ok(None)` if someone else holds it.
+    pub fn try_acquire(&self, name: &str) -> Result<Option<Lease>> {
+        self.take(name, &LockOptions::new())
+    }
+
+    /// [`Client::acquire`] returning a guard that releases on drop.
+    pub fn lock(&self, name: &str, wait: Duration) -> Result<LockGuard<'_>> {
+        self.lock_with(name, &LockOptions::new().wait(wait))
+    }
+
+    /// Takes `name` with its own TTL, wait, SESSION setting or owner
+    /// ([`LockOptions`]; what is not set is the client's). With no wait set
+    /// it fails at once if the lock is held: `Err(AcquireTimeout)`, as for a
+    /// wait that ran out.
+    pub fn acquire_with(&self, name: &str, options: &LockOptions) -> Result<Lease> {
         let started = Instant::now();
-        match self.acquire_inner(name, wait, self.inner.flags)? {
+        match self.take(name, options)? {
             Some(lease) => Ok(lease),
             None => Err(Error::AcquireTimeout {
                 name: name.to_owned(),
@@ -169,14 +187,9 @@ impl Client {
         }
     }
 
-    /// Takes `name` if it is free: `Ok(None)` if someone else holds it.
-    pub fn try_acquire(&self, name: &str) -> Result<Option<Lease>> {
-        self.acquire_inner(name, Duration::ZERO, self.inner.flags)
-    }
-
-    /// [`Client::acquire`] returning a guard that releases on drop.
-    pub fn lock(&self, name: &str, wait: Duration) -> Result<LockGuard<'_>> {
-        let lease = self.acquire(name, wait)?;
+    /// [`Client::acquire_with`] returning a guard that releases on drop.
+    pub fn lock_with(&self, name: &str, options: &LockOptions) -> Result<LockGuard<'_>> {
+        let lease = self.acquire_with(name, options)?;
         Ok(LockGuard {
             client: self,
             lease,
@@ -261,40 +274,34 @@ impl Client {
         }
     }
 
-    /// `Ok(None)`: still held by another owner when the wait ended.
-    pub(super) fn acquire_inner(
-        &self,
-        name: &str,
-        wait: Duration,
-        flags: u8,
-    ) -> Result<Option<Lease>> {
-        self.acquire_as(name, self.next_owner(), wait, flags)
+    /// ACQUIRE of `name` as `options` say, through the pool. `Ok(None)`:
+    /// still held by another owner when the wait ended.
+    pub(super) fn take(&self, name: &str, options: &LockOptions) -> Result<Option<Lease>> {
+        let op = self.acquire_op(name, options)?;
+        let grant = self.call(&op, self.inner.retries)?;
+        Ok(self.acquired(name, op.owner, grant))
     }
 
-    /// ACQUIRE under `owner` exactly, rather than one of this client's own
-    /// per-acquisition owners: for the lock CLI, whose `--owner` names the
-    /// owner that `release` and `extend` then take, so that an `acquire` of
-    /// a lock the same owner holds re-enters it. `Ok(None)`: still held by
-    /// another owner when the wait ended.
-    pub(crate) fn acquire_as(
+    /// The ACQUIRE that takes `name` as `options` say, checked. Its owner
+    /// is fixed here, so every retry sends the same one.
+    pub(super) fn acquire_op<'a>(
         &self,
-        name: &str,
-        owner: String,
-        wait: Duration,
-        flags: u8,
-    ) -> Result<Option<Lease>> {
+        name: &'a str,
+        options: &LockOptions,
+    ) -> Result<Acquire<'a>> {
         check_name(name)?;
-        check_wait(wait)?;
-        check_owner(&owner)?;
-        let op = Acquire {
-            name,
-            owner: &owner,
-            ttl_ms: self.inner.ttl_ms,
-            wait,
-            flags,
+        let wait = options.checked_wait()?;
+        let owner = match options.owner_given()? {
+            Some(owner) => owner.to_owned(),
+            None => self.next_owner(),
         };
-        let grant = self.call(&op, self.inner.retries)?;
-        Ok(self.acquired(name, owner, grant))
+        Ok(Acquire {
+            name,
+            owner,
+            ttl_ms: options.ttl_ms(self.inner.ttl_ms)?,
+            wait,
+            flags: options.flags(self.inner.session),
+        })
     }
 
     /// The lease `grant` gives, recorded for [`Client::release`]; `None`
@@ -454,7 +461,7 @@ impl Call for Ping {
 
 pub(super) struct Acquire<'a> {
     pub(super) name: &'a str,
-    pub(super) owner: &'a str,
+    pub(super) owner: String,
     /// 0: the server's default TTL.
     pub(super) ttl_ms: u32,
     pub(super) wait: Duration,
@@ -775,7 +782,7 @@ mod tests {
     fn a_wait_forever_is_sent_as_a_flag() {
         let acquire = |wait| Acquire {
             name: "a",
-            owner: "o",
+            owner: "o".to_owned(),
             ttl_ms: 10,
             wait,
             flags: 0,

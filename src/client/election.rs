@@ -44,25 +44,39 @@
 
 use std::time::Duration;
 
-use super::{Client, Lease, LockStatus, Lost, RenewingGuard, Result, check_name};
-use crate::protocol::FLAG_SESSION;
+use super::{Client, Lease, LockOptions, LockStatus, Lost, RenewingGuard, Result, check_name};
 
 /// Candidates for leadership of one name, sharing a client.
 #[derive(Clone, Debug)]
 pub struct Election {
     client: Client,
     name: String,
+    /// Every campaign's, with the campaign's wait and SESSION on.
+    options: LockOptions,
 }
 
 impl Election {
     /// An election on lock `name`. Nothing is sent until
     /// [`campaign`](Election::campaign) or [`leader`](Election::leader).
     pub fn new(client: &Client, name: impl Into<String>) -> Result<Election> {
+        Election::with_options(client, name, LockOptions::new())
+    }
+
+    /// An election whose leaders hold the lock as `options` say, e.g. with
+    /// a TTL of their own. The hold is a SESSION hold whatever `options`
+    /// say, and each [`campaign`](Election::campaign) gives its own wait.
+    pub fn with_options(
+        client: &Client,
+        name: impl Into<String>,
+        options: LockOptions,
+    ) -> Result<Election> {
         let name = name.into();
         check_name(&name)?;
+        options.owner_given()?;
         Ok(Election {
             client: client.clone(),
             name,
+            options: options.with_session(),
         })
     }
 
@@ -78,8 +92,8 @@ impl Election {
     ///
     /// As [`Client::lock_renewing`].
     pub fn campaign(&self, wait: Duration) -> Result<Leadership> {
-        let flags = self.client.inner.flags | FLAG_SESSION;
-        let guard = RenewingGuard::acquire(self.client.clone(), &self.name, wait, flags)?;
+        let options = self.options.with_wait(wait);
+        let guard = RenewingGuard::acquire(self.client.clone(), &self.name, &options)?;
         Ok(Leadership { guard })
     }
 

@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::calls::{Acquire, Call, Extend, Release, released};
+use super::calls::{Call, Extend, Release, released};
 use super::connection::connection_survives;
-use super::{Client, Conn, Error, Failure, Result, check_name, check_wait, duration_to_ms};
-use crate::protocol::FLAG_SESSION;
+use super::{Client, Conn, Error, Failure, LockOptions, Result, duration_to_ms};
 
 /// One granted hold: what RELEASE and EXTEND need to name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,21 +130,12 @@ impl Client {
     pub(crate) fn acquire_bound(
         &self,
         name: &str,
-        wait: Duration,
+        options: &LockOptions,
     ) -> Result<Option<(Lease, Binding)>> {
-        check_name(name)?;
-        check_wait(wait)?;
-        let owner = self.next_owner();
+        let op = self.acquire_op(name, &options.with_session())?;
         let started = Instant::now();
         let mut attempts = 0u32;
         loop {
-            let op = Acquire {
-                name,
-                owner: &owner,
-                ttl_ms: self.inner.ttl_ms,
-                wait,
-                flags: self.inner.flags | FLAG_SESSION,
-            };
             let wait_ms = op.wait_ms_left(started.elapsed());
             let exchanged = self.connect(self.inner.timeout).and_then(|mut conn| {
                 let answer = self.exchange_op(&mut conn, &op, wait_ms, self.inner.timeout)?;
@@ -153,7 +143,7 @@ impl Client {
             });
             let error = match exchanged {
                 Ok((conn, grant)) => {
-                    let Some(lease) = self.acquired(name, owner, grant) else {
+                    let Some(lease) = self.acquired(name, op.owner, grant) else {
                         return Ok(None);
                     };
                     let binding = Binding::new(conn).map_err(|e| Error::Connection {

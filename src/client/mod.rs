@@ -80,6 +80,7 @@ mod connection;
 mod election;
 mod errors;
 mod leases;
+mod options;
 mod pool;
 mod renewal;
 pub mod servers;
@@ -92,14 +93,14 @@ pub use calls::{LockList, LockStatus, ServerInfo, WAIT_FINITE_MAX, WAIT_FOREVER}
 pub use election::{Election, Leadership};
 pub use errors::{Error, NotHeldCause, not_held_reason_text};
 pub use leases::{Lease, LockGuard};
+pub use options::LockOptions;
 pub use renewal::{Lost, RenewingGuard};
 pub use servers::{SERVER_DEFAULT, SERVER_ENV};
 
 pub(crate) use leases::{Binding, SESSION_PROBE_INTERVAL};
 
 use crate::auth::Secret;
-use crate::protocol::FLAG_SESSION;
-use calls::{check_name, check_wait, duration_to_ms};
+use calls::{check_name, check_owner, check_wait, duration_to_ms};
 use connection::{Conn, Failure};
 use errors::{invalid, not_held_text};
 use pool::Pool;
@@ -127,7 +128,8 @@ struct Inner {
     ttl_ms: u32,
     timeout: Duration,
     retries: u32,
-    flags: u8,
+    /// SESSION holds unless a lock says otherwise.
+    session: bool,
     owner_counter: AtomicU64,
     /// xorshift state for backoff jitter; races between threads only make
     /// the numbers more random, so a relaxed load/store is enough.
@@ -148,7 +150,7 @@ impl fmt::Debug for Client {
             .field("ttl_ms", &inner.ttl_ms)
             .field("timeout", &inner.timeout)
             .field("retries", &inner.retries)
-            .field("session", &(inner.flags & FLAG_SESSION != 0))
+            .field("session", &inner.session)
             .field("pool_size", &inner.pool.size)
             .field("renewals_per_ttl", &inner.renewals_per_ttl)
             .finish()

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use super::{
-    Binding, Client, Error, Lease, NotHeldCause, Result, SESSION_PROBE_INTERVAL, not_held_text,
+    Binding, Client, Error, Lease, LockOptions, NotHeldCause, Result, SESSION_PROBE_INTERVAL,
+    not_held_text,
 };
-use crate::protocol::{FLAG_SESSION, NotHeldReason};
+use crate::protocol::NotHeldReason;
 
 /// The shortest gap between two renewals, so a tiny granted TTL cannot make
 /// the thread spin.
@@ -227,7 +228,18 @@ impl Client {
     /// If the operating system cannot start a thread (after releasing the
     /// hold), as [`std::thread::spawn`] does.
     pub fn lock_renewing(&self, name: &str, wait: Duration) -> Result<RenewingGuard> {
-        RenewingGuard::acquire(self.clone(), name, wait, self.inner.flags)
+        self.lock_renewing_with(name, &LockOptions::new().wait(wait))
+    }
+
+    /// [`Client::lock_renewing`] with the lock's own TTL, wait, SESSION
+    /// setting or owner ([`LockOptions`]). Renewals ask for the TTL the
+    /// server granted.
+    ///
+    /// # Panics
+    ///
+    /// As [`Client::lock_renewing`].
+    pub fn lock_renewing_with(&self, name: &str, options: &LockOptions) -> Result<RenewingGuard> {
+        RenewingGuard::acquire(self.clone(), name, options)
     }
 
     /// Time between renewals for a hold granted `ttl`.
@@ -237,20 +249,19 @@ impl Client {
 }
 
 impl RenewingGuard {
-    /// Acquires `name` with `flags` and starts renewing it.
+    /// Acquires `name` as `options` say and starts renewing it.
     pub(super) fn acquire(
         client: Client,
         name: &str,
-        wait: Duration,
-        flags: u8,
+        options: &LockOptions,
     ) -> Result<RenewingGuard> {
         let sent = Instant::now();
-        let acquired = if flags & FLAG_SESSION != 0 {
+        let acquired = if options.is_session(client.inner.session) {
             client
-                .acquire_bound(name, wait)?
+                .acquire_bound(name, options)?
                 .map(|(lease, binding)| (lease, Some(Arc::new(binding))))
         } else {
-            client.acquire_inner(name, wait, flags)?.map(|l| (l, None))
+            client.take(name, options)?.map(|l| (l, None))
         };
         let Some((lease, binding)) = acquired else {
             return Err(Error::AcquireTimeout {
