@@ -15,7 +15,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Error, LockOptions, Lost, NotHeldCause, RenewingGuard};
+use distlockd::client::{
+    Client, Error, LockOptions, Lost, NotHeldCause, Renewal, RenewalEvent, RenewingGuard,
+};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -529,4 +531,120 @@ fn a_session_guard_renews_and_releases_over_its_connection() {
     assert_eq!(status.token, guard.token());
     drop(guard);
     assert!(plain_client(addr).try_acquire("cache").unwrap().is_some());
+}
+
+/// What the renewal engine told of one step, without its details.
+fn step(event: &RenewalEvent) -> &'static str {
+    match event {
+        RenewalEvent::Sending { .. } => "sending",
+        RenewalEvent::Renewed { .. } => "renewed",
+        RenewalEvent::Failed(_) => "failed",
+        RenewalEvent::Lost(_) => "lost",
+        _ => "other",
+    }
+}
+
+/// The renewal engine on a hold the caller took (as `distlockd run` hands
+/// its own): it renews on the schedule asked for and tells each step, the
+/// loss last.
+#[test]
+fn the_engine_renews_a_hold_the_caller_took_and_tells_each_step() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = Client::builder(addr)
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(addr);
+    let sent = Instant::now();
+    let lease = client
+        .acquire_with("caller", &LockOptions::new().ttl(TTL))
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let renewal = Renewal::new()
+        .renewals_per_ttl(5)
+        .retry_after_failure(TTL / 10)
+        .on_event(move |event| {
+            let _ = tx.send(step(event));
+        });
+    let guard = client.renew(lease, sent, renewal).unwrap();
+    let mut steps = Vec::new();
+    while steps.iter().filter(|&&s| s == "renewed").count() < 6 {
+        steps.push(rx.recv_timeout(PATIENCE).expect("a renewal step"));
+    }
+    assert!(
+        steps.chunks(2).all(|pair| pair == ["sending", "renewed"]),
+        "{steps:?}"
+    );
+    let status = other.status("caller").unwrap().expect("held");
+    assert_eq!(status.token, guard.token());
+    assert!(status.remaining <= TTL);
+
+    server.stop().unwrap();
+    let mut after_stop = Vec::new();
+    while after_stop.last() != Some(&"lost") {
+        after_stop.push(rx.recv_timeout(PATIENCE).expect("a step after the stop"));
+    }
+    assert!(after_stop.contains(&"failed"), "{after_stop:?}");
+    assert!(matches!(guard.lost(), Some(Lost::LeaseEnded { .. })));
+    // The loss is the last event.
+    assert!(rx.recv_timeout(TTL).is_err());
+}
+
+/// A schedule the engine cannot follow is refused, and the hold it was
+/// given is released rather than left to its TTL.
+#[test]
+fn the_engine_refuses_a_schedule_it_cannot_follow_and_releases_the_hold() {
+    let server = start();
+    let client = plain_client(server.local_addr());
+    let sent = Instant::now();
+    let lease = client.acquire("bad", Duration::ZERO).unwrap();
+    let renewal = Renewal::new().renewals_per_ttl(1);
+    match client.renew(lease, sent, renewal) {
+        Err(Error::InvalidArgument { what }) => assert!(what.contains("renewals_per_ttl 1")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.status("bad").unwrap(), None);
+}
+
+/// A SESSION lease has a connection of its own: extended over it, ended
+/// with it when it is cut (the server releases the hold at once), and
+/// released when dropped.
+#[test]
+fn a_session_lease_lives_and_ends_with_its_own_connection() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let client = Client::builder(proxy.addr())
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(server.local_addr());
+    let long = LockOptions::new().ttl(Duration::from_secs(60));
+    let mut session = client.acquire_session("s", &long).unwrap();
+    assert!(other.status("s").unwrap().expect("held").session);
+    assert_eq!(
+        session.extend(Duration::from_secs(30)).unwrap(),
+        Duration::from_secs(30)
+    );
+    assert_eq!(session.lease().ttl(), Duration::from_secs(30));
+    assert_eq!(session.closed(), None);
+
+    proxy.cut();
+    let deadline = Instant::now() + PATIENCE;
+    while session.closed().is_none() {
+        assert!(Instant::now() < deadline, "the cut was never seen");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let taken = other
+        .acquire("s", PATIENCE)
+        .expect("the server released the hold at the cut");
+    assert!(matches!(session.release(), Err(Error::NotHeld { .. })));
+    other.release_lease(&taken).unwrap();
+
+    let dropped = client.acquire_session("d", &long).unwrap();
+    drop(dropped);
+    other
+        .acquire("d", PATIENCE)
+        .expect("dropping the lease closed its connection");
 }

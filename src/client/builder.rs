@@ -95,16 +95,20 @@ impl ClientBuilder {
     /// A SESSION hold from [`Client::acquire`], [`Client::lock`],
     /// [`Client::try_acquire`] or their `_with` forms is bound to a pooled
     /// connection, which any request of this client may drop after an I/O
-    /// error, ending the hold without a word. [`Client::lock_renewing`]
-    /// (and [`Election`]) gives a SESSION hold a connection of its own and
-    /// reports its loss; see [SESSION holds](RenewingGuard#session-holds).
+    /// error, ending the hold without a word. [`Client::acquire_session`],
+    /// [`Client::lock_renewing`] and [`Election`](super::Election) give a
+    /// SESSION hold a connection of its own (a
+    /// [`SessionLease`](super::SessionLease)); the renewing guard reports
+    /// its loss, see [SESSION
+    /// holds](super::RenewingGuard#session-holds).
     pub fn session(mut self, session: bool) -> Self {
         self.session = session;
         self
     }
 
-    /// How often a [`RenewingGuard`] (and a [`Leadership`]) renews: every
-    /// TTL / `renewals_per_ttl` (default 3, from 2 to 100).
+    /// How often a [`RenewingGuard`](super::RenewingGuard) (and a
+    /// [`Leadership`](super::Leadership)) renews: every TTL /
+    /// `renewals_per_ttl` (default 3, from 2 to 100).
     pub fn renewals_per_ttl(mut self, renewals_per_ttl: u32) -> Self {
         self.renewals_per_ttl = renewals_per_ttl;
         self
@@ -242,6 +246,12 @@ impl Client {
 
     pub fn client_id(&self) -> &str {
         &self.inner.client_id
+    }
+
+    /// How many times a request is retried after a connection failure
+    /// ([`ClientBuilder::retries`]).
+    pub fn retries(&self) -> u32 {
+        self.inner.retries
     }
 }
 

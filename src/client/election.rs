@@ -93,7 +93,7 @@ impl Election {
     /// As [`Client::lock_renewing`].
     pub fn campaign(&self, wait: Duration) -> Result<Leadership> {
         let options = self.options.with_wait(wait);
-        let guard = RenewingGuard::acquire(self.client.clone(), &self.name, &options)?;
+        let guard = self.client.lock_renewing_with(&self.name, &options)?;
         Ok(Leadership { guard })
     }
 

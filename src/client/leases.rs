@@ -1,11 +1,12 @@
 //! Held locks: a [`Lease`], the [`LockGuard`] that releases it on drop,
-//! and the [`Binding`] a SESSION hold keeps its own connection in.
+//! and a [`SessionLease`]: a SESSION hold with a connection of its own (a
+//! [`Binding`]).
 
 use std::fmt;
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -59,7 +60,8 @@ impl Lease {
     /// Whether the server said this owner held the lock already when the
     /// ACQUIRE arrived: a re-entry of that hold (same token, TTL restarted
     /// from the ACQUIRE), not a new grant. Owners are per acquisition unless
-    /// [`ClientBuilder::client_id`] makes two clients share one; a retry
+    /// [`ClientBuilder::client_id`](super::ClientBuilder::client_id) or
+    /// [`LockOptions::owner`] makes two acquisitions share one; a retry
     /// after a lost reply also re-enters the hold its first attempt took.
     /// Always false from a server that speaks only protocol version 1,
     /// which cannot say.
@@ -118,7 +120,107 @@ impl Drop for LockGuard<'_> {
     }
 }
 
+/// A SESSION hold with a connection of its own, from
+/// [`Client::acquire_session`].
+///
+/// The server releases a SESSION hold the moment the connection that took
+/// it closes, whatever its TTL. This hold's connection stays out of the
+/// client's pool, so no other request can close it: it carries only this
+/// hold's EXTENDs and its RELEASE, and any failure on it ends the hold (the
+/// client closes it, so the server releases the hold if it has not
+/// already; [`closed`](SessionLease::closed) says why).
+///
+/// Dropping the lease closes the connection, which releases the hold;
+/// [`release`](SessionLease::release) also says whether it was still held.
+/// Renew it with [`extend`](SessionLease::extend), or hand it to
+/// [`Client::renew`] for the renewal engine, which probes the connection
+/// between renewals (as `distlockd run --session` does).
+///
+/// What this costs: a connection can close at any moment (a network
+/// failure, the server's `idle_timeout_ms` or `write_timeout_ms`), and the
+/// server may grant the lock to the next waiter before the holder can know.
+/// Only fencing tokens protect a resource across that gap.
+#[derive(Debug)]
+pub struct SessionLease {
+    pub(super) client: Client,
+    pub(super) lease: Lease,
+    pub(super) binding: Arc<Binding>,
+}
+
+impl SessionLease {
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    pub fn name(&self) -> &str {
+        &self.lease.name
+    }
+
+    /// The fencing token.
+    pub fn token(&self) -> u64 {
+        self.lease.token
+    }
+
+    /// Sets the hold's remaining TTL to `ttl` from now over its own
+    /// connection; returns the TTL the server applied, which
+    /// [`lease`](SessionLease::lease)`().ttl()` tells from then on. One
+    /// attempt, reading the reply for up to the client's timeout: a new
+    /// connection cannot carry the hold, and a failure closes this one,
+    /// which ends the hold (`Err(Connection)`, and
+    /// [`closed`](SessionLease::closed) says why).
+    pub fn extend(&mut self, ttl: Duration) -> Result<Duration> {
+        let granted = self
+            .client
+            .extend_bound(&self.binding, &self.lease, ttl, None)?;
+        self.lease.ttl = granted;
+        Ok(granted)
+    }
+
+    /// Releases the hold over its own connection, or, if that connection
+    /// closed, through the pool (the server released the hold at the close
+    /// or will when it sees it; a RELEASE in between frees it sooner, and
+    /// otherwise answers NOT_HELD). `Err(NotHeld)` if it was gone already.
+    pub fn release(self) -> Result<()> {
+        self.client.release_bound(&self.binding, &self.lease)
+    }
+
+    /// Why the hold's connection closed (the server released the hold then,
+    /// or will when it sees the close), or `None` while it is open. Looks,
+    /// without blocking, whether the server closed it; a connection that
+    /// broke without the server's close reaching this client is only found
+    /// by the next request on it.
+    pub fn closed(&self) -> Option<String> {
+        self.binding.probe();
+        self.binding.closed()
+    }
+}
+
 impl Client {
+    /// Takes `name` as a SESSION hold on a connection of its own, out of
+    /// the pool: see [`SessionLease`]. `options` as for
+    /// [`Client::acquire_with`], except that the hold is a SESSION hold
+    /// whatever they say. `Err(AcquireTimeout)` if another owner held it
+    /// for the whole wait.
+    ///
+    /// Connection failures are retried on a new connection with the same
+    /// owner, which is safe: if a lost reply had granted the hold to the
+    /// closed connection, the server either released it at the close or
+    /// rebinds it to the new one on the same-owner ACQUIRE.
+    pub fn acquire_session(&self, name: &str, options: &LockOptions) -> Result<SessionLease> {
+        let started = Instant::now();
+        match self.acquire_bound(name, options)? {
+            Some((lease, binding)) => Ok(SessionLease {
+                client: self.clone(),
+                lease,
+                binding: Arc::new(binding),
+            }),
+            None => Err(Error::AcquireTimeout {
+                name: name.to_owned(),
+                waited: started.elapsed(),
+            }),
+        }
+    }
+
     /// Takes `name` as a SESSION hold over a new connection that stays out
     /// of the pool (a [`Binding`]), so no other request can break it.
     /// `Ok(None)`: still held by another owner when the wait ended.
@@ -127,7 +229,7 @@ impl Client {
     /// owner, which is safe: if a lost reply had granted the hold to the
     /// closed connection, the server either released it at the close or
     /// rebinds it to the new one on the same-owner ACQUIRE.
-    pub(crate) fn acquire_bound(
+    pub(super) fn acquire_bound(
         &self,
         name: &str,
         options: &LockOptions,
@@ -179,7 +281,7 @@ impl Client {
     /// release the hold at the close. One attempt: a new connection cannot
     /// carry the binding. Nothing is sent once [`Binding::stop`] was called.
     /// If the connection fails, [`Binding::closed`] says why.
-    pub(crate) fn extend_bound(
+    pub(super) fn extend_bound(
         &self,
         binding: &Binding,
         lease: &Lease,
@@ -199,7 +301,7 @@ impl Client {
     /// open, else through the pool (the server released the hold at the
     /// close, or will when it sees it; a RELEASE in between frees it
     /// sooner and otherwise answers NOT_HELD).
-    pub(crate) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
+    pub(super) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
         let op = Release { lease };
         let answer = match binding.request(self, &op, Instant::now() + self.inner.timeout, false) {
             Ok(answer) => answer,
@@ -226,17 +328,17 @@ impl Client {
     }
 }
 
-/// How often a holder of a SESSION hold looks, between renewals, whether
-/// the server closed the hold's connection: a closed connection means the
-/// hold is gone, and the holder should know within this long.
-pub(crate) const SESSION_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the renewal engine looks, between renewals, whether the
+/// server closed a SESSION hold's connection: a closed connection means
+/// the hold is gone, and the holder should know within this long.
+pub const SESSION_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The connection a SESSION hold is bound to, kept out of the pool: the
 /// server releases the hold the moment this connection closes, so only the
 /// hold's own requests use it, and any failure on it counts as the end of
 /// the hold (the client closes the connection, so the server releases the
 /// hold if it has not already).
-pub(crate) struct Binding {
+pub(super) struct Binding {
     /// `None` once closed.
     conn: Mutex<Option<Conn>>,
     /// Why the connection closed; set once, read without waiting for a
@@ -273,7 +375,7 @@ impl Binding {
 
     /// Why the connection closed (the server has released the hold, or
     /// will when it sees the close), or `None` while it is open.
-    pub(crate) fn closed(&self) -> Option<String> {
+    pub(super) fn closed(&self) -> Option<String> {
         self.closed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -292,7 +394,7 @@ impl Binding {
     /// `false` if it did (then [`Binding::closed`] says so). A request in
     /// flight is not disturbed: the probe is skipped and that request finds
     /// out itself.
-    pub(crate) fn probe(&self) -> bool {
+    pub(super) fn probe(&self) -> bool {
         let Ok(mut conn) = self.conn.try_lock() else {
             return self.closed().is_none();
         };
@@ -322,7 +424,7 @@ impl Binding {
     /// this sets `stopping` before it checks the mark, so either the
     /// renewal sees `stopping` or this sees the renewal (both SeqCst).
     /// Other holders of the connection lock (a probe) are not disturbed.
-    pub(crate) fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         if self.renewal_in_flight.load(Ordering::SeqCst) {
             self.shut_by_stop.store(true, Ordering::SeqCst);
@@ -331,13 +433,13 @@ impl Binding {
     }
 
     /// Whether [`Binding::stop`] ended the hold by shutting the socket down.
-    pub(crate) fn shut_by_stop(&self) -> bool {
+    pub(super) fn shut_by_stop(&self) -> bool {
         self.shut_by_stop.load(Ordering::SeqCst)
     }
 
     /// One request, reading until `read_until`; any failure closes the
     /// connection. `renewal`: refused once stopped.
-    fn request<C: Call>(
+    pub(super) fn request<C: Call>(
         &self,
         client: &Client,
         op: &C,

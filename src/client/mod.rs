@@ -92,12 +92,12 @@ pub use builder::{
 pub use calls::{LockList, LockStatus, ServerInfo, WAIT_FINITE_MAX, WAIT_FOREVER};
 pub use election::{Election, Leadership};
 pub use errors::{Error, NotHeldCause, not_held_reason_text};
-pub use leases::{Lease, LockGuard};
+pub use leases::{Lease, LockGuard, SESSION_PROBE_INTERVAL, SessionLease};
 pub use options::LockOptions;
-pub use renewal::{Lost, RenewingGuard};
+pub use renewal::{Held, Lost, Renewal, RenewalEvent, RenewingGuard};
 pub use servers::{SERVER_DEFAULT, SERVER_ENV};
 
-pub(crate) use leases::{Binding, SESSION_PROBE_INTERVAL};
+use leases::Binding;
 
 use crate::auth::Secret;
 use calls::{check_name, check_owner, check_wait, duration_to_ms};
