@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -856,4 +856,56 @@ fn a_lock_may_name_its_owner() {
         Err(Error::InvalidArgument { .. }) => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// A release that fails when a guard is dropped is reported where the
+/// program can see it: the builder's callback, and the client's count.
+#[test]
+fn a_release_that_fails_on_drop_is_reported() {
+    let server = start();
+    let addr = server.local_addr();
+    let (tx, rx) = mpsc::channel();
+    let c = Client::builder(addr)
+        .timeout(Duration::from_secs(5))
+        .on_drop_release_error(move |failure| {
+            let not_held = matches!(failure.error, Error::NotHeld { .. });
+            let _ = tx.send((
+                failure.lease.name().to_owned(),
+                not_held,
+                failure.to_string(),
+            ));
+        })
+        .build()
+        .unwrap();
+    let other = client(addr);
+
+    drop(c.lock("fine", Duration::ZERO).unwrap());
+    assert_eq!(c.drop_release_errors(), 0, "a release that worked");
+
+    // The hold expires and another owner takes it before the drop.
+    let short = LockOptions::new().ttl(Duration::from_millis(100));
+    let guard = c.lock_with("expires", &short).unwrap();
+    let taken = other.acquire("expires", Duration::from_secs(5)).unwrap();
+    drop(guard);
+    let (name, not_held, text) = rx.recv_timeout(Duration::from_secs(5)).expect("reported");
+    assert_eq!(name, "expires");
+    assert!(not_held, "{text}");
+    assert!(text.contains("on drop failed"), "{text}");
+    assert_eq!(c.drop_release_errors(), 1);
+    let status = other.status("expires").unwrap().expect("still held");
+    assert_eq!(
+        status.token,
+        taken.token(),
+        "the new owner's hold was touched"
+    );
+
+    // The server is gone when a renewing guard is dropped.
+    let renewing = c.lock_renewing("renewing", Duration::ZERO).unwrap();
+    server.stop().unwrap();
+    drop(renewing);
+    let (name, not_held, text) = rx.recv_timeout(Duration::from_secs(10)).expect("reported");
+    assert_eq!(name, "renewing");
+    assert!(!not_held, "{text}");
+    assert_eq!(c.drop_release_errors(), 2);
+    assert_eq!(c.clone().drop_release_errors(), 2, "one count per client");
 }

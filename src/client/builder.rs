@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Client, Error, Inner, Pool, Result, SERVER_DEFAULT, duration_to_ms, invalid, servers};
+use super::{
+    Client, DropReleaseError, DropReleaseHook, Error, Inner, Pool, Result, SERVER_DEFAULT,
+    duration_to_ms, invalid, servers,
+};
 use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, Secret, read_secret_file};
 use crate::limits::OWNER_LEN_CEILING;
 
@@ -55,6 +58,7 @@ pub struct ClientBuilder {
     client_id: Option<String>,
     auth_secret: Option<Secret>,
     renewals_per_ttl: u32,
+    on_drop_release_error: Option<DropReleaseHook>,
 }
 
 impl ClientBuilder {
@@ -130,6 +134,24 @@ impl ClientBuilder {
         self
     }
 
+    /// Calls `f` whenever a guard of this client
+    /// ([`LockGuard`](super::LockGuard),
+    /// [`RenewingGuard`](super::RenewingGuard),
+    /// [`Leadership`](super::Leadership)) fails to release its lock when
+    /// dropped: a drop cannot return the error, and a hold left behind
+    /// lasts until its TTL. `f` runs in the drop, on the thread that dropped
+    /// the guard, after the failure is logged and counted
+    /// ([`Client::drop_release_errors`]); keep it short, and it must not
+    /// panic (a panic in a drop during unwinding aborts). `unlock` and
+    /// `resign` return the error instead.
+    pub fn on_drop_release_error(
+        mut self,
+        f: impl Fn(&DropReleaseError) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_drop_release_error = Some(DropReleaseHook(Arc::new(f)));
+        self
+    }
+
     pub fn build(self) -> Result<Client> {
         let servers = check_addr(&self.addr)?;
         if let Some(secret) = &self.auth_secret
@@ -185,6 +207,8 @@ impl ClientBuilder {
                 holds: Mutex::new(HashMap::new()),
                 auth_secret: self.auth_secret,
                 renewals_per_ttl: self.renewals_per_ttl,
+                drop_release_errors: AtomicU64::new(0),
+                on_drop_release_error: self.on_drop_release_error,
             }),
         })
     }
@@ -236,6 +260,7 @@ impl Client {
             client_id: None,
             auth_secret: None,
             renewals_per_ttl: RENEWALS_PER_TTL_DEFAULT,
+            on_drop_release_error: None,
         }
     }
 

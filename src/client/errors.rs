@@ -4,7 +4,12 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use super::{Result, servers};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use log::warn;
+
+use super::{Client, Lease, Result, servers};
 use crate::limits::PROTOCOL_VERSION;
 use crate::protocol::{ErrorCode, NotHeldReason};
 
@@ -124,4 +129,68 @@ impl std::error::Error for Error {
 
 pub(super) fn invalid<T>(what: impl Into<String>) -> Result<T> {
     Err(Error::InvalidArgument { what: what.into() })
+}
+
+/// A release that failed when a guard was dropped, as
+/// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error)
+/// hears it: a drop cannot return the error, and a hold left behind lasts
+/// until its TTL, so a program may want to know.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct DropReleaseError {
+    /// The hold that was to be released.
+    pub lease: Lease,
+    /// Why the release failed: `Error::NotHeld` if the hold was gone
+    /// already (it expired, and may be someone else's), `Error::Connection`
+    /// if the server could not be reached (the hold lasts until its TTL).
+    pub error: Error,
+}
+
+impl fmt::Display for DropReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "releasing lock {:?} (token {}) on drop failed: {}",
+            self.lease.name, self.lease.token, self.error
+        )
+    }
+}
+
+type DropReleaseCallback = dyn Fn(&DropReleaseError) + Send + Sync;
+
+/// The callback set with `on_drop_release_error`, shared by the builder's
+/// clones and the client's handles.
+#[derive(Clone)]
+pub(super) struct DropReleaseHook(pub(super) Arc<DropReleaseCallback>);
+
+impl fmt::Debug for DropReleaseHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DropReleaseHook(..)")
+    }
+}
+
+impl Client {
+    /// How many releases failed when a guard ([`LockGuard`](super::LockGuard),
+    /// [`RenewingGuard`](super::RenewingGuard),
+    /// [`Leadership`](super::Leadership)) of this client was dropped, since
+    /// it was built; every handle on the client counts into the same total.
+    pub fn drop_release_errors(&self) -> u64 {
+        self.inner.drop_release_errors.load(Ordering::Relaxed)
+    }
+
+    /// Tells a release that failed in a guard's drop: logged, counted, and
+    /// handed to the builder's callback if one is set.
+    pub(super) fn report_drop_release(&self, lease: &Lease, error: Error) {
+        let failure = DropReleaseError {
+            lease: lease.clone(),
+            error,
+        };
+        warn!("{failure}");
+        self.inner
+            .drop_release_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(DropReleaseHook(callback)) = &self.inner.on_drop_release_error {
+            callback(&failure);
+        }
+    }
 }

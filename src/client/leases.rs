@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::debug;
 
 use super::calls::{Call, Extend, Release, released};
 use super::connection::connection_survives;
@@ -71,8 +71,11 @@ impl Lease {
 }
 
 /// A held lock that is released when dropped (the original's `with
-/// client.lock(...)`). A failed release on drop is logged, never panics; use
-/// [`LockGuard::unlock`] to see the error.
+/// client.lock(...)`). A release that fails on drop never panics: it is
+/// logged, counted in [`Client::drop_release_errors`] and handed to the
+/// callback set with
+/// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error);
+/// [`LockGuard::unlock`] returns the error instead.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct LockGuard<'a> {
@@ -112,10 +115,7 @@ impl Drop for LockGuard<'_> {
             return;
         }
         if let Err(e) = self.client.release_lease(&self.lease) {
-            warn!(
-                "releasing lock {:?} (token {}) on drop failed: {e}",
-                self.lease.name, self.lease.token
-            );
+            self.client.report_drop_release(&self.lease, e);
         }
     }
 }

@@ -64,6 +64,13 @@
 //!   when the server says so, or at the earliest moment the server could
 //!   have expired it with no renewal confirmed (see [`Lost`]).
 //!   [`Election`] builds leader election on the same guard.
+//! - **A release that fails in a drop is told.** A guard dropped while
+//!   its release fails (the hold expired and may be someone else's, or
+//!   the server cannot be reached and the hold lasts until its TTL) never
+//!   panics: the failure is logged, counted
+//!   ([`Client::drop_release_errors`]) and handed to the callback set with
+//!   [`ClientBuilder::on_drop_release_error`], as a [`DropReleaseError`].
+//!   `unlock` and `resign` return the error instead.
 //! - **A release is never starved by waiters.** At most `pool_size - 1`
 //!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
 //!   always reach the server to release it.
@@ -91,7 +98,7 @@ pub use builder::{
 };
 pub use calls::{LockList, LockStatus, ServerInfo, WAIT_FINITE_MAX, WAIT_FOREVER};
 pub use election::{Election, Leadership};
-pub use errors::{Error, NotHeldCause, not_held_reason_text};
+pub use errors::{DropReleaseError, Error, NotHeldCause, not_held_reason_text};
 pub use leases::{Lease, LockGuard, SESSION_PROBE_INTERVAL, SessionLease};
 pub use options::LockOptions;
 pub use renewal::{Held, Lost, Renewal, RenewalEvent, RenewingGuard};
@@ -102,7 +109,7 @@ use leases::Binding;
 use crate::auth::Secret;
 use calls::{check_name, check_owner, check_wait, duration_to_ms};
 use connection::{Conn, Failure};
-use errors::{invalid, not_held_text};
+use errors::{DropReleaseHook, invalid, not_held_text};
 use pool::Pool;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -139,6 +146,9 @@ struct Inner {
     holds: Mutex<HashMap<String, Lease>>,
     auth_secret: Option<Secret>,
     renewals_per_ttl: u32,
+    /// Releases that failed in a guard's drop.
+    drop_release_errors: AtomicU64,
+    on_drop_release_error: Option<DropReleaseHook>,
 }
 
 impl fmt::Debug for Client {

@@ -220,7 +220,11 @@ pub enum RenewalEvent {
 /// RELEASE is sent, so no renewal is ever sent once drop or `unlock`
 /// returns. If an EXTEND is in flight at that moment, drop waits for it,
 /// which takes at most the client's timeout and never past the lease's end.
-/// A failed release on drop is logged, never panics.
+/// A release that fails on drop never panics: it is reported as for a
+/// [`LockGuard`](super::LockGuard) (logged, counted in
+/// [`Client::drop_release_errors`], handed to
+/// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error)'s
+/// callback). No release is sent after the server said the hold was gone.
 ///
 /// Loss is told three ways: [`is_lost`](RenewingGuard::is_lost) to poll,
 /// [`wait_lost`](RenewingGuard::wait_lost) to block, and
@@ -663,10 +667,7 @@ impl Drop for RenewingGuard {
             return;
         }
         if let Err(e) = release(&self.client, &self.lease, self.binding.as_deref()) {
-            warn!(
-                "releasing lock {:?} (token {}) on drop failed: {e}",
-                self.lease.name, self.lease.token
-            );
+            self.client.report_drop_release(&self.lease, e);
         }
     }
 }
