@@ -7,11 +7,14 @@
 //! checks the connection back in; nothing is held between requests, so a
 //! thread holding a lock holds no connection.
 //!
+//! # Taking a lock
+//!
 //! ```no_run
 //! use std::time::Duration;
-//! use distlockd::client::{Client, Error};
+//! use distlockd::client::{Client, Error, LockOptions};
 //!
 //! # fn main() -> Result<(), Error> {
+//! // The client's settings are every lock's defaults.
 //! let client = Client::builder("127.0.0.1:9999").ttl(Duration::from_secs(30)).build()?;
 //! if !client.check_server_health() {
 //!     eprintln!("distlockd is not answering");
@@ -27,9 +30,55 @@
 //!     Some(lease) => client.release_lease(&lease)?,
 //!     None => println!("someone else is running it"),
 //! }
+//! // A lock of its own TTL and wait, as redis-py's
+//! // lock(name, timeout=600, blocking_timeout=30).
+//! let long_job = LockOptions::new()
+//!     .ttl(Duration::from_secs(600))
+//!     .wait(Duration::from_secs(30));
+//! match client.lock_with("rebuild-index", &long_job) {
+//!     Ok(guard) => println!("rebuilding under token {}", guard.token()),
+//!     Err(Error::AcquireTimeout { .. }) => println!("still held after 30 s"),
+//!     Err(e) => return Err(e),
+//! }
+//! // Renewed in the background for as long as the work takes; the guard
+//! // keeps its own handle on the client.
+//! let short = LockOptions::new().ttl(Duration::from_secs(10));
+//! let guard = client.lock_renewing_with("compaction", &short)?;
+//! for _ in 0..100 {
+//!     if guard.is_lost() {
+//!         break; // stop writing: another worker may hold it now
+//!     }
+//!     // ... one step of the work, passing guard.token() along ...
+//! }
+//! guard.unlock()?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`LockOptions`] sets a lock's TTL, wait, SESSION hold and owner for that
+//! lock alone; `acquire_with`, `lock_with`, `lock_renewing_with`,
+//! [`Client::acquire_session`] and [`Election::with_options`] take them.
+//! The plain calls ([`Client::acquire`], [`Client::try_acquire`],
+//! [`Client::lock`], [`Client::lock_renewing`]) use the client's settings.
+//!
+//! # Renewal
+//!
+//! One engine renews every hold that is renewed in the background: the
+//! [`RenewingGuard`] from [`Client::lock_renewing`], every [`Leadership`],
+//! and a hold the caller took and hands to [`Client::renew`] ([`Held`]: a
+//! [`Lease`], or a [`SessionLease`] on a connection of its own), with a
+//! [`Renewal`] that sets its schedule and hears each step. `distlockd run`
+//! renews its lock through it.
+//!
+//! # Layout
+//!
+//! `builder.rs` ([`ClientBuilder`], the defaults), `options.rs`
+//! ([`LockOptions`]), `calls.rs` (each request as a type naming the replies
+//! that answer it, and the [`Client`] methods that send them), `pool.rs`
+//! (the bounded pool and the retry loop), `connection.rs` (connect, HELLO,
+//! AUTH, and the one loop that writes a frame and reads one reply),
+//! `leases.rs` ([`Lease`], [`LockGuard`], [`SessionLease`]), `renewal.rs`
+//! (the engine), `election.rs`, `errors.rs`, `servers.rs` (addresses).
 //!
 //! # Guarantees
 //!
