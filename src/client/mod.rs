@@ -300,5 +300,8 @@ mod tests {
         assert_send_sync::<RenewingGuard>();
         assert_send_sync::<Leadership>();
         assert_send_sync::<Election>();
+        assert_send_sync::<SessionLease>();
+        assert_send_sync::<Held>();
+        assert_send_sync::<DropReleaseError>();
     }
 }
