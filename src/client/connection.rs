@@ -1,15 +1,17 @@
 //! One connection to the server: connect (trying each address in turn),
-//! HELLO and AUTH, and the loop that writes a request frame and reads one
-//! whole reply.
+//! HELLO and AUTH, and one request and its reply, through the protocol's
+//! blocking [`Connection`] (the one loop that writes a frame and reads one
+//! whole reply).
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use super::calls::{Auth, Call, Hello};
 use super::{Client, Error, Result, servers};
-use crate::limits::{FRAME_SIZE_CEILING, PROTOCOL_VERSION};
-use crate::protocol::{ErrorCode, GRANTED_FLAGS_VERSION, Reply, decode_reply};
+use crate::limits::PROTOCOL_VERSION;
+use crate::protocol::blocking::{BadReply, Connection, INPUT_BUFFER_SIZE_MIN};
+use crate::protocol::{ErrorCode, GRANTED_FLAGS_VERSION, Reply, Request};
 
 impl Client {
     /// Sends `call` on `conn` and reads its answer. On `Err` the
@@ -30,14 +32,12 @@ impl Client {
                 ),
             }));
         }
-        let mut frame = Vec::with_capacity(64);
-        call.request(wait_ms).encode_to_vec(&mut frame);
         // No deadline, no read timeout: the reply comes when the lock is
         // granted. A server that dies closes the connection; a host that
         // vanishes is found by TCP keepalive (see `handshake`).
         let read_timeout = (!call.waits_forever())
             .then(|| io_timeout.saturating_add(Duration::from_millis(wait_ms as u64)));
-        conn.exchange(&frame, read_timeout, |reply| match *reply {
+        conn.exchange(&call.request(wait_ms), read_timeout, |reply| match *reply {
             Reply::Error { code, message } => Err(Failure::Fatal(Error::Server {
                 code,
                 message: String::from_utf8_lossy(message).into_owned(),
@@ -78,9 +78,9 @@ impl Client {
             .map_err(Failure::Io)?;
         let mut conn = Conn {
             server: server.to_owned(),
-            stream,
-            input: vec![0; FRAME_SIZE_CEILING].into_boxed_slice(),
-            read_timeout: None,
+            // One reply at a time: the server sends nothing unasked, so the
+            // buffer is empty between requests and one largest reply fits.
+            wire: Connection::with_input_buffer_size(stream, INPUT_BUFFER_SIZE_MIN),
             version: 1,
         };
         let info = self.exchange_op(&mut conn, &Hello, 0, io_timeout)?;
@@ -162,111 +162,64 @@ fn closes_connection(code: ErrorCode) -> bool {
 pub(super) struct Conn {
     /// The address it was opened to, as configured, for messages.
     pub(super) server: String,
-    pub(super) stream: TcpStream,
-    /// One reply at a time: the server sends nothing unasked, so the buffer
-    /// is empty between requests and one maximal frame always fits.
-    pub(super) input: Box<[u8]>,
-    /// The read timeout currently set on the socket, to skip the syscall
-    /// when it does not change.
-    pub(super) read_timeout: Option<Duration>,
+    /// The socket, and the protocol's one loop that writes a request and
+    /// reads one whole reply.
+    pub(super) wire: Connection<TcpStream>,
     /// The protocol version HELLO chose.
     pub(super) version: u16,
 }
 
 impl Conn {
-    /// Writes `frame` and reads one whole reply, which `read` turns into
+    /// Writes `request` and reads one whole reply, which `read` turns into
     /// what the caller keeps while it is still in the read buffer;
     /// `read_timeout` `None` reads with no timeout.
     pub(super) fn exchange<T>(
         &mut self,
-        frame: &[u8],
+        request: &Request<'_>,
         read_timeout: Option<Duration>,
         read: impl FnOnce(&Reply<'_>) -> T,
     ) -> Result<T, Failure> {
-        if self.read_timeout != read_timeout {
-            self.stream
-                .set_read_timeout(read_timeout)
-                .map_err(Failure::Io)?;
-            self.read_timeout = read_timeout;
+        self.wire
+            .set_read_timeout(read_timeout)
+            .map_err(Failure::Io)?;
+        let answer = self
+            .wire
+            .exchange(request)
+            .map(|reply| read(&reply))
+            .map_err(|e| self.failure(e))?;
+        // The server sends nothing unasked: more bytes mean the stream is
+        // out of step.
+        match self.wire.buffered().len() {
+            0 => Ok(answer),
+            extra => Err(Failure::Fatal(Error::Protocol {
+                message: format!("server sent {extra} unexpected bytes after its reply"),
+            })),
         }
-        self.stream
-            .write_all(frame)
-            .map_err(|e| Failure::Io(name_timeout(e, "sending a request")))?;
-        let mut filled = 0;
-        loop {
-            match decode_reply(&self.input[..filled]) {
-                Ok(Some((reply, used))) if used == filled => return Ok(read(&reply)),
-                Ok(Some((reply, used))) => {
-                    return Err(Failure::Fatal(Error::Protocol {
-                        message: format!(
-                            "server sent {} unexpected bytes after its reply {reply:?}",
-                            filled - used
-                        ),
-                    }));
-                }
-                Ok(None) => {}
-                Err(e) => match http_reply(&self.input[..filled]) {
-                    Some(true) => {
-                        return Err(Failure::Fatal(Error::HttpServer {
-                            addr: self.server.clone(),
-                        }));
-                    }
-                    // Could still be "HTTP/": read on to tell.
-                    None => {}
-                    Some(false) => {
-                        return Err(Failure::Fatal(Error::Protocol {
-                            message: format!("undecodable reply: {e}"),
-                        }));
-                    }
+    }
+
+    /// What an error of the exchange means: bytes that are no reply (an
+    /// HTTP answer among them) are the server's doing, and retrying will
+    /// not help; a broken or timed-out connection is worth another attempt.
+    fn failure(&self, e: io::Error) -> Failure {
+        if let Some(bad) = BadReply::of(&e) {
+            return Failure::Fatal(match bad {
+                BadReply::Http => Error::HttpServer {
+                    addr: self.server.clone(),
                 },
-            }
-            // decode_reply rejects frames over FRAME_SIZE_CEILING from the
-            // header, so an incomplete frame always has room left.
-            debug_assert!(filled < self.input.len());
-            match self.stream.read(&mut self.input[filled..]) {
-                Ok(0) => {
-                    return Err(Failure::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection before replying",
-                    )));
-                }
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let waited = match read_timeout {
-                        Some(t) => format!("waiting {:.3}s for a reply", t.as_secs_f64()),
-                        None => "waiting for a reply".to_owned(),
-                    };
-                    return Err(Failure::Io(name_timeout(e, &waited)));
-                }
-            }
+                BadReply::Undecodable(_) => Error::Protocol {
+                    message: bad.to_string(),
+                },
+            });
         }
-    }
-}
-
-/// Whether `received`, the start of a reply, is an HTTP response:
-/// `None` while it is too short to tell.
-pub(super) fn http_reply(received: &[u8]) -> Option<bool> {
-    const STATUS_LINE_START: &[u8] = b"HTTP/";
-    if received.len() < STATUS_LINE_START.len() {
-        if STATUS_LINE_START.starts_with(received) {
-            None
-        } else {
-            Some(false)
+        match e.kind() {
+            io::ErrorKind::InvalidData => Failure::Fatal(Error::Protocol {
+                message: e.to_string(),
+            }),
+            io::ErrorKind::InvalidInput => Failure::Fatal(Error::InvalidArgument {
+                what: e.to_string(),
+            }),
+            _ => Failure::Io(e),
         }
-    } else {
-        Some(received.starts_with(STATUS_LINE_START))
-    }
-}
-
-/// Socket timeouts surface as WouldBlock on Unix ("Resource temporarily
-/// unavailable"); say what timed out instead.
-pub(super) fn name_timeout(e: io::Error, doing: &str) -> io::Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, format!("timed out {doing}"))
-        }
-        _ => e,
     }
 }
 

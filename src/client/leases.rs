@@ -359,7 +359,7 @@ pub(super) struct Binding {
 impl Binding {
     fn new(conn: Conn) -> io::Result<Binding> {
         Ok(Binding {
-            socket: conn.stream.try_clone()?,
+            socket: conn.wire.get_ref().try_clone()?,
             conn: Mutex::new(Some(conn)),
             closed: Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
@@ -398,15 +398,15 @@ impl Binding {
         let Ok(mut conn) = self.conn.try_lock() else {
             return self.closed().is_none();
         };
-        let Some(open) = conn.as_mut() else {
+        let Some(open) = conn.as_ref() else {
             return false;
         };
+        let socket = open.wire.get_ref();
         let mut byte = [0u8; 1];
-        let peeked = open
-            .stream
+        let peeked = socket
             .set_nonblocking(true)
-            .and_then(|()| open.stream.peek(&mut byte));
-        let restored = open.stream.set_nonblocking(false);
+            .and_then(|()| socket.peek(&mut byte));
+        let restored = socket.set_nonblocking(false);
         let why = match (peeked, restored) {
             (Ok(0), _) => "the server closed the connection".to_owned(),
             (Err(e), _) if e.kind() != io::ErrorKind::WouldBlock => e.to_string(),

@@ -76,7 +76,9 @@
 //! ([`LockOptions`]), `calls.rs` (each request as a type naming the replies
 //! that answer it, and the [`Client`] methods that send them), `pool.rs`
 //! (the bounded pool and the retry loop), `connection.rs` (connect, HELLO,
-//! AUTH, and the one loop that writes a frame and reads one reply),
+//! AUTH, and one request and its reply through
+//! [`protocol::blocking`](crate::protocol::blocking), the protocol's one
+//! loop that writes a frame and reads one whole reply),
 //! `leases.rs` ([`Lease`], [`LockGuard`], [`SessionLease`]), `renewal.rs`
 //! (the engine), `election.rs`, `errors.rs`, `servers.rs` (addresses).
 //!
@@ -220,9 +222,13 @@ impl fmt::Debug for Client {
 mod tests {
     use super::*;
     use crate::limits::OWNER_LEN_CEILING;
+    use crate::limits::PROTOCOL_VERSION;
+    use crate::protocol::Request;
+    use crate::protocol::blocking::{Connection, INPUT_BUFFER_SIZE_MIN};
     use builder::{check_addr, generated_client_id};
-    use connection::http_reply;
     use pool::{BACKOFF_BASE, BACKOFF_MAX};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn durations_round_up_and_saturate() {
@@ -247,11 +253,45 @@ mod tests {
 
     #[test]
     fn http_replies_are_told_from_frames() {
-        assert_eq!(http_reply(b"HTTP/1.1 400 Bad Request\r\n"), Some(true));
-        assert_eq!(http_reply(b"HTTP"), None);
-        assert_eq!(http_reply(b"H"), None);
-        assert_eq!(http_reply(b"HELLO"), Some(false));
-        assert_eq!(http_reply(&[0xff, 0, 0]), Some(false));
+        // What a request on a connection to a server that answers `bytes`
+        // and closes comes to.
+        fn answered(bytes: &'static [u8]) -> Failure {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = std::thread::spawn(move || {
+                let (mut stream, _) = listener.accept().unwrap();
+                // Read the request first: a close with it unread would
+                // reset the connection, which may drop `bytes`.
+                let mut request = [0u8; 64];
+                let _ = stream.read(&mut request).unwrap();
+                stream.write_all(bytes).unwrap();
+            });
+            let mut conn = Conn {
+                server: addr.to_string(),
+                wire: Connection::with_input_buffer_size(
+                    TcpStream::connect(addr).unwrap(),
+                    INPUT_BUFFER_SIZE_MIN,
+                ),
+                version: PROTOCOL_VERSION,
+            };
+            let timeout = Some(Duration::from_secs(5));
+            let failure = conn.exchange(&Request::Ping, timeout, |_| ()).unwrap_err();
+            server.join().unwrap();
+            failure
+        }
+        let http = answered(b"HTTP/1.1 400 Bad Request\r\n");
+        assert!(matches!(http, Failure::Fatal(Error::HttpServer { .. })));
+        // Could still have become "HTTP/": read on, to the close.
+        for start in [&b"HTTP"[..], b"H"] {
+            let Failure::Io(e) = answered(start) else {
+                panic!("{start:?} was told apart");
+            };
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        }
+        for frame in [&b"HELLO"[..], &[0xff, 0, 0]] {
+            let failure = answered(frame);
+            assert!(matches!(failure, Failure::Fatal(Error::Protocol { .. })));
+        }
     }
     #[test]
     fn generated_ids_fit_and_differ() {
