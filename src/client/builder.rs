@@ -127,8 +127,9 @@ impl ClientBuilder {
     }
 
     /// The server's shared secret (its `--auth-secret-file`), sent in AUTH
-    /// on every new connection. [`crate::auth::read_secret_file`] reads one
-    /// the way the server does.
+    /// on every new connection. [`Client::builder_from_env`] reads it from
+    /// the file `$DISTLOCKD_AUTH_SECRET_FILE` names, the way the server
+    /// reads its own.
     pub fn auth_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.auth_secret = Some(Secret::from(secret.into()));
         self
