@@ -12,7 +12,6 @@
 //! with the fencing token so that a worker that lost the lock cannot
 //! overwrite a newer run.
 
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -25,11 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
     let addr = addr_from_args()?;
     // A short TTL is safe for a long job: the guard renews it every TTL/3.
-    let client = Arc::new(
-        Client::builder(&addr)
-            .ttl(Duration::from_secs(10))
-            .build()?,
-    );
+    let client = Client::builder(&addr)
+        .ttl(Duration::from_secs(10))
+        .build()?;
     let outcome = run_job(&client, LOCK_NAME, STEPS, |guard, step| {
         println!("step {}/{STEPS} under token {}", step + 1, guard.token());
         thread::sleep(Duration::from_secs(1));
@@ -58,7 +55,7 @@ pub enum Outcome {
 /// Takes `name` if free and runs `work` for each of `steps` steps while the
 /// lock is held, checking before each step that it still is.
 pub fn run_job(
-    client: &Arc<Client>,
+    client: &Client,
     name: &str,
     steps: usize,
     mut work: impl FnMut(&RenewingGuard, usize),

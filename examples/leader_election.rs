@@ -26,8 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    let client = Arc::new(Client::builder(&addr).ttl(Duration::from_secs(5)).build()?);
-    let election = Election::new(client, ELECTION)?;
+    let client = Client::builder(&addr).ttl(Duration::from_secs(5)).build()?;
+    let election = Election::new(&client, ELECTION)?;
     if let Some(term) = election.leader()? {
         println!(
             "term {} leads; {} candidate(s) wait",

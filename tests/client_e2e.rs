@@ -5,11 +5,11 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Error, Lease, NotHeldCause};
+use distlockd::client::{Client, Error, Lease, LockOptions, NotHeldCause};
 use distlockd::limits::Limits;
 use distlockd::protocol::blocking::Connection;
 use distlockd::protocol::{Acquire, ErrorCode, NotHeldReason, Reply, Request};
@@ -710,4 +710,202 @@ fn a_waiter_that_disconnects_leaves_the_queue() {
         "the lock went to a disconnected waiter: {:?}",
         lease.unwrap_err()
     );
+}
+
+/// The TTL a lock sets for itself is what the server grants and counts
+/// down, whatever the client's default; `ttl_server_default` asks for the
+/// server's.
+#[test]
+fn a_lock_sets_its_own_ttl_and_the_server_holds_it_that_long() {
+    let server = start_with(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: Limits {
+            lock_ttl_ms_default: 7_000,
+            ..Limits::default()
+        },
+        ..Default::default()
+    });
+    let addr = server.local_addr();
+    let c = Client::builder(addr)
+        .ttl(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let other = client(addr);
+
+    let long = c
+        .acquire_with("long", &LockOptions::new().ttl(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(long.ttl(), Duration::from_secs(60));
+    let remaining = c.status("long").unwrap().expect("held").remaining;
+    assert!(
+        remaining > Duration::from_secs(30) && remaining <= Duration::from_secs(60),
+        "{remaining:?}: not the lock's own TTL"
+    );
+
+    let short = LockOptions::new().ttl(Duration::from_millis(300));
+    let lease = c.acquire_with("short", &short).unwrap();
+    assert_eq!(lease.ttl(), Duration::from_millis(300));
+    assert!(c.status("short").unwrap().expect("held").remaining <= Duration::from_millis(300));
+    // It expires at its own TTL, long before the client's default.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.try_acquire("short").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the 300 ms hold outlived 5 s");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.status("long").unwrap().is_some(), "the 60 s hold ended");
+
+    let server_default = LockOptions::new().ttl_server_default();
+    let lease = c.acquire_with("default", &server_default).unwrap();
+    assert_eq!(lease.ttl(), Duration::from_secs(7));
+
+    match c.acquire_with("zero", &LockOptions::new().ttl(Duration::ZERO)) {
+        Err(Error::InvalidArgument { what }) => assert!(what.contains("ttl 0"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A lock may be a SESSION hold on a client whose holds are not, and the
+/// other way round; a SESSION hold ends when its connection closes.
+#[test]
+fn a_lock_chooses_session_and_its_hold_ends_with_its_connection() {
+    let server = start();
+    let addr = server.local_addr();
+    let other = client(addr);
+
+    let plain = Client::builder(addr)
+        .ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    plain
+        .acquire_with("sess", &LockOptions::new().session(true))
+        .unwrap();
+    plain.acquire_with("kept", &LockOptions::new()).unwrap();
+    assert!(other.status("sess").unwrap().expect("held").session);
+    assert!(!other.status("kept").unwrap().expect("held").session);
+    drop(plain); // closes its pooled connections
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while other.try_acquire("sess").unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the SESSION hold outlived its connection"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        other.status("kept").unwrap().is_some(),
+        "a plain hold ended"
+    );
+
+    let sessions = Client::builder(addr).session(true).build().unwrap();
+    sessions
+        .acquire_with("not-sess", &LockOptions::new().session(false))
+        .unwrap();
+    assert!(!other.status("not-sess").unwrap().expect("held").session);
+}
+
+/// A lock's own wait: granted when the holder releases within it, a
+/// timeout once it runs out, and none at all by default.
+#[test]
+fn a_lock_sets_its_own_wait() {
+    let server = start();
+    let addr = server.local_addr();
+    let holder = client(addr);
+    let c = client(addr);
+    let held = holder.acquire("w", Duration::ZERO).unwrap();
+
+    match c.acquire_with("w", &LockOptions::new()) {
+        Err(Error::AcquireTimeout { waited, .. }) => assert!(waited < Duration::from_secs(5)),
+        other => panic!("no wait set, yet {other:?}"),
+    }
+    let started = Instant::now();
+    let wait = Duration::from_millis(200);
+    match c.acquire_with("w", &LockOptions::new().wait(wait)) {
+        Err(Error::AcquireTimeout { waited, .. }) => assert!(waited >= wait, "{waited:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() >= wait);
+
+    let waiter = {
+        let c = c.clone();
+        thread::spawn(move || {
+            c.lock_with("w", &LockOptions::new().wait(Duration::from_secs(10)))
+                .map(|g| g.token())
+        })
+    };
+    wait_for_waiters(addr, "w", 1);
+    holder.release_lease(&held).unwrap();
+    let token = waiter.join().unwrap().expect("granted within its wait");
+    assert!(token > held.token());
+}
+
+/// A lock taken under an owner of the caller's choosing: a second
+/// acquisition under it re-enters the hold.
+#[test]
+fn a_lock_may_name_its_owner() {
+    let server = start();
+    let c = client(server.local_addr());
+    let as_job = LockOptions::new().owner("job-7");
+    let first = c.acquire_with("j", &as_job).unwrap();
+    assert_eq!(first.owner(), "job-7");
+    assert!(!first.reentered());
+    let again = c.acquire_with("j", &as_job).unwrap();
+    assert_eq!(again.token(), first.token());
+    assert!(again.reentered());
+    match c.acquire_with("j", &LockOptions::new().owner("")) {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A release that fails when a guard is dropped is reported where the
+/// program can see it: the builder's callback, and the client's count.
+#[test]
+fn a_release_that_fails_on_drop_is_reported() {
+    let server = start();
+    let addr = server.local_addr();
+    let (tx, rx) = mpsc::channel();
+    let c = Client::builder(addr)
+        .timeout(Duration::from_secs(5))
+        .on_drop_release_error(move |failure| {
+            let not_held = matches!(failure.error, Error::NotHeld { .. });
+            let _ = tx.send((
+                failure.lease.name().to_owned(),
+                not_held,
+                failure.to_string(),
+            ));
+        })
+        .build()
+        .unwrap();
+    let other = client(addr);
+
+    drop(c.lock("fine", Duration::ZERO).unwrap());
+    assert_eq!(c.drop_release_errors(), 0, "a release that worked");
+
+    // The hold expires and another owner takes it before the drop.
+    let short = LockOptions::new().ttl(Duration::from_millis(100));
+    let guard = c.lock_with("expires", &short).unwrap();
+    let taken = other.acquire("expires", Duration::from_secs(5)).unwrap();
+    drop(guard);
+    let (name, not_held, text) = rx.recv_timeout(Duration::from_secs(5)).expect("reported");
+    assert_eq!(name, "expires");
+    assert!(not_held, "{text}");
+    assert!(text.contains("on drop failed"), "{text}");
+    assert_eq!(c.drop_release_errors(), 1);
+    let status = other.status("expires").unwrap().expect("still held");
+    assert_eq!(
+        status.token,
+        taken.token(),
+        "the new owner's hold was touched"
+    );
+
+    // The server is gone when a renewing guard is dropped.
+    let renewing = c.lock_renewing("renewing", Duration::ZERO).unwrap();
+    server.stop().unwrap();
+    drop(renewing);
+    let (name, not_held, text) = rx.recv_timeout(Duration::from_secs(10)).expect("reported");
+    assert_eq!(name, "renewing");
+    assert!(!not_held, "{text}");
+    assert_eq!(c.drop_release_errors(), 2);
+    assert_eq!(c.clone().drop_release_errors(), 2, "one count per client");
 }

@@ -9,13 +9,12 @@ mod proxy;
 #[path = "../examples/leader_election.rs"]
 mod leader_election;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Election, Error, Leadership, Lost};
+use distlockd::client::{Client, Election, Error, Leadership, LockOptions, Lost};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -39,7 +38,7 @@ fn candidate(addr: impl ToString, ttl: Duration) -> Election {
         .timeout(PATIENCE)
         .build()
         .unwrap();
-    Election::new(Arc::new(client), "leader").unwrap()
+    Election::new(&client, "leader").unwrap()
 }
 
 /// Campaigns on another thread; the leadership arrives on the channel.
@@ -127,7 +126,7 @@ fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
         .timeout(PATIENCE)
         .build()
         .unwrap();
-    let a = Election::new(Arc::new(a_client), "leader").unwrap();
+    let a = Election::new(&a_client, "leader").unwrap();
     let b = candidate(server.local_addr(), TTL);
 
     let leader_a = a.campaign(PATIENCE).unwrap();
@@ -193,15 +192,13 @@ fn a_leader_whose_server_stops_learns_it() {
 fn the_clients_other_requests_do_not_disturb_the_leader() {
     let server = start();
     let proxy = Proxy::start(server.local_addr());
-    let client = Arc::new(
-        Client::builder(proxy.addr())
-            .ttl(TTL)
-            .timeout(PATIENCE)
-            .pool_size(2)
-            .build()
-            .unwrap(),
-    );
-    let election = Election::new(Arc::clone(&client), "leader").unwrap();
+    let client = Client::builder(proxy.addr())
+        .ttl(TTL)
+        .timeout(PATIENCE)
+        .pool_size(2)
+        .build()
+        .unwrap();
+    let election = Election::new(&client, "leader").unwrap();
     // Both pooled connections exist before the campaign, so cutting them
     // all leaves only connections made afterwards, the leader's included.
     let _ = client.status("leader").unwrap();
@@ -264,4 +261,26 @@ fn leader_election_example_campaigns_leads_and_stops() {
         .unwrap()
         .expect("elected");
     assert!(leader_b.token() > leader_a.token());
+}
+
+/// An election's own TTL: the leader holds (and renews) the lock at it,
+/// not at the client's, and the hold is a SESSION hold all the same.
+#[test]
+fn an_election_takes_its_own_ttl() {
+    let server = start();
+    let client = Client::builder(server.local_addr())
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let options = LockOptions::new().ttl(TTL).session(false);
+    let election = Election::with_options(&client, "leader", options).unwrap();
+    let leadership = election.campaign(PATIENCE).unwrap();
+    assert_eq!(leadership.lease().ttl(), TTL);
+    thread::sleep(TTL * 2); // several renewals
+    let term = election.leader().unwrap().expect("a leader");
+    assert_eq!(term.token, leadership.token());
+    assert!(term.remaining <= TTL, "{:?}", term.remaining);
+    assert!(term.session, "an election's hold is a SESSION hold");
+    leadership.resign().unwrap();
 }

@@ -15,7 +15,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Error, Lost, NotHeldCause, RenewingGuard};
+use distlockd::client::{
+    Client, Error, LockOptions, Lost, NotHeldCause, Renewal, RenewalEvent, RenewingGuard,
+};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -111,6 +113,61 @@ fn renewal_keeps_a_short_lease_held_for_many_ttls() {
         .unwrap()
         .expect("free after unlock");
     assert!(next.token() > token);
+}
+
+/// A renewing guard needs no `Arc` around the client: it keeps a handle of
+/// its own, so it goes on renewing after the caller's client is dropped.
+#[test]
+fn a_guard_needs_no_arc_and_outlives_the_client_it_came_from() {
+    let server = start();
+    let addr = server.local_addr();
+    let other = plain_client(addr);
+    let guard = {
+        let client = Client::builder(addr)
+            .ttl(TTL)
+            .timeout(PATIENCE)
+            .build()
+            .unwrap();
+        client.lock_renewing("report", PATIENCE).unwrap()
+    };
+    let token = guard.token();
+    let until = Instant::now() + TTL * 4;
+    while Instant::now() < until {
+        let status = other.status("report").unwrap().expect("still held");
+        assert_eq!(status.token, token, "the hold was never re-granted");
+        thread::sleep(TTL / 4);
+    }
+    assert_eq!(guard.lost(), None);
+    guard.unlock().expect("still ours");
+    assert_eq!(other.status("report").unwrap(), None);
+}
+
+/// A renewing guard takes the lock's own options: its TTL (renewed at that
+/// TTL, not the client's) and SESSION (a connection of its own).
+#[test]
+fn a_renewing_guard_takes_the_locks_own_ttl_and_session() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = Client::builder(addr)
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(addr);
+    let options = LockOptions::new().ttl(TTL).session(true).wait(PATIENCE);
+    let guard = client.lock_renewing_with("own", &options).unwrap();
+    assert_eq!(guard.lease().ttl(), TTL);
+    let until = Instant::now() + TTL * 4;
+    while Instant::now() < until {
+        let status = other.status("own").unwrap().expect("still held");
+        assert_eq!(status.token, guard.token());
+        assert!(status.remaining <= TTL, "{:?}", status.remaining);
+        assert!(status.session);
+        thread::sleep(TTL / 4);
+    }
+    assert_eq!(guard.lost(), None);
+    guard.unlock().unwrap();
+    assert_eq!(other.status("own").unwrap(), None);
 }
 
 /// Runs `stop` on a renewing guard while EXTENDs are frequent, then checks
@@ -474,4 +531,120 @@ fn a_session_guard_renews_and_releases_over_its_connection() {
     assert_eq!(status.token, guard.token());
     drop(guard);
     assert!(plain_client(addr).try_acquire("cache").unwrap().is_some());
+}
+
+/// What the renewal engine told of one step, without its details.
+fn step(event: &RenewalEvent) -> &'static str {
+    match event {
+        RenewalEvent::Sending { .. } => "sending",
+        RenewalEvent::Renewed { .. } => "renewed",
+        RenewalEvent::Failed(_) => "failed",
+        RenewalEvent::Lost(_) => "lost",
+        _ => "other",
+    }
+}
+
+/// The renewal engine on a hold the caller took (as `distlockd run` hands
+/// its own): it renews on the schedule asked for and tells each step, the
+/// loss last.
+#[test]
+fn the_engine_renews_a_hold_the_caller_took_and_tells_each_step() {
+    let server = start();
+    let addr = server.local_addr();
+    let client = Client::builder(addr)
+        .ttl(Duration::from_secs(30))
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(addr);
+    let sent = Instant::now();
+    let lease = client
+        .acquire_with("caller", &LockOptions::new().ttl(TTL))
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let renewal = Renewal::new()
+        .renewals_per_ttl(5)
+        .retry_after_failure(TTL / 10)
+        .on_event(move |event| {
+            let _ = tx.send(step(event));
+        });
+    let guard = client.renew(lease, sent, renewal).unwrap();
+    let mut steps = Vec::new();
+    while steps.iter().filter(|&&s| s == "renewed").count() < 6 {
+        steps.push(rx.recv_timeout(PATIENCE).expect("a renewal step"));
+    }
+    assert!(
+        steps.chunks(2).all(|pair| pair == ["sending", "renewed"]),
+        "{steps:?}"
+    );
+    let status = other.status("caller").unwrap().expect("held");
+    assert_eq!(status.token, guard.token());
+    assert!(status.remaining <= TTL);
+
+    server.stop().unwrap();
+    let mut after_stop = Vec::new();
+    while after_stop.last() != Some(&"lost") {
+        after_stop.push(rx.recv_timeout(PATIENCE).expect("a step after the stop"));
+    }
+    assert!(after_stop.contains(&"failed"), "{after_stop:?}");
+    assert!(matches!(guard.lost(), Some(Lost::LeaseEnded { .. })));
+    // The loss is the last event.
+    assert!(rx.recv_timeout(TTL).is_err());
+}
+
+/// A schedule the engine cannot follow is refused, and the hold it was
+/// given is released rather than left to its TTL.
+#[test]
+fn the_engine_refuses_a_schedule_it_cannot_follow_and_releases_the_hold() {
+    let server = start();
+    let client = plain_client(server.local_addr());
+    let sent = Instant::now();
+    let lease = client.acquire("bad", Duration::ZERO).unwrap();
+    let renewal = Renewal::new().renewals_per_ttl(1);
+    match client.renew(lease, sent, renewal) {
+        Err(Error::InvalidArgument { what }) => assert!(what.contains("renewals_per_ttl 1")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.status("bad").unwrap(), None);
+}
+
+/// A SESSION lease has a connection of its own: extended over it, ended
+/// with it when it is cut (the server releases the hold at once), and
+/// released when dropped.
+#[test]
+fn a_session_lease_lives_and_ends_with_its_own_connection() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let client = Client::builder(proxy.addr())
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let other = plain_client(server.local_addr());
+    let long = LockOptions::new().ttl(Duration::from_secs(60));
+    let mut session = client.acquire_session("s", &long).unwrap();
+    assert!(other.status("s").unwrap().expect("held").session);
+    assert_eq!(
+        session.extend(Duration::from_secs(30)).unwrap(),
+        Duration::from_secs(30)
+    );
+    assert_eq!(session.lease().ttl(), Duration::from_secs(30));
+    assert_eq!(session.closed(), None);
+
+    proxy.cut();
+    let deadline = Instant::now() + PATIENCE;
+    while session.closed().is_none() {
+        assert!(Instant::now() < deadline, "the cut was never seen");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let taken = other
+        .acquire("s", PATIENCE)
+        .expect("the server released the hold at the cut");
+    assert!(matches!(session.release(), Err(Error::NotHeld { .. })));
+    other.release_lease(&taken).unwrap();
+
+    let dropped = client.acquire_session("d", &long).unwrap();
+    drop(dropped);
+    other
+        .acquire("d", PATIENCE)
+        .expect("dropping the lease closed its connection");
 }

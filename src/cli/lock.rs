@@ -10,7 +10,9 @@ use super::{
     Arg, Asked, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
     EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
 };
-use crate::client::{Client, Error, Lease, LockStatus, NotHeldCause, not_held_reason_text};
+use crate::client::{
+    Client, Error, Lease, LockOptions, LockStatus, NotHeldCause, not_held_reason_text,
+};
 use crate::json::string as json_string;
 use crate::limits::OWNER_LEN_CEILING;
 
@@ -343,20 +345,18 @@ fn owner_and_token(args: &Args) -> Result<(&str, u64), Failure> {
 
 fn acquire(args: &Args) -> Result<u8, Failure> {
     let name = name(args)?;
-    let mut builder = args.connect.builder()?;
-    builder = match args.ttl {
-        Some(ttl) => builder.ttl(ttl),
-        None => builder.ttl_server_default(),
+    let client = args.connect.builder()?.build()?;
+    let mut options = LockOptions::new().wait(args.wait);
+    options = match args.ttl {
+        Some(ttl) => options.ttl(ttl),
+        None => options.ttl_server_default(),
     };
-    let client = builder.build()?;
-    // `--owner` is the owner itself, the one release and extend take.
-    let acquired = match (&args.owner, args.wait.is_zero()) {
-        (Some(owner), _) => client.acquire_as(name, owner.clone(), args.wait, 0),
-        (None, true) => client.try_acquire(name),
-        (None, false) => client.acquire(name, args.wait).map(Some),
-    };
-    let lease = match acquired {
-        Ok(lease) => lease,
+    if let Some(owner) = &args.owner {
+        // The owner itself, the one release and extend take.
+        options = options.owner(owner.clone());
+    }
+    let lease = match client.acquire_with(name, &options) {
+        Ok(lease) => Some(lease),
         Err(Error::AcquireTimeout { .. }) => None,
         Err(e) => return Err(refused(&client, args, &e).unwrap_or(e.into())),
     };

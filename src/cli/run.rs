@@ -16,6 +16,10 @@
 //!   signals  ──(kill -SIG -pgid directly)┘          main signals the group
 //! ```
 //!
+//! The renewer is the client's renewal engine ([`Client::renew`], the one
+//! behind every [`RenewingGuard`]), its events turned into the supervisor's
+//! by `Event::from_renewal`.
+//!
 //! The main thread never blocks on the network while the command runs: a
 //! renewal stuck on a hung server cannot delay the SIGTERM/SIGKILL.
 //!
@@ -67,13 +71,14 @@
 //! other owner could be granted the lock, cannot be kept; `--session` trades
 //! it for fast release when `run` dies. To make a close rare and seen
 //! quickly, the hold gets a connection of its own (a
-//! `Binding`), outside the client's pool: renewals
-//! and the release go over it, a renewal waits for its reply until
-//! `expiry_earliest` instead of `--timeout` (a server paused for less costs
-//! nothing), and the renewal thread probes it every
-//! `SESSION_PROBE_INTERVAL` (100 ms) between renewals. Any failure or close of it
-//! counts as a loss, like NOT_HELD: SIGTERM at once, SIGKILL by the same
-//! rule, and the message says the SESSION connection was lost.
+//! [`SessionLease`](crate::client::SessionLease)), outside the client's
+//! pool: renewals and the release go over it, a renewal waits for its reply
+//! until `expiry_earliest` instead of `--timeout` (a server paused for less
+//! costs nothing), and the renewal thread probes it every 100 ms
+//! ([`SESSION_PROBE_INTERVAL`](crate::client::SESSION_PROBE_INTERVAL))
+//! between renewals. Any failure or close of it counts as a loss, like
+//! NOT_HELD: SIGTERM at once, SIGKILL by the same rule, and the message says
+//! the SESSION connection was lost.
 //!
 //! # Exit status
 //!
@@ -88,7 +93,6 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitCode, ExitStatus};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -99,8 +103,10 @@ use signal_hook::iterator::{Handle, Signals};
 
 use super::{Arg, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_UNAVAILABLE, duration_value};
 use crate::client::{
-    Binding, Client, Error, Lease, NotHeldCause, SESSION_PROBE_INTERVAL, not_held_reason_text,
+    Client, Error, Held, Lease, LockOptions, Lost, Renewal, RenewalEvent, RenewingGuard,
+    not_held_reason_text,
 };
+use crate::protocol::NotHeldReason;
 
 /// Exit status when the lease was lost and the command was terminated.
 pub const EXIT_LEASE_LOST: u8 = 4;
@@ -482,8 +488,7 @@ fn run(mut options: Options) -> Result<u8, String> {
         .ttl(options.timing.ttl)
         .build()
         .map_err(|e| format!("run: {e}"))?;
-    let client = Arc::new(client);
-    let (lease, sent_at, binding) = match obtain(&client, options) {
+    let (held, sent_at) = match obtain(&client, options) {
         Ok(Some(held)) => held,
         Ok(None) => {
             if !options.quiet {
@@ -516,88 +521,89 @@ fn run(mut options: Options) -> Result<u8, String> {
             return Ok(EXIT_UNAVAILABLE);
         }
     };
-    let binding = binding.map(Arc::new);
-    let code = run_under_lease(&client, &lease, sent_at, binding.clone(), options);
+    let (events, inbox) = mpsc::channel();
+    let guard =
+        renew(&client, held, sent_at, options, events.clone()).map_err(|e| format!("run: {e}"))?;
+    let code = run_under_lease(guard.lease(), sent_at, (events, inbox), options);
     let lost = code == EXIT_LEASE_LOST;
-    release(&client, &lease, binding.as_deref(), options.quiet, lost);
+    release(guard, options.quiet, lost);
     Ok(code)
 }
 
-/// The lease, the time its expiry counts from, and for `--session` the
-/// connection the hold is bound to; `Ok(None)`: held by another owner.
-type Obtained = (Lease, Instant, Option<Binding>);
-
 /// Takes the lock: over a connection of its own with `--session` (so
 /// nothing else can close it and end the hold), else through the pool.
-fn obtain(client: &Client, options: &Options) -> Result<Option<Obtained>, Error> {
+/// Returns the hold and the time its expiry counts from; `Ok(None)`: held
+/// by another owner.
+fn obtain(client: &Client, options: &Options) -> Result<Option<(Held, Instant)>, Error> {
     let sent_at = Instant::now();
-    let acquired = if options.session {
-        client
-            .acquire_bound(&options.name, options.wait)
-            .map(|held| held.map(|(lease, binding)| (lease, Some(binding))))
-    } else if options.wait.is_zero() {
-        client
-            .try_acquire(&options.name)
-            .map(|lease| lease.map(|l| (l, None)))
-    } else {
-        client
-            .acquire(&options.name, options.wait)
-            .map(|l| Some((l, None)))
+    let lock = LockOptions::new().wait(options.wait);
+    let acquired = match options.session {
+        true => client.acquire_session(&options.name, &lock).map(Held::from),
+        false => client.acquire_with(&options.name, &lock).map(Held::from),
     };
-    let (lease, binding) = match acquired {
-        Ok(Some(held)) => held,
-        Ok(None) | Err(Error::AcquireTimeout { .. }) => return Ok(None),
+    let mut held = match acquired {
+        Ok(held) => held,
+        Err(Error::AcquireTimeout { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
     if options.wait.is_zero() {
-        return Ok(Some((lease, sent_at, binding)));
+        return Ok(Some((held, sent_at)));
     }
     // Granted at some moment of the wait: extend now to know the expiry.
     let sent_at = Instant::now();
-    match extend(client, &lease, binding.as_ref(), options.timing.ttl, None) {
-        Ok(ttl) => Ok(Some((
-            Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl),
-            sent_at,
-            binding,
-        ))),
-        Err(e) => {
-            let _ = release_lease(client, &lease, binding.as_ref());
-            Err(e)
-        }
+    let ttl = options.timing.ttl;
+    let extended = match &mut held {
+        Held::Pooled(lease) => client.extend(lease, ttl).map(|granted| {
+            *lease = Lease::from_parts(lease.name(), lease.owner(), lease.token(), granted);
+        }),
+        Held::Session(session) => session.extend(ttl).map(drop),
+    };
+    if let Err(e) = extended {
+        let _ = release_held(client, held);
+        return Err(e);
     }
-}
-
-/// EXTEND over the SESSION connection (waiting for the reply until
-/// `read_until`, the earliest expiry), or through the pool.
-fn extend(
-    client: &Client,
-    lease: &Lease,
-    binding: Option<&Binding>,
-    ttl: Duration,
-    read_until: Option<Instant>,
-) -> Result<Duration, Error> {
-    match binding {
-        Some(binding) => client.extend_bound(binding, lease, ttl, read_until),
-        None => client.extend(lease, ttl),
-    }
+    Ok(Some((held, sent_at)))
 }
 
 /// RELEASE over the SESSION connection, or through the pool.
-fn release_lease(client: &Client, lease: &Lease, binding: Option<&Binding>) -> Result<(), Error> {
-    match binding {
-        Some(binding) => client.release_bound(binding, lease),
-        None => client.release_lease(lease),
+fn release_held(client: &Client, held: Held) -> Result<(), Error> {
+    match held {
+        Held::Pooled(lease) => client.release_lease(&lease),
+        Held::Session(session) => session.release(),
     }
 }
 
+/// Starts the client's renewal engine on `held`, granted by a request sent
+/// at `sent_at`: every TTL/3, TTL/10 after a failure, each renewal retrying
+/// a failed connection as the client's requests do; each step is sent to
+/// the supervisor as an [`Event`].
+fn renew(
+    client: &Client,
+    held: Held,
+    sent_at: Instant,
+    options: &Options,
+    events: Sender<Event>,
+) -> Result<RenewingGuard, Error> {
+    let renewal = Renewal::new()
+        .renewals_per_ttl(RENEWALS_PER_TTL)
+        .retry_after_failure(options.timing.ttl / RENEW_RETRIES_PER_TTL)
+        .retries(client.retries())
+        .on_event(move |event| {
+            if let Some(event) = Event::from_renewal(event) {
+                let _ = events.send(event);
+            }
+        });
+    client.renew(held, sent_at, renewal)
+}
+
 /// Starts the command and supervises it until it exits; the exit status.
-/// `sent_at`: when the request that granted `lease` was sent.
-/// `binding`: the SESSION hold's own connection (`--session`).
+/// `sent_at`: when the request that granted `lease` was sent. The renewal
+/// engine sends its events on the channel `(events, inbox)`; the command's
+/// exit goes on it too.
 fn run_under_lease(
-    client: &Arc<Client>,
     lease: &Lease,
     sent_at: Instant,
-    binding: Option<Arc<Binding>>,
+    (events, inbox): (Sender<Event>, Receiver<Event>),
     options: &Options,
 ) -> u8 {
     let Timing { ttl, kill_grace } = options.timing;
@@ -623,33 +629,10 @@ fn run_under_lease(
         }
     };
     let group = Pid::from_child(&child);
-    let (events, inbox) = mpsc::channel();
-    let (stop_renewer, renewer_stopped) = mpsc::channel::<()>();
     let forwarder = Forwarder::start(signals, group);
-    let waiter = {
-        let events = events.clone();
-        thread::spawn(move || wait_for(child, &events))
-    };
-    let renewer = {
-        let renewal = Renewal {
-            client: Arc::clone(client),
-            lease: lease.clone(),
-            binding: binding.clone(),
-            ttl,
-            expiry_earliest: sent_at + lease.ttl(),
-        };
-        let first = sent_at + lease.ttl() / RENEWALS_PER_TTL;
-        thread::spawn(move || renewal.run(first, &events, &renewer_stopped))
-    };
+    let waiter = thread::spawn(move || wait_for(child, &events));
     let mut supervisor = Supervisor::new(clock);
     let status = supervise(&mut supervisor, group, &inbox, &options.name, options.quiet);
-    // The renewal thread stops before the release, so no EXTEND follows it;
-    // a renewal blocked on the SESSION connection is cut short.
-    drop(stop_renewer);
-    if let Some(binding) = &binding {
-        binding.stop();
-    }
-    let _ = renewer.join();
     let _ = waiter.join();
     forwarder.stop();
     match (supervisor.phase, status) {
@@ -696,107 +679,35 @@ enum Event {
     },
     RenewFailed(String),
     /// A renewal found the hold gone (answered NOT_HELD).
-    Lost(NotHeldCause),
+    Lost(NotHeldReason),
     /// The SESSION connection closed or failed: the server released the
     /// hold at the disconnect.
     SessionClosed(String),
 }
 
+impl Event {
+    /// What the supervisor hears of a step of the renewal engine. Not the
+    /// lease's end: the supervisor keeps its own clock, stops the command
+    /// before the lease could end, and tells why no renewal was confirmed.
+    fn from_renewal(event: &RenewalEvent) -> Option<Event> {
+        Some(match event {
+            RenewalEvent::Sending { sent_at } => Event::Renewing { sent_at: *sent_at },
+            RenewalEvent::Renewed { sent_at, ttl } => Event::Renewed {
+                sent_at: *sent_at,
+                ttl: *ttl,
+            },
+            RenewalEvent::Failed(e) => Event::RenewFailed(e.to_string()),
+            RenewalEvent::Lost(Lost::NotHeld(reason)) => Event::Lost(*reason),
+            RenewalEvent::Lost(Lost::SessionClosed { error }) => {
+                Event::SessionClosed(error.clone())
+            }
+            RenewalEvent::Lost(Lost::LeaseEnded { .. }) => return None,
+        })
+    }
+}
+
 fn wait_for(mut child: Child, events: &Sender<Event>) {
     let _ = events.send(Event::Exited(child.wait()));
-}
-
-/// The renewal thread's side.
-struct Renewal {
-    client: Arc<Client>,
-    lease: Lease,
-    /// The SESSION hold's own connection.
-    binding: Option<Arc<Binding>>,
-    /// `--ttl`, asked for on each renewal.
-    ttl: Duration,
-    /// The server cannot expire the hold before this; a renewal over the
-    /// SESSION connection waits for its reply until then.
-    expiry_earliest: Instant,
-}
-
-impl Renewal {
-    /// Extends the lease every TTL/3 (TTL/10 after a failure) until `stop`
-    /// is dropped, the hold is found gone, or the SESSION connection closes
-    /// (looked at every [`SESSION_PROBE_INTERVAL`] between renewals).
-    fn run(mut self, first: Instant, events: &Sender<Event>, stop: &Receiver<()>) {
-        let mut next = first;
-        loop {
-            if !self.sleep_until(next, stop) {
-                return;
-            }
-            if let Some(why) = self.session_closed() {
-                let _ = events.send(Event::SessionClosed(why));
-                return;
-            }
-            let sent_at = Instant::now();
-            if events.send(Event::Renewing { sent_at }).is_err() {
-                return;
-            }
-            let read_until = self.binding.as_ref().map(|_| self.expiry_earliest);
-            let result = extend(
-                &self.client,
-                &self.lease,
-                self.binding.as_deref(),
-                self.ttl,
-                read_until,
-            );
-            let event = match result {
-                Ok(granted) => {
-                    next = sent_at + granted / RENEWALS_PER_TTL;
-                    self.expiry_earliest = self.expiry_earliest.max(sent_at + granted);
-                    Event::Renewed {
-                        sent_at,
-                        ttl: granted,
-                    }
-                }
-                Err(Error::NotHeld { reason, .. }) => {
-                    let _ = events.send(Event::Lost(reason));
-                    return;
-                }
-                Err(e) => {
-                    if let Some(why) = self.session_closed() {
-                        let _ = events.send(Event::SessionClosed(why));
-                        return;
-                    }
-                    next = Instant::now() + self.ttl / RENEW_RETRIES_PER_TTL;
-                    Event::RenewFailed(e.to_string())
-                }
-            };
-            if events.send(event).is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Waits until `until`, probing the SESSION connection meanwhile;
-    /// `false` if stopped. Returns early if the connection is found closed.
-    fn sleep_until(&self, until: Instant, stop: &Receiver<()>) -> bool {
-        loop {
-            let now = Instant::now();
-            let mut wake = until;
-            if let Some(binding) = &self.binding {
-                if !binding.probe() {
-                    return true;
-                }
-                wake = wake.min(now + SESSION_PROBE_INTERVAL);
-            }
-            match stop.recv_timeout(wake.saturating_duration_since(now)) {
-                Err(RecvTimeoutError::Timeout) if wake >= until => return true,
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return false,
-            }
-        }
-    }
-
-    /// Why the SESSION connection closed, if it did.
-    fn session_closed(&self) -> Option<String> {
-        self.binding.as_ref().and_then(|b| b.closed())
-    }
 }
 
 /// Waits for the command to exit, signalling its group as the supervisor
@@ -841,11 +752,11 @@ fn supervise(
                 }
                 supervisor.renew_failed(e);
             }
-            Event::Lost(cause) => {
+            Event::Lost(reason) => {
                 if matches!(supervisor.phase, Phase::Holding) {
                     eprintln!(
                         "distlockd run: lost lock {name:?}: a renewal found that this run no longer holds it: {}",
-                        not_held_text(cause)
+                        not_held_reason_text(reason)
                     );
                 }
                 supervisor.lost();
@@ -885,14 +796,6 @@ fn finish_group(supervisor: &mut Supervisor, group: Pid) {
         thread::sleep((kill_at - now).min(Duration::from_millis(20)));
     }
     supervisor.phase = Phase::Killed;
-}
-
-/// Why a renewal found the hold gone, in plain words.
-fn not_held_text(cause: NotHeldCause) -> &'static str {
-    match cause {
-        NotHeldCause::Server(reason) => not_held_reason_text(reason),
-        NotHeldCause::NotAcquiredHere => "this process has no record of holding it",
-    }
 }
 
 fn act(action: Action, group: Pid, name: &str) {
@@ -937,14 +840,16 @@ fn act(action: Action, group: Pid, name: &str) {
     }
 }
 
-fn release(client: &Client, lease: &Lease, binding: Option<&Binding>, quiet: bool, lost: bool) {
-    match release_lease(client, lease, binding) {
+/// Stops the renewals and releases the lock, saying why if that failed.
+fn release(guard: RenewingGuard, quiet: bool, lost: bool) {
+    let name = guard.name().to_owned();
+    match guard.unlock() {
         Ok(()) => {}
         // After a loss the hold is gone or someone else's: nothing to say.
         Err(Error::NotHeld { .. }) if lost => {}
         Err(e) => {
             if !quiet {
-                eprintln!("distlockd run: releasing lock {:?}: {e}", lease.name());
+                eprintln!("distlockd run: releasing lock {name:?}: {e}");
             }
         }
     }

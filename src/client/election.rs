@@ -42,26 +42,42 @@
 //!   interval). A renewal waits for its reply until the lease's end, so a
 //!   server that pauses for less than that does not end the term.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Client, Lease, LockStatus, Lost, RenewingGuard, Result, check_name};
-use crate::protocol::FLAG_SESSION;
+use super::{Client, Lease, LockOptions, LockStatus, Lost, RenewingGuard, Result, check_name};
 
 /// Candidates for leadership of one name, sharing a client.
 #[derive(Clone, Debug)]
 pub struct Election {
-    client: Arc<Client>,
+    client: Client,
     name: String,
+    /// Every campaign's, with the campaign's wait and SESSION on.
+    options: LockOptions,
 }
 
 impl Election {
     /// An election on lock `name`. Nothing is sent until
     /// [`campaign`](Election::campaign) or [`leader`](Election::leader).
-    pub fn new(client: Arc<Client>, name: impl Into<String>) -> Result<Election> {
+    pub fn new(client: &Client, name: impl Into<String>) -> Result<Election> {
+        Election::with_options(client, name, LockOptions::new())
+    }
+
+    /// An election whose leaders hold the lock as `options` say, e.g. with
+    /// a TTL of their own. The hold is a SESSION hold whatever `options`
+    /// say, and each [`campaign`](Election::campaign) gives its own wait.
+    pub fn with_options(
+        client: &Client,
+        name: impl Into<String>,
+        options: LockOptions,
+    ) -> Result<Election> {
         let name = name.into();
         check_name(&name)?;
-        Ok(Election { client, name })
+        options.owner_given()?;
+        Ok(Election {
+            client: client.clone(),
+            name,
+            options: options.with_session(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -76,8 +92,8 @@ impl Election {
     ///
     /// As [`Client::lock_renewing`].
     pub fn campaign(&self, wait: Duration) -> Result<Leadership> {
-        let flags = self.client.flags | FLAG_SESSION;
-        let guard = RenewingGuard::acquire(Arc::clone(&self.client), &self.name, wait, flags)?;
+        let options = self.options.with_wait(wait);
+        let guard = self.client.lock_renewing_with(&self.name, &options)?;
         Ok(Leadership { guard })
     }
 

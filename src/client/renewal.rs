@@ -1,11 +1,19 @@
-//! Auto-renewing holds: a [`RenewingGuard`] and the thread that renews it.
+//! The renewal engine: a [`RenewingGuard`] and the thread that renews it.
+//!
+//! One engine renews every hold that is renewed in the background: the
+//! guards of [`Client::lock_renewing`] and [`Election`](super::Election),
+//! and any hold handed to [`Client::renew`], as `distlockd run` hands its
+//! own. A hold is [`Held`] through the pool or, as a [`SessionLease`], on a
+//! connection of its own.
 //!
 //! The guard owns one background thread that sends EXTEND every TTL / n
-//! ([`ClientBuilder::renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl),
-//! n = 3 by default) until the guard is dropped or unlocked, or the lease is
-//! lost. Guard and thread share one [`State`] under a mutex; the condition
-//! variable wakes the thread when the guard stops it and wakes
-//! [`RenewingGuard::wait_lost`] when the lease is renewed or lost.
+//! ([`Renewal::renewals_per_ttl`], by default the client's
+//! [`ClientBuilder::renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl),
+//! 3) until the guard is dropped or unlocked, or the lease is lost. Guard
+//! and thread share one [`State`] under a mutex; the condition variable
+//! wakes the thread when the guard stops it and wakes
+//! [`RenewingGuard::wait_lost`] when the lease is renewed or lost. The
+//! thread tells each step to the [`Renewal::on_event`] observer, if any.
 //!
 //! The timing rule for loss is documented on [`RenewingGuard`].
 
@@ -17,9 +25,10 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use super::{
-    Binding, Client, Error, Lease, NotHeldCause, Result, SESSION_PROBE_INTERVAL, not_held_text,
+    Binding, Client, Error, Lease, LockOptions, NotHeldCause, RENEWALS_PER_TTL_MAX,
+    RENEWALS_PER_TTL_MIN, Result, SESSION_PROBE_INTERVAL, SessionLease, invalid, not_held_text,
 };
-use crate::protocol::{FLAG_SESSION, NotHeldReason};
+use crate::protocol::NotHeldReason;
 
 /// The shortest gap between two renewals, so a tiny granted TTL cannot make
 /// the thread spin.
@@ -69,6 +78,139 @@ impl fmt::Display for Lost {
 }
 
 type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
+type EventObserver = Box<dyn FnMut(&RenewalEvent) + Send>;
+
+/// A hold to renew: through the client's pool, or a SESSION hold on a
+/// connection of its own.
+#[derive(Debug)]
+pub enum Held {
+    Pooled(Lease),
+    Session(SessionLease),
+}
+
+impl Held {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            Held::Pooled(lease) => lease,
+            Held::Session(session) => &session.lease,
+        }
+    }
+
+    /// The lease and, for a SESSION hold, its connection.
+    fn into_parts(self) -> (Lease, Option<Arc<Binding>>) {
+        match self {
+            Held::Pooled(lease) => (lease, None),
+            Held::Session(session) => (session.lease, Some(session.binding)),
+        }
+    }
+}
+
+impl From<Lease> for Held {
+    fn from(lease: Lease) -> Held {
+        Held::Pooled(lease)
+    }
+}
+
+impl From<SessionLease> for Held {
+    fn from(session: SessionLease) -> Held {
+        Held::Session(session)
+    }
+}
+
+/// How the engine renews a hold: when, how hard, and who hears of each
+/// step. [`Renewal::new`] is what [`Client::lock_renewing`] uses.
+pub struct Renewal {
+    /// `None`: the client's.
+    renewals_per_ttl: Option<u32>,
+    /// After a failed renewal, the next one comes this long after; `None`:
+    /// after the client's backoff (50 ms, doubling per failure up to 1 s).
+    retry_after_failure: Option<Duration>,
+    /// Retries of a failed connection within one renewal through the pool.
+    retries: u32,
+    observer: Option<EventObserver>,
+}
+
+impl Renewal {
+    /// Renew every TTL / the client's
+    /// [`renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl); one
+    /// attempt per renewal, the next after the client's backoff if it
+    /// failed; no observer.
+    pub fn new() -> Renewal {
+        Renewal {
+            renewals_per_ttl: None,
+            retry_after_failure: None,
+            retries: 0,
+            observer: None,
+        }
+    }
+
+    /// While renewals succeed, renew every granted TTL / `n`, counted from
+    /// when the last confirmed renewal (or the grant) was sent; from 2 to
+    /// 100.
+    pub fn renewals_per_ttl(mut self, n: u32) -> Self {
+        self.renewals_per_ttl = Some(n);
+        self
+    }
+
+    /// After a failed renewal, send the next one `delay` later (default:
+    /// after the client's backoff).
+    pub fn retry_after_failure(mut self, delay: Duration) -> Self {
+        self.retry_after_failure = Some(delay);
+        self
+    }
+
+    /// A renewal through the pool retries a failed connection up to
+    /// `retries` times with the client's backoff, as any request of the
+    /// client does, but never past the lease's end (default 0: the
+    /// renewals themselves are the retries).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// Calls `f` on the renewal thread at each step: before each EXTEND is
+    /// sent, when it is confirmed or fails, and once when the lease is lost
+    /// (the last event). Keep `f` short: the next renewal waits for it.
+    /// Never called once the guard's drop or `unlock` has returned.
+    pub fn on_event(mut self, f: impl FnMut(&RenewalEvent) + Send + 'static) -> Self {
+        self.observer = Some(Box::new(f));
+        self
+    }
+}
+
+impl Default for Renewal {
+    fn default() -> Renewal {
+        Renewal::new()
+    }
+}
+
+impl fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Renewal")
+            .field("renewals_per_ttl", &self.renewals_per_ttl)
+            .field("retry_after_failure", &self.retry_after_failure)
+            .field("retries", &self.retries)
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// One step of the renewal engine, as [`Renewal::on_event`] hears it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum RenewalEvent {
+    /// An EXTEND is about to be sent; the server cannot start its TTL
+    /// before `sent_at`.
+    Sending { sent_at: Instant },
+    /// The EXTEND sent at `sent_at` was confirmed with `ttl`: the server
+    /// cannot expire the hold before `sent_at + ttl`.
+    Renewed { sent_at: Instant, ttl: Duration },
+    /// The EXTEND failed (the connection, or the server refused it); the
+    /// next follows unless the lease is lost first.
+    Failed(Error),
+    /// The lease is lost: no more renewals. The last event.
+    Lost(Lost),
+}
 
 /// A held lock that a background thread keeps renewing until the guard is
 /// dropped or [unlocked](RenewingGuard::unlock), or the lease is lost.
@@ -78,7 +220,11 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 /// RELEASE is sent, so no renewal is ever sent once drop or `unlock`
 /// returns. If an EXTEND is in flight at that moment, drop waits for it,
 /// which takes at most the client's timeout and never past the lease's end.
-/// A failed release on drop is logged, never panics.
+/// A release that fails on drop never panics: it is reported as for a
+/// [`LockGuard`](super::LockGuard) (logged, counted in
+/// [`Client::drop_release_errors`], handed to
+/// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error)'s
+/// callback). No release is sent after the server said the hold was gone.
 ///
 /// Loss is told three ways: [`is_lost`](RenewingGuard::is_lost) to poll,
 /// [`wait_lost`](RenewingGuard::wait_lost) to block, and
@@ -89,9 +235,11 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 ///
 /// # SESSION holds
 ///
-/// A guard from a client built with
-/// [`session(true)`](super::ClientBuilder::session), and every
-/// [`Leadership`](super::Leadership), holds a SESSION hold. The server
+/// A guard for a lock taken with
+/// [`LockOptions::session`](super::LockOptions::session) (or from a client
+/// built with [`session(true)`](super::ClientBuilder::session)), for a
+/// [`SessionLease`] handed to [`Client::renew`], and every
+/// [`Leadership`](super::Leadership) holds a SESSION hold. The server
 /// releases it the moment the connection that acquired it closes, whatever
 /// its TTL, so the guard keeps that connection to itself, out of the pool:
 /// renewals and the release go over it and no other request can break it.
@@ -138,7 +286,8 @@ type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 /// other threads' requests hold for at most their own timeouts).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct RenewingGuard {
-    client: Arc<Client>,
+    /// Its own handle on the client, so the guard may outlive the caller's.
+    client: Client,
     lease: Lease,
     /// A SESSION hold's own connection.
     binding: Option<Arc<Binding>>,
@@ -200,6 +349,29 @@ impl Shared {
     }
 }
 
+/// When renewals are sent, resolved against the client's settings.
+#[derive(Clone, Copy, Debug)]
+struct Schedule {
+    renewals_per_ttl: u32,
+    retry_after_failure: Option<Duration>,
+    retries: u32,
+}
+
+impl Schedule {
+    /// Time between renewals for a hold granted `ttl`.
+    fn interval(&self, ttl: Duration) -> Duration {
+        (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
+    }
+
+    /// Time from the `failures`th failed renewal in a row to the next.
+    fn retry_delay(&self, client: &Client, failures: u32) -> Duration {
+        match self.retry_after_failure {
+            Some(delay) => delay.max(RENEW_INTERVAL_MIN),
+            None => client.backoff(failures),
+        }
+    }
+}
+
 /// What the renewal thread woke up for.
 enum Wake {
     Stop,
@@ -213,8 +385,8 @@ enum Wake {
 impl Client {
     /// [`Client::lock`] with a guard that renews the hold in the background
     /// every TTL / [`renewals_per_ttl`](super::ClientBuilder::renewals_per_ttl)
-    /// until it is dropped, unlocked or lost. Needs an `Arc<Client>` because
-    /// the renewal thread shares the client.
+    /// until it is dropped, unlocked or lost. The renewal thread keeps a
+    /// handle on the client (a clone), so the guard may outlive this one.
     ///
     /// A grant that came later than the first renewal was due (after a wait
     /// in the queue) is renewed once before this returns: its TTL counts from
@@ -226,48 +398,110 @@ impl Client {
     ///
     /// If the operating system cannot start a thread (after releasing the
     /// hold), as [`std::thread::spawn`] does.
-    pub fn lock_renewing(self: &Arc<Self>, name: &str, wait: Duration) -> Result<RenewingGuard> {
-        RenewingGuard::acquire(Arc::clone(self), name, wait, self.flags)
+    pub fn lock_renewing(&self, name: &str, wait: Duration) -> Result<RenewingGuard> {
+        self.lock_renewing_with(name, &LockOptions::new().wait(wait))
     }
 
-    /// Time between renewals for a hold granted `ttl`.
-    fn renew_interval(&self, ttl: Duration) -> Duration {
-        (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
+    /// [`Client::lock_renewing`] with the lock's own TTL, wait, SESSION
+    /// setting or owner ([`LockOptions`]). Renewals ask for the TTL the
+    /// server granted.
+    ///
+    /// # Panics
+    ///
+    /// As [`Client::lock_renewing`].
+    pub fn lock_renewing_with(&self, name: &str, options: &LockOptions) -> Result<RenewingGuard> {
+        let renewal = Renewal::new();
+        let schedule = self.schedule(&renewal)?;
+        let sent = Instant::now();
+        let mut held = match options.is_session(self.inner.session) {
+            true => Held::Session(self.acquire_session(name, options)?),
+            false => Held::Pooled(self.acquire_with(name, options)?),
+        };
+        let confirmed_at = match sent.elapsed() < schedule.interval(held.lease().ttl) {
+            true => sent,
+            false => pin_late_grant(self, &mut held)?,
+        };
+        self.renew(held, confirmed_at, renewal)
+    }
+
+    /// Starts the renewal engine on a hold the caller took: the guard
+    /// renews it as `renewal` says until it is dropped, unlocked or lost,
+    /// and releases it then. `confirmed_at` is when the request that granted
+    /// or last renewed it was sent: the server cannot expire the hold before
+    /// `confirmed_at + held.lease().ttl()`, and the first renewal is due a
+    /// renewal interval after it. (A grant that came after a wait in the
+    /// queue has no such moment: renew it once first, as
+    /// [`Client::lock_renewing`] does.) Renewals ask for the lease's TTL.
+    ///
+    /// A `renewal` the engine cannot follow is `Err(InvalidArgument)`, after
+    /// the hold is released (best effort).
+    ///
+    /// # Panics
+    ///
+    /// As [`Client::lock_renewing`].
+    pub fn renew(
+        &self,
+        held: impl Into<Held>,
+        confirmed_at: Instant,
+        renewal: Renewal,
+    ) -> Result<RenewingGuard> {
+        let (lease, binding) = held.into().into_parts();
+        let schedule = match self.schedule(&renewal) {
+            Ok(schedule) => schedule,
+            Err(e) => {
+                if let Err(release) = release(self, &lease, binding.as_deref()) {
+                    warn!(
+                        "releasing lock {:?} after a refused renewal schedule: {release}",
+                        lease.name
+                    );
+                }
+                return Err(e);
+            }
+        };
+        RenewingGuard::start(
+            self.clone(),
+            lease,
+            binding,
+            confirmed_at,
+            schedule,
+            renewal.observer,
+        )
+    }
+
+    /// `renewal`'s schedule, checked, with the client's settings for what
+    /// it leaves unset.
+    fn schedule(&self, renewal: &Renewal) -> Result<Schedule> {
+        let renewals_per_ttl = renewal
+            .renewals_per_ttl
+            .unwrap_or(self.inner.renewals_per_ttl);
+        if !(RENEWALS_PER_TTL_MIN..=RENEWALS_PER_TTL_MAX).contains(&renewals_per_ttl) {
+            return invalid(format!(
+                "renewals_per_ttl {renewals_per_ttl}: use {RENEWALS_PER_TTL_MIN} to {RENEWALS_PER_TTL_MAX} (3 renews every TTL/3)"
+            ));
+        }
+        Ok(Schedule {
+            renewals_per_ttl,
+            retry_after_failure: renewal.retry_after_failure,
+            retries: renewal.retries,
+        })
     }
 }
 
 impl RenewingGuard {
-    /// Acquires `name` with `flags` and starts renewing it.
-    pub(super) fn acquire(
-        client: Arc<Client>,
-        name: &str,
-        wait: Duration,
-        flags: u8,
+    /// Starts renewing `lease` (over `binding` for a SESSION hold), granted
+    /// or last renewed by a request sent at `confirmed_at`.
+    fn start(
+        client: Client,
+        lease: Lease,
+        binding: Option<Arc<Binding>>,
+        confirmed_at: Instant,
+        schedule: Schedule,
+        observer: Option<EventObserver>,
     ) -> Result<RenewingGuard> {
-        let sent = Instant::now();
-        let acquired = if flags & FLAG_SESSION != 0 {
-            client
-                .acquire_bound(name, wait)?
-                .map(|(lease, binding)| (lease, Some(Arc::new(binding))))
-        } else {
-            client.acquire_inner(name, wait, flags)?.map(|l| (l, None))
-        };
-        let Some((lease, binding)) = acquired else {
-            return Err(Error::AcquireTimeout {
-                name: name.to_owned(),
-                waited: sent.elapsed(),
-            });
-        };
-        let (confirmed_at, ttl) = if sent.elapsed() < client.renew_interval(lease.ttl) {
-            (sent, lease.ttl)
-        } else {
-            pin_late_grant(&client, &lease, binding.as_deref())?
-        };
-        let valid_until = confirmed_at + ttl;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stopping: false,
-                valid_until,
+                valid_until: confirmed_at + lease.ttl,
                 lost: None,
                 last_error: None,
                 on_lost: None,
@@ -276,11 +510,13 @@ impl RenewingGuard {
             changed: Condvar::new(),
         });
         let renewer = Renewer {
-            client: Arc::clone(&client),
+            client: client.clone(),
             lease: lease.clone(),
             binding: binding.clone(),
             shared: Arc::clone(&shared),
-            next: confirmed_at + client.renew_interval(ttl),
+            next: confirmed_at + schedule.interval(lease.ttl),
+            schedule,
+            observer,
         };
         let spawned = std::thread::Builder::new()
             .name("distlockd-renew".to_owned())
@@ -288,6 +524,7 @@ impl RenewingGuard {
         let renewer = match spawned {
             Ok(handle) => handle,
             Err(e) => {
+                let name = &lease.name;
                 if let Err(release) = release(&client, &lease, binding.as_deref()) {
                     warn!("releasing lock {name:?} after a failed thread start: {release}");
                 }
@@ -430,10 +667,7 @@ impl Drop for RenewingGuard {
             return;
         }
         if let Err(e) = release(&self.client, &self.lease, self.binding.as_deref()) {
-            warn!(
-                "releasing lock {:?} (token {}) on drop failed: {e}",
-                self.lease.name, self.lease.token
-            );
+            self.client.report_drop_release(&self.lease, e);
         }
     }
 }
@@ -473,17 +707,21 @@ fn extend(
 
 /// Renews a grant that may have come after a wait, so the lease's end is
 /// counted from a moment known to be after the grant. Returns when that
-/// renewal was sent and the TTL it got.
-fn pin_late_grant(
-    client: &Client,
-    lease: &Lease,
-    binding: Option<&Binding>,
-) -> Result<(Instant, Duration)> {
+/// renewal was sent; the lease's TTL becomes the one it got. If it fails
+/// the hold is released (best effort) and the error returned.
+fn pin_late_grant(client: &Client, held: &mut Held) -> Result<Instant> {
     let sent = Instant::now();
+    let (lease, binding) = match held {
+        Held::Pooled(lease) => (lease, None),
+        Held::Session(session) => (&mut session.lease, Some(&*session.binding)),
+    };
     // The grant's own moment is unknown, so the lease's end is too: wait no
     // longer than the client's timeout.
-    match extend(client, lease, binding, client.retries, None) {
-        Ok(ttl) => Ok((sent, ttl)),
+    match extend(client, lease, binding, client.inner.retries, None) {
+        Ok(ttl) => {
+            lease.ttl = ttl;
+            Ok(sent)
+        }
         Err(e) => {
             if !matches!(e, Error::NotHeld { .. })
                 && let Err(release) = release(client, lease, binding)
@@ -500,12 +738,14 @@ fn pin_late_grant(
 
 /// The renewal thread's side.
 struct Renewer {
-    client: Arc<Client>,
+    client: Client,
     lease: Lease,
     binding: Option<Arc<Binding>>,
     shared: Arc<Shared>,
     /// When to send the next EXTEND.
     next: Instant,
+    schedule: Schedule,
+    observer: Option<EventObserver>,
 }
 
 impl Renewer {
@@ -518,14 +758,16 @@ impl Renewer {
                 Wake::Renew { deadline } => deadline,
             };
             let sent = Instant::now();
-            // One attempt per round: the retries are the rounds themselves,
-            // spaced by the client's backoff, until the lease's end. Giving
-            // up after a count would forfeit a lease that is still valid.
+            self.tell(RenewalEvent::Sending { sent_at: sent });
+            // No I/O past the lease's end. Unless the schedule asks for
+            // retries, one attempt per round: the retries are the rounds
+            // themselves, until the lease's end. Giving up after a count
+            // would forfeit a lease that is still valid.
             let result = extend(
                 &self.client,
                 &self.lease,
                 self.binding.as_deref(),
-                0,
+                self.schedule.retries,
                 Some(deadline),
             );
             let mut state = self.shared.state();
@@ -546,12 +788,13 @@ impl Renewer {
                 // failed.
                 break;
             }
-            match result {
+            let event = match result {
                 Ok(ttl) => {
                     state.valid_until = sent + ttl;
                     state.last_error = None;
                     failures = 0;
-                    self.next = sent + self.client.renew_interval(ttl);
+                    self.next = sent + self.schedule.interval(ttl);
+                    RenewalEvent::Renewed { sent_at: sent, ttl }
                 }
                 Err(Error::NotHeld {
                     reason: NotHeldCause::Server(reason),
@@ -566,13 +809,22 @@ impl Renewer {
                         self.lease.name, self.lease.token
                     );
                     failures += 1;
-                    self.next = Instant::now() + self.client.backoff(failures);
+                    self.next = Instant::now() + self.schedule.retry_delay(&self.client, failures);
+                    RenewalEvent::Failed(e)
                 }
-            }
+            };
             drop(state);
             self.shared.changed.notify_all();
+            self.tell(event);
         }
         self.deliver_loss();
+    }
+
+    /// Hands `event` to the observer, if any.
+    fn tell(&mut self, event: RenewalEvent) {
+        if let Some(observer) = &mut self.observer {
+            observer(&event);
+        }
     }
 
     /// Sleeps until the next renewal is due, the guard stops it, or the
@@ -610,8 +862,9 @@ impl Renewer {
         }
     }
 
-    /// Wakes `wait_lost` and runs the `on_lost` callback, outside the lock.
-    fn deliver_loss(&self) {
+    /// Wakes `wait_lost`, and tells the observer and the `on_lost`
+    /// callback, outside the lock.
+    fn deliver_loss(mut self) {
         let (callback, lost) = {
             let mut state = self.shared.state();
             state.loss_delivered = true;
@@ -623,6 +876,7 @@ impl Renewer {
             "lock {:?} (token {}) lost: {lost}",
             self.lease.name, self.lease.token
         );
+        self.tell(RenewalEvent::Lost(lost.clone()));
         if let Some(callback) = callback {
             callback(&lost);
         }
