@@ -40,6 +40,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+#[cfg(feature = "server")]
 /// The server's authentication settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
@@ -48,6 +49,7 @@ pub struct Auth {
     pub allow_legacy: bool,
 }
 
+#[cfg(feature = "server")]
 impl Auth {
     /// Checks the secret's length; the error names the bound.
     pub fn new(secret: Vec<u8>, allow_legacy: bool) -> Result<Auth, String> {
@@ -75,6 +77,7 @@ fn check_secret_len(len: usize) -> Result<(), String> {
     }
 }
 
+#[cfg(feature = "server")]
 /// Constant-time comparison: every byte of `expected` is compared, and
 /// the result is read only at the end.
 pub fn secrets_match(expected: &[u8], given: &[u8]) -> bool {
@@ -119,6 +122,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg(feature = "server")]
     fn only_the_exact_secret_matches() {
         let auth = Auth::new(b"0123456789abcdef".to_vec(), false).unwrap();
         assert!(auth.accepts(b"0123456789abcdef"));
@@ -139,6 +143,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "server")]
     fn secret_length_is_bounded() {
         assert!(Auth::new(vec![b'a'; SECRET_LEN_MIN - 1], false).is_err());
         assert!(Auth::new(vec![b'a'; SECRET_LEN_MAX + 1], false).is_err());

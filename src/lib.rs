@@ -70,7 +70,7 @@ internal_modules! {
 }
 
 /// The fuzz targets' checks (`fuzz/`), also run by the unit tests.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(all(feature = "server", any(test, feature = "fuzzing")))]
 #[doc(hidden)]
 pub mod check;
 

@@ -72,15 +72,18 @@ pub const WRITE_TIMEOUT_MS_DEFAULT: u32 = 30_000;
 /// secret: a client that has the secret sends AUTH in its first exchange.
 pub const AUTH_TIMEOUT_MS_DEFAULT: u32 = 10_000;
 
+#[cfg(feature = "server")]
 /// Frames decoded per connection per turn of the event loop, so one
 /// pipelining client cannot starve the others.
 pub const FRAMES_PER_TURN_MAX: usize = 64;
 
+#[cfg(feature = "server")]
 /// SESSION holds of closed connections released per turn of the event loop
 /// (about 0.1 ms of work), so a disconnect with a million of them is spread
 /// over many turns instead of stalling every other client.
 pub const SESSION_RELEASES_PER_TURN_MAX: usize = 1024;
 
+#[cfg(feature = "server")]
 /// Timer steps per turn of the event loop: expiries and wait deadlines
 /// fired, or timers the wheel's cascade places again (0.05 µs to 0.3 µs
 /// each), so a million locks expiring at once are spread over many turns
@@ -121,6 +124,7 @@ pub const LOCKS_CEILING: usize = 1 << 30;
 /// Default bound on simultaneous connections.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 
+#[cfg(feature = "keepalive")]
 /// TCP keepalive on every accepted connection: a peer whose host vanished
 /// without closing the connection (power loss, a partition) is noticed
 /// instead of never; its queued ACQUIRE leaves the queue and its SESSION
@@ -131,8 +135,10 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 /// `write_timeout_ms`, so after max(40 s, `write_timeout_ms` rounded up to
 /// 30 s plus a multiple of 10 s): 40 s at the default 30 000 ms.
 pub const TCP_KEEPALIVE_IDLE_S: u64 = 30;
+#[cfg(feature = "keepalive")]
 pub const TCP_KEEPALIVE_INTERVAL_S: u64 = 10;
 
+#[cfg(feature = "server")]
 /// The kernel's send buffer per connection (SO_SNDBUF; Linux reserves
 /// twice this, for its bookkeeping as well as the bytes). Fixed, which
 /// turns off the kernel's autotuning: replies a client does not read
@@ -144,6 +150,7 @@ pub const TCP_KEEPALIVE_INTERVAL_S: u64 = 10;
 /// 5 ms round trip, far more than lock replies need.
 pub const TCP_SEND_BUFFER_SIZE: usize = 64 * 1024;
 
+#[cfg(feature = "server")]
 /// The kernel's receive buffer per connection (SO_RCVBUF, set on the
 /// listener so accepted connections inherit it; doubled likewise):
 /// requests a client pipelines while the server is not reading it (its
@@ -153,18 +160,19 @@ pub const TCP_SEND_BUFFER_SIZE: usize = 64 * 1024;
 /// value) and stops it growing.
 pub const TCP_RECEIVE_BUFFER_SIZE: usize = 64 * 1024;
 
-#[cfg(any(test, feature = "internals"))]
+#[cfg(all(feature = "server", any(test, feature = "internals")))]
 /// The most reply bytes the kernel holds for one connection: the send
 /// buffer as Linux reserves it (twice SO_SNDBUF), plus the one segment it
 /// may fill past that (up to 64 KiB, the default GSO size). Measured, not
 /// set: README and docs/PROTOCOL.md give it as the bound.
 pub const TCP_SEND_QUEUE_SIZE_MAX: usize = 2 * TCP_SEND_BUFFER_SIZE + 64 * 1024;
 
-#[cfg(any(test, feature = "internals"))]
+#[cfg(all(feature = "server", any(test, feature = "internals")))]
 /// The most request bytes the kernel holds for one connection: the window
 /// the kernel offers the client never exceeds its receive buffer.
 pub const TCP_RECEIVE_QUEUE_SIZE_MAX: usize = 2 * TCP_RECEIVE_BUFFER_SIZE;
 
+#[cfg(feature = "server")]
 /// File descriptors the server needs besides its connections (listener,
 /// epoll, waker, signal pipe, standard streams), with room to spare.
 pub const FDS_RESERVED: usize = 16;

@@ -2,6 +2,8 @@
 //! connection authenticates; a wrong secret, any other request first, and
 //! the original protocol (unless allowed) get an error and a close.
 
+#![cfg(feature = "server")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

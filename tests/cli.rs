@@ -1,6 +1,8 @@
 //! The lock CLI (`distlockd acquire|release|extend|status|ping`) as a user
 //! runs it: exit codes, human output and `--json`.
 
+#![cfg(feature = "server")]
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -2,6 +2,8 @@
 //! loopback TCP. Each test starts its own server on port 0. Every loop and
 //! wait is bounded; timing assertions leave room for a loaded machine.
 
+#![cfg(feature = "server")]
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,6 +3,8 @@
 //! dropping or being cut off hands leadership on with a larger token, and a
 //! leader that lost its lease learns it. Waits are bounded.
 
+#![cfg(feature = "server")]
+
 mod proxy;
 
 #[allow(dead_code)] // its `main` is for `cargo run --example`

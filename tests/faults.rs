@@ -12,6 +12,8 @@
 //! arrived early enough that the answer is certain, and a generous TTL makes
 //! it all but certain that such a check happens.
 
+#![cfg(feature = "server")]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, ChildStdin, Command, Stdio};

@@ -1,6 +1,8 @@
 //! The HTTP endpoint: /health, /metrics in the Prometheus text format, and
 //! the error answers, over real sockets.
 
+#![cfg(feature = "server")]
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

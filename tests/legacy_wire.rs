@@ -1,6 +1,8 @@
 //! The original Python daemon's protocol on our port, byte for byte, sharing
 //! the lock table with the native protocol.
 
+#![cfg(feature = "server")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

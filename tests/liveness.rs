@@ -3,6 +3,8 @@
 //! round trips. The bounds are loose (a debug build on a loaded 2-core
 //! machine) but far below what the stalls they guard against cost.
 
+#![cfg(feature = "server")]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;

@@ -9,6 +9,8 @@
 //! Tests that need `redis-server` fail when it is not installed
 //! (`bash scripts/test` installs Debian's `redis-server` package first).
 
+#![cfg(feature = "server")]
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

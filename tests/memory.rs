@@ -13,6 +13,8 @@
 //! bounded, by `idle_connections_cost_little_memory` (its figure: `cargo test
 //! --release --test memory idle -- --nocapture`).
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

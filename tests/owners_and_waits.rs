@@ -1,6 +1,8 @@
 //! What a client is told about re-entry, and waits without a deadline, against a real server over loopback TCP: the Rust client and
 //! raw frames. Every loop and wait is bounded.
 
+#![cfg(feature = "server")]
+
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;

@@ -2,6 +2,8 @@
 //! this build: the options are accepted, and the unit names the right
 //! command and environment variable.
 
+#![cfg(feature = "server")]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};

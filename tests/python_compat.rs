@@ -6,6 +6,8 @@
 //! connects to port 9999, so the server for it runs there; the test fails
 //! with a clear message if that port is taken.
 
+#![cfg(feature = "server")]
+
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;

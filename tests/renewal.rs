@@ -2,6 +2,8 @@
 //! over loopback: renewal keeps a short lease, stops when the guard goes,
 //! and loss is told. Waits are bounded; timing bounds are loose upper bounds.
 
+#![cfg(feature = "server")]
+
 mod proxy;
 
 #[allow(dead_code)] // its `main` is for `cargo run --example`

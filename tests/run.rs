@@ -9,6 +9,8 @@
 //! supervisor in src/cli/run.rs; here bounds are loose (seconds), and the
 //! commands are shell scripts that wait for marker files, not for time.
 
+#![cfg(feature = "server")]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

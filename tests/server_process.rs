@@ -1,5 +1,7 @@
 //! The daemon as a process, under operating-system limits.
 
+#![cfg(feature = "server")]
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;

@@ -1,6 +1,8 @@
 //! Wire-level tests of the server with raw frames: what a client that does
 //! not use our client library sees.
 
+#![cfg(feature = "server")]
+
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,8 @@
 //! STATUS: one lock's state, and every held lock page by page, without
 //! ever showing an owner.
 
+#![cfg(feature = "server")]
+
 use std::collections::HashSet;
 use std::time::Duration;
 

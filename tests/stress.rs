@@ -7,6 +7,8 @@
 //! whatever the machine does (the checker then checks what ran). The long
 //! run for operators is in `distlockd test stress --help`.
 
+#![cfg(feature = "server")]
+
 use std::process::Command;
 
 /// Requests the run must at least have made to count as a stress run, if

@@ -10,6 +10,8 @@
 //!
 //! Every test runs the daemon as a process on a free loopback port.
 
+#![cfg(feature = "server")]
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;

@@ -6,6 +6,8 @@
 //! either; this file holds a single test so that no other test's
 //! allocations are counted.
 
+#![cfg(feature = "server")]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::net::TcpStream;
