@@ -74,13 +74,6 @@ internal_modules! {
 #[doc(hidden)]
 pub mod check;
 
-// Until the CLI moves out to the binary with the client's public API.
-#[cfg(feature = "server")]
-#[doc(hidden)]
-pub mod cli;
-#[cfg(feature = "server")]
-mod json;
-
 /// Compiles the README's examples as doctests, so they cannot drift.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -7,15 +7,17 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
 mod json;
 mod loadtest;
 
-use distlockd::cli::{SECRET_FILE_ENV, read_secret_from, string_value};
+use cli::{read_secret_from, string_value};
+use distlockd::client::SECRET_FILE_ENV;
 use distlockd::client::servers::port_in_host;
 use distlockd::server::{Auth, Config, Limit, Limits, SERVER_VERSION, Server, WAIT_MS_UNBOUNDED};
 use lexopt::prelude::*;
 // The binary's own modules name the library's public ones as `crate::…`.
-use distlockd::{protocol, server};
+use distlockd::{client, protocol, server};
 
 const USAGE: &str = "\
 distlockd: a named-lock daemon
@@ -135,9 +137,9 @@ fn command(cmd: &OsStr, parser: &mut lexopt::Parser) -> Result<ExitCode, String>
     match cmd.to_str() {
         Some("server") => server(parser),
         Some("test") => loadtest_cli(parser),
-        Some("run") => distlockd::cli::run::main(parser),
+        Some("run") => cli::run::main(parser),
         Some(c @ ("acquire" | "release" | "extend" | "status" | "ping")) => {
-            distlockd::cli::lock::main(c, parser)
+            cli::lock::main(c, parser)
         }
         Some("help") => help(parser),
         _ => Err(format!(

@@ -14,7 +14,7 @@ use crate::client::{
     Client, Error, Lease, LockOptions, LockStatus, NotHeldCause, not_held_reason_text,
 };
 use crate::json::string as json_string;
-use crate::limits::OWNER_LEN_CEILING;
+use crate::protocol::OWNER_LEN_CEILING;
 
 /// Locks `status` lists when no `--limit` is given.
 pub const STATUS_LIMIT_DEFAULT: usize = 100;

@@ -11,10 +11,9 @@ pub mod run;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::auth::SECRET_FILE_ENV;
-use crate::auth::read_secret_file;
 use crate::client::servers::{self, SERVER_DEFAULT, SERVER_ENV, SERVER_FORM};
 use crate::client::{Client, ClientBuilder, Error, WAIT_FINITE_MAX, WAIT_FOREVER};
+use crate::client::{SECRET_FILE_ENV, read_secret_file};
 use crate::protocol::ErrorCode;
 
 /// Exit status: the command did what was asked.
@@ -447,11 +446,6 @@ fn parse_duration_or(text: &str, not_a_number: &str) -> Result<Duration, String>
         return Err("too long".to_owned());
     }
     Ok(Duration::from_secs_f64(seconds))
-}
-
-/// Milliseconds, for output.
-pub fn ms(d: Duration) -> u128 {
-    d.as_millis()
 }
 
 #[cfg(test)]
