@@ -595,17 +595,6 @@ struct StressClient<'a> {
     acquisitions: u64,
 }
 
-/// A reply, copied out of the input buffer.
-enum Got {
-    Granted(u64),
-    Busy,
-    Timeout,
-    Released,
-    Extended,
-    NotHeld(u8),
-    Other(String),
-}
-
 impl<'a> StressClient<'a> {
     fn new(
         cfg: &'a WorkerConfig,
@@ -692,72 +681,73 @@ impl<'a> StressClient<'a> {
             "A {} {owner} {name} {ttl_ms} {wait_ms} {flags}",
             self.conn
         ))?;
-        let got = self.exchange(Request::Acquire(Acquire {
+        let request = Request::Acquire(Acquire {
             name: name.as_bytes(),
             owner: owner.as_bytes(),
             ttl_ms,
             wait_ms,
             flags,
-        }))?;
-        match got {
-            Got::Granted(token) => {
+        });
+        match self.exchange(&request)? {
+            Reply::Granted { token, .. } => {
                 self.log
                     .write(format_args!("G {} {owner} {token}", self.conn))?;
                 Ok(Some(token))
             }
-            Got::Busy => {
+            Reply::Busy { .. } => {
                 self.log.write(format_args!("B {} {owner}", self.conn))?;
                 Ok(None)
             }
-            Got::Timeout => {
+            Reply::Timeout { .. } => {
                 self.log.write(format_args!("T {} {owner}", self.conn))?;
                 Ok(None)
             }
-            other => self.unexpected("ACQUIRE", other),
+            other => {
+                let other = format!("{other:?}");
+                Err(format!("ACQUIRE of {} answered {other}", self.conn))
+            }
         }
     }
 
     fn extend(&mut self, name: &str, owner: &str, token: u64) -> Result<(), String> {
         self.log
             .write(format_args!("E {} {owner} {token}", self.conn))?;
-        let got = self.exchange(Request::Extend {
+        let request = Request::Extend {
             name: name.as_bytes(),
             owner: owner.as_bytes(),
             token,
             ttl_ms: self.cfg.ttl_ms,
-        })?;
-        match got {
-            Got::Extended => self.log.write(format_args!("x {} {owner}", self.conn)),
-            Got::NotHeld(reason) => self
+        };
+        match self.exchange(&request)? {
+            Reply::Extended { .. } => self.log.write(format_args!("x {} {owner}", self.conn)),
+            Reply::NotHeld { reason } => self
                 .log
-                .write(format_args!("n {} {owner} E {reason}", self.conn)),
-            other => self.unexpected("EXTEND", other),
+                .write(format_args!("n {} {owner} E {}", self.conn, reason as u8)),
+            other => {
+                let other = format!("{other:?}");
+                Err(format!("EXTEND of {} answered {other}", self.conn))
+            }
         }
     }
 
     fn release(&mut self, name: &str, owner: &str, token: u64) -> Result<(), String> {
         self.log
             .write(format_args!("R {} {owner} {token}", self.conn))?;
-        let got = self.exchange(Request::Release {
+        let request = Request::Release {
             name: name.as_bytes(),
             owner: owner.as_bytes(),
             token,
-        })?;
-        match got {
-            Got::Released => self.log.write(format_args!("r {} {owner}", self.conn)),
-            Got::NotHeld(reason) => self
-                .log
-                .write(format_args!("n {} {owner} R {reason}", self.conn)),
-            other => self.unexpected("RELEASE", other),
-        }
-    }
-
-    fn unexpected<T>(&mut self, what: &str, got: Got) -> Result<T, String> {
-        let text = match got {
-            Got::Other(text) => text,
-            _ => "a reply of the wrong kind".into(),
         };
-        Err(format!("{what} of {} answered {text}", self.conn))
+        match self.exchange(&request)? {
+            Reply::Released => self.log.write(format_args!("r {} {owner}", self.conn)),
+            Reply::NotHeld { reason } => self
+                .log
+                .write(format_args!("n {} {owner} R {}", self.conn, reason as u8)),
+            other => {
+                let other = format!("{other:?}");
+                Err(format!("RELEASE of {} answered {other}", self.conn))
+            }
+        }
     }
 
     /// Closes the connection (logged first) and opens a new one.
@@ -769,30 +759,16 @@ impl<'a> StressClient<'a> {
         Ok(())
     }
 
-    /// One request, one reply. A broken connection is logged (`C`) and is
-    /// fatal for the worker: the run fails.
-    fn exchange(&mut self, request: Request<'_>) -> Result<Got, String> {
+    /// One request, one reply (borrowing the connection's buffer). A broken
+    /// connection is logged (`C`) and is fatal for the worker: the run fails.
+    fn exchange(&mut self, request: &Request<'_>) -> Result<Reply<'_>, String> {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        match self.wire.exchange(&request) {
-            Ok(reply) => Ok(Got::from(reply)),
+        match self.wire.exchange(request) {
+            Ok(reply) => Ok(reply),
             Err(e) => {
                 self.log.write(format_args!("C {}", self.conn))?;
                 Err(format!("connection {} broke: {e}", self.conn))
             }
-        }
-    }
-}
-
-impl From<Reply<'_>> for Got {
-    fn from(reply: Reply<'_>) -> Got {
-        match reply {
-            Reply::Granted { token, .. } => Got::Granted(token),
-            Reply::Busy { .. } => Got::Busy,
-            Reply::Timeout { .. } => Got::Timeout,
-            Reply::Released => Got::Released,
-            Reply::Extended { .. } => Got::Extended,
-            Reply::NotHeld { reason } => Got::NotHeld(reason as u8),
-            other => Got::Other(format!("{other:?}")),
         }
     }
 }
