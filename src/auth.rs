@@ -11,7 +11,7 @@ use std::path::Path;
 pub const SECRET_LEN_MIN: usize = 16;
 
 /// Longest secret: its length is a u8 on the wire. An AUTH carrying it fits
-/// every valid `frame_size_max` ([`crate::limits::AUTH_SIZE_MAX`]).
+/// every valid `frame_size_max` (`AUTH_SIZE_MAX`).
 pub const SECRET_LEN_MAX: usize = 255;
 
 /// Where the daemon and the client tools look for the secret's file when

@@ -264,7 +264,7 @@ const fn sized(kind: RequestKind, size: usize) -> RequestSize {
     RequestSize { kind, size }
 }
 
-/// The longest request of [`request_sizes_max`]: the least `frame_size_max`
+/// The longest request of `request_sizes_max`: the least `frame_size_max`
 /// with which no valid request is refused for size. The first of equals.
 pub const fn longest_request(name_len_max: usize, owner_len_max: usize) -> RequestSize {
     let sizes = request_sizes_max(name_len_max, owner_len_max);

@@ -8,18 +8,17 @@
 //! Redis does before it sleeps) → close the connections marked closing.
 //! WRITABLE readiness is asked for only while replies wait to be written.
 //!
-//! Fairness: a connection decodes at most [`FRAMES_PER_TURN_MAX`] frames per
+//! Fairness: a connection decodes at most `FRAMES_PER_TURN_MAX` frames per
 //! turn; leftover work puts it on the `ready` list, served next turn after
 //! polling (with a zero timeout), so one pipelining client cannot starve the
 //! others. Memory: a connection's buffers have fixed capacities, set at
-//! accept, but hold storage from a [`BufferPool`] only while bytes are in
+//! accept, but hold storage from a `BufferPool` only while bytes are in
 //! flight: input before reading (kept while a frame is partial or frames
 //! wait behind a queued ACQUIRE), output before encoding (kept until the
 //! replies are written); a drained buffer gives its storage back, so an idle
 //! connection holds none. When the output buffer cannot hold one more reply
 //! the connection is not read (backpressure).
 //!
-//! [`FRAMES_PER_TURN_MAX`]: crate::limits::FRAMES_PER_TURN_MAX
 //!
 //! Ordering: replies leave in request order. While a connection's ACQUIRE
 //! waits in a lock's queue, its later frames stay unread in its input buffer.
@@ -27,7 +26,7 @@
 //! A read of 0 bytes (the peer closed or half-closed) closes the connection
 //! at once, like Redis: its queued ACQUIRE leaves the queue and its SESSION
 //! holds are released (past the first few, in batches of
-//! [`SESSION_RELEASES_PER_TURN_MAX`] per turn; the table releases one on the
+//! `SESSION_RELEASES_PER_TURN_MAX` per turn; the table releases one on the
 //! spot if a request touches it first). Frames still unread are dropped.
 //!
 //! Per-connection timeouts (frame, write, idle, auth; an HTTP request's
@@ -45,13 +44,13 @@
 //!   buffers and state; reading its socket into the input buffer, writing
 //!   the output buffer to it, closing it gently.
 //! - `service.rs`: serving it: read → decode → execute → encode (one frame
-//!   at a time by [`crate::execute`], decoded in place), the lock table's
+//!   at a time by `execute`, decoded in place), the lock table's
 //!   later answers to queued ACQUIREs, the one write per turn, closing.
 //! - `timeouts.rs`: the frame, write, idle and auth timeouts, on a timer
 //!   wheel whose entries say which connection they time (`Deadline`), and
 //!   how long a poll may sleep.
 //! - `http.rs`: HTTP connections (`GET /health`, `GET /metrics`; requests
-//!   parsed by [`crate::http`]).
+//!   parsed by `http`).
 //! - `signals.rs`: SIGINT and SIGTERM: a graceful stop, or at once on a
 //!   second.
 
@@ -168,7 +167,7 @@ pub struct Config {
     /// First fencing token. `None`: nanoseconds since the Unix epoch, so
     /// tokens keep increasing across restarts (see README, "Fencing tokens").
     pub token_seed: Option<u64>,
-    /// Where to serve `GET /health` and `GET /metrics` (see [`crate::http`]);
+    /// Where to serve `GET /health` and `GET /metrics` (see `http`);
     /// `None` (the default) serves no HTTP.
     pub http_listen: Option<SocketAddr>,
 }
@@ -407,9 +406,9 @@ impl Server {
     }
 
     /// Requires AUTH with this secret on every native connection (see
-    /// [`crate::execute::step_gated`]). Call before [`Server::run`]. Every secret
+    /// `execute::step_gated`). Call before [`Server::run`]. Every secret
     /// [`Auth`] accepts fits in an AUTH under every valid `frame_size_max`
-    /// (see [`crate::limits::AUTH_SIZE_MAX`]), so no secret can leave the
+    /// (see `AUTH_SIZE_MAX`), so no secret can leave the
     /// server unable to authenticate anyone.
     pub fn set_auth(&mut self, auth: Option<Auth>) {
         self.auth = auth;
