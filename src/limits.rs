@@ -3,6 +3,11 @@
 //! Constants ending in `_CEILING` are hard protocol or memory ceilings; the
 //! [`Limits`] fields are the configurable values, each checked against its
 //! ceiling by [`Limits::validate`]. Units come last in every name.
+//!
+//! The client alone (no `server` feature) uses only the protocol's
+//! ceilings; the server's bounds stay named here all the same, so that one
+//! file keeps every bound and the compile-time asserts that tie them.
+#![cfg_attr(not(feature = "server"), allow(dead_code))]
 
 /// Protocol version spoken by this build (HELLO exchange). Version 2 adds
 /// GRANTED's flags byte (re-entry); everything else is version 1's.

@@ -25,11 +25,14 @@
 pub mod blocking;
 pub mod legacy;
 
+/// For the `distlockd` binary's load tester, which reads and writes
+/// frames through the server's buffers; not part of the interface.
+#[doc(hidden)]
 pub use crate::buffer::ConnBuffer;
 pub use crate::limits::{
     CLIENT_NAME_LEN_CEILING, FRAME_HEADER_SIZE, FRAME_SIZE_CEILING, NAME_LEN_CEILING,
-    OWNER_LEN_CEILING, PROTOCOL_VERSION, REPLY_SIZE_MAX, RequestSize, STATUS_REPLY_SIZE_MAX,
-    longest_request,
+    OWNER_LEN_CEILING, PROTOCOL_VERSION, REPLY_SIZE_MAX, RequestKind, RequestSize,
+    STATUS_REPLY_SIZE_MAX, longest_request,
 };
 
 /// Request kinds (client → server).
@@ -352,6 +355,7 @@ pub struct HelloReply<'a> {
 
 impl<'a> HelloReply<'a> {
     /// The reply of a server with `limits`, speaking `version`.
+    #[cfg(feature = "server")]
     pub fn new(version: u16, limits: &crate::limits::Limits, server_version: &'a [u8]) -> Self {
         HelloReply {
             version,

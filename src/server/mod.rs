@@ -36,7 +36,7 @@
 //! # Files, in the order a request passes
 //!
 //! - `mod.rs` (this file): [`Config`], [`Server`], [`ServerHandle`],
-//!   [`Stopper`], and the loop: [`Server::turn`] polls, fires timers,
+//!   [`Stopper`], and the loop: `Server::turn` polls, fires timers,
 //!   hands each event to its connection, writes, closes.
 //! - `accept.rs`: the listeners; a new connection registered, or refused
 //!   past `connections_max` before any state is made for it.
@@ -85,11 +85,11 @@ use timeouts::Deadline;
 
 pub use crate::auth::Auth;
 pub use crate::execute::SERVER_VERSION;
-pub use crate::http::HTTP_CONNECTIONS_MAX;
-pub use crate::limits::{
-    CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE, LOCKS_CEILING, Limit, Limits, LimitsError,
-    WAIT_MS_UNBOUNDED,
-};
+/// For the `distlockd` binary's no-op reference server, which sizes its
+/// buffers as the server does; not part of the interface.
+#[doc(hidden)]
+pub use crate::limits::{CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE};
+pub use crate::limits::{LOCKS_CEILING, Limit, Limits, LimitsError, WAIT_MS_UNBOUNDED};
 pub use signals::SECOND_SIGNAL_MESSAGE;
 
 /// What a poll event is about: its token, decoded. A lock-protocol
@@ -414,11 +414,6 @@ impl Server {
         self.auth = auth;
     }
 
-    /// The token the next grant will carry.
-    pub fn next_token(&self) -> u64 {
-        self.table.next_token()
-    }
-
     pub fn run(&mut self) -> io::Result<()> {
         if self.auth.is_none() && !self.addr.ip().is_loopback() {
             warn!(
@@ -445,9 +440,9 @@ impl Server {
         Ok(())
     }
 
-    /// One turn of the loop. Public so tests can drive the server step by step
-    /// on their own thread.
-    pub fn turn(&mut self) -> io::Result<()> {
+    /// One turn of the loop; the unit tests drive the server step by step
+    /// with it.
+    pub(crate) fn turn(&mut self) -> io::Result<()> {
         let timeout = self.poll_timeout();
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
