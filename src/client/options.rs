@@ -93,7 +93,9 @@ impl LockOptions {
     /// [`Lease::reentered`](super::Lease::reentered)) rather than waiting
     /// for it, so an owner must never be shared by two holders that should
     /// exclude each other. For a process that takes a lock another process
-    /// releases, as `distlockd acquire --owner` does.
+    /// releases, as `distlockd acquire --owner` does. An
+    /// [`Election`](super::Election) refuses an owner: its candidates
+    /// need owners of their own.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
