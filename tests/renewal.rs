@@ -608,6 +608,65 @@ fn the_engine_refuses_a_schedule_it_cannot_follow_and_releases_the_hold() {
         other => panic!("{other:?}"),
     }
     assert_eq!(client.status("bad").unwrap(), None);
+    // A delay after a failure longer than the TTL: no renewal could follow
+    // a failed one before the lease's end (and Duration::MAX overflowed the
+    // clock at the first failure, killing the renewal thread).
+    let ttl = Duration::from_secs(10);
+    for delay in [Duration::MAX, ttl + Duration::from_millis(1)] {
+        let sent = Instant::now();
+        let lease = client
+            .acquire_with("bad", &LockOptions::new().ttl(ttl))
+            .unwrap();
+        let renewal = Renewal::new().retry_after_failure(delay);
+        match client.renew(lease, sent, renewal) {
+            Err(Error::InvalidArgument { what }) => {
+                assert!(what.contains("retry_after_failure"), "{what}");
+                assert!(what.contains("use at most the TTL"), "{what}");
+            }
+            other => panic!("{delay:?}: {other:?}"),
+        }
+        assert_eq!(client.status("bad").unwrap(), None, "{delay:?}");
+    }
+    let sent = Instant::now();
+    let lease = client
+        .acquire_with("bad", &LockOptions::new().ttl(ttl))
+        .unwrap();
+    let guard = client
+        .renew(lease, sent, Renewal::new().retry_after_failure(ttl))
+        .expect("a delay of the TTL itself is taken");
+    guard.unlock().unwrap();
+}
+
+/// An observer that panics: the engine stops calling it, and the lease is
+/// lost with the panic's message, told to on_lost at once (it used to kill
+/// the renewal thread: no renewals, no on_lost, only the lease's end).
+#[test]
+fn a_panicking_observer_loses_the_lease_and_the_program_is_told() {
+    let server = start();
+    let client = renewing_client(server.local_addr(), Duration::from_secs(30));
+    let sent = Instant::now();
+    let lease = client.acquire("observed", Duration::ZERO).unwrap();
+    let renewal = Renewal::new().renewals_per_ttl(100).on_event(|event| {
+        if matches!(event, RenewalEvent::Sending { .. }) {
+            panic!("observer bug");
+        }
+    });
+    let guard = client.renew(lease, sent, renewal).unwrap();
+    let losses = loss_channel(&guard);
+    // The first renewal is due at 300 ms; the lease lasts 30 s.
+    let (lost, _) = losses
+        .recv_timeout(PATIENCE)
+        .expect("on_lost called long before the lease's end");
+    match &lost {
+        Lost::ObserverPanicked { message } => assert_eq!(message, "observer bug"),
+        other => panic!("{other:?}"),
+    }
+    assert!(lost.to_string().contains("Renewal::on_event"), "{lost}");
+    assert_eq!(guard.wait_lost(PATIENCE), Some(lost));
+    // The hold was never given up: the drop releases it, without a failure.
+    drop(guard);
+    assert_eq!(client.status("observed").unwrap(), None);
+    assert_eq!(client.drop_release_errors(), 0);
 }
 
 /// A SESSION lease has a connection of its own: extended over it, ended

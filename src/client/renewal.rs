@@ -17,7 +17,9 @@
 //!
 //! The timing rule for loss is documented on [`RenewingGuard`].
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -50,6 +52,12 @@ pub enum Lost {
     /// moment its connection closes, so it may already have granted the
     /// lock to someone else.
     SessionClosed { error: String },
+    /// The [`Renewal::on_event`] observer panicked (`message` is the
+    /// panic's): the engine stopped calling it and stopped renewing, so
+    /// the hold lasts until its TTL unless the guard releases it. A bug
+    /// in the observer, told here because the program would otherwise
+    /// only learn it at the lease's end.
+    ObserverPanicked { message: String },
 }
 
 impl fmt::Display for Lost {
@@ -72,6 +80,10 @@ impl fmt::Display for Lost {
             Lost::SessionClosed { error } => write!(
                 f,
                 "the SESSION connection was lost ({error}); the server released the lock at the disconnect"
+            ),
+            Lost::ObserverPanicked { message } => write!(
+                f,
+                "the renewal observer (Renewal::on_event) panicked ({message}), so renewals stopped; fix the observer, it must not panic"
             ),
         }
     }
@@ -153,7 +165,9 @@ impl Renewal {
     }
 
     /// After a failed renewal, send the next one `delay` later (default:
-    /// after the client's backoff).
+    /// after the client's backoff). At most the lease's TTL:
+    /// [`Client::renew`] refuses a longer one, after which no renewal
+    /// could follow a failure before the lease ends.
     pub fn retry_after_failure(mut self, delay: Duration) -> Self {
         self.retry_after_failure = Some(delay);
         self
@@ -172,6 +186,11 @@ impl Renewal {
     /// sent, when it is confirmed or fails, and once when the lease is lost
     /// (the last event). Keep `f` short: the next renewal waits for it.
     /// Never called once the guard's drop or `unlock` has returned.
+    ///
+    /// `f` must not panic. If it does, the engine stops calling it and
+    /// stops renewing, and the lease is lost with
+    /// [`Lost::ObserverPanicked`] (told to `on_lost` and `wait_lost`; the
+    /// guard's drop still releases the hold).
     pub fn on_event(mut self, f: impl FnMut(&RenewalEvent) + Send + 'static) -> Self {
         self.observer = Some(Box::new(f));
         self
@@ -363,6 +382,18 @@ impl Schedule {
         (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
     }
 
+    /// Whether the schedule can renew a hold granted `ttl`: a delay after
+    /// a failure longer than the TTL would leave no renewal before the
+    /// lease's end (and would overflow the clock for `Duration::MAX`).
+    fn check_for(&self, ttl: Duration) -> Result<()> {
+        match self.retry_after_failure {
+            Some(delay) if delay > ttl => invalid(format!(
+                "retry_after_failure {delay:?}: over the lease's TTL of {ttl:?}, so no renewal would follow a failed one before the lease ends; use at most the TTL (e.g. TTL/10)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Time from the `failures`th failed renewal in a row to the next.
     fn retry_delay(&self, client: &Client, failures: u32) -> Duration {
         match self.retry_after_failure {
@@ -446,7 +477,10 @@ impl Client {
         renewal: Renewal,
     ) -> Result<RenewingGuard> {
         let (lease, binding) = held.into().into_parts();
-        let schedule = match self.schedule(&renewal) {
+        let schedule = self
+            .schedule(&renewal)
+            .and_then(|schedule| schedule.check_for(lease.ttl).map(|()| schedule));
+        let schedule = match schedule {
             Ok(schedule) => schedule,
             Err(e) => {
                 if let Err(release) = release(self, &lease, binding.as_deref()) {
@@ -612,7 +646,9 @@ impl RenewingGuard {
     /// flag or send on a channel). If the loss was already handed on, `f`
     /// runs at once on this thread. A later call replaces an earlier `f`
     /// that has not run. Never called after the guard is dropped or
-    /// unlocked, nor for a guard that was not lost.
+    /// unlocked, nor for a guard that was not lost. A panic in `f` on the
+    /// renewal thread is caught and logged; on this thread it reaches the
+    /// caller.
     pub fn on_lost(&self, f: impl FnOnce(&Lost) + Send + 'static) {
         let mut state = self.shared.state();
         if state.loss_delivered {
@@ -648,10 +684,12 @@ impl RenewingGuard {
                 binding.stop();
             }
             if renewer.join().is_err() {
-                // Only a panicking on_lost callback gets here; its message
-                // was printed by the panic hook.
+                // The observer and on_lost run under catch_unwind and are
+                // named where they panic; only the drop of one of them (or
+                // a bug in the engine) gets here. The panic hook printed
+                // the message.
                 warn!(
-                    "the on_lost callback of lock {:?} (token {}) panicked",
+                    "the renewal thread of lock {:?} (token {}) panicked while dropping a callback or in the engine itself",
                     self.lease.name, self.lease.token
                 );
             }
@@ -758,7 +796,12 @@ impl Renewer {
                 Wake::Renew { deadline } => deadline,
             };
             let sent = Instant::now();
-            self.tell(RenewalEvent::Sending { sent_at: sent });
+            if let Some(message) = self.tell(&RenewalEvent::Sending { sent_at: sent }) {
+                match self.lose_to_panic(message) {
+                    true => break,
+                    false => return,
+                }
+            }
             // No I/O past the lease's end. Unless the schedule asks for
             // retries, one attempt per round: the retries are the rounds
             // themselves, until the lease's end. Giving up after a count
@@ -809,22 +852,49 @@ impl Renewer {
                         self.lease.name, self.lease.token
                     );
                     failures += 1;
-                    self.next = Instant::now() + self.schedule.retry_delay(&self.client, failures);
+                    let delay = self.schedule.retry_delay(&self.client, failures);
+                    // check_for bounds the delay by the TTL; a clock that
+                    // cannot go that far is the lease's end.
+                    self.next = Instant::now()
+                        .checked_add(delay)
+                        .unwrap_or(state.valid_until);
                     RenewalEvent::Failed(e)
                 }
             };
             drop(state);
             self.shared.changed.notify_all();
-            self.tell(event);
+            if let Some(message) = self.tell(&event)
+                && !self.lose_to_panic(message)
+            {
+                return;
+            }
         }
         self.deliver_loss();
     }
 
-    /// Hands `event` to the observer, if any.
-    fn tell(&mut self, event: RenewalEvent) {
-        if let Some(observer) = &mut self.observer {
-            observer(&event);
+    /// Hands `event` to the observer, if any. An observer that panics is
+    /// dropped, never to be called again, and its panic's message returned.
+    fn tell(&mut self, event: &RenewalEvent) -> Option<String> {
+        let observer = self.observer.as_mut()?;
+        let payload = panic::catch_unwind(AssertUnwindSafe(|| observer(event))).err()?;
+        self.observer = None;
+        Some(panic_message(payload.as_ref()))
+    }
+
+    /// The observer panicked: the lease counts as lost with its message
+    /// (unless it was lost already), so the program hears of it. `false`
+    /// if the guard is stopping the thread: nothing is delivered then.
+    fn lose_to_panic(&self, message: String) -> bool {
+        warn!(
+            "the renewal observer (Renewal::on_event) of lock {:?} (token {}) panicked: {message}; renewals stopped",
+            self.lease.name, self.lease.token
+        );
+        let mut state = self.shared.state();
+        if state.stopping {
+            return false;
         }
+        state.lost.get_or_insert(Lost::ObserverPanicked { message });
+        true
     }
 
     /// Sleeps until the next renewal is due, the guard stops it, or the
@@ -876,9 +946,32 @@ impl Renewer {
             "lock {:?} (token {}) lost: {lost}",
             self.lease.name, self.lease.token
         );
-        self.tell(RenewalEvent::Lost(lost.clone()));
-        if let Some(callback) = callback {
-            callback(&lost);
+        if let Some(message) = self.tell(&RenewalEvent::Lost(lost.clone())) {
+            warn!(
+                "the renewal observer (Renewal::on_event) of lock {:?} (token {}) panicked at the loss: {message}",
+                self.lease.name, self.lease.token
+            );
         }
+        if let Some(callback) = callback
+            && let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&lost)))
+        {
+            warn!(
+                "the on_lost callback of lock {:?} (token {}) panicked: {}",
+                self.lease.name,
+                self.lease.token,
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+}
+
+/// What a panic said, from its payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match payload.downcast_ref::<&str>() {
+        Some(message) => (*message).to_owned(),
+        None => match payload.downcast_ref::<String>() {
+            Some(message) => message.clone(),
+            None => "a panic without a message".to_owned(),
+        },
     }
 }
