@@ -709,3 +709,20 @@ fn a_session_lease_lives_and_ends_with_its_own_connection() {
         .acquire("d", PATIENCE)
         .expect("dropping the lease closed its connection");
 }
+
+/// `wait_lost(Duration::MAX)`, the natural "until lost", waits with no
+/// deadline and returns the loss (it panicked, adding the timeout to now).
+#[test]
+fn wait_lost_with_the_longest_timeout_returns_the_loss() {
+    let server = start();
+    let client = renewing_client(server.local_addr(), TTL);
+    let guard = client.lock_renewing("until-lost", Duration::ZERO).unwrap();
+    assert_eq!(guard.wait_lost(Duration::ZERO), None);
+    // Released behind the guard's back: its next renewal (within TTL/3)
+    // finds the hold gone.
+    plain_client(server.local_addr())
+        .release_lease(guard.lease())
+        .unwrap();
+    let lost = guard.wait_lost(Duration::MAX);
+    assert_eq!(lost, Some(Lost::NotHeld(NotHeldReason::Free)));
+}

@@ -70,7 +70,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Connect, read and write timeout (default 5 s). Must be positive.
+    /// Connect, read and write timeout (default 5 s). Must be positive;
+    /// `Duration::MAX` is no deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self

@@ -288,7 +288,6 @@ impl Client {
         ttl: Duration,
         read_until: Option<Instant>,
     ) -> Result<Duration> {
-        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.inner.timeout);
         let op = Extend {
             lease,
             ttl_ms: duration_to_ms(ttl),
@@ -303,7 +302,7 @@ impl Client {
     /// sooner and otherwise answers NOT_HELD).
     pub(super) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
         let op = Release { lease };
-        let answer = match binding.request(self, &op, Instant::now() + self.inner.timeout, false) {
+        let answer = match binding.request(self, &op, None, false) {
             Ok(answer) => answer,
             // Refused, the hold is not ours any more (as through the pool).
             Err(e @ Error::Server { .. }) if binding.closed().is_none() => {
@@ -437,13 +436,14 @@ impl Binding {
         self.shut_by_stop.load(Ordering::SeqCst)
     }
 
-    /// One request, reading until `read_until`; any failure closes the
-    /// connection. `renewal`: refused once stopped.
+    /// One request, reading until `read_until` (`None`: for the client's
+    /// timeout); any failure closes the connection. `renewal`: refused once
+    /// stopped.
     pub(super) fn request<C: Call>(
         &self,
         client: &Client,
         op: &C,
-        read_until: Instant,
+        read_until: Option<Instant>,
         renewal: bool,
     ) -> Result<C::Answer> {
         let mut conn = self.conn();
@@ -473,7 +473,7 @@ impl Binding {
         &self,
         client: &Client,
         op: &C,
-        read_until: Instant,
+        read_until: Option<Instant>,
         conn: &mut Option<Conn>,
         unsent: impl Fn(String) -> Error,
     ) -> Result<C::Answer> {
@@ -483,7 +483,12 @@ impl Binding {
                 self.closed().unwrap_or_default()
             )));
         };
-        let left = read_until.saturating_duration_since(Instant::now());
+        // A timeout, not an instant: the client's may be as long as
+        // Duration::MAX, which no Instant can be that far from now.
+        let left = match read_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            None => client.inner.timeout,
+        };
         if left.is_zero() {
             return Err(unsent("its deadline passed".to_owned()));
         }

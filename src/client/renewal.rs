@@ -535,7 +535,8 @@ impl RenewingGuard {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stopping: false,
-                valid_until: confirmed_at + lease.ttl,
+                // A TTL past the clock's range counts as over at once.
+                valid_until: confirmed_at.checked_add(lease.ttl).unwrap_or(confirmed_at),
                 lost: None,
                 last_error: None,
                 on_lost: None,
@@ -548,7 +549,9 @@ impl RenewingGuard {
             lease: lease.clone(),
             binding: binding.clone(),
             shared: Arc::clone(&shared),
-            next: confirmed_at + schedule.interval(lease.ttl),
+            next: confirmed_at
+                .checked_add(schedule.interval(lease.ttl))
+                .unwrap_or(confirmed_at),
             schedule,
             observer,
         };
@@ -618,20 +621,23 @@ impl RenewingGuard {
     }
 
     /// Blocks until the lease is lost (returning how) or `timeout` passes
-    /// (returning `None`).
+    /// (returning `None`); `Duration::MAX` waits for the loss with no
+    /// deadline.
     pub fn wait_lost(&self, timeout: Duration) -> Option<Lost> {
-        let give_up = Instant::now() + timeout;
+        // `None`: a timeout past the clock's range (Duration::MAX), which
+        // is no deadline.
+        let give_up = Instant::now().checked_add(timeout);
         let mut state = self.shared.state();
         loop {
             let now = Instant::now();
             if let Some(lost) = state.check(now) {
                 return Some(lost.clone());
             }
-            if now >= give_up {
+            if give_up.is_some_and(|give_up| now >= give_up) {
                 return None;
             }
             // Renewals move `valid_until` and notify; wake at it regardless.
-            let until = give_up.min(state.valid_until);
+            let until = give_up.map_or(state.valid_until, |give_up| give_up.min(state.valid_until));
             state = self
                 .shared
                 .changed
@@ -833,10 +839,13 @@ impl Renewer {
             }
             let event = match result {
                 Ok(ttl) => {
-                    state.valid_until = sent + ttl;
+                    // The granted TTL is at most u32::MAX ms: in range.
+                    state.valid_until = sent.checked_add(ttl).unwrap_or(state.valid_until);
                     state.last_error = None;
                     failures = 0;
-                    self.next = sent + self.schedule.interval(ttl);
+                    self.next = sent
+                        .checked_add(self.schedule.interval(ttl))
+                        .unwrap_or(state.valid_until);
                     RenewalEvent::Renewed { sent_at: sent, ttl }
                 }
                 Err(Error::NotHeld {
@@ -920,7 +929,9 @@ impl Renewer {
             }
             let mut until = self.next.min(state.valid_until);
             if self.binding.is_some() {
-                until = until.min(now + SESSION_PROBE_INTERVAL);
+                if let Some(probe) = now.checked_add(SESSION_PROBE_INTERVAL) {
+                    until = until.min(probe);
+                }
             }
             drop(
                 self.shared
