@@ -68,7 +68,9 @@
 //! and a hold the caller took and hands to [`Client::renew`] ([`Held`]: a
 //! [`Lease`], or a [`SessionLease`] on a connection of its own), with a
 //! [`Renewal`] that sets its schedule and hears each step. `distlockd run`
-//! renews its lock through it.
+//! renews its lock through it. The engine counts a lease from
+//! [`Lease::sent_at`], when the client sent the request that granted it,
+//! so the caller never supplies the instant the loss rule rests on.
 //!
 //! # Layout
 //!

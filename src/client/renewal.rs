@@ -36,6 +36,10 @@ use crate::protocol::NotHeldReason;
 /// the thread spin.
 const RENEW_INTERVAL_MIN: Duration = Duration::from_millis(1);
 
+/// The longest lease TTL the engine renews: renewals ask for the lease's
+/// TTL, and an EXTEND carries it as a u32 of milliseconds.
+const TTL_RENEWABLE_MAX: Duration = Duration::from_millis(u32::MAX as u64);
+
 /// How a lease was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -105,14 +109,6 @@ impl Held {
         match self {
             Held::Pooled(lease) => lease,
             Held::Session(session) => &session.lease,
-        }
-    }
-
-    /// The lease and, for a SESSION hold, its connection.
-    fn into_parts(self) -> (Lease, Option<Arc<Binding>>) {
-        match self {
-            Held::Pooled(lease) => (lease, None),
-            Held::Session(session) => (session.lease, Some(session.binding)),
         }
     }
 }
@@ -281,12 +277,13 @@ pub enum RenewalEvent {
 ///
 /// The client cannot see the server's clock, so it keeps the earliest moment
 /// at which the server may expire the hold, `valid_until`: the moment the
-/// last confirmed ACQUIRE or EXTEND was *sent* (before any of its retries),
-/// plus the TTL the server granted. The server started that TTL on
-/// receiving the request, which is no earlier (assuming both clocks run at
-/// the same rate). A grant that came after a wait in the queue is renewed
-/// once before the guard is returned, because the grant's own moment is
-/// unknown. The lease is lost:
+/// last confirmed ACQUIRE or EXTEND was *sent* (for an ACQUIRE, the attempt
+/// the server answered, [`Lease::sent_at`]; for an EXTEND, before any of
+/// its retries), plus the TTL the server granted. The server started that
+/// TTL on receiving the request, which is no earlier (assuming both clocks
+/// run at the same rate). A grant that may have come after a wait in the
+/// queue, and a lease with no send time, are renewed once before the guard
+/// is returned, because the TTL's start is unknown. The lease is lost:
 ///
 /// - when the server answers an EXTEND with NOT_HELD ([`Lost::NotHeld`]), or
 /// - at `valid_until` if no EXTEND was confirmed before it
@@ -419,11 +416,11 @@ impl Client {
     /// until it is dropped, unlocked or lost. The renewal thread keeps a
     /// handle on the client (a clone), so the guard may outlive this one.
     ///
-    /// A grant that came later than the first renewal was due (after a wait
-    /// in the queue) is renewed once before this returns: its TTL counts from
-    /// the grant, which the client cannot see, and renewing pins it. If that
+    /// A grant that may have come after a wait in the queue (a wait was
+    /// given) is renewed once before this returns: its TTL counts from the
+    /// grant, which the client cannot see, and renewing pins it. If that
     /// renewal fails the hold is released (best effort) and the error
-    /// returned.
+    /// returned. See [`Client::renew`].
     ///
     /// # Panics
     ///
@@ -441,49 +438,52 @@ impl Client {
     ///
     /// As [`Client::lock_renewing`].
     pub fn lock_renewing_with(&self, name: &str, options: &LockOptions) -> Result<RenewingGuard> {
-        let renewal = Renewal::new();
-        let schedule = self.schedule(&renewal)?;
-        let sent = Instant::now();
-        let mut held = match options.is_session(self.inner.session) {
+        let held = match options.is_session(self.inner.session) {
             true => Held::Session(self.acquire_session(name, options)?),
             false => Held::Pooled(self.acquire_with(name, options)?),
         };
-        let confirmed_at = match sent.elapsed() < schedule.interval(held.lease().ttl) {
-            true => sent,
-            false => pin_late_grant(self, &mut held)?,
-        };
-        self.renew(held, confirmed_at, renewal)
+        self.renew(held, Renewal::new())
     }
 
     /// Starts the renewal engine on a hold the caller took: the guard
     /// renews it as `renewal` says until it is dropped, unlocked or lost,
-    /// and releases it then. `confirmed_at` is when the request that granted
-    /// or last renewed it was sent: the server cannot expire the hold before
-    /// `confirmed_at + held.lease().ttl()`, and the first renewal is due a
-    /// renewal interval after it. (A grant that came after a wait in the
-    /// queue has no such moment: renew it once first, as
-    /// [`Client::lock_renewing`] does.) Renewals ask for the lease's TTL.
+    /// and releases it then. Renewals ask for the lease's TTL.
     ///
-    /// A `renewal` the engine cannot follow is `Err(InvalidArgument)`, after
+    /// The engine counts the lease from [`Lease::sent_at`], which the
+    /// client read just before it sent the request that granted the hold:
+    /// the server cannot expire the hold before `sent_at + ttl`, and the
+    /// first renewal is due a renewal interval after it. When that moment
+    /// is not known, the hold is renewed once before this returns, and the
+    /// lease counted from that renewal: a lease from [`Lease::from_parts`]
+    /// (no send time), a grant that may have come after a wait in the
+    /// queue (its TTL began at the grant, which the client cannot see),
+    /// and a lease whose first renewal is due already. If that renewal
+    /// fails the hold is released (best effort, not after `NotHeld`) and
+    /// the error returned. Do not hand it a lease whose hold was extended
+    /// to a shorter TTL by [`Client::extend`] since (that call does not
+    /// update the lease); [`SessionLease::extend`] does update it.
+    ///
+    /// A [`SessionLease`] is renewed through its own client (the one that
+    /// took it, whose connection carries the hold), whatever `self` is; a
+    /// pooled [`Lease`] through `self`.
+    ///
+    /// A lease or `renewal` the engine cannot follow (a TTL of zero or
+    /// over what an EXTEND carries, `renewals_per_ttl` out of range, a
+    /// `retry_after_failure` over the TTL) is `Err(InvalidArgument)`, after
     /// the hold is released (best effort).
     ///
     /// # Panics
     ///
     /// As [`Client::lock_renewing`].
-    pub fn renew(
-        &self,
-        held: impl Into<Held>,
-        confirmed_at: Instant,
-        renewal: Renewal,
-    ) -> Result<RenewingGuard> {
-        let (lease, binding) = held.into().into_parts();
-        let schedule = self
-            .schedule(&renewal)
-            .and_then(|schedule| schedule.check_for(lease.ttl).map(|()| schedule));
-        let schedule = match schedule {
+    pub fn renew(&self, held: impl Into<Held>, renewal: Renewal) -> Result<RenewingGuard> {
+        let (client, mut lease, binding) = match held.into() {
+            Held::Pooled(lease) => (self.clone(), lease, None),
+            Held::Session(session) => (session.client, session.lease, Some(session.binding)),
+        };
+        let schedule = match client.schedule(&renewal, &lease) {
             Ok(schedule) => schedule,
             Err(e) => {
-                if let Err(release) = release(self, &lease, binding.as_deref()) {
+                if let Err(release) = release(&client, &lease, binding.as_deref()) {
                     warn!(
                         "releasing lock {:?} after a refused renewal schedule: {release}",
                         lease.name
@@ -492,8 +492,16 @@ impl Client {
                 return Err(e);
             }
         };
+        let confirmed_at = match lease.sent_at {
+            Some(sent)
+                if !lease.may_have_waited && sent.elapsed() < schedule.interval(lease.ttl) =>
+            {
+                sent
+            }
+            _ => pin(&client, &mut lease, binding.as_deref())?,
+        };
         RenewingGuard::start(
-            self.clone(),
+            client,
             lease,
             binding,
             confirmed_at,
@@ -502,9 +510,16 @@ impl Client {
         )
     }
 
-    /// `renewal`'s schedule, checked, with the client's settings for what
-    /// it leaves unset.
-    fn schedule(&self, renewal: &Renewal) -> Result<Schedule> {
+    /// `renewal`'s schedule for `lease`, checked, with the client's
+    /// settings for what it leaves unset.
+    fn schedule(&self, renewal: &Renewal, lease: &Lease) -> Result<Schedule> {
+        let ttl = lease.ttl;
+        if ttl.is_zero() || ttl > TTL_RENEWABLE_MAX {
+            return invalid(format!(
+                "lease ttl {ttl:?} for lock {:?}: renewals ask for the lease's TTL, which must be positive and at most {TTL_RENEWABLE_MAX:?} (an EXTEND's u32 of milliseconds); give the TTL the server granted, e.g. Lease::from_parts(name, owner, token, Duration::from_secs(10))",
+                lease.name
+            ));
+        }
         let renewals_per_ttl = renewal
             .renewals_per_ttl
             .unwrap_or(self.inner.renewals_per_ttl);
@@ -513,11 +528,13 @@ impl Client {
                 "renewals_per_ttl {renewals_per_ttl}: use {RENEWALS_PER_TTL_MIN} to {RENEWALS_PER_TTL_MAX} (3 renews every TTL/3)"
             ));
         }
-        Ok(Schedule {
+        let schedule = Schedule {
             renewals_per_ttl,
             retry_after_failure: renewal.retry_after_failure,
             retries: renewal.retries,
-        })
+        };
+        schedule.check_for(ttl)?;
+        Ok(schedule)
     }
 }
 
@@ -749,21 +766,18 @@ fn extend(
     }
 }
 
-/// Renews a grant that may have come after a wait, so the lease's end is
-/// counted from a moment known to be after the grant. Returns when that
-/// renewal was sent; the lease's TTL becomes the one it got. If it fails
-/// the hold is released (best effort) and the error returned.
-fn pin_late_grant(client: &Client, held: &mut Held) -> Result<Instant> {
+/// Renews a hold whose TTL began at an unknown moment (after a wait, or
+/// for a lease known by its parts), so the lease's end is counted from a
+/// moment known to be before the TTL began. Returns when that renewal was
+/// sent, which `lease` records with the TTL it got. If it fails the hold
+/// is released (best effort) and the error returned.
+fn pin(client: &Client, lease: &mut Lease, binding: Option<&Binding>) -> Result<Instant> {
     let sent = Instant::now();
-    let (lease, binding) = match held {
-        Held::Pooled(lease) => (lease, None),
-        Held::Session(session) => (&mut session.lease, Some(&*session.binding)),
-    };
     // The grant's own moment is unknown, so the lease's end is too: wait no
     // longer than the client's timeout.
     match extend(client, lease, binding, client.inner.retries, None) {
         Ok(ttl) => {
-            lease.ttl = ttl;
+            lease.extended(ttl, sent);
             Ok(sent)
         }
         Err(e) => {
