@@ -832,3 +832,33 @@ fn a_session_lease_is_renewed_through_its_own_client() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A SESSION guard whose connection closed, then dropped: the close ended
+/// the hold, so the drop's RELEASE finding it gone is no failed release
+/// (it was counted and handed to on_drop_release_error as one).
+#[test]
+fn dropping_a_session_guard_after_its_connection_closed_is_no_failure() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let (tx, failures) = mpsc::channel();
+    let client = Client::builder(proxy.addr())
+        .ttl(Duration::from_secs(30))
+        .session(true)
+        .timeout(PATIENCE)
+        .on_drop_release_error(move |failure| {
+            let _ = tx.send(failure.to_string());
+        })
+        .build()
+        .unwrap();
+    let guard = client.lock_renewing("cut", Duration::ZERO).unwrap();
+    proxy.cut();
+    let lost = guard.wait_lost(PATIENCE);
+    assert!(matches!(lost, Some(Lost::SessionClosed { .. })), "{lost:?}");
+    drop(guard);
+    assert_eq!(client.drop_release_errors(), 0);
+    assert!(failures.try_recv().is_err());
+    assert_eq!(
+        plain_client(server.local_addr()).status("cut").unwrap(),
+        None
+    );
+}

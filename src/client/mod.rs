@@ -123,7 +123,9 @@
 //!   panics: the failure is logged, counted
 //!   ([`Client::drop_release_errors`]) and handed to the callback set with
 //!   [`ClientBuilder::on_drop_release_error`], as a [`DropReleaseError`].
-//!   `unlock` and `resign` return the error instead.
+//!   `unlock` and `resign` return the error instead. A SESSION hold whose
+//!   connection closed ([`Lost::SessionClosed`]) ended with it, so a
+//!   release failing after that is no failure: nothing is left behind.
 //! - **A release is never starved by waiters.** At most `pool_size - 1`
 //!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
 //!   always reach the server to release it.

@@ -239,7 +239,9 @@ pub enum RenewalEvent {
 /// [`LockGuard`](super::LockGuard) (logged, counted in
 /// [`Client::drop_release_errors`], handed to
 /// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error)'s
-/// callback). No release is sent after the server said the hold was gone.
+/// callback). No release is sent after the server said the hold was gone,
+/// and none that fails after a SESSION hold's connection closed counts as
+/// failed: the close ended the hold ([`Lost::SessionClosed`]).
 ///
 /// Loss is told three ways: [`is_lost`](RenewingGuard::is_lost) to poll,
 /// [`wait_lost`](RenewingGuard::wait_lost) to block, and
@@ -727,8 +729,17 @@ impl Drop for RenewingGuard {
         if self.released || matches!(lost, Some(Lost::NotHeld(_))) {
             return;
         }
-        if let Err(e) = release(&self.client, &self.lease, self.binding.as_deref()) {
-            self.client.report_drop_release(&self.lease, e);
+        // A SESSION hold whose connection closed ended with it: the server
+        // released it at the close, or does when it sees it. The RELEASE
+        // may free it sooner; if it fails, nothing is left behind.
+        let ended_with_connection = self.binding.as_ref().is_some_and(|b| b.closed().is_some());
+        match release(&self.client, &self.lease, self.binding.as_deref()) {
+            Ok(()) => {}
+            Err(e) if ended_with_connection => debug!(
+                "releasing lock {:?} (token {}) after its SESSION connection closed: {e}",
+                self.lease.name, self.lease.token
+            ),
+            Err(e) => self.client.report_drop_release(&self.lease, e),
         }
     }
 }
