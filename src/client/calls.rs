@@ -20,6 +20,14 @@ use crate::protocol::{
 /// request, not a loop of shorter waits). Needs a server without a
 /// `--wait-max-ms` bound. If the connection breaks, the retry joins the
 /// queue again at its tail.
+///
+/// The reply is read with no timeout. A server that dies closes the
+/// connection, but a server whose host vanishes (powered off, cut off,
+/// no FIN or RST) is noticed only by TCP keepalive, which the client sets
+/// with the `keepalive` feature (on with `server`). Without it such a
+/// wait is **not bounded**: nothing is outstanding on the connection, so
+/// the operating system never gives up on it. Enable `keepalive` for
+/// waits without deadline.
 pub const WAIT_FOREVER: Duration = Duration::MAX;
 
 /// The longest finite wait the protocol carries: `wait_ms` is a u32 (about

@@ -108,6 +108,9 @@
 //!   its TTL). RELEASE and EXTEND carry owner and token and are safe to repeat.
 //! - **Bounded waits.** Every read and write has a timeout; a waiting ACQUIRE
 //!   reads for at most `wait + timeout`, because the server answers by `wait`.
+//!   The exception is [`WAIT_FOREVER`], which reads with no timeout: with
+//!   the `keepalive` feature TCP keepalive notices a server whose host
+//!   vanished; without it that wait is not bounded (see [`WAIT_FOREVER`]).
 //!   A thread that finds all `pool_size` connections busy waits (without a
 //!   timeout of its own) for one of those requests to finish, and each of
 //!   them is bounded as above.

@@ -70,7 +70,9 @@ impl LockOptions {
     }
 
     /// Wait up to `wait` for a held lock, in the server's FIFO queue;
-    /// [`WAIT_FOREVER`](super::WAIT_FOREVER) waits with no deadline.
+    /// [`WAIT_FOREVER`](super::WAIT_FOREVER) waits with no deadline (use
+    /// the `keepalive` feature with it: without, a vanished server host
+    /// blocks it forever).
     /// Default zero: fail at once. A finite wait over
     /// [`WAIT_FINITE_MAX`](super::WAIT_FINITE_MAX) is refused.
     pub fn wait(mut self, wait: Duration) -> Self {
