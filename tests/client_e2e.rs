@@ -940,3 +940,32 @@ fn the_longest_timeout_is_taken_without_a_panic() {
     assert_eq!(c.status("renewing").unwrap(), None);
     assert_eq!(c.drop_release_errors(), 0);
 }
+
+/// The builder refuses a secret no server takes (a server starts only with
+/// 16 to 255 bytes), naming the range, rather than every AUTH failing.
+#[test]
+fn an_auth_secret_no_server_takes_is_refused_by_the_builder() {
+    for len in [0, 1, 15, 256] {
+        let err = Client::builder("127.0.0.1:9")
+            .auth_secret(vec![b's'; len])
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{len}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("{len} bytes")), "{text}");
+        assert!(text.contains("use 16 to 255 bytes"), "{text}");
+        assert!(text.contains("--auth-secret-file"), "{text}");
+    }
+    for len in [16, 255] {
+        assert!(
+            Client::builder("127.0.0.1:9")
+                .auth_secret(vec![b's'; len])
+                .build()
+                .is_ok(),
+            "{len}"
+        );
+    }
+}

@@ -355,4 +355,29 @@ mod tests {
         assert_send_sync::<Held>();
         assert_send_sync::<DropReleaseError>();
     }
+
+    #[test]
+    fn errors_a_program_sees_are_std_errors() {
+        fn as_error<T: std::error::Error + Send + Sync + 'static>(
+            e: T,
+        ) -> Box<dyn std::error::Error> {
+            Box::new(e)
+        }
+        let lost = as_error(Lost::SessionClosed {
+            error: "reset".to_owned(),
+        });
+        assert!(lost.to_string().contains("reset"), "{lost}");
+        let failure = DropReleaseError {
+            lease: Lease::from_parts("a", "o", 1, Duration::from_secs(1)),
+            error: Error::InvalidArgument {
+                what: "why".to_owned(),
+            },
+        };
+        let failure = as_error(failure);
+        assert!(failure.to_string().contains("on drop failed"), "{failure}");
+        assert_eq!(
+            failure.source().map(|e| e.to_string()),
+            Some("why".to_owned())
+        );
+    }
 }

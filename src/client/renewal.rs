@@ -93,12 +93,27 @@ impl fmt::Display for Lost {
     }
 }
 
+impl std::error::Error for Lost {}
+
 type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 type EventObserver = Box<dyn FnMut(&RenewalEvent) + Send>;
 
 /// A hold to renew: through the client's pool, or a SESSION hold on a
-/// connection of its own.
+/// connection of its own. More kinds of hold may come, so a `match` on it
+/// needs a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use distlockd::client::Held;
+///
+/// fn kind(held: &Held) -> &'static str {
+///     match held {
+///         Held::Pooled(_) => "pooled",
+///         Held::Session(_) => "session",
+///     }
+/// }
+/// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Held {
     Pooled(Lease),
     Session(SessionLease),
