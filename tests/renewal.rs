@@ -642,28 +642,32 @@ fn the_engine_refuses_a_schedule_it_cannot_follow_and_releases_the_hold() {
 fn a_panicking_observer_loses_the_lease_and_the_program_is_told() {
     let server = start();
     let client = renewing_client(server.local_addr(), Duration::from_secs(30));
-    let lease = client.acquire("observed", Duration::ZERO).unwrap();
-    let renewal = Renewal::new().renewals_per_ttl(100).on_event(|event| {
-        if matches!(event, RenewalEvent::Sending { .. }) {
-            panic!("observer bug");
+    // Before an EXTEND is sent, and once it is confirmed.
+    for panics_at in ["sending", "renewed"] {
+        let lease = client.acquire("observed", Duration::ZERO).unwrap();
+        let renewal = Renewal::new().renewals_per_ttl(100).on_event(move |event| {
+            if step(event) == panics_at {
+                panic!("observer bug");
+            }
+        });
+        let guard = client.renew(lease, renewal).unwrap();
+        let losses = loss_channel(&guard);
+        // The first renewal is due at 300 ms; the lease lasts 30 s.
+        let (lost, _) = losses
+            .recv_timeout(PATIENCE)
+            .expect("on_lost called long before the lease's end");
+        match &lost {
+            Lost::ObserverPanicked { message } => assert_eq!(message, "observer bug"),
+            other => panic!("{panics_at}: {other:?}"),
         }
-    });
-    let guard = client.renew(lease, renewal).unwrap();
-    let losses = loss_channel(&guard);
-    // The first renewal is due at 300 ms; the lease lasts 30 s.
-    let (lost, _) = losses
-        .recv_timeout(PATIENCE)
-        .expect("on_lost called long before the lease's end");
-    match &lost {
-        Lost::ObserverPanicked { message } => assert_eq!(message, "observer bug"),
-        other => panic!("{other:?}"),
+        assert!(lost.to_string().contains("Renewal::on_event"), "{lost}");
+        assert_eq!(guard.wait_lost(PATIENCE), Some(lost));
+        // The hold was never given up: the drop releases it, without a
+        // failure.
+        drop(guard);
+        assert_eq!(client.status("observed").unwrap(), None);
+        assert_eq!(client.drop_release_errors(), 0);
     }
-    assert!(lost.to_string().contains("Renewal::on_event"), "{lost}");
-    assert_eq!(guard.wait_lost(PATIENCE), Some(lost));
-    // The hold was never given up: the drop releases it, without a failure.
-    drop(guard);
-    assert_eq!(client.status("observed").unwrap(), None);
-    assert_eq!(client.drop_release_errors(), 0);
 }
 
 /// A SESSION lease has a connection of its own: extended over it, ended

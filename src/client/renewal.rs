@@ -912,10 +912,11 @@ impl Renewer {
             };
             drop(state);
             self.shared.changed.notify_all();
-            if let Some(message) = self.tell(&event)
-                && !self.lose_to_panic(message)
-            {
-                return;
+            if let Some(message) = self.tell(&event) {
+                match self.lose_to_panic(message) {
+                    true => break,
+                    false => return,
+                }
             }
         }
         self.deliver_loss();
