@@ -911,3 +911,61 @@ fn a_release_that_fails_on_drop_is_reported() {
     assert_eq!(c.drop_release_errors(), 2);
     assert_eq!(c.clone().drop_release_errors(), 2, "one count per client");
 }
+
+/// The longest timeout is no deadline, not a panic: a client built with
+/// `timeout(Duration::MAX)` takes, extends and releases pooled and SESSION
+/// holds (the SESSION connection's reads counted an Instant that far
+/// ahead, which overflowed).
+#[test]
+fn the_longest_timeout_is_taken_without_a_panic() {
+    let server = start();
+    let c = Client::builder(server.local_addr())
+        .timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let lease = c.acquire("pooled", Duration::ZERO).unwrap();
+    c.extend(&lease, Duration::from_secs(30)).unwrap();
+    c.release_lease(&lease).unwrap();
+
+    let mut session = c.acquire_session("session", &LockOptions::new()).unwrap();
+    assert_eq!(
+        session.extend(Duration::from_secs(30)).unwrap(),
+        Duration::from_secs(30)
+    );
+    session.release().unwrap();
+
+    let renewing = LockOptions::new().session(true);
+    let guard = c.lock_renewing_with("renewing", &renewing).unwrap();
+    guard.unlock().unwrap();
+    assert_eq!(c.status("renewing").unwrap(), None);
+    assert_eq!(c.drop_release_errors(), 0);
+}
+
+/// The builder refuses a secret no server takes (a server starts only with
+/// 16 to 255 bytes), naming the range, rather than every AUTH failing.
+#[test]
+fn an_auth_secret_no_server_takes_is_refused_by_the_builder() {
+    for len in [0, 1, 15, 256] {
+        let err = Client::builder("127.0.0.1:9")
+            .auth_secret(vec![b's'; len])
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{len}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("{len} bytes")), "{text}");
+        assert!(text.contains("use 16 to 255 bytes"), "{text}");
+        assert!(text.contains("--auth-secret-file"), "{text}");
+    }
+    for len in [16, 255] {
+        assert!(
+            Client::builder("127.0.0.1:9")
+                .auth_secret(vec![b's'; len])
+                .build()
+                .is_ok(),
+            "{len}"
+        );
+    }
+}

@@ -165,10 +165,12 @@ fn a_leader_cut_off_is_replaced_at_once_and_learns_it_lost() {
         cut_at.elapsed()
     );
 
-    // The old leader going away does not disturb the new one.
+    // The old leader going away does not disturb the new one, and is no
+    // failed release: the cut ended its hold.
     drop(leader_a);
     assert_eq!(b.leader().unwrap().unwrap().token, leader_b.token());
     assert!(!leader_b.is_lost());
+    assert_eq!(a_client.drop_release_errors(), 0);
 }
 
 /// A stopping server closes the leader's connection, which ends a SESSION
@@ -285,4 +287,43 @@ fn an_election_takes_its_own_ttl() {
     assert!(term.remaining <= TTL, "{:?}", term.remaining);
     assert!(term.session, "an election's hold is a SESSION hold");
     leadership.resign().unwrap();
+}
+
+/// An election refuses an owner in its options: every campaign would hold
+/// the lock as that one owner, and a second candidate would re-enter the
+/// first one's hold, so two would lead. A zero TTL is refused at once too,
+/// not at the first campaign.
+#[test]
+fn an_election_refuses_a_shared_owner_and_a_zero_ttl() {
+    let server = start();
+    let client = Client::builder(server.local_addr())
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let owned = LockOptions::new().owner("node");
+    match Election::with_options(&client, "leader", owned) {
+        Err(Error::InvalidArgument { what }) => {
+            assert!(what.contains("\"node\""), "{what}");
+            assert!(
+                what.contains("an election's candidates need owners of their own"),
+                "{what}"
+            );
+            assert!(what.contains("drop LockOptions::owner"), "{what}");
+        }
+        other => panic!("an owner was taken: {other:?}"),
+    }
+    let instant = LockOptions::new().ttl(Duration::ZERO);
+    match Election::with_options(&client, "leader", instant) {
+        Err(Error::InvalidArgument { what }) => assert!(what.contains("ttl 0"), "{what}"),
+        other => panic!("a zero TTL was taken: {other:?}"),
+    }
+    assert_eq!(client.status("leader").unwrap(), None, "nothing was sent");
+    // Without them, two candidates of one election still exclude each other.
+    let election = Election::with_options(&client, "leader", LockOptions::new()).unwrap();
+    let first = election.campaign(PATIENCE).unwrap();
+    match election.clone().campaign(Duration::from_millis(100)) {
+        Err(Error::AcquireTimeout { .. }) => {}
+        other => panic!("a second candidate led: {other:?}"),
+    }
+    first.resign().unwrap();
 }

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use distlockd::client::{
-    Client, Error, LockOptions, Lost, NotHeldCause, Renewal, RenewalEvent, RenewingGuard,
+    Client, Error, Lease, LockOptions, Lost, NotHeldCause, Renewal, RenewalEvent, RenewingGuard,
 };
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
@@ -190,7 +190,9 @@ fn assert_no_renewal_after(stop: impl Fn(RenewingGuard)) {
     let other = plain_client(addr);
     for round in 0..10 {
         let before = extends_served(http);
-        let guard = client.lock_renewing("job", PATIENCE).unwrap();
+        // No wait: a grant after one is renewed once at once, which would
+        // count as the thread's renewal below.
+        let guard = client.lock_renewing("job", Duration::ZERO).unwrap();
         thread::sleep(Duration::from_millis(20 + round * 3));
         stop(guard);
         let after_stop = extends_served(http);
@@ -559,7 +561,6 @@ fn the_engine_renews_a_hold_the_caller_took_and_tells_each_step() {
         .build()
         .unwrap();
     let other = plain_client(addr);
-    let sent = Instant::now();
     let lease = client
         .acquire_with("caller", &LockOptions::new().ttl(TTL))
         .unwrap();
@@ -570,7 +571,7 @@ fn the_engine_renews_a_hold_the_caller_took_and_tells_each_step() {
         .on_event(move |event| {
             let _ = tx.send(step(event));
         });
-    let guard = client.renew(lease, sent, renewal).unwrap();
+    let guard = client.renew(lease, renewal).unwrap();
     let mut steps = Vec::new();
     while steps.iter().filter(|&&s| s == "renewed").count() < 6 {
         steps.push(rx.recv_timeout(PATIENCE).expect("a renewal step"));
@@ -600,14 +601,73 @@ fn the_engine_renews_a_hold_the_caller_took_and_tells_each_step() {
 fn the_engine_refuses_a_schedule_it_cannot_follow_and_releases_the_hold() {
     let server = start();
     let client = plain_client(server.local_addr());
-    let sent = Instant::now();
     let lease = client.acquire("bad", Duration::ZERO).unwrap();
     let renewal = Renewal::new().renewals_per_ttl(1);
-    match client.renew(lease, sent, renewal) {
+    match client.renew(lease, renewal) {
         Err(Error::InvalidArgument { what }) => assert!(what.contains("renewals_per_ttl 1")),
         other => panic!("{other:?}"),
     }
     assert_eq!(client.status("bad").unwrap(), None);
+    // A delay after a failure longer than the TTL: no renewal could follow
+    // a failed one before the lease's end (and Duration::MAX overflowed the
+    // clock at the first failure, killing the renewal thread).
+    let ttl = Duration::from_secs(10);
+    for delay in [Duration::MAX, ttl + Duration::from_millis(1)] {
+        let lease = client
+            .acquire_with("bad", &LockOptions::new().ttl(ttl))
+            .unwrap();
+        let renewal = Renewal::new().retry_after_failure(delay);
+        match client.renew(lease, renewal) {
+            Err(Error::InvalidArgument { what }) => {
+                assert!(what.contains("retry_after_failure"), "{what}");
+                assert!(what.contains("use at most the TTL"), "{what}");
+            }
+            other => panic!("{delay:?}: {other:?}"),
+        }
+        assert_eq!(client.status("bad").unwrap(), None, "{delay:?}");
+    }
+    let lease = client
+        .acquire_with("bad", &LockOptions::new().ttl(ttl))
+        .unwrap();
+    let guard = client
+        .renew(lease, Renewal::new().retry_after_failure(ttl))
+        .expect("a delay of the TTL itself is taken");
+    guard.unlock().unwrap();
+}
+
+/// An observer that panics: the engine stops calling it, and the lease is
+/// lost with the panic's message, told to on_lost at once (it used to kill
+/// the renewal thread: no renewals, no on_lost, only the lease's end).
+#[test]
+fn a_panicking_observer_loses_the_lease_and_the_program_is_told() {
+    let server = start();
+    let client = renewing_client(server.local_addr(), Duration::from_secs(30));
+    // Before an EXTEND is sent, and once it is confirmed.
+    for panics_at in ["sending", "renewed"] {
+        let lease = client.acquire("observed", Duration::ZERO).unwrap();
+        let renewal = Renewal::new().renewals_per_ttl(100).on_event(move |event| {
+            if step(event) == panics_at {
+                panic!("observer bug");
+            }
+        });
+        let guard = client.renew(lease, renewal).unwrap();
+        let losses = loss_channel(&guard);
+        // The first renewal is due at 300 ms; the lease lasts 30 s.
+        let (lost, _) = losses
+            .recv_timeout(PATIENCE)
+            .expect("on_lost called long before the lease's end");
+        match &lost {
+            Lost::ObserverPanicked { message } => assert_eq!(message, "observer bug"),
+            other => panic!("{panics_at}: {other:?}"),
+        }
+        assert!(lost.to_string().contains("Renewal::on_event"), "{lost}");
+        assert_eq!(guard.wait_lost(PATIENCE), Some(lost));
+        // The hold was never given up: the drop releases it, without a
+        // failure.
+        drop(guard);
+        assert_eq!(client.status("observed").unwrap(), None);
+        assert_eq!(client.drop_release_errors(), 0);
+    }
 }
 
 /// A SESSION lease has a connection of its own: extended over it, ended
@@ -649,4 +709,160 @@ fn a_session_lease_lives_and_ends_with_its_own_connection() {
     other
         .acquire("d", PATIENCE)
         .expect("dropping the lease closed its connection");
+}
+
+/// `wait_lost(Duration::MAX)`, the natural "until lost", waits with no
+/// deadline and returns the loss (it panicked, adding the timeout to now).
+#[test]
+fn wait_lost_with_the_longest_timeout_returns_the_loss() {
+    let server = start();
+    let client = renewing_client(server.local_addr(), TTL);
+    let guard = client.lock_renewing("until-lost", Duration::ZERO).unwrap();
+    assert_eq!(guard.wait_lost(Duration::ZERO), None);
+    // Released behind the guard's back: its next renewal (within TTL/3)
+    // finds the hold gone.
+    plain_client(server.local_addr())
+        .release_lease(guard.lease())
+        .unwrap();
+    let lost = guard.wait_lost(Duration::MAX);
+    assert_eq!(lost, Some(Lost::NotHeld(NotHeldReason::Free)));
+}
+
+/// The engine counts a lease from the moment its ACQUIRE was sent, which
+/// the client records, not from when the caller hands it over: a hold
+/// renewed by nobody is lost one TTL after its ACQUIRE, even if it reached
+/// the engine later (the caller's `Instant::now()` after the acquire made
+/// the engine count it as lasting longer than it did).
+#[test]
+fn the_engine_counts_a_lease_from_its_acquires_send() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let client = Client::builder(proxy.addr())
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    // First renewal due at TTL/3 = 1 s after the send, well after the
+    // hand-over, so the engine does not renew before it starts.
+    let ttl = Duration::from_secs(3);
+    let before = Instant::now();
+    let lease = client
+        .acquire_with("counted", &LockOptions::new().ttl(ttl))
+        .unwrap();
+    let after = Instant::now();
+    let sent = lease
+        .sent_at()
+        .expect("an acquired lease knows its send time");
+    assert!(before <= sent && sent <= after);
+    thread::sleep(ttl / 10);
+    proxy.stall(); // no renewal gets through from now on
+    let guard = client.renew(lease, Renewal::new()).unwrap();
+    assert_eq!(guard.lease().sent_at(), Some(sent), "not renewed at once");
+    // One TTL after the send at the latest, whatever the hand-over's time.
+    let end = after + ttl;
+    thread::sleep(end.saturating_duration_since(Instant::now()));
+    assert!(
+        matches!(guard.lost(), Some(Lost::LeaseEnded { .. })),
+        "{:?}",
+        guard.lost()
+    );
+    drop(proxy); // the drop's RELEASE fails fast
+    drop(guard);
+}
+
+/// When the TTL's start is unknown the engine renews the hold once before
+/// it starts, and counts the lease from that renewal: a lease known only by
+/// its parts, and a grant that may have come after a wait. A lease TTL the
+/// engine cannot renew with is refused (a zero TTL was lost at once), and
+/// the hold released.
+#[test]
+fn the_engine_pins_a_lease_whose_start_is_unknown_and_refuses_a_bad_ttl() {
+    let server = start();
+    let client = plain_client(server.local_addr());
+    let ttl = Duration::from_secs(30);
+    let options = LockOptions::new().ttl(ttl);
+
+    let lease = client.acquire_with("parts", &options).unwrap();
+    let parts = Lease::from_parts(lease.name(), lease.owner(), lease.token(), ttl);
+    assert_eq!(parts.sent_at(), None);
+    let handed = Instant::now();
+    let guard = client.renew(parts, Renewal::new()).unwrap();
+    let pinned = guard.lease().sent_at().expect("pinned");
+    assert!(pinned >= handed, "counted from before the hand-over");
+    assert!(!guard.is_lost());
+    guard.unlock().unwrap();
+
+    let waited = client
+        .acquire_with("waited", &options.clone().wait(PATIENCE))
+        .unwrap();
+    let acquired = waited.sent_at().unwrap();
+    let handed = Instant::now();
+    let guard = client.renew(waited, Renewal::new()).unwrap();
+    let pinned = guard.lease().sent_at().unwrap();
+    assert!(pinned >= handed && pinned > acquired);
+    guard.unlock().unwrap();
+
+    for bad in [Duration::ZERO, Duration::MAX] {
+        let lease = client.acquire_with("bad-ttl", &options).unwrap();
+        let parts = Lease::from_parts(lease.name(), lease.owner(), lease.token(), bad);
+        match client.renew(parts, Renewal::new()) {
+            Err(Error::InvalidArgument { what }) => {
+                assert!(what.contains("lease ttl"), "{what}");
+                assert!(what.contains("must be positive and at most"), "{what}");
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        assert_eq!(client.status("bad-ttl").unwrap(), None, "{bad:?}");
+    }
+}
+
+/// A SESSION lease is renewed through the client that took it (whose
+/// connection carries the hold and which keeps its record), not through
+/// the client `renew` is called on.
+#[test]
+fn a_session_lease_is_renewed_through_its_own_client() {
+    let server = start();
+    let owner = plain_client(server.local_addr());
+    let elsewhere = Client::new("127.0.0.1:9").unwrap(); // nothing listens
+    let session = owner.acquire_session("mine", &LockOptions::new()).unwrap();
+    let guard = elsewhere.renew(session, Renewal::new()).unwrap();
+    assert!(!guard.is_lost());
+    guard.unlock().unwrap();
+    // The owner's record of the hold went with the release.
+    match owner.release("mine") {
+        Err(Error::NotHeld {
+            reason: NotHeldCause::NotAcquiredHere,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A SESSION guard whose connection closed, then dropped: the close ended
+/// the hold, so the drop's RELEASE finding it gone is no failed release
+/// (it was counted and handed to on_drop_release_error as one).
+#[test]
+fn dropping_a_session_guard_after_its_connection_closed_is_no_failure() {
+    let server = start();
+    let proxy = Proxy::start(server.local_addr());
+    let (tx, failures) = mpsc::channel();
+    let client = Client::builder(proxy.addr())
+        .ttl(Duration::from_secs(30))
+        .session(true)
+        .timeout(PATIENCE)
+        .on_drop_release_error(move |failure| {
+            let _ = tx.send(failure.to_string());
+        })
+        .build()
+        .unwrap();
+    let guard = client.lock_renewing("cut", Duration::ZERO).unwrap();
+    proxy.cut();
+    let lost = guard.wait_lost(PATIENCE);
+    assert!(matches!(lost, Some(Lost::SessionClosed { .. })), "{lost:?}");
+    drop(guard);
+    assert_eq!(client.drop_release_errors(), 0);
+    assert!(failures.try_recv().is_err());
+    assert_eq!(
+        plain_client(server.local_addr()).status("cut").unwrap(),
+        None
+    );
 }

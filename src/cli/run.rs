@@ -33,8 +33,9 @@
 //! ```
 //!
 //! where `t_sent` is read from this process's monotonic clock just before
-//! the request that succeeded was sent (before the client's first attempt,
-//! which is no later than the attempt that succeeded). With `grace` =
+//! the request that succeeded was sent (for the ACQUIRE, its attempt that
+//! the server answered: [`Lease::sent_at`]; for an EXTEND, before its first
+//! attempt, which is no later than the one that succeeded). With `grace` =
 //! `--kill-grace` and `margin` = TTL/10 (for scheduling delays, signal
 //! delivery and clock-rate differences between the two machines):
 //!
@@ -60,7 +61,7 @@
 //!
 //! After a wait (`--wait`), the grant may have come at any moment of it, so
 //! the hold is extended once before the command starts, to learn its
-//! expiry.
+//! expiry (the renewal engine does so, see [`Client::renew`]).
 //!
 //! # `--session`
 //!
@@ -488,7 +489,7 @@ fn run(mut options: Options) -> Result<u8, String> {
         .ttl(options.timing.ttl)
         .build()
         .map_err(|e| format!("run: {e}"))?;
-    let (held, sent_at) = match obtain(&client, options) {
+    let held = match obtain(&client, options) {
         Ok(Some(held)) => held,
         Ok(None) => {
             if !options.quiet {
@@ -505,82 +506,68 @@ fn run(mut options: Options) -> Result<u8, String> {
             return Ok(options.conflict_exit_code);
         }
         Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
-        Err(e) => {
-            // Only a --ttl the user gave is named as the cause; run's own
-            // default was capped to the server's longest hold above.
-            let asked = super::Asked {
-                wait: options.wait,
-                ttl: options.ttl.unwrap_or(Duration::ZERO),
-                name: &options.name,
-                owner: None,
-                takes_owner: false,
-            };
-            let message = super::refusal_in_flags(&client, &asked, &e)
-                .unwrap_or_else(|| options.connect.describe(&e));
-            eprintln!("distlockd run: {message}");
-            return Ok(EXIT_UNAVAILABLE);
-        }
+        Err(e) => return Ok(unavailable(&client, options, &e)),
     };
     let (events, inbox) = mpsc::channel();
-    let guard =
-        renew(&client, held, sent_at, options, events.clone()).map_err(|e| format!("run: {e}"))?;
+    // After a wait this renews the hold once before it returns (a failure
+    // is the server's or the network's, as for the ACQUIRE).
+    let guard = match renew(&client, held, options, events.clone()) {
+        Ok(guard) => guard,
+        Err(e @ Error::InvalidArgument { .. }) => return Err(format!("run: {e}")),
+        Err(e) => return Ok(unavailable(&client, options, &e)),
+    };
+    let sent_at = guard
+        .lease()
+        .sent_at()
+        .expect("the renewal engine counts its lease from a send time");
     let code = run_under_lease(guard.lease(), sent_at, (events, inbox), options);
     let lost = code == EXIT_LEASE_LOST;
     release(guard, options.quiet, lost);
     Ok(code)
 }
 
+/// Says why the server could not be used and gives the exit status for it.
+fn unavailable(client: &Client, options: &Options, e: &Error) -> u8 {
+    // Only a --ttl the user gave is named as the cause; run's own default
+    // was capped to the server's longest hold.
+    let asked = super::Asked {
+        wait: options.wait,
+        ttl: options.ttl.unwrap_or(Duration::ZERO),
+        name: &options.name,
+        owner: None,
+        takes_owner: false,
+    };
+    let message =
+        super::refusal_in_flags(client, &asked, e).unwrap_or_else(|| options.connect.describe(e));
+    eprintln!("distlockd run: {message}");
+    EXIT_UNAVAILABLE
+}
+
 /// Takes the lock: over a connection of its own with `--session` (so
 /// nothing else can close it and end the hold), else through the pool.
-/// Returns the hold and the time its expiry counts from; `Ok(None)`: held
-/// by another owner.
-fn obtain(client: &Client, options: &Options) -> Result<Option<(Held, Instant)>, Error> {
-    let sent_at = Instant::now();
+/// The lease records when its ACQUIRE was sent; `Ok(None)`: held by
+/// another owner.
+fn obtain(client: &Client, options: &Options) -> Result<Option<Held>, Error> {
     let lock = LockOptions::new().wait(options.wait);
     let acquired = match options.session {
         true => client.acquire_session(&options.name, &lock).map(Held::from),
         false => client.acquire_with(&options.name, &lock).map(Held::from),
     };
-    let mut held = match acquired {
-        Ok(held) => held,
-        Err(Error::AcquireTimeout { .. }) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if options.wait.is_zero() {
-        return Ok(Some((held, sent_at)));
-    }
-    // Granted at some moment of the wait: extend now to know the expiry.
-    let sent_at = Instant::now();
-    let ttl = options.timing.ttl;
-    let extended = match &mut held {
-        Held::Pooled(lease) => client.extend(lease, ttl).map(|granted| {
-            *lease = Lease::from_parts(lease.name(), lease.owner(), lease.token(), granted);
-        }),
-        Held::Session(session) => session.extend(ttl).map(drop),
-    };
-    if let Err(e) = extended {
-        let _ = release_held(client, held);
-        return Err(e);
-    }
-    Ok(Some((held, sent_at)))
-}
-
-/// RELEASE over the SESSION connection, or through the pool.
-fn release_held(client: &Client, held: Held) -> Result<(), Error> {
-    match held {
-        Held::Pooled(lease) => client.release_lease(&lease),
-        Held::Session(session) => session.release(),
+    match acquired {
+        Ok(held) => Ok(Some(held)),
+        Err(Error::AcquireTimeout { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-/// Starts the client's renewal engine on `held`, granted by a request sent
-/// at `sent_at`: every TTL/3, TTL/10 after a failure, each renewal retrying
-/// a failed connection as the client's requests do; each step is sent to
-/// the supervisor as an [`Event`].
+/// Starts the client's renewal engine on `held`: every TTL/3, TTL/10 after
+/// a failure, each renewal retrying a failed connection as the client's
+/// requests do; each step is sent to the supervisor as an [`Event`]. A
+/// grant after a wait came at some moment of it, so the engine renews it
+/// once before it returns, to know its expiry.
 fn renew(
     client: &Client,
     held: Held,
-    sent_at: Instant,
     options: &Options,
     events: Sender<Event>,
 ) -> Result<RenewingGuard, Error> {
@@ -593,7 +580,7 @@ fn renew(
                 let _ = events.send(event);
             }
         });
-    client.renew(held, sent_at, renewal)
+    client.renew(held, renewal)
 }
 
 /// Starts the command and supervises it until it exits; the exit status.

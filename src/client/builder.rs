@@ -9,7 +9,7 @@ use super::{
     Client, DropReleaseError, DropReleaseHook, Error, Inner, Pool, Result, SERVER_DEFAULT,
     duration_to_ms, invalid, servers,
 };
-use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, Secret, read_secret_file};
+use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, SECRET_LEN_MIN, Secret, read_secret_file};
 use crate::limits::OWNER_LEN_CEILING;
 
 /// How long a hold lasts unless released or extended (the original's 10 s).
@@ -70,7 +70,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Connect, read and write timeout (default 5 s). Must be positive.
+    /// Connect, read and write timeout (default 5 s). Must be positive;
+    /// `Duration::MAX` is no deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -91,10 +92,16 @@ impl ClientBuilder {
     /// `true`: holds are SESSION holds unless a lock says otherwise
     /// ([`LockOptions::session`](super::LockOptions::session)): the server
     /// also releases one when the connection that took it closes (the
-    /// client is dropped, the process dies, a network failure, the server's
-    /// idle or write timeout, or this client drops that connection after an
-    /// I/O error on it). `false` (default): holds survive disconnects until
-    /// released or expired.
+    /// process dies, a network failure, the server's idle or write
+    /// timeout, this client drops that connection after an I/O error on
+    /// it, or it is closed on purpose: a pooled connection when the last
+    /// handle on the client is dropped, which means every clone and every
+    /// [`RenewingGuard`](super::RenewingGuard),
+    /// [`Election`](super::Election) and
+    /// [`SessionLease`](super::SessionLease), as each keeps one; a SESSION
+    /// hold's own connection when its guard or `SessionLease` is dropped).
+    /// `false` (default): holds survive disconnects until released or
+    /// expired.
     ///
     /// A SESSION hold from [`Client::acquire`], [`Client::lock`],
     /// [`Client::try_acquire`] or their `_with` forms is bound to a pooled
@@ -127,9 +134,12 @@ impl ClientBuilder {
     }
 
     /// The server's shared secret (its `--auth-secret-file`), sent in AUTH
-    /// on every new connection. [`Client::builder_from_env`] reads it from
-    /// the file `$DISTLOCKD_AUTH_SECRET_FILE` names, the way the server
-    /// reads its own.
+    /// on every new connection: [`SECRET_LEN_MIN`](super::SECRET_LEN_MIN)
+    /// to [`SECRET_LEN_MAX`](super::SECRET_LEN_MAX) bytes (16 to 255), as
+    /// the server takes; [`build`](ClientBuilder::build) refuses others.
+    /// [`Client::builder_from_env`] reads it from the file
+    /// `$DISTLOCKD_AUTH_SECRET_FILE` names, the way the server reads its
+    /// own.
     pub fn auth_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.auth_secret = Some(Secret::from(secret.into()));
         self
@@ -155,11 +165,13 @@ impl ClientBuilder {
 
     pub fn build(self) -> Result<Client> {
         let servers = check_addr(&self.addr)?;
+        // No server starts with a secret of another length, so none could
+        // accept it: refused here rather than by every AUTH.
         if let Some(secret) = &self.auth_secret
-            && !(1..=SECRET_LEN_MAX).contains(&secret.as_bytes().len())
+            && !(SECRET_LEN_MIN..=SECRET_LEN_MAX).contains(&secret.as_bytes().len())
         {
             return invalid(format!(
-                "auth secret of {} bytes; use 1 to {SECRET_LEN_MAX} bytes (the server's --auth-secret-file)",
+                "auth secret of {} bytes: no server takes it; use {SECRET_LEN_MIN} to {SECRET_LEN_MAX} bytes, the contents of the server's --auth-secret-file",
                 secret.as_bytes().len()
             ));
         }

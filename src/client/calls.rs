@@ -20,6 +20,14 @@ use crate::protocol::{
 /// request, not a loop of shorter waits). Needs a server without a
 /// `--wait-max-ms` bound. If the connection breaks, the retry joins the
 /// queue again at its tail.
+///
+/// The reply is read with no timeout. A server that dies closes the
+/// connection, but a server whose host vanishes (powered off, cut off,
+/// no FIN or RST) is noticed only by TCP keepalive, which the client sets
+/// with the `keepalive` feature (on with `server`). Without it such a
+/// wait is **not bounded**: nothing is outstanding on the connection, so
+/// the operating system never gives up on it. Enable `keepalive` for
+/// waits without deadline.
 pub const WAIT_FOREVER: Duration = Duration::MAX;
 
 /// The longest finite wait the protocol carries: `wait_ms` is a u32 (about
@@ -230,6 +238,10 @@ impl Client {
 
     /// Sets the remaining TTL of `lease`'s hold to `ttl` from now; returns the
     /// TTL the server applied. `Err(NotHeld)` if the hold was lost.
+    /// `lease` is not changed: its [`ttl`](Lease::ttl) and
+    /// [`sent_at`](Lease::sent_at) still tell the grant's. [`Client::renew`]
+    /// trusts them, so a lease extended here to a shorter TTL must not be
+    /// handed to it.
     pub fn extend(&self, lease: &Lease, ttl: Duration) -> Result<Duration> {
         self.extend_within(lease, ttl, self.inner.retries, None)
     }
@@ -278,8 +290,8 @@ impl Client {
     /// still held by another owner when the wait ended.
     pub(super) fn take(&self, name: &str, options: &LockOptions) -> Result<Option<Lease>> {
         let op = self.acquire_op(name, options)?;
-        let grant = self.call(&op, self.inner.retries)?;
-        Ok(self.acquired(name, op.owner, grant))
+        let (grant, sent) = self.call_sent(&op, self.inner.retries, None)?;
+        Ok(self.acquired(op, grant, sent))
     }
 
     /// The ACQUIRE that takes `name` as `options` say, checked. Its owner
@@ -304,16 +316,19 @@ impl Client {
         })
     }
 
-    /// The lease `grant` gives, recorded for [`Client::release`]; `None`
-    /// if it was not granted.
-    pub(super) fn acquired(&self, name: &str, owner: String, grant: Grant) -> Option<Lease> {
+    /// The lease `grant` gives in answer to `op`, whose answered attempt
+    /// was sent at `sent`, recorded for [`Client::release`]; `None` if it
+    /// was not granted.
+    pub(super) fn acquired(&self, op: Acquire<'_>, grant: Grant, sent: Instant) -> Option<Lease> {
         let granted = grant?;
         let lease = Lease {
-            name: name.to_owned(),
-            owner,
+            name: op.name.to_owned(),
             token: granted.token,
             ttl: Duration::from_millis(granted.ttl_ms as u64),
             reentered: granted.reentered.unwrap_or(false),
+            sent_at: Some(sent),
+            may_have_waited: op.may_wait(),
+            owner: op.owner,
         };
         self.holds().insert(lease.name.clone(), lease.clone());
         Some(lease)

@@ -34,7 +34,8 @@ impl Client {
         }
         // No deadline, no read timeout: the reply comes when the lock is
         // granted. A server that dies closes the connection; a host that
-        // vanishes is found by TCP keepalive (see `handshake`).
+        // vanishes is found by TCP keepalive (see `handshake`), and only
+        // with the `keepalive` feature: without it, never.
         let read_timeout = (!call.waits_forever())
             .then(|| io_timeout.saturating_add(Duration::from_millis(wait_ms as u64)));
         conn.exchange(&call.request(wait_ms), read_timeout, |reply| match *reply {
@@ -116,8 +117,9 @@ fn set_keepalive(stream: &TcpStream) -> io::Result<()> {
 }
 
 /// Without the `keepalive` feature (std cannot set the intervals), a wait
-/// without deadline on a vanished host lasts until the operating system
-/// gives up on the connection.
+/// without deadline on a vanished host is not bounded: with nothing
+/// outstanding on the connection the operating system never gives up on
+/// it, so the read blocks forever.
 #[cfg(not(feature = "keepalive"))]
 fn set_keepalive(_: &TcpStream) -> io::Result<()> {
     Ok(())

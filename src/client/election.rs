@@ -44,7 +44,9 @@
 
 use std::time::Duration;
 
-use super::{Client, Lease, LockOptions, LockStatus, Lost, RenewingGuard, Result, check_name};
+use super::{
+    Client, Lease, LockOptions, LockStatus, Lost, RenewingGuard, Result, check_name, invalid,
+};
 
 /// Candidates for leadership of one name, sharing a client.
 #[derive(Clone, Debug)]
@@ -65,6 +67,12 @@ impl Election {
     /// An election whose leaders hold the lock as `options` say, e.g. with
     /// a TTL of their own. The hold is a SESSION hold whatever `options`
     /// say, and each [`campaign`](Election::campaign) gives its own wait.
+    ///
+    /// `options` with an [owner](LockOptions::owner) are refused
+    /// (`Err(InvalidArgument)`): every campaign of this election and its
+    /// clones would hold the lock as that one owner, so a second candidate
+    /// would re-enter the first one's hold and both would lead. A TTL of
+    /// zero is refused here too, not at the first campaign.
     pub fn with_options(
         client: &Client,
         name: impl Into<String>,
@@ -72,7 +80,12 @@ impl Election {
     ) -> Result<Election> {
         let name = name.into();
         check_name(&name)?;
-        options.owner_given()?;
+        if let Some(owner) = options.owner_given()? {
+            return invalid(format!(
+                "election {name:?} with owner {owner:?}: an election's candidates need owners of their own, or a second candidate re-enters the first one's hold and both lead; drop LockOptions::owner"
+            ));
+        }
+        options.ttl_ms(client.inner.ttl_ms)?;
         Ok(Election {
             client: client.clone(),
             name,

@@ -156,6 +156,12 @@ impl fmt::Display for DropReleaseError {
     }
 }
 
+impl std::error::Error for DropReleaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
 type DropReleaseCallback = dyn Fn(&DropReleaseError) + Send + Sync;
 
 /// The callback set with `on_drop_release_error`, shared by the builder's

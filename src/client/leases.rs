@@ -15,7 +15,8 @@ use super::calls::{Call, Extend, Release, released};
 use super::connection::connection_survives;
 use super::{Client, Conn, Error, Failure, LockOptions, Result, duration_to_ms};
 
-/// One granted hold: what RELEASE and EXTEND need to name it.
+/// One granted hold: what RELEASE and EXTEND need to name it, and when
+/// its TTL began at the earliest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub(super) name: String,
@@ -23,11 +24,19 @@ pub struct Lease {
     pub(super) token: u64,
     pub(super) ttl: Duration,
     pub(super) reentered: bool,
+    /// Just before the request that set `ttl` was sent; `None`: unknown.
+    pub(super) sent_at: Option<Instant>,
+    /// That request was an ACQUIRE that may have waited in the server's
+    /// queue, so the TTL began at some unknown moment after `sent_at`.
+    pub(super) may_have_waited: bool,
 }
 
 impl Lease {
     /// A lease known by its parts, e.g. from another process (the lock
-    /// CLI's `release --owner --token`), to release or extend it.
+    /// CLI's `release --owner --token`), to release or extend it. It has
+    /// no send time ([`Lease::sent_at`] is `None`): when its TTL began is
+    /// unknown, so [`Client::renew`] renews it once before it starts,
+    /// rather than guess.
     pub fn from_parts(name: &str, owner: &str, token: u64, ttl: Duration) -> Lease {
         Lease {
             name: name.to_owned(),
@@ -35,6 +44,8 @@ impl Lease {
             token,
             ttl,
             reentered: false,
+            sent_at: None,
+            may_have_waited: false,
         }
     }
 
@@ -57,6 +68,20 @@ impl Lease {
         self.ttl
     }
 
+    /// When the request that granted [`ttl`](Lease::ttl) was sent, read
+    /// from this process's monotonic clock just before the write: the
+    /// ACQUIRE's last attempt (the one the server answered), or the EXTEND
+    /// of [`SessionLease::extend`] or of [`Client::renew`]'s first renewal.
+    /// The server starts the TTL when the request arrives, so it cannot
+    /// expire the hold before `sent_at + ttl` (clocks running at the same
+    /// rate), unless it was extended to a shorter TTL since by a call
+    /// that does not update this lease ([`Client::extend`]). After a wait
+    /// in the queue the TTL began later, at the grant. `None` for a lease
+    /// from [`Lease::from_parts`].
+    pub fn sent_at(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
     /// Whether the server said this owner held the lock already when the
     /// ACQUIRE arrived: a re-entry of that hold (same token, TTL restarted
     /// from the ACQUIRE), not a new grant. Owners are per acquisition unless
@@ -67,6 +92,13 @@ impl Lease {
     /// which cannot say.
     pub fn reentered(&self) -> bool {
         self.reentered
+    }
+
+    /// The hold was extended to `ttl` by an EXTEND sent at `sent`.
+    pub(super) fn extended(&mut self, ttl: Duration, sent: Instant) {
+        self.ttl = ttl;
+        self.sent_at = Some(sent);
+        self.may_have_waited = false;
     }
 }
 
@@ -163,16 +195,18 @@ impl SessionLease {
 
     /// Sets the hold's remaining TTL to `ttl` from now over its own
     /// connection; returns the TTL the server applied, which
-    /// [`lease`](SessionLease::lease)`().ttl()` tells from then on. One
+    /// [`lease`](SessionLease::lease)`().ttl()` tells from then on (and
+    /// `sent_at()` when it was asked for). One
     /// attempt, reading the reply for up to the client's timeout: a new
     /// connection cannot carry the hold, and a failure closes this one,
     /// which ends the hold (`Err(Connection)`, and
     /// [`closed`](SessionLease::closed) says why).
     pub fn extend(&mut self, ttl: Duration) -> Result<Duration> {
+        let sent = Instant::now();
         let granted = self
             .client
             .extend_bound(&self.binding, &self.lease, ttl, None)?;
-        self.lease.ttl = granted;
+        self.lease.extended(granted, sent);
         Ok(granted)
     }
 
@@ -240,12 +274,13 @@ impl Client {
         loop {
             let wait_ms = op.wait_ms_left(started.elapsed());
             let exchanged = self.connect(self.inner.timeout).and_then(|mut conn| {
+                let sent = Instant::now();
                 let answer = self.exchange_op(&mut conn, &op, wait_ms, self.inner.timeout)?;
-                Ok((conn, answer))
+                Ok((conn, answer, sent))
             });
             let error = match exchanged {
-                Ok((conn, grant)) => {
-                    let Some(lease) = self.acquired(name, op.owner, grant) else {
+                Ok((conn, grant, sent)) => {
+                    let Some(lease) = self.acquired(op, grant, sent) else {
                         return Ok(None);
                     };
                     let binding = Binding::new(conn).map_err(|e| Error::Connection {
@@ -288,7 +323,6 @@ impl Client {
         ttl: Duration,
         read_until: Option<Instant>,
     ) -> Result<Duration> {
-        let read_until = read_until.unwrap_or_else(|| Instant::now() + self.inner.timeout);
         let op = Extend {
             lease,
             ttl_ms: duration_to_ms(ttl),
@@ -303,7 +337,7 @@ impl Client {
     /// sooner and otherwise answers NOT_HELD).
     pub(super) fn release_bound(&self, binding: &Binding, lease: &Lease) -> Result<()> {
         let op = Release { lease };
-        let answer = match binding.request(self, &op, Instant::now() + self.inner.timeout, false) {
+        let answer = match binding.request(self, &op, None, false) {
             Ok(answer) => answer,
             // Refused, the hold is not ours any more (as through the pool).
             Err(e @ Error::Server { .. }) if binding.closed().is_none() => {
@@ -437,13 +471,14 @@ impl Binding {
         self.shut_by_stop.load(Ordering::SeqCst)
     }
 
-    /// One request, reading until `read_until`; any failure closes the
-    /// connection. `renewal`: refused once stopped.
+    /// One request, reading until `read_until` (`None`: for the client's
+    /// timeout); any failure closes the connection. `renewal`: refused once
+    /// stopped.
     pub(super) fn request<C: Call>(
         &self,
         client: &Client,
         op: &C,
-        read_until: Instant,
+        read_until: Option<Instant>,
         renewal: bool,
     ) -> Result<C::Answer> {
         let mut conn = self.conn();
@@ -473,7 +508,7 @@ impl Binding {
         &self,
         client: &Client,
         op: &C,
-        read_until: Instant,
+        read_until: Option<Instant>,
         conn: &mut Option<Conn>,
         unsent: impl Fn(String) -> Error,
     ) -> Result<C::Answer> {
@@ -483,7 +518,12 @@ impl Binding {
                 self.closed().unwrap_or_default()
             )));
         };
-        let left = read_until.saturating_duration_since(Instant::now());
+        // A timeout, not an instant: the client's may be as long as
+        // Duration::MAX, which no Instant can be that far from now.
+        let left = match read_until {
+            Some(until) => until.saturating_duration_since(Instant::now()),
+            None => client.inner.timeout,
+        };
         if left.is_zero() {
             return Err(unsent("its deadline passed".to_owned()));
         }

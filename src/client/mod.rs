@@ -68,7 +68,9 @@
 //! and a hold the caller took and hands to [`Client::renew`] ([`Held`]: a
 //! [`Lease`], or a [`SessionLease`] on a connection of its own), with a
 //! [`Renewal`] that sets its schedule and hears each step. `distlockd run`
-//! renews its lock through it.
+//! renews its lock through it. The engine counts a lease from
+//! [`Lease::sent_at`], when the client sent the request that granted it,
+//! so the caller never supplies the instant the loss rule rests on.
 //!
 //! # Layout
 //!
@@ -106,6 +108,9 @@
 //!   its TTL). RELEASE and EXTEND carry owner and token and are safe to repeat.
 //! - **Bounded waits.** Every read and write has a timeout; a waiting ACQUIRE
 //!   reads for at most `wait + timeout`, because the server answers by `wait`.
+//!   The exception is [`WAIT_FOREVER`], which reads with no timeout: with
+//!   the `keepalive` feature TCP keepalive notices a server whose host
+//!   vanished; without it that wait is not bounded (see [`WAIT_FOREVER`]).
 //!   A thread that finds all `pool_size` connections busy waits (without a
 //!   timeout of its own) for one of those requests to finish, and each of
 //!   them is bounded as above.
@@ -121,7 +126,9 @@
 //!   panics: the failure is logged, counted
 //!   ([`Client::drop_release_errors`]) and handed to the callback set with
 //!   [`ClientBuilder::on_drop_release_error`], as a [`DropReleaseError`].
-//!   `unlock` and `resign` return the error instead.
+//!   `unlock` and `resign` return the error instead. A SESSION hold whose
+//!   connection closed ([`Lost::SessionClosed`]) ended with it, so a
+//!   release failing after that is no failure: nothing is left behind.
 //! - **A release is never starved by waiters.** At most `pool_size - 1`
 //!   connections sit in waiting ACQUIREs, so a thread that holds a lock can
 //!   always reach the server to release it.
@@ -347,5 +354,30 @@ mod tests {
         assert_send_sync::<SessionLease>();
         assert_send_sync::<Held>();
         assert_send_sync::<DropReleaseError>();
+    }
+
+    #[test]
+    fn errors_a_program_sees_are_std_errors() {
+        fn as_error<T: std::error::Error + Send + Sync + 'static>(
+            e: T,
+        ) -> Box<dyn std::error::Error> {
+            Box::new(e)
+        }
+        let lost = as_error(Lost::SessionClosed {
+            error: "reset".to_owned(),
+        });
+        assert!(lost.to_string().contains("reset"), "{lost}");
+        let failure = DropReleaseError {
+            lease: Lease::from_parts("a", "o", 1, Duration::from_secs(1)),
+            error: Error::InvalidArgument {
+                what: "why".to_owned(),
+            },
+        };
+        let failure = as_error(failure);
+        assert!(failure.to_string().contains("on drop failed"), "{failure}");
+        assert_eq!(
+            failure.source().map(|e| e.to_string()),
+            Some("why".to_owned())
+        );
     }
 }

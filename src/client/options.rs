@@ -70,7 +70,9 @@ impl LockOptions {
     }
 
     /// Wait up to `wait` for a held lock, in the server's FIFO queue;
-    /// [`WAIT_FOREVER`](super::WAIT_FOREVER) waits with no deadline.
+    /// [`WAIT_FOREVER`](super::WAIT_FOREVER) waits with no deadline (use
+    /// the `keepalive` feature with it: without, a vanished server host
+    /// blocks it forever).
     /// Default zero: fail at once. A finite wait over
     /// [`WAIT_FINITE_MAX`](super::WAIT_FINITE_MAX) is refused.
     pub fn wait(mut self, wait: Duration) -> Self {
@@ -93,7 +95,9 @@ impl LockOptions {
     /// [`Lease::reentered`](super::Lease::reentered)) rather than waiting
     /// for it, so an owner must never be shared by two holders that should
     /// exclude each other. For a process that takes a lock another process
-    /// releases, as `distlockd acquire --owner` does.
+    /// releases, as `distlockd acquire --owner` does. An
+    /// [`Election`](super::Election) refuses an owner: its candidates
+    /// need owners of their own.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self

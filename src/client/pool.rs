@@ -35,6 +35,18 @@ impl Client {
         retries: u32,
         deadline: Option<Instant>,
     ) -> Result<C::Answer> {
+        self.call_sent(op, retries, deadline)
+            .map(|(answer, _)| answer)
+    }
+
+    /// [`Client::call_within`], and when the attempt that was answered was
+    /// sent (read just before its request was written, after connecting).
+    pub(super) fn call_sent<C: Call>(
+        &self,
+        op: &C,
+        retries: u32,
+        deadline: Option<Instant>,
+    ) -> Result<(C::Answer, Instant)> {
         let started = Instant::now();
         let mut attempts = 0u32;
         let mut stale_retry_used = false;
@@ -99,9 +111,9 @@ impl Client {
         }
     }
 
-    /// One request on one connection. On a failure that leaves its next
-    /// bytes unknown the connection is dropped (it is not in `slot`), so the
-    /// pool never holds one out of step.
+    /// One request on one connection, and when it was sent. On a failure
+    /// that leaves its next bytes unknown the connection is dropped (it is
+    /// not in `slot`), so the pool never holds one out of step.
     /// `io_timeout` bounds connecting and each read (plus the server's wait
     /// for a waiting ACQUIRE).
     pub(super) fn attempt<C: Call>(
@@ -110,16 +122,17 @@ impl Client {
         op: &C,
         wait_ms: u32,
         io_timeout: Duration,
-    ) -> Result<C::Answer, Failure> {
+    ) -> Result<(C::Answer, Instant), Failure> {
         let mut conn = match slot.conn.take() {
             Some(conn) => conn,
             None => self.connect(io_timeout)?,
         };
+        let sent = Instant::now();
         let answer = self.exchange_op(&mut conn, op, wait_ms, io_timeout);
         if answer.as_ref().err().is_none_or(Failure::keeps_connection) {
             slot.conn = Some(conn);
         }
-        answer
+        answer.map(|answer| (answer, sent))
     }
 
     /// Exponential backoff with up to 50% jitter, so clients that failed

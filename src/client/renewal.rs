@@ -17,7 +17,9 @@
 //!
 //! The timing rule for loss is documented on [`RenewingGuard`].
 
+use std::any::Any;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,6 +35,10 @@ use crate::protocol::NotHeldReason;
 /// The shortest gap between two renewals, so a tiny granted TTL cannot make
 /// the thread spin.
 const RENEW_INTERVAL_MIN: Duration = Duration::from_millis(1);
+
+/// The longest lease TTL the engine renews: renewals ask for the lease's
+/// TTL, and an EXTEND carries it as a u32 of milliseconds.
+const TTL_RENEWABLE_MAX: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// How a lease was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +56,12 @@ pub enum Lost {
     /// moment its connection closes, so it may already have granted the
     /// lock to someone else.
     SessionClosed { error: String },
+    /// The [`Renewal::on_event`] observer panicked (`message` is the
+    /// panic's): the engine stopped calling it and stopped renewing, so
+    /// the hold lasts until its TTL unless the guard releases it. A bug
+    /// in the observer, told here because the program would otherwise
+    /// only learn it at the lease's end.
+    ObserverPanicked { message: String },
 }
 
 impl fmt::Display for Lost {
@@ -73,16 +85,35 @@ impl fmt::Display for Lost {
                 f,
                 "the SESSION connection was lost ({error}); the server released the lock at the disconnect"
             ),
+            Lost::ObserverPanicked { message } => write!(
+                f,
+                "the renewal observer (Renewal::on_event) panicked ({message}), so renewals stopped; fix the observer, it must not panic"
+            ),
         }
     }
 }
+
+impl std::error::Error for Lost {}
 
 type LostCallback = Box<dyn FnOnce(&Lost) + Send>;
 type EventObserver = Box<dyn FnMut(&RenewalEvent) + Send>;
 
 /// A hold to renew: through the client's pool, or a SESSION hold on a
-/// connection of its own.
+/// connection of its own. More kinds of hold may come, so a `match` on it
+/// needs a `_` arm:
+///
+/// ```compile_fail,E0004
+/// use distlockd::client::Held;
+///
+/// fn kind(held: &Held) -> &'static str {
+///     match held {
+///         Held::Pooled(_) => "pooled",
+///         Held::Session(_) => "session",
+///     }
+/// }
+/// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Held {
     Pooled(Lease),
     Session(SessionLease),
@@ -93,14 +124,6 @@ impl Held {
         match self {
             Held::Pooled(lease) => lease,
             Held::Session(session) => &session.lease,
-        }
-    }
-
-    /// The lease and, for a SESSION hold, its connection.
-    fn into_parts(self) -> (Lease, Option<Arc<Binding>>) {
-        match self {
-            Held::Pooled(lease) => (lease, None),
-            Held::Session(session) => (session.lease, Some(session.binding)),
         }
     }
 }
@@ -153,7 +176,9 @@ impl Renewal {
     }
 
     /// After a failed renewal, send the next one `delay` later (default:
-    /// after the client's backoff).
+    /// after the client's backoff). At most the lease's TTL:
+    /// [`Client::renew`] refuses a longer one, after which no renewal
+    /// could follow a failure before the lease ends.
     pub fn retry_after_failure(mut self, delay: Duration) -> Self {
         self.retry_after_failure = Some(delay);
         self
@@ -172,6 +197,11 @@ impl Renewal {
     /// sent, when it is confirmed or fails, and once when the lease is lost
     /// (the last event). Keep `f` short: the next renewal waits for it.
     /// Never called once the guard's drop or `unlock` has returned.
+    ///
+    /// `f` must not panic. If it does, the engine stops calling it and
+    /// stops renewing, and the lease is lost with
+    /// [`Lost::ObserverPanicked`] (told to `on_lost` and `wait_lost`; the
+    /// guard's drop still releases the hold).
     pub fn on_event(mut self, f: impl FnMut(&RenewalEvent) + Send + 'static) -> Self {
         self.observer = Some(Box::new(f));
         self
@@ -224,7 +254,9 @@ pub enum RenewalEvent {
 /// [`LockGuard`](super::LockGuard) (logged, counted in
 /// [`Client::drop_release_errors`], handed to
 /// [`ClientBuilder::on_drop_release_error`](super::ClientBuilder::on_drop_release_error)'s
-/// callback). No release is sent after the server said the hold was gone.
+/// callback). No release is sent after the server said the hold was gone,
+/// and none that fails after a SESSION hold's connection closed counts as
+/// failed: the close ended the hold ([`Lost::SessionClosed`]).
 ///
 /// Loss is told three ways: [`is_lost`](RenewingGuard::is_lost) to poll,
 /// [`wait_lost`](RenewingGuard::wait_lost) to block, and
@@ -262,12 +294,13 @@ pub enum RenewalEvent {
 ///
 /// The client cannot see the server's clock, so it keeps the earliest moment
 /// at which the server may expire the hold, `valid_until`: the moment the
-/// last confirmed ACQUIRE or EXTEND was *sent* (before any of its retries),
-/// plus the TTL the server granted. The server started that TTL on
-/// receiving the request, which is no earlier (assuming both clocks run at
-/// the same rate). A grant that came after a wait in the queue is renewed
-/// once before the guard is returned, because the grant's own moment is
-/// unknown. The lease is lost:
+/// last confirmed ACQUIRE or EXTEND was *sent* (for an ACQUIRE, the attempt
+/// the server answered, [`Lease::sent_at`]; for an EXTEND, before any of
+/// its retries), plus the TTL the server granted. The server started that
+/// TTL on receiving the request, which is no earlier (assuming both clocks
+/// run at the same rate). A grant that may have come after a wait in the
+/// queue, and a lease with no send time, are renewed once before the guard
+/// is returned, because the TTL's start is unknown. The lease is lost:
 ///
 /// - when the server answers an EXTEND with NOT_HELD ([`Lost::NotHeld`]), or
 /// - at `valid_until` if no EXTEND was confirmed before it
@@ -363,6 +396,18 @@ impl Schedule {
         (ttl / self.renewals_per_ttl).max(RENEW_INTERVAL_MIN)
     }
 
+    /// Whether the schedule can renew a hold granted `ttl`: a delay after
+    /// a failure longer than the TTL would leave no renewal before the
+    /// lease's end (and would overflow the clock for `Duration::MAX`).
+    fn check_for(&self, ttl: Duration) -> Result<()> {
+        match self.retry_after_failure {
+            Some(delay) if delay > ttl => invalid(format!(
+                "retry_after_failure {delay:?}: over the lease's TTL of {ttl:?}, so no renewal would follow a failed one before the lease ends; use at most the TTL (e.g. TTL/10)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Time from the `failures`th failed renewal in a row to the next.
     fn retry_delay(&self, client: &Client, failures: u32) -> Duration {
         match self.retry_after_failure {
@@ -388,11 +433,11 @@ impl Client {
     /// until it is dropped, unlocked or lost. The renewal thread keeps a
     /// handle on the client (a clone), so the guard may outlive this one.
     ///
-    /// A grant that came later than the first renewal was due (after a wait
-    /// in the queue) is renewed once before this returns: its TTL counts from
-    /// the grant, which the client cannot see, and renewing pins it. If that
+    /// A grant that may have come after a wait in the queue (a wait was
+    /// given) is renewed once before this returns: its TTL counts from the
+    /// grant, which the client cannot see, and renewing pins it. If that
     /// renewal fails the hold is released (best effort) and the error
-    /// returned.
+    /// returned. See [`Client::renew`].
     ///
     /// # Panics
     ///
@@ -410,46 +455,52 @@ impl Client {
     ///
     /// As [`Client::lock_renewing`].
     pub fn lock_renewing_with(&self, name: &str, options: &LockOptions) -> Result<RenewingGuard> {
-        let renewal = Renewal::new();
-        let schedule = self.schedule(&renewal)?;
-        let sent = Instant::now();
-        let mut held = match options.is_session(self.inner.session) {
+        let held = match options.is_session(self.inner.session) {
             true => Held::Session(self.acquire_session(name, options)?),
             false => Held::Pooled(self.acquire_with(name, options)?),
         };
-        let confirmed_at = match sent.elapsed() < schedule.interval(held.lease().ttl) {
-            true => sent,
-            false => pin_late_grant(self, &mut held)?,
-        };
-        self.renew(held, confirmed_at, renewal)
+        self.renew(held, Renewal::new())
     }
 
     /// Starts the renewal engine on a hold the caller took: the guard
     /// renews it as `renewal` says until it is dropped, unlocked or lost,
-    /// and releases it then. `confirmed_at` is when the request that granted
-    /// or last renewed it was sent: the server cannot expire the hold before
-    /// `confirmed_at + held.lease().ttl()`, and the first renewal is due a
-    /// renewal interval after it. (A grant that came after a wait in the
-    /// queue has no such moment: renew it once first, as
-    /// [`Client::lock_renewing`] does.) Renewals ask for the lease's TTL.
+    /// and releases it then. Renewals ask for the lease's TTL.
     ///
-    /// A `renewal` the engine cannot follow is `Err(InvalidArgument)`, after
+    /// The engine counts the lease from [`Lease::sent_at`], which the
+    /// client read just before it sent the request that granted the hold:
+    /// the server cannot expire the hold before `sent_at + ttl`, and the
+    /// first renewal is due a renewal interval after it. When that moment
+    /// is not known, the hold is renewed once before this returns, and the
+    /// lease counted from that renewal: a lease from [`Lease::from_parts`]
+    /// (no send time), a grant that may have come after a wait in the
+    /// queue (its TTL began at the grant, which the client cannot see),
+    /// and a lease whose first renewal is due already. If that renewal
+    /// fails the hold is released (best effort, not after `NotHeld`) and
+    /// the error returned. Do not hand it a lease whose hold was extended
+    /// to a shorter TTL by [`Client::extend`] since (that call does not
+    /// update the lease); [`SessionLease::extend`] does update it.
+    ///
+    /// A [`SessionLease`] is renewed through its own client (the one that
+    /// took it, whose connection carries the hold), whatever `self` is; a
+    /// pooled [`Lease`] through `self`.
+    ///
+    /// A lease or `renewal` the engine cannot follow (a TTL of zero or
+    /// over what an EXTEND carries, `renewals_per_ttl` out of range, a
+    /// `retry_after_failure` over the TTL) is `Err(InvalidArgument)`, after
     /// the hold is released (best effort).
     ///
     /// # Panics
     ///
     /// As [`Client::lock_renewing`].
-    pub fn renew(
-        &self,
-        held: impl Into<Held>,
-        confirmed_at: Instant,
-        renewal: Renewal,
-    ) -> Result<RenewingGuard> {
-        let (lease, binding) = held.into().into_parts();
-        let schedule = match self.schedule(&renewal) {
+    pub fn renew(&self, held: impl Into<Held>, renewal: Renewal) -> Result<RenewingGuard> {
+        let (client, mut lease, binding) = match held.into() {
+            Held::Pooled(lease) => (self.clone(), lease, None),
+            Held::Session(session) => (session.client, session.lease, Some(session.binding)),
+        };
+        let schedule = match client.schedule(&renewal, &lease) {
             Ok(schedule) => schedule,
             Err(e) => {
-                if let Err(release) = release(self, &lease, binding.as_deref()) {
+                if let Err(release) = release(&client, &lease, binding.as_deref()) {
                     warn!(
                         "releasing lock {:?} after a refused renewal schedule: {release}",
                         lease.name
@@ -458,8 +509,16 @@ impl Client {
                 return Err(e);
             }
         };
+        let confirmed_at = match lease.sent_at {
+            Some(sent)
+                if !lease.may_have_waited && sent.elapsed() < schedule.interval(lease.ttl) =>
+            {
+                sent
+            }
+            _ => pin(&client, &mut lease, binding.as_deref())?,
+        };
         RenewingGuard::start(
-            self.clone(),
+            client,
             lease,
             binding,
             confirmed_at,
@@ -468,9 +527,16 @@ impl Client {
         )
     }
 
-    /// `renewal`'s schedule, checked, with the client's settings for what
-    /// it leaves unset.
-    fn schedule(&self, renewal: &Renewal) -> Result<Schedule> {
+    /// `renewal`'s schedule for `lease`, checked, with the client's
+    /// settings for what it leaves unset.
+    fn schedule(&self, renewal: &Renewal, lease: &Lease) -> Result<Schedule> {
+        let ttl = lease.ttl;
+        if ttl.is_zero() || ttl > TTL_RENEWABLE_MAX {
+            return invalid(format!(
+                "lease ttl {ttl:?} for lock {:?}: renewals ask for the lease's TTL, which must be positive and at most {TTL_RENEWABLE_MAX:?} (an EXTEND's u32 of milliseconds); give the TTL the server granted, e.g. Lease::from_parts(name, owner, token, Duration::from_secs(10))",
+                lease.name
+            ));
+        }
         let renewals_per_ttl = renewal
             .renewals_per_ttl
             .unwrap_or(self.inner.renewals_per_ttl);
@@ -479,11 +545,13 @@ impl Client {
                 "renewals_per_ttl {renewals_per_ttl}: use {RENEWALS_PER_TTL_MIN} to {RENEWALS_PER_TTL_MAX} (3 renews every TTL/3)"
             ));
         }
-        Ok(Schedule {
+        let schedule = Schedule {
             renewals_per_ttl,
             retry_after_failure: renewal.retry_after_failure,
             retries: renewal.retries,
-        })
+        };
+        schedule.check_for(ttl)?;
+        Ok(schedule)
     }
 }
 
@@ -501,7 +569,8 @@ impl RenewingGuard {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 stopping: false,
-                valid_until: confirmed_at + lease.ttl,
+                // A TTL past the clock's range counts as over at once.
+                valid_until: confirmed_at.checked_add(lease.ttl).unwrap_or(confirmed_at),
                 lost: None,
                 last_error: None,
                 on_lost: None,
@@ -514,7 +583,9 @@ impl RenewingGuard {
             lease: lease.clone(),
             binding: binding.clone(),
             shared: Arc::clone(&shared),
-            next: confirmed_at + schedule.interval(lease.ttl),
+            next: confirmed_at
+                .checked_add(schedule.interval(lease.ttl))
+                .unwrap_or(confirmed_at),
             schedule,
             observer,
         };
@@ -584,20 +655,23 @@ impl RenewingGuard {
     }
 
     /// Blocks until the lease is lost (returning how) or `timeout` passes
-    /// (returning `None`).
+    /// (returning `None`); `Duration::MAX` waits for the loss with no
+    /// deadline.
     pub fn wait_lost(&self, timeout: Duration) -> Option<Lost> {
-        let give_up = Instant::now() + timeout;
+        // `None`: a timeout past the clock's range (Duration::MAX), which
+        // is no deadline.
+        let give_up = Instant::now().checked_add(timeout);
         let mut state = self.shared.state();
         loop {
             let now = Instant::now();
             if let Some(lost) = state.check(now) {
                 return Some(lost.clone());
             }
-            if now >= give_up {
+            if give_up.is_some_and(|give_up| now >= give_up) {
                 return None;
             }
             // Renewals move `valid_until` and notify; wake at it regardless.
-            let until = give_up.min(state.valid_until);
+            let until = give_up.map_or(state.valid_until, |give_up| give_up.min(state.valid_until));
             state = self
                 .shared
                 .changed
@@ -612,7 +686,9 @@ impl RenewingGuard {
     /// flag or send on a channel). If the loss was already handed on, `f`
     /// runs at once on this thread. A later call replaces an earlier `f`
     /// that has not run. Never called after the guard is dropped or
-    /// unlocked, nor for a guard that was not lost.
+    /// unlocked, nor for a guard that was not lost. A panic in `f` on the
+    /// renewal thread is caught and logged; on this thread it reaches the
+    /// caller.
     pub fn on_lost(&self, f: impl FnOnce(&Lost) + Send + 'static) {
         let mut state = self.shared.state();
         if state.loss_delivered {
@@ -648,10 +724,12 @@ impl RenewingGuard {
                 binding.stop();
             }
             if renewer.join().is_err() {
-                // Only a panicking on_lost callback gets here; its message
-                // was printed by the panic hook.
+                // The observer and on_lost run under catch_unwind and are
+                // named where they panic; only the drop of one of them (or
+                // a bug in the engine) gets here. The panic hook printed
+                // the message.
                 warn!(
-                    "the on_lost callback of lock {:?} (token {}) panicked",
+                    "the renewal thread of lock {:?} (token {}) panicked while dropping a callback or in the engine itself",
                     self.lease.name, self.lease.token
                 );
             }
@@ -666,8 +744,17 @@ impl Drop for RenewingGuard {
         if self.released || matches!(lost, Some(Lost::NotHeld(_))) {
             return;
         }
-        if let Err(e) = release(&self.client, &self.lease, self.binding.as_deref()) {
-            self.client.report_drop_release(&self.lease, e);
+        // A SESSION hold whose connection closed ended with it: the server
+        // released it at the close, or does when it sees it. The RELEASE
+        // may free it sooner; if it fails, nothing is left behind.
+        let ended_with_connection = self.binding.as_ref().is_some_and(|b| b.closed().is_some());
+        match release(&self.client, &self.lease, self.binding.as_deref()) {
+            Ok(()) => {}
+            Err(e) if ended_with_connection => debug!(
+                "releasing lock {:?} (token {}) after its SESSION connection closed: {e}",
+                self.lease.name, self.lease.token
+            ),
+            Err(e) => self.client.report_drop_release(&self.lease, e),
         }
     }
 }
@@ -705,21 +792,18 @@ fn extend(
     }
 }
 
-/// Renews a grant that may have come after a wait, so the lease's end is
-/// counted from a moment known to be after the grant. Returns when that
-/// renewal was sent; the lease's TTL becomes the one it got. If it fails
-/// the hold is released (best effort) and the error returned.
-fn pin_late_grant(client: &Client, held: &mut Held) -> Result<Instant> {
+/// Renews a hold whose TTL began at an unknown moment (after a wait, or
+/// for a lease known by its parts), so the lease's end is counted from a
+/// moment known to be before the TTL began. Returns when that renewal was
+/// sent, which `lease` records with the TTL it got. If it fails the hold
+/// is released (best effort) and the error returned.
+fn pin(client: &Client, lease: &mut Lease, binding: Option<&Binding>) -> Result<Instant> {
     let sent = Instant::now();
-    let (lease, binding) = match held {
-        Held::Pooled(lease) => (lease, None),
-        Held::Session(session) => (&mut session.lease, Some(&*session.binding)),
-    };
     // The grant's own moment is unknown, so the lease's end is too: wait no
     // longer than the client's timeout.
     match extend(client, lease, binding, client.inner.retries, None) {
         Ok(ttl) => {
-            lease.ttl = ttl;
+            lease.extended(ttl, sent);
             Ok(sent)
         }
         Err(e) => {
@@ -758,7 +842,12 @@ impl Renewer {
                 Wake::Renew { deadline } => deadline,
             };
             let sent = Instant::now();
-            self.tell(RenewalEvent::Sending { sent_at: sent });
+            if let Some(message) = self.tell(&RenewalEvent::Sending { sent_at: sent }) {
+                match self.lose_to_panic(message) {
+                    true => break,
+                    false => return,
+                }
+            }
             // No I/O past the lease's end. Unless the schedule asks for
             // retries, one attempt per round: the retries are the rounds
             // themselves, until the lease's end. Giving up after a count
@@ -790,10 +879,13 @@ impl Renewer {
             }
             let event = match result {
                 Ok(ttl) => {
-                    state.valid_until = sent + ttl;
+                    // The granted TTL is at most u32::MAX ms: in range.
+                    state.valid_until = sent.checked_add(ttl).unwrap_or(state.valid_until);
                     state.last_error = None;
                     failures = 0;
-                    self.next = sent + self.schedule.interval(ttl);
+                    self.next = sent
+                        .checked_add(self.schedule.interval(ttl))
+                        .unwrap_or(state.valid_until);
                     RenewalEvent::Renewed { sent_at: sent, ttl }
                 }
                 Err(Error::NotHeld {
@@ -809,22 +901,50 @@ impl Renewer {
                         self.lease.name, self.lease.token
                     );
                     failures += 1;
-                    self.next = Instant::now() + self.schedule.retry_delay(&self.client, failures);
+                    let delay = self.schedule.retry_delay(&self.client, failures);
+                    // check_for bounds the delay by the TTL; a clock that
+                    // cannot go that far is the lease's end.
+                    self.next = Instant::now()
+                        .checked_add(delay)
+                        .unwrap_or(state.valid_until);
                     RenewalEvent::Failed(e)
                 }
             };
             drop(state);
             self.shared.changed.notify_all();
-            self.tell(event);
+            if let Some(message) = self.tell(&event) {
+                match self.lose_to_panic(message) {
+                    true => break,
+                    false => return,
+                }
+            }
         }
         self.deliver_loss();
     }
 
-    /// Hands `event` to the observer, if any.
-    fn tell(&mut self, event: RenewalEvent) {
-        if let Some(observer) = &mut self.observer {
-            observer(&event);
+    /// Hands `event` to the observer, if any. An observer that panics is
+    /// dropped, never to be called again, and its panic's message returned.
+    fn tell(&mut self, event: &RenewalEvent) -> Option<String> {
+        let observer = self.observer.as_mut()?;
+        let payload = panic::catch_unwind(AssertUnwindSafe(|| observer(event))).err()?;
+        self.observer = None;
+        Some(panic_message(payload.as_ref()))
+    }
+
+    /// The observer panicked: the lease counts as lost with its message
+    /// (unless it was lost already), so the program hears of it. `false`
+    /// if the guard is stopping the thread: nothing is delivered then.
+    fn lose_to_panic(&self, message: String) -> bool {
+        warn!(
+            "the renewal observer (Renewal::on_event) of lock {:?} (token {}) panicked: {message}; renewals stopped",
+            self.lease.name, self.lease.token
+        );
+        let mut state = self.shared.state();
+        if state.stopping {
+            return false;
         }
+        state.lost.get_or_insert(Lost::ObserverPanicked { message });
+        true
     }
 
     /// Sleeps until the next renewal is due, the guard stops it, or the
@@ -850,7 +970,9 @@ impl Renewer {
             }
             let mut until = self.next.min(state.valid_until);
             if self.binding.is_some() {
-                until = until.min(now + SESSION_PROBE_INTERVAL);
+                if let Some(probe) = now.checked_add(SESSION_PROBE_INTERVAL) {
+                    until = until.min(probe);
+                }
             }
             drop(
                 self.shared
@@ -876,9 +998,32 @@ impl Renewer {
             "lock {:?} (token {}) lost: {lost}",
             self.lease.name, self.lease.token
         );
-        self.tell(RenewalEvent::Lost(lost.clone()));
-        if let Some(callback) = callback {
-            callback(&lost);
+        if let Some(message) = self.tell(&RenewalEvent::Lost(lost.clone())) {
+            warn!(
+                "the renewal observer (Renewal::on_event) of lock {:?} (token {}) panicked at the loss: {message}",
+                self.lease.name, self.lease.token
+            );
         }
+        if let Some(callback) = callback
+            && let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback(&lost)))
+        {
+            warn!(
+                "the on_lost callback of lock {:?} (token {}) panicked: {}",
+                self.lease.name,
+                self.lease.token,
+                panic_message(payload.as_ref())
+            );
+        }
+    }
+}
+
+/// What a panic said, from its payload.
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    match payload.downcast_ref::<&str>() {
+        Some(message) => (*message).to_owned(),
+        None => match payload.downcast_ref::<String>() {
+            Some(message) => message.clone(),
+            None => "a panic without a message".to_owned(),
+        },
     }
 }
