@@ -590,6 +590,22 @@ impl TimerStore for Store {
             | (links.level as u16) << META_LEVEL_SHIFT
             | links.slot as u16;
     }
+
+    fn set_next(&mut self, key: u32, next: u32) {
+        if key & WAITER_KEY_BIT != 0 {
+            self.waiters[(key & !WAITER_KEY_BIT) as usize].links.next = next;
+        } else {
+            self.records[key as usize].next = next;
+        }
+    }
+
+    fn set_prev(&mut self, key: u32, prev: u32) {
+        if key & WAITER_KEY_BIT != 0 {
+            self.waiters[(key & !WAITER_KEY_BIT) as usize].links.prev = prev;
+        } else {
+            self.records[key as usize].prev = prev;
+        }
+    }
 }
 
 pub fn waiter_key(waiter: u32) -> u32 {
