@@ -456,6 +456,7 @@ impl Store {
             record.name[1] = slot.len;
             record.name[4..8].copy_from_slice(&slot.index.to_le_bytes());
         }
+        self.live += 1;
         match self.free_head {
             NIL => {
                 assert!(
@@ -463,13 +464,20 @@ impl Store {
                     "lock records exhausted"
                 );
                 self.records.push(record);
-                self.live += 1;
                 (self.records.len() - 1) as u32
             }
             lock => {
-                self.unlink_free(lock);
-                self.records[lock as usize] = record;
-                self.live += 1;
+                // The head of the free list: `unlink_free` less the writes
+                // the new record overwrites (a record access per write
+                // counts on every ACQUIRE of a new name).
+                let slot = &mut self.records[lock as usize];
+                debug_assert!(!slot.is_live() && slot.prev == NIL);
+                let next = slot.next;
+                *slot = record;
+                self.free_head = next;
+                if next != NIL {
+                    self.records[next as usize].prev = NIL;
+                }
                 lock
             }
         }
@@ -477,23 +485,23 @@ impl Store {
 
     /// Frees a record (already unlinked from the wheel).
     pub fn remove(&mut self, lock: u32) {
-        let record = self.records[lock as usize];
-        assert!(record.is_live(), "removing vacant lock {lock}");
-        if let Some(slot) = record.long_name() {
-            self.long_names.remove(slot);
-        }
-        self.records[lock as usize] = LockRecord::VACANT;
-        self.push_free(lock);
-        self.live -= 1;
-    }
-
-    fn push_free(&mut self, lock: u32) {
         let head = self.free_head;
-        self.records[lock as usize].next = head;
+        let slot = &mut self.records[lock as usize];
+        assert!(slot.is_live(), "removing vacant lock {lock}");
+        let long_name = slot.long_name();
+        // Vacant, at the head of the free list.
+        *slot = LockRecord {
+            next: head,
+            ..LockRecord::VACANT
+        };
         if head != NIL {
             self.records[head as usize].prev = lock;
         }
         self.free_head = lock;
+        if let Some(name) = long_name {
+            self.long_names.remove(name);
+        }
+        self.live -= 1;
     }
 
     fn unlink_free(&mut self, lock: u32) {
