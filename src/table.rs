@@ -613,7 +613,10 @@ impl LockTable {
             }
             let token = self.take_token();
             let lock = self.insert_lock(hash, req.name, owner, token, ttl_ms, now_ms);
-            self.bind_session(lock, session_bind);
+            if session_bind != NIL {
+                // A new lock is bound to no session yet.
+                self.bind_session(lock, session_bind);
+            }
             return Outcome::Granted {
                 token,
                 ttl_ms,
@@ -1080,6 +1083,12 @@ impl LockTable {
     /// ones whose deadline passed, or deletes the lock if nobody waits. The
     /// lock's expiry is not linked.
     fn free_unlinked_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
+        if !self.store.record(lock).has_extra() {
+            // Bound to no session, and nobody waits: the common case, in one
+            // look at the record.
+            self.delete_lock(lock, hash);
+            return;
+        }
         self.unbind_session(lock);
         loop {
             let waiter = self.extra(lock).waiters_head;
