@@ -29,7 +29,7 @@ pub const FIRST_CHUNK_SLOTS: usize = 256;
 const CHUNK_BYTES_MAX: usize = 1 << 20;
 
 /// Free-list chunks: 1 KiB first, up to 256 KiB.
-const FREE_LIST_CHUNKS: Shape = Shape::new(256, 1 << 16);
+type FreeList = ChunkedVec<u32, 256, { 1 << 16 }>;
 
 /// The chunk shape of the class whose slots are `stride` bytes.
 const fn class_shape(stride: usize) -> Shape {
@@ -48,7 +48,7 @@ struct Class {
     chunks: Vec<Box<[u8]>>,
     /// Slots handed out so far (free or in use).
     slots: u32,
-    free: ChunkedVec<u32>,
+    free: FreeList,
     live: usize,
 }
 
@@ -57,7 +57,7 @@ impl Default for Class {
         Class {
             chunks: Vec::new(),
             slots: 0,
-            free: ChunkedVec::new(FREE_LIST_CHUNKS),
+            free: FreeList::new(),
             live: 0,
         }
     }
@@ -128,7 +128,7 @@ impl NameArena {
             // allocation).
             c.slots = 0;
             c.free.clear();
-            if c.chunks.len() > 1 || c.free.capacity() > FREE_LIST_CHUNKS.capacity_of_first() {
+            if c.chunks.len() > 1 || c.free.capacity() > FreeList::SHAPE.capacity_of_first() {
                 self.spare |= 1 << class;
             }
         } else {
@@ -152,7 +152,7 @@ impl NameArena {
         if c.chunks.len() > 1 {
             return c.chunks.pop().map_or(0, |chunk| chunk.len());
         }
-        let freed = c.free.free_chunk(FREE_LIST_CHUNKS.capacity_of_first());
+        let freed = c.free.free_chunk(FreeList::SHAPE.capacity_of_first());
         if freed == 0 {
             self.spare &= !(1 << class);
         }

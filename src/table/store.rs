@@ -46,7 +46,7 @@
 //! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
 //! lock records, keys with it set are waiters.
 
-use super::chunked::{ChunkedVec, Shape};
+use super::chunked::ChunkedVec;
 use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
 
@@ -64,14 +64,14 @@ pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
 /// Record chunks: 256 records (12 KiB) first, doubling up to 32768 (1.5 MiB,
 /// allocated and freed in about 0.3 ms, and big enough that the C allocator
 /// maps it apart and gives its pages back to the kernel when it is freed).
-const RECORD_CHUNKS: Shape = Shape::new(256, 32768);
+type Records = ChunkedVec<LockRecord, 256, 32768>;
 
 /// Record capacity kept however empty the table gets (the first chunk,
 /// 12 KiB): below it a table never compacts or reallocates, whatever its
 /// load pattern. At least the first chunk, or a shrink could free nothing
 /// and compaction would never end.
 pub const RECORDS_CAPACITY_MIN: usize = 256;
-const _: () = assert!(RECORDS_CAPACITY_MIN == RECORD_CHUNKS.capacity_of_first());
+const _: () = assert!(RECORDS_CAPACITY_MIN == Records::SHAPE.capacity_of_first());
 
 /// Waiter capacity kept however few wait (about 5 KiB).
 pub const WAITERS_CAPACITY_MIN: usize = 64;
@@ -379,7 +379,7 @@ pub enum CompactStep {
 pub struct Store {
     /// In chunks, so that growing and shrinking never copy them all (see
     /// [`super::chunked`]).
-    records: ChunkedVec<LockRecord>,
+    records: Records,
     /// Head of the vacant records' free list.
     free_head: u32,
     live: usize,
@@ -390,7 +390,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            records: ChunkedVec::new(RECORD_CHUNKS),
+            records: Records::new(),
             free_head: NIL,
             live: 0,
             long_names: NameArena::default(),
