@@ -37,6 +37,18 @@ const fn class_shape(stride: usize) -> Shape {
     Shape::new(FIRST_CHUNK_SLOTS, cap)
 }
 
+/// Every class's chunk shape, computed once: a name's every access would
+/// otherwise divide by its stride.
+const CLASS_SHAPES: [Shape; CLASS_COUNT] = {
+    let mut shapes = [class_shape(NAME_CLASS_STEP); CLASS_COUNT];
+    let mut class = 1;
+    while class < CLASS_COUNT {
+        shapes[class] = class_shape((class + 1) * NAME_CLASS_STEP);
+        class += 1;
+    }
+    shapes
+};
+
 /// Where a long name is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NameSlot {
@@ -78,9 +90,9 @@ fn class_of(len: usize) -> (usize, usize) {
     (class, (class + 1) * NAME_CLASS_STEP)
 }
 
-/// The chunk of a slot and its byte offset there.
-fn place(index: u32, stride: usize) -> (usize, usize) {
-    let (chunk, offset) = class_shape(stride).locate(index as usize);
+/// The chunk of a slot of `class` and its byte offset there.
+fn place(index: u32, class: usize, stride: usize) -> (usize, usize) {
+    let (chunk, offset) = CLASS_SHAPES[class].locate(index as usize);
     (chunk, offset * stride)
 }
 
@@ -94,7 +106,7 @@ impl NameArena {
             Some(index) => index,
             None => {
                 let index = c.slots;
-                let shape = class_shape(stride);
+                let shape = CLASS_SHAPES[class];
                 if index as usize == shape.capacity(c.chunks.len()) {
                     let slots = shape.chunk_len(c.chunks.len());
                     c.chunks.push(vec![0; slots * stride].into_boxed_slice());
@@ -103,7 +115,7 @@ impl NameArena {
                 index
             }
         };
-        let (chunk, start) = place(index, stride);
+        let (chunk, start) = place(index, class, stride);
         c.chunks[chunk][start..start + name.len()].copy_from_slice(name);
         c.live += 1;
         NameSlot {
@@ -114,7 +126,7 @@ impl NameArena {
 
     pub fn get(&self, slot: NameSlot) -> &[u8] {
         let (class, stride) = class_of(slot.len as usize);
-        let (chunk, start) = place(slot.index, stride);
+        let (chunk, start) = place(slot.index, class, stride);
         &self.classes[class].chunks[chunk][start..start + slot.len as usize]
     }
 
