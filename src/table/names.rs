@@ -124,6 +124,7 @@ impl NameArena {
         }
     }
 
+    #[inline]
     pub fn get(&self, slot: NameSlot) -> &[u8] {
         let (class, stride) = class_of(slot.len as usize);
         let (chunk, start) = place(slot.index, class, stride);

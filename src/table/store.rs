@@ -416,6 +416,7 @@ impl Store {
         record
     }
 
+    #[inline]
     pub fn name(&self, lock: u32) -> &[u8] {
         let record = self.record(lock);
         match record.long_name() {
@@ -571,6 +572,7 @@ impl Store {
 }
 
 impl TimerStore for Store {
+    #[inline]
     fn links(&self, key: u32) -> TimerLinks {
         if key & WAITER_KEY_BIT != 0 {
             return self.waiters[(key & !WAITER_KEY_BIT) as usize].links;
@@ -585,6 +587,7 @@ impl TimerStore for Store {
         }
     }
 
+    #[inline]
     fn set_links(&mut self, key: u32, links: TimerLinks) {
         if key & WAITER_KEY_BIT != 0 {
             self.waiters[(key & !WAITER_KEY_BIT) as usize].links = links;
@@ -599,6 +602,7 @@ impl TimerStore for Store {
             | links.slot as u16;
     }
 
+    #[inline]
     fn set_next(&mut self, key: u32, next: u32) {
         if key & WAITER_KEY_BIT != 0 {
             self.waiters[(key & !WAITER_KEY_BIT) as usize].links.next = next;
@@ -607,6 +611,7 @@ impl TimerStore for Store {
         }
     }
 
+    #[inline]
     fn set_prev(&mut self, key: u32, prev: u32) {
         if key & WAITER_KEY_BIT != 0 {
             self.waiters[(key & !WAITER_KEY_BIT) as usize].links.prev = prev;
