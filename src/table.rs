@@ -1213,6 +1213,7 @@ impl LockTable {
 
     /// Checks every structural invariant. For tests; O(locks + waiters).
     pub fn invariants(&self) {
+        self.store.invariants();
         assert_eq!(self.index.len(), self.store.len());
         let linked = self.wheel.invariants(&self.store);
         assert_eq!(

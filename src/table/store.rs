@@ -518,6 +518,24 @@ impl Store {
         self.records[lock as usize].next = NIL;
     }
 
+    /// Checks that the vacant records form one doubly linked free list from
+    /// its head, and that the live count is right. For tests; O(records).
+    pub fn invariants(&self) {
+        let (mut vacant, mut prev, mut lock) = (0, NIL, self.free_head);
+        while lock != NIL {
+            let record = &self.records[lock as usize];
+            assert!(!record.is_live(), "live record {lock} on the free list");
+            assert_eq!(record.prev, prev, "free list: prev of record {lock}");
+            (vacant, prev, lock) = (vacant + 1, lock, record.next);
+            assert!(vacant <= self.records.len(), "free list: a cycle");
+        }
+        assert_eq!(
+            vacant + self.live,
+            self.records.len(),
+            "free list: vacant records missing"
+        );
+    }
+
     /// Long names hold memory to give back (see [`Store::free_name_chunk`]).
     pub fn has_spare_name_chunks(&self) -> bool {
         self.long_names.has_spare_chunks()
