@@ -97,6 +97,7 @@ fn place(index: u32, class: usize, stride: usize) -> (usize, usize) {
 }
 
 impl NameArena {
+    #[inline]
     pub fn insert(&mut self, name: &[u8]) -> NameSlot {
         let (class, stride) = class_of(name.len());
         // In use again: it keeps its chunks.
@@ -131,6 +132,7 @@ impl NameArena {
         &self.classes[class].chunks[chunk][start..start + slot.len as usize]
     }
 
+    #[inline]
     pub fn remove(&mut self, slot: NameSlot) {
         let (class, _) = class_of(slot.len as usize);
         let c = &mut self.classes[class];
