@@ -10,11 +10,20 @@ use distlockd::table::{LockTable, Outcome};
 
 const SEED: u64 = 1 << 40;
 
-fn acquire_frame() -> Vec<u8> {
+/// A name short enough to sit in the lock record, and its owner.
+const NAME: &[u8] = b"bench-lock-name";
+const OWNER: &[u8] = b"bench-owner:42";
+/// Names and owners as long as `distlockd test compare`'s
+/// (`bench:{label}:{run}:{thread}.{lane}`, `{client id}:{counter}`): the
+/// name is stored apart from the record.
+const LONG_NAME: &[u8] = b"bench:pipelined:1234567:0.15";
+const LONG_OWNER: &[u8] = b"lt1a2b3.0.15:123456";
+
+fn acquire_frame(name: &[u8], owner: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     let acquire = Acquire {
-        name: b"bench-lock-name",
-        owner: b"bench-owner:42",
+        name,
+        owner,
         ttl_ms: 10_000,
         wait_ms: 0,
         flags: 0,
@@ -23,11 +32,11 @@ fn acquire_frame() -> Vec<u8> {
     frame
 }
 
-fn release_frame() -> Vec<u8> {
+fn release_frame(name: &[u8], owner: &[u8]) -> Vec<u8> {
     let mut frame = Vec::new();
     Request::Release {
-        name: b"bench-lock-name",
-        owner: b"bench-owner:42",
+        name,
+        owner,
         token: 0,
     }
     .encode_to_vec(&mut frame);
@@ -61,7 +70,7 @@ fn execute(
 }
 
 fn bench(c: &mut Criterion) {
-    let acquire = acquire_frame();
+    let acquire = acquire_frame(NAME, OWNER);
     c.bench_function("decode acquire frame", |b| {
         b.iter(|| {
             decode_request(black_box(&acquire), FRAME_SIZE_CEILING)
@@ -78,8 +87,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             now += 1;
             let a = Acquire {
-                name: b"bench-lock-name",
-                owner: b"bench-owner:42",
+                name: NAME,
+                owner: OWNER,
                 ttl_ms: 10_000,
                 wait_ms: 0,
                 flags: 0,
@@ -87,7 +96,7 @@ fn bench(c: &mut Criterion) {
             let Outcome::Granted { token, .. } = table.acquire(session, black_box(&a), now) else {
                 panic!()
             };
-            table.release(b"bench-lock-name", b"bench-owner:42", token, now)
+            table.release(NAME, OWNER, token, now)
         })
     });
 
@@ -105,7 +114,7 @@ fn bench(c: &mut Criterion) {
         };
         table.acquire(session, &a, 0);
     }
-    let mut release = release_frame();
+    let mut release = release_frame(NAME, OWNER);
     let mut out = [0u8; REPLY_SIZE_MAX];
     let mut now = 0u64;
     c.bench_function(
@@ -117,6 +126,22 @@ fn bench(c: &mut Criterion) {
                 execute(&mut table, session, black_box(&acquire), now, &mut out);
                 release[3..11].copy_from_slice(&token.to_be_bytes());
                 execute(&mut table, session, black_box(&release), now, &mut out)
+            })
+        },
+    );
+    // The same with the load test's name and owner lengths: the name is
+    // kept apart from the record, and both take longer to hash.
+    let long_acquire = acquire_frame(LONG_NAME, LONG_OWNER);
+    let mut long_release = release_frame(LONG_NAME, LONG_OWNER);
+    c.bench_function(
+        "decode+execute+encode acquire+release (pair, 100k held, 28-byte name)",
+        |b| {
+            b.iter(|| {
+                now += 1;
+                let token = table.next_token();
+                execute(&mut table, session, black_box(&long_acquire), now, &mut out);
+                long_release[3..11].copy_from_slice(&token.to_be_bytes());
+                execute(&mut table, session, black_box(&long_release), now, &mut out)
             })
         },
     );

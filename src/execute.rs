@@ -107,6 +107,7 @@ pub enum Refusal {
 /// protocol cannot authenticate: its frames are refused with its ERROR
 /// status unless [`Auth::allow_legacy`]. AUTH on a server without a secret
 /// is accepted, so clients can be given the secret before the server.
+#[inline]
 pub fn step_gated(
     input: &[u8],
     ctx: &mut Context<'_>,

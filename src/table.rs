@@ -12,7 +12,8 @@
 //! - `store`: held locks as 48-byte records, and queued ACQUIREs; a lock
 //!   exists only while held.
 //! - `index`: a hash table of record indexes, hashed by name with a randomly
-//!   keyed SipHash (a client cannot choose names that collide).
+//!   keyed SipHash (a client cannot choose names that collide; see the
+//!   `siphash` module).
 //! - `extras`: SESSION bindings and FIFO wait queues, for the locks that have
 //!   them.
 //! - `sessions`: one per connection; lists its SESSION holds and its one
@@ -39,10 +40,9 @@
 mod chunked;
 mod names;
 mod shards;
+mod siphash;
 mod status;
 mod store;
-
-use std::hash::{BuildHasher, Hasher, RandomState};
 
 use slab::Slab;
 
@@ -50,6 +50,7 @@ use crate::limits::{Limits, WAIT_MS_UNBOUNDED};
 use crate::protocol::{Acquire, FLAG_SESSION, FLAG_WAIT_FOREVER, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::{PollStep, WHEEL_HORIZON_MS, WheelCore};
 use shards::{Extras, NameIndex};
+use siphash::SipKey;
 use store::{CompactStep, LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
 
 /// SESSION holds that [`LockTable::close_session`] releases itself; the rest
@@ -283,8 +284,8 @@ pub struct LockTable {
     limits: Limits,
     store: Store,
     index: NameIndex,
-    name_hasher: RandomState,
-    owner_hasher: RandomState,
+    name_key: SipKey,
+    owner_key: SipKey,
     extras: Extras,
     sessions: Slab<Session>,
     session_generation: u32,
@@ -314,8 +315,8 @@ impl LockTable {
             limits,
             store: Store::default(),
             index: NameIndex::default(),
-            name_hasher: RandomState::new(),
-            owner_hasher: RandomState::new(),
+            name_key: SipKey::random(),
+            owner_key: SipKey::random(),
             extras: Extras::default(),
             sessions: Slab::new(),
             session_generation: 0,
@@ -552,7 +553,7 @@ impl LockTable {
         self.wheel.unlink(&mut self.store, from);
         self.store.move_last(to);
         self.wheel.link(&mut self.store, to, deadline_ms);
-        let hash = hash_bytes(&self.name_hasher, self.store.name(to));
+        let hash = self.name_key.hash(self.store.name(to));
         let indexed = self.index.repoint(hash, from, to);
         assert!(indexed, "moved lock {from} missing from the index");
         if !self.store.record(to).has_extra() {
@@ -602,8 +603,8 @@ impl LockTable {
         } else {
             NIL
         };
-        let owner = hash_bytes(&self.owner_hasher, req.owner);
-        let hash = hash_bytes(&self.name_hasher, req.name);
+        let owner = self.owner_key.hash(req.owner);
+        let hash = self.name_key.hash(req.name);
         let Some(lock) = self.find_settled(hash, req.name, now_ms) else {
             self.make_room(now_ms);
             if self.store.len() >= self.limits.locks_max {
@@ -613,7 +614,10 @@ impl LockTable {
             }
             let token = self.take_token();
             let lock = self.insert_lock(hash, req.name, owner, token, ttl_ms, now_ms);
-            self.bind_session(lock, session_bind);
+            if session_bind != NIL {
+                // A new lock is bound to no session yet.
+                self.bind_session(lock, session_bind);
+            }
             return Outcome::Granted {
                 token,
                 ttl_ms,
@@ -656,7 +660,7 @@ impl LockTable {
     }
 
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
-        let hash = hash_bytes(&self.name_hasher, name);
+        let hash = self.name_key.hash(name);
         let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
@@ -669,7 +673,7 @@ impl LockTable {
     /// RELEASE for the original protocol, which has no tokens: the hold is
     /// released if `owner` holds it, whatever its token.
     pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
-        let hash = hash_bytes(&self.name_hasher, name);
+        let hash = self.name_key.hash(name);
         let lock = match self.find_held(hash, name, owner, None, now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
@@ -691,7 +695,7 @@ impl LockTable {
             let max = self.limits.lock_ttl_ms_max;
             return Outcome::Rejected(ArgError::TtlTooLarge { ttl_ms, max });
         }
-        let hash = hash_bytes(&self.name_hasher, name);
+        let hash = self.name_key.hash(name);
         let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
             Ok(lock) => lock,
             Err(outcome) => return outcome,
@@ -847,7 +851,7 @@ impl LockTable {
             return Err(Outcome::NotHeld(NotHeldReason::Free));
         };
         let record = self.store.record(lock);
-        if record.owner != hash_bytes(&self.owner_hasher, owner) {
+        if record.owner != self.owner_key.hash(owner) {
             return Err(Outcome::NotHeld(NotHeldReason::OtherOwner));
         }
         if token.is_some_and(|token| token != record.token) {
@@ -1080,6 +1084,12 @@ impl LockTable {
     /// ones whose deadline passed, or deletes the lock if nobody waits. The
     /// lock's expiry is not linked.
     fn free_unlinked_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
+        if !self.store.record(lock).has_extra() {
+            // Bound to no session, and nobody waits: the common case, in one
+            // look at the record.
+            self.delete_lock(lock, hash);
+            return;
+        }
         self.unbind_session(lock);
         loop {
             let waiter = self.extra(lock).waiters_head;
@@ -1145,7 +1155,7 @@ impl LockTable {
 
     fn delete_lock(&mut self, lock: u32, hash: Option<u64>) {
         debug_assert!(self.extra(lock).is_none());
-        let hash = hash.unwrap_or_else(|| hash_bytes(&self.name_hasher, self.store.name(lock)));
+        let hash = hash.unwrap_or_else(|| self.name_key.hash(self.store.name(lock)));
         let indexed = self.index.remove(hash, lock);
         assert!(indexed, "lock {lock} missing from the index");
         self.store.remove(lock);
@@ -1203,6 +1213,7 @@ impl LockTable {
 
     /// Checks every structural invariant. For tests; O(locks + waiters).
     pub fn invariants(&self) {
+        self.store.invariants();
         assert_eq!(self.index.len(), self.store.len());
         let linked = self.wheel.invariants(&self.store);
         assert_eq!(
@@ -1216,7 +1227,7 @@ impl LockTable {
             let record = self.store.record(lock);
             assert_eq!(
                 self.find_hashed(
-                    hash_bytes(&self.name_hasher, self.store.name(lock)),
+                    self.name_key.hash(self.store.name(lock)),
                     self.store.name(lock)
                 ),
                 Some(lock)
@@ -1234,7 +1245,7 @@ impl LockTable {
         }
         assert_eq!(extras_seen, self.extras.len());
         self.index
-            .invariants(|i| hash_bytes(&self.name_hasher, self.store.name(i)));
+            .invariants(|i| self.name_key.hash(self.store.name(i)));
         self.extras.invariants();
         assert_eq!(waiters_seen, self.store.waiters.len());
         self.closed_invariants();
@@ -1290,15 +1301,6 @@ impl LockTable {
         assert_eq!(extra.waiter_count as usize, count);
         count
     }
-}
-
-/// SipHash of the bytes alone. `BuildHasher::hash_one(&[u8])` would also
-/// feed the slice's length, an extra round per hash on every request for no
-/// gain here: the table never hashes two slices into one state.
-fn hash_bytes(state: &RandomState, bytes: &[u8]) -> u64 {
-    let mut hasher = state.build_hasher();
-    hasher.write(bytes);
-    hasher.finish()
 }
 
 /// The clock the table is given counts whole milliseconds, rounded down: a

@@ -169,6 +169,19 @@ impl TimerLinks {
 pub trait TimerStore {
     fn links(&self, key: u32) -> TimerLinks;
     fn set_links(&mut self, key: u32, links: TimerLinks);
+
+    /// Sets only `next` (a neighbour's link changes on every link and
+    /// unlink). A store that packs its links overrides this and `set_prev`
+    /// to write the one field instead of unpacking and repacking them all.
+    fn set_next(&mut self, key: u32, next: u32) {
+        let links = self.links(key);
+        self.set_links(key, TimerLinks { next, ..links });
+    }
+
+    fn set_prev(&mut self, key: u32, prev: u32) {
+        let links = self.links(key);
+        self.set_links(key, TimerLinks { prev, ..links });
+    }
 }
 
 struct Level {
@@ -626,10 +639,10 @@ impl WheelCore {
                 slot: c.slot,
             },
         );
-        set_next(store, c.last, key);
+        store.set_next(c.last, key);
         match next {
             NIL_KEY => self.levels[level].tails[slot] = key,
-            next => set_prev(store, next, key),
+            next => store.set_prev(next, key),
         }
     }
 
@@ -665,7 +678,7 @@ impl WheelCore {
             lists.heads[slot] = key;
             lists.occupied |= 1 << slot;
         } else {
-            set_next(store, tail, key);
+            store.set_next(tail, key);
         }
     }
 
@@ -686,15 +699,15 @@ impl WheelCore {
             }
             (NIL_KEY, next) => {
                 lists.heads[slot] = next;
-                set_prev(store, next, NIL_KEY);
+                store.set_prev(next, NIL_KEY);
             }
             (prev, NIL_KEY) => {
                 lists.tails[slot] = prev;
-                set_next(store, prev, NIL_KEY);
+                store.set_next(prev, NIL_KEY);
             }
             (prev, next) => {
-                set_next(store, prev, next);
-                set_prev(store, next, prev);
+                store.set_next(prev, next);
+                store.set_prev(next, prev);
             }
         }
         links.deadline_ms
@@ -708,18 +721,6 @@ impl fmt::Debug for WheelCore {
             .field("next_deadline_ms", &self.next_deadline())
             .finish_non_exhaustive()
     }
-}
-
-// A neighbour's link changes through the store's two methods: inlined, the
-// read and the write merge into one store for a store that keeps the fields.
-fn set_next<S: TimerStore + ?Sized>(store: &mut S, key: u32, next: u32) {
-    let links = store.links(key);
-    store.set_links(key, TimerLinks { next, ..links });
-}
-
-fn set_prev<S: TimerStore + ?Sized>(store: &mut S, key: u32, prev: u32) {
-    let links = store.links(key);
-    store.set_links(key, TimerLinks { prev, ..links });
 }
 
 /// Names one inserted timer. A stale handle (its timer fired or was cancelled,

@@ -8,7 +8,10 @@
 //! more than one chunk, at the price of one more indirection per access.
 //!
 //! Chunk sizes follow a [`Shape`]: the first two hold `first` elements,
-//! then each doubles up to `cap`, and every later one holds `cap`.
+//! then each doubles up to `cap`, and every later one holds `cap`. A
+//! [`ChunkedVec`] takes `first` and `cap` as constants, so that finding an
+//! element, on every access, is a few instructions on immediates rather
+//! than on a shape read from memory.
 //!
 //! ```text
 //! first 256, cap 1024:
@@ -97,18 +100,19 @@ impl Shape {
 /// Chunks are `Vec`s reserved at their full size and filled by pushing, so
 /// memory pages are touched only as elements arrive: a chunk of 1.5 MiB
 /// costs resident memory for what it holds, not for its size.
-pub struct ChunkedVec<T: Copy> {
+/// Its chunks follow `Shape::new(FIRST, CAP)`.
+pub struct ChunkedVec<T: Copy, const FIRST: usize, const CAP: usize> {
     chunks: Vec<Vec<T>>,
     len: usize,
-    shape: Shape,
 }
 
-impl<T: Copy> ChunkedVec<T> {
-    pub fn new(shape: Shape) -> ChunkedVec<T> {
+impl<T: Copy, const FIRST: usize, const CAP: usize> ChunkedVec<T, FIRST, CAP> {
+    pub const SHAPE: Shape = Shape::new(FIRST, CAP);
+
+    pub fn new() -> Self {
         ChunkedVec {
             chunks: Vec::new(),
             len: 0,
-            shape,
         }
     }
 
@@ -118,13 +122,13 @@ impl<T: Copy> ChunkedVec<T> {
 
     /// Elements the allocated chunks hold.
     pub fn capacity(&self) -> usize {
-        self.shape.capacity(self.chunks.len())
+        Self::SHAPE.capacity(self.chunks.len())
     }
 
     pub fn push(&mut self, value: T) {
-        let (chunk, offset) = self.shape.locate(self.len);
+        let (chunk, offset) = Self::SHAPE.locate(self.len);
         if chunk == self.chunks.len() {
-            let len = self.shape.chunk_len(chunk);
+            let len = Self::SHAPE.chunk_len(chunk);
             self.chunks.push(Vec::with_capacity(len));
         }
         debug_assert_eq!(self.chunks[chunk].len(), offset);
@@ -140,7 +144,7 @@ impl<T: Copy> ChunkedVec<T> {
 
     pub fn pop(&mut self) -> Option<T> {
         let last = self.len.checked_sub(1)?;
-        let (chunk, _) = self.shape.locate(last);
+        let (chunk, _) = Self::SHAPE.locate(last);
         self.len = last;
         self.chunks[chunk].pop()
     }
@@ -149,7 +153,7 @@ impl<T: Copy> ChunkedVec<T> {
     /// Returns the bytes it freed (0: none): one chunk per call, so a caller
     /// spreads a big shrink over many bounded steps.
     pub fn free_chunk(&mut self, keep: usize) -> usize {
-        let needed = self.shape.chunks_for(self.len.max(keep));
+        let needed = Self::SHAPE.chunks_for(self.len.max(keep));
         if self.chunks.len() <= needed {
             return 0;
         }
@@ -165,21 +169,21 @@ impl<T: Copy> ChunkedVec<T> {
     }
 }
 
-impl<T: Copy> Index<usize> for ChunkedVec<T> {
+impl<T: Copy, const FIRST: usize, const CAP: usize> Index<usize> for ChunkedVec<T, FIRST, CAP> {
     type Output = T;
     #[inline]
     fn index(&self, i: usize) -> &T {
         debug_assert!(i < self.len, "index {i} past length {}", self.len);
-        let (chunk, offset) = self.shape.locate(i);
+        let (chunk, offset) = Self::SHAPE.locate(i);
         &self.chunks[chunk][offset]
     }
 }
 
-impl<T: Copy> IndexMut<usize> for ChunkedVec<T> {
+impl<T: Copy, const FIRST: usize, const CAP: usize> IndexMut<usize> for ChunkedVec<T, FIRST, CAP> {
     #[inline]
     fn index_mut(&mut self, i: usize) -> &mut T {
         debug_assert!(i < self.len, "index {i} past length {}", self.len);
-        let (chunk, offset) = self.shape.locate(i);
+        let (chunk, offset) = Self::SHAPE.locate(i);
         &mut self.chunks[chunk][offset]
     }
 }
@@ -210,8 +214,7 @@ mod tests {
 
     #[test]
     fn grows_and_shrinks_a_chunk_at_a_time() {
-        let shape = Shape::new(16, 64);
-        let mut v = ChunkedVec::<u64>::new(shape);
+        let mut v = ChunkedVec::<u64, 16, 64>::new();
         for i in 0..1000 {
             v.push(i);
         }

@@ -29,13 +29,25 @@ pub const FIRST_CHUNK_SLOTS: usize = 256;
 const CHUNK_BYTES_MAX: usize = 1 << 20;
 
 /// Free-list chunks: 1 KiB first, up to 256 KiB.
-const FREE_LIST_CHUNKS: Shape = Shape::new(256, 1 << 16);
+type FreeList = ChunkedVec<u32, 256, { 1 << 16 }>;
 
 /// The chunk shape of the class whose slots are `stride` bytes.
 const fn class_shape(stride: usize) -> Shape {
     let cap = 1 << (CHUNK_BYTES_MAX / stride).ilog2();
     Shape::new(FIRST_CHUNK_SLOTS, cap)
 }
+
+/// Every class's chunk shape, computed once: a name's every access would
+/// otherwise divide by its stride.
+const CLASS_SHAPES: [Shape; CLASS_COUNT] = {
+    let mut shapes = [class_shape(NAME_CLASS_STEP); CLASS_COUNT];
+    let mut class = 1;
+    while class < CLASS_COUNT {
+        shapes[class] = class_shape((class + 1) * NAME_CLASS_STEP);
+        class += 1;
+    }
+    shapes
+};
 
 /// Where a long name is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +60,7 @@ struct Class {
     chunks: Vec<Box<[u8]>>,
     /// Slots handed out so far (free or in use).
     slots: u32,
-    free: ChunkedVec<u32>,
+    free: FreeList,
     live: usize,
 }
 
@@ -57,7 +69,7 @@ impl Default for Class {
         Class {
             chunks: Vec::new(),
             slots: 0,
-            free: ChunkedVec::new(FREE_LIST_CHUNKS),
+            free: FreeList::new(),
             live: 0,
         }
     }
@@ -78,13 +90,14 @@ fn class_of(len: usize) -> (usize, usize) {
     (class, (class + 1) * NAME_CLASS_STEP)
 }
 
-/// The chunk of a slot and its byte offset there.
-fn place(index: u32, stride: usize) -> (usize, usize) {
-    let (chunk, offset) = class_shape(stride).locate(index as usize);
+/// The chunk of a slot of `class` and its byte offset there.
+fn place(index: u32, class: usize, stride: usize) -> (usize, usize) {
+    let (chunk, offset) = CLASS_SHAPES[class].locate(index as usize);
     (chunk, offset * stride)
 }
 
 impl NameArena {
+    #[inline]
     pub fn insert(&mut self, name: &[u8]) -> NameSlot {
         let (class, stride) = class_of(name.len());
         // In use again: it keeps its chunks.
@@ -94,7 +107,7 @@ impl NameArena {
             Some(index) => index,
             None => {
                 let index = c.slots;
-                let shape = class_shape(stride);
+                let shape = CLASS_SHAPES[class];
                 if index as usize == shape.capacity(c.chunks.len()) {
                     let slots = shape.chunk_len(c.chunks.len());
                     c.chunks.push(vec![0; slots * stride].into_boxed_slice());
@@ -103,7 +116,7 @@ impl NameArena {
                 index
             }
         };
-        let (chunk, start) = place(index, stride);
+        let (chunk, start) = place(index, class, stride);
         c.chunks[chunk][start..start + name.len()].copy_from_slice(name);
         c.live += 1;
         NameSlot {
@@ -112,12 +125,14 @@ impl NameArena {
         }
     }
 
+    #[inline]
     pub fn get(&self, slot: NameSlot) -> &[u8] {
         let (class, stride) = class_of(slot.len as usize);
-        let (chunk, start) = place(slot.index, stride);
+        let (chunk, start) = place(slot.index, class, stride);
         &self.classes[class].chunks[chunk][start..start + slot.len as usize]
     }
 
+    #[inline]
     pub fn remove(&mut self, slot: NameSlot) {
         let (class, _) = class_of(slot.len as usize);
         let c = &mut self.classes[class];
@@ -128,7 +143,7 @@ impl NameArena {
             // allocation).
             c.slots = 0;
             c.free.clear();
-            if c.chunks.len() > 1 || c.free.capacity() > FREE_LIST_CHUNKS.capacity_of_first() {
+            if c.chunks.len() > 1 || c.free.capacity() > FreeList::SHAPE.capacity_of_first() {
                 self.spare |= 1 << class;
             }
         } else {
@@ -152,7 +167,7 @@ impl NameArena {
         if c.chunks.len() > 1 {
             return c.chunks.pop().map_or(0, |chunk| chunk.len());
         }
-        let freed = c.free.free_chunk(FREE_LIST_CHUNKS.capacity_of_first());
+        let freed = c.free.free_chunk(FreeList::SHAPE.capacity_of_first());
         if freed == 0 {
             self.spare &= !(1 << class);
         }

@@ -8,7 +8,7 @@
 //! slots, live or vacant, whatever it finds there, so it may come back with
 //! fewer entries than fit, even none, and a cursor to go on from.
 
-use super::{LockTable, hash_bytes, remaining_ms};
+use super::{LockTable, remaining_ms};
 use crate::protocol::StatusEntry;
 
 /// Record slots one STATUS page looks at, at most: each is a vacant slot
@@ -19,7 +19,7 @@ pub const STATUS_PAGE_SLOTS_MAX: u32 = 512;
 impl LockTable {
     /// Calls `f` with the state of the lock `name` if it is held.
     pub fn status_of(&mut self, name: &[u8], now_ms: u64, f: impl FnOnce(&StatusEntry<'_>)) {
-        let hash = hash_bytes(&self.name_hasher, name);
+        let hash = self.name_key.hash(name);
         if let Some(lock) = self.find_settled(hash, name, now_ms) {
             f(&self.entry(lock, now_ms));
         }

@@ -46,7 +46,7 @@
 //! One wheel serves both kinds of timers: keys below [`WAITER_KEY_BIT`] are
 //! lock records, keys with it set are waiters.
 
-use super::chunked::{ChunkedVec, Shape};
+use super::chunked::ChunkedVec;
 use super::names::{NameArena, NameSlot};
 use crate::wheel::{NIL_KEY, TimerLinks, TimerStore};
 
@@ -64,14 +64,14 @@ pub const LOCK_RECORDS_MAX: usize = WAITER_KEY_BIT as usize - 1;
 /// Record chunks: 256 records (12 KiB) first, doubling up to 32768 (1.5 MiB,
 /// allocated and freed in about 0.3 ms, and big enough that the C allocator
 /// maps it apart and gives its pages back to the kernel when it is freed).
-const RECORD_CHUNKS: Shape = Shape::new(256, 32768);
+type Records = ChunkedVec<LockRecord, 256, 32768>;
 
 /// Record capacity kept however empty the table gets (the first chunk,
 /// 12 KiB): below it a table never compacts or reallocates, whatever its
 /// load pattern. At least the first chunk, or a shrink could free nothing
 /// and compaction would never end.
 pub const RECORDS_CAPACITY_MIN: usize = 256;
-const _: () = assert!(RECORDS_CAPACITY_MIN == RECORD_CHUNKS.capacity_of_first());
+const _: () = assert!(RECORDS_CAPACITY_MIN == Records::SHAPE.capacity_of_first());
 
 /// Waiter capacity kept however few wait (about 5 KiB).
 pub const WAITERS_CAPACITY_MIN: usize = 64;
@@ -379,7 +379,7 @@ pub enum CompactStep {
 pub struct Store {
     /// In chunks, so that growing and shrinking never copy them all (see
     /// [`super::chunked`]).
-    records: ChunkedVec<LockRecord>,
+    records: Records,
     /// Head of the vacant records' free list.
     free_head: u32,
     live: usize,
@@ -390,7 +390,7 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Store {
         Store {
-            records: ChunkedVec::new(RECORD_CHUNKS),
+            records: Records::new(),
             free_head: NIL,
             live: 0,
             long_names: NameArena::default(),
@@ -416,6 +416,7 @@ impl Store {
         record
     }
 
+    #[inline]
     pub fn name(&self, lock: u32) -> &[u8] {
         let record = self.record(lock);
         match record.long_name() {
@@ -456,6 +457,7 @@ impl Store {
             record.name[1] = slot.len;
             record.name[4..8].copy_from_slice(&slot.index.to_le_bytes());
         }
+        self.live += 1;
         match self.free_head {
             NIL => {
                 assert!(
@@ -463,13 +465,20 @@ impl Store {
                     "lock records exhausted"
                 );
                 self.records.push(record);
-                self.live += 1;
                 (self.records.len() - 1) as u32
             }
             lock => {
-                self.unlink_free(lock);
-                self.records[lock as usize] = record;
-                self.live += 1;
+                // The head of the free list: `unlink_free` less the writes
+                // the new record overwrites (a record access per write
+                // counts on every ACQUIRE of a new name).
+                let slot = &mut self.records[lock as usize];
+                debug_assert!(!slot.is_live() && slot.prev == NIL);
+                let next = slot.next;
+                *slot = record;
+                self.free_head = next;
+                if next != NIL {
+                    self.records[next as usize].prev = NIL;
+                }
                 lock
             }
         }
@@ -477,23 +486,23 @@ impl Store {
 
     /// Frees a record (already unlinked from the wheel).
     pub fn remove(&mut self, lock: u32) {
-        let record = self.records[lock as usize];
-        assert!(record.is_live(), "removing vacant lock {lock}");
-        if let Some(slot) = record.long_name() {
-            self.long_names.remove(slot);
-        }
-        self.records[lock as usize] = LockRecord::VACANT;
-        self.push_free(lock);
-        self.live -= 1;
-    }
-
-    fn push_free(&mut self, lock: u32) {
         let head = self.free_head;
-        self.records[lock as usize].next = head;
+        let slot = &mut self.records[lock as usize];
+        assert!(slot.is_live(), "removing vacant lock {lock}");
+        let long_name = slot.long_name();
+        // Vacant, at the head of the free list.
+        *slot = LockRecord {
+            next: head,
+            ..LockRecord::VACANT
+        };
         if head != NIL {
             self.records[head as usize].prev = lock;
         }
         self.free_head = lock;
+        if let Some(name) = long_name {
+            self.long_names.remove(name);
+        }
+        self.live -= 1;
     }
 
     fn unlink_free(&mut self, lock: u32) {
@@ -507,6 +516,24 @@ impl Store {
         }
         self.records[lock as usize].prev = NIL;
         self.records[lock as usize].next = NIL;
+    }
+
+    /// Checks that the vacant records form one doubly linked free list from
+    /// its head, and that the live count is right. For tests; O(records).
+    pub fn invariants(&self) {
+        let (mut vacant, mut prev, mut lock) = (0, NIL, self.free_head);
+        while lock != NIL {
+            let record = &self.records[lock as usize];
+            assert!(!record.is_live(), "live record {lock} on the free list");
+            assert_eq!(record.prev, prev, "free list: prev of record {lock}");
+            (vacant, prev, lock) = (vacant + 1, lock, record.next);
+            assert!(vacant <= self.records.len(), "free list: a cycle");
+        }
+        assert_eq!(
+            vacant + self.live,
+            self.records.len(),
+            "free list: vacant records missing"
+        );
     }
 
     /// Long names hold memory to give back (see [`Store::free_name_chunk`]).
@@ -563,6 +590,7 @@ impl Store {
 }
 
 impl TimerStore for Store {
+    #[inline]
     fn links(&self, key: u32) -> TimerLinks {
         if key & WAITER_KEY_BIT != 0 {
             return self.waiters[(key & !WAITER_KEY_BIT) as usize].links;
@@ -577,6 +605,7 @@ impl TimerStore for Store {
         }
     }
 
+    #[inline]
     fn set_links(&mut self, key: u32, links: TimerLinks) {
         if key & WAITER_KEY_BIT != 0 {
             self.waiters[(key & !WAITER_KEY_BIT) as usize].links = links;
@@ -589,6 +618,24 @@ impl TimerStore for Store {
         r.meta = (r.meta & !(META_LEVEL_MASK | META_SLOT_MASK))
             | (links.level as u16) << META_LEVEL_SHIFT
             | links.slot as u16;
+    }
+
+    #[inline]
+    fn set_next(&mut self, key: u32, next: u32) {
+        if key & WAITER_KEY_BIT != 0 {
+            self.waiters[(key & !WAITER_KEY_BIT) as usize].links.next = next;
+        } else {
+            self.records[key as usize].next = next;
+        }
+    }
+
+    #[inline]
+    fn set_prev(&mut self, key: u32, prev: u32) {
+        if key & WAITER_KEY_BIT != 0 {
+            self.waiters[(key & !WAITER_KEY_BIT) as usize].links.prev = prev;
+        } else {
+            self.records[key as usize].prev = prev;
+        }
     }
 }
 

@@ -1,0 +1,168 @@
+//! SipHash-1-3 of one byte slice under a random 128-bit key: the keyed
+//! hash of lock names (the index) and owners (their digests).
+//!
+//! The same function as std's `RandomState` hashers, which the table used
+//! before: the same keys-are-secret guarantee (a client that never learns the
+//! key can neither choose names that collide in the index nor an owner whose
+//! digest matches another's, short of 2^64 tries). std's hasher takes its
+//! input as a stream of writes, buffering partial words between them; the
+//! table always hashes one slice at once, so here the words are read
+//! straight from the slice and the last partial word with at most three
+//! loads. That halves the instructions per hash on the request path, where
+//! every request hashes its name and its owner.
+//!
+//! `sip::<2, 4>` is SipHash-2-4, which std still offers as
+//! `std::hash::SipHasher`: the tests check this code against it, rounds and
+//! all; 1-3 differs only in the number of rounds.
+
+use std::hash::{BuildHasher, RandomState};
+
+/// A SipHash-1-3 key.
+#[derive(Clone, Copy)]
+pub struct SipKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl SipKey {
+    /// A key drawn from std's randomly keyed hasher (its keys come from the
+    /// operating system's random source), different for every call.
+    pub fn random() -> SipKey {
+        let state = RandomState::new();
+        SipKey {
+            k0: state.hash_one(0u64),
+            k1: state.hash_one(1u64),
+        }
+    }
+
+    #[inline]
+    pub fn hash(&self, bytes: &[u8]) -> u64 {
+        sip::<1, 3>(self.k0, self.k1, bytes)
+    }
+}
+
+struct State {
+    v0: u64,
+    v1: u64,
+    v2: u64,
+    v3: u64,
+}
+
+impl State {
+    #[inline(always)]
+    fn round(&mut self) {
+        self.v0 = self.v0.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(13) ^ self.v0;
+        self.v0 = self.v0.rotate_left(32);
+        self.v2 = self.v2.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(16) ^ self.v2;
+        self.v0 = self.v0.wrapping_add(self.v3);
+        self.v3 = self.v3.rotate_left(21) ^ self.v0;
+        self.v2 = self.v2.wrapping_add(self.v1);
+        self.v1 = self.v1.rotate_left(17) ^ self.v2;
+        self.v2 = self.v2.rotate_left(32);
+    }
+
+    #[inline(always)]
+    fn compress<const C: usize>(&mut self, m: u64) {
+        self.v3 ^= m;
+        for _ in 0..C {
+            self.round();
+        }
+        self.v0 ^= m;
+    }
+}
+
+/// SipHash-C-D of `bytes` under the key (k0, k1).
+#[inline(always)]
+fn sip<const C: usize, const D: usize>(k0: u64, k1: u64, bytes: &[u8]) -> u64 {
+    let mut s = State {
+        v0: k0 ^ 0x736f_6d65_7073_6575,
+        v1: k1 ^ 0x646f_7261_6e64_6f6d,
+        v2: k0 ^ 0x6c79_6765_6e65_7261,
+        v3: k1 ^ 0x7465_6462_7974_6573,
+    };
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        s.compress::<C>(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+    }
+    let last = last_word(bytes, words.remainder().len()) | (bytes.len() as u64) << 56;
+    s.compress::<C>(last);
+    s.v2 ^= 0xff;
+    for _ in 0..D {
+        s.round();
+    }
+    s.v0 ^ s.v1 ^ s.v2 ^ s.v3
+}
+
+/// The last `tail` bytes of `bytes` (fewer than 8) as a little-endian word.
+#[inline(always)]
+fn last_word(bytes: &[u8], tail: usize) -> u64 {
+    debug_assert!(tail < 8 && tail <= bytes.len());
+    if tail == 0 {
+        return 0;
+    }
+    let len = bytes.len();
+    if len >= 8 {
+        // The whole last word, less the bytes already compressed.
+        let word = u64::from_le_bytes(bytes[len - 8..].try_into().expect("8 bytes"));
+        return word >> (64 - 8 * tail);
+    }
+    let (mut word, mut at) = (0, 0);
+    if tail >= 4 {
+        word = u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes")) as u64;
+        at = 4;
+    }
+    if tail - at >= 2 {
+        let pair = u16::from_le_bytes(bytes[at..at + 2].try_into().expect("2 bytes"));
+        word |= (pair as u64) << (8 * at);
+        at += 2;
+    }
+    if at < tail {
+        word |= (bytes[at] as u64) << (8 * at);
+    }
+    word
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(deprecated)] // std's SipHash-2-4, the reference
+    fn sip_2_4_matches_std_for_every_length_and_alignment() {
+        use std::hash::{Hasher, SipHasher};
+        let bytes: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        let keys = [
+            (0, 0),
+            (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908),
+            (u64::MAX, 7),
+        ];
+        for (k0, k1) in keys {
+            for start in 0..8 {
+                for len in 0..=64 {
+                    let input = &bytes[start..start + len];
+                    let mut reference = SipHasher::new_with_keys(k0, k1);
+                    reference.write(input);
+                    assert_eq!(sip::<2, 4>(k0, k1, input), reference.finish(), "{len}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_published_sip_2_4_vector() {
+        // SipHash paper, appendix A: key 00..0f, message 00..0e.
+        let message: Vec<u8> = (0..15).collect();
+        let (k0, k1) = (0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908);
+        assert_eq!(sip::<2, 4>(k0, k1, &message), 0xa129_ca61_49be_45e5);
+    }
+
+    #[test]
+    fn keys_differ_and_change_the_hash() {
+        let (a, b) = (SipKey::random(), SipKey::random());
+        assert_ne!((a.k0, a.k1), (b.k0, b.k1));
+        assert_ne!(a.hash(b"lock"), b.hash(b"lock"));
+        assert_ne!(a.hash(b"lock"), a.hash(b"lock\0"), "the length counts");
+    }
+}
