@@ -63,10 +63,8 @@ internal_modules! {
     #[cfg(feature = "server")] execute,
     #[cfg(feature = "server")] http,
     #[cfg(feature = "server")] metrics,
-    // Their test-only methods are gated next, once the table's current
-    // rework has landed.
-    #[cfg(feature = "server")] #[cfg_attr(not(feature = "internals"), allow(dead_code))] table,
-    #[cfg(feature = "server")] #[cfg_attr(not(feature = "internals"), allow(dead_code))] wheel,
+    #[cfg(feature = "server")] table,
+    #[cfg(feature = "server")] wheel,
 }
 
 /// The fuzz targets' checks (`fuzz/`), also run by the unit tests.

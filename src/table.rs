@@ -347,6 +347,7 @@ impl LockTable {
         self.store.len() - self.deferred_holds
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -356,6 +357,7 @@ impl LockTable {
         self.store.waiters.len()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// The token the next grant will carry.
     pub fn next_token(&self) -> u64 {
         self.next_token
@@ -705,6 +707,7 @@ impl LockTable {
         Outcome::Extended { ttl_ms }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Fires every expiry and wait deadline due at or before `now_ms`, in
     /// deadline order. Each fires at its own deadline: a waiter is granted a
     /// lock that expired before the waiter's deadline even if this call
@@ -1211,6 +1214,7 @@ impl LockTable {
         w
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks every structural invariant. For tests; O(locks + waiters).
     pub fn invariants(&self) {
         self.store.invariants();
@@ -1266,6 +1270,7 @@ impl LockTable {
         assert_eq!(self.deferred_holds, deferred, "deferred holds");
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// The closed list holds exactly the closed sessions, each with holds
     /// left and no waiter, in close order.
     fn closed_invariants(&self) {
@@ -1287,6 +1292,7 @@ impl LockTable {
         assert_eq!(closed.count(), count);
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks one lock's wait queue; returns its length.
     fn queue_invariants(&self, lock: u32, extra: &LockExtra) -> usize {
         let (mut count, mut prev, mut w) = (0, NIL, extra.waiters_head);

@@ -420,12 +420,14 @@ impl WheelCore {
         self.elapsed_ms
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// No timer is linked.
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.levels.iter().all(|level| level.occupied == 0)
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Asserts every structural invariant over `store` and returns the number
     /// of linked keys. O(linked timers): for tests.
     pub fn invariants<S: TimerStore + ?Sized>(&self, store: &S) -> usize {
@@ -443,6 +445,7 @@ impl WheelCore {
         linked
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks one slot list and returns how many keys it links.
     fn slot_invariants<S: TimerStore + ?Sized>(
         &self,
@@ -491,6 +494,7 @@ impl WheelCore {
         })
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Walks one slot list, checking its links, calls `check` on each key,
     /// and returns how many it links.
     fn walk_slot<S: TimerStore + ?Sized>(
@@ -518,6 +522,7 @@ impl WheelCore {
         count
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks the slot a cascade is placing again: elapsed at its start, its
     /// keys up to `last` due in its span (so placed lower once cascaded),
     /// the keys after `last` belonging to it. Returns how many it links.
@@ -792,6 +797,7 @@ pub struct TimerWheel<T> {
 }
 
 impl<T> TimerWheel<T> {
+    #[cfg(any(test, feature = "internals"))]
     /// An empty wheel whose elapsed time starts at `now_ms`.
     pub fn new(now_ms: u64) -> Self {
         Self::with_capacity(now_ms, 0)
@@ -854,6 +860,7 @@ impl<T> TimerWheel<T> {
         Some((deadline_ms, self.entries.remove(key as usize).value))
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// [`TimerWheel::poll`] within a budget: see [`WheelCore::poll_bounded`].
     pub fn poll_bounded(&mut self, now_ms: u64, budget: &mut usize) -> PollStep<T> {
         match self.core.poll_bounded(&mut self.entries, now_ms, budget) {
@@ -869,6 +876,7 @@ impl<T> TimerWheel<T> {
         self.entries.len()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -879,6 +887,7 @@ impl<T> TimerWheel<T> {
         self.core.elapsed_ms()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Asserts every structural invariant. O(live timers): for tests.
     pub fn invariants(&self) {
         let linked = self.core.invariants(&self.entries);

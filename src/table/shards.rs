@@ -75,6 +75,7 @@ impl Marks {
         }
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks that the shards' lengths add up to `total` and that every
     /// sparse shard is marked; `sizes` gives each shard's (len, capacity).
     fn invariants(&self, what: &str, total: usize, sizes: impl Iterator<Item = (usize, usize)>) {
@@ -173,6 +174,7 @@ fn name_shard(hash: u64) -> usize {
 }
 
 impl NameIndex {
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -245,6 +247,7 @@ impl NameIndex {
         self.shards.iter().map(|t| t.capacity()).sum()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks the count and the marks, and that `hash_of` gives each
     /// entry's lock the hash it is indexed under; for tests.
     pub fn invariants(&self, hash_of: impl Fn(u32) -> u64) {
@@ -281,6 +284,7 @@ fn extra_shard(lock: u32) -> usize {
 }
 
 impl Extras {
+    #[cfg(any(test, feature = "internals"))]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -324,6 +328,7 @@ impl Extras {
         self.shards.iter().map(|m| m.capacity()).sum()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks the count and the marks; for tests.
     pub fn invariants(&self) {
         let sizes = self.shards.iter().map(|m| (m.len(), m.capacity()));

@@ -435,6 +435,7 @@ impl Store {
         self.records[lock as usize].is_live()
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Iterates over the indexes of live records.
     pub fn live_locks(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.records.len() as u32).filter(|&i| self.records[i as usize].is_live())
@@ -518,6 +519,7 @@ impl Store {
         self.records[lock as usize].next = NIL;
     }
 
+    #[cfg(any(test, feature = "internals"))]
     /// Checks that the vacant records form one doubly linked free list from
     /// its head, and that the live count is right. For tests; O(records).
     pub fn invariants(&self) {
