@@ -655,7 +655,7 @@ impl LockTable {
         let deadline_ms = if forever {
             WAIT_FOREVER_DEADLINE_MS
         } else {
-            now_ms + req.wait_ms as u64
+            wait_deadline_ms(now_ms, req.wait_ms)
         };
         self.enqueue(waiter, deadline_ms);
         Outcome::Queued
@@ -1139,7 +1139,9 @@ impl LockTable {
 
     fn report_timeout(&mut self, w: &Waiter, at_ms: u64) {
         self.stats.wait_timeouts += 1;
-        let waited_ms = clamp_u32(at_ms.saturating_sub(w.enqueued_at_ms));
+        // `at_ms` is the deadline: the wait asked for, plus the rounding
+        // millisecond that is not the client's.
+        let waited_ms = clamp_u32(at_ms.saturating_sub(w.enqueued_at_ms + EXPIRY_ROUNDING_MS));
         self.push_event(w.session, EventKind::TimedOut { waited_ms });
     }
 
@@ -1310,15 +1312,21 @@ impl LockTable {
 }
 
 /// The clock the table is given counts whole milliseconds, rounded down: a
-/// hold granted during millisecond `now_ms` may have begun up to 1 ms after
-/// it. Expiring at `now_ms + ttl_ms + 1` means a hold never ends before its
-/// full TTL has passed, as the server promises (it fires within one 1 ms
-/// tick after that).
+/// hold granted, or a wait begun, during millisecond `now_ms` may have begun
+/// up to 1 ms after it. Expiring at `now_ms + ttl_ms + 1` means a hold never
+/// ends before its full TTL has passed, and timing out at
+/// `now_ms + wait_ms + 1` that a wait never ends before its full wait, as
+/// the server promises (each fires within one 1 ms tick after that).
 pub const EXPIRY_ROUNDING_MS: u64 = 1;
 
 /// When a hold of `ttl_ms` granted or extended at `now_ms` expires.
 fn expiry_ms(now_ms: u64, ttl_ms: u32) -> u64 {
     now_ms + ttl_ms as u64 + EXPIRY_ROUNDING_MS
+}
+
+/// When a wait of `wait_ms` begun at `now_ms` times out.
+fn wait_deadline_ms(now_ms: u64, wait_ms: u32) -> u64 {
+    now_ms + wait_ms as u64 + EXPIRY_ROUNDING_MS
 }
 
 /// The TTL a live hold expiring at `deadline_ms` has left at `now_ms`, as

@@ -251,7 +251,7 @@ impl Model {
             arrived_at_ms: now_ms,
             deadline_ms: match forever {
                 true => u64::MAX,
-                false => now_ms + wait_ms as u64,
+                false => now_ms + wait_ms as u64 + EXPIRY_ROUNDING_MS,
             },
             timer_seq: seq,
         });
@@ -395,7 +395,7 @@ impl Model {
     }
 
     fn time_out(&mut self, w: Waiter) {
-        let waited_ms = clamp_u32(w.deadline_ms - w.arrived_at_ms);
+        let waited_ms = clamp_u32(w.deadline_ms - w.arrived_at_ms - EXPIRY_ROUNDING_MS);
         self.later.push((w.conn, Later::TimedOut { waited_ms }));
     }
 
