@@ -148,6 +148,9 @@ mod leases;
 mod options;
 mod pool;
 mod renewal;
+// Server lists as the client and the `distlockd` CLI parse them; the CLI's
+// helpers in it are the binary's, not part of the interface.
+#[doc(hidden)]
 pub mod servers;
 
 pub use builder::{
@@ -160,7 +163,7 @@ pub use errors::{DropReleaseError, Error, NotHeldCause, not_held_reason_text};
 pub use leases::{Lease, LockGuard, SESSION_PROBE_INTERVAL, SessionLease};
 pub use options::LockOptions;
 pub use renewal::{Held, Lost, Renewal, RenewalEvent, RenewingGuard};
-pub use servers::{SERVER_DEFAULT, SERVER_ENV};
+pub use servers::{SERVER_DEFAULT, SERVER_ENV, SERVERS_MAX};
 
 /// The secret file's variable and reader that [`Client::builder_from_env`]
 /// and the `distlockd` CLI use, for a program that takes the same file.
