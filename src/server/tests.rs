@@ -101,7 +101,7 @@ fn holds_end_between_ttl_and_ttl_plus_2_ms_after_the_grant() {
 /// before wait_ms after it arrived (a wait is never cut short), and less
 /// than 2 ms after that, as a hold's end (the test above).
 #[test]
-fn waits_time_out_within_1_ms_either_side_of_wait_ms() {
+fn waits_time_out_never_early_and_within_2_ms_of_wait_ms() {
     const MS: Duration = Duration::from_millis(1);
     for wait_ms in [1u32, 2, 250] {
         let wait = Duration::from_millis(wait_ms as u64);
