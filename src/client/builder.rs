@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{
-    Client, DropReleaseError, DropReleaseHook, Error, Inner, Pool, Result, SERVER_DEFAULT,
-    duration_to_ms, invalid, servers,
+    Client, DropReleaseError, DropReleaseHook, Error, Inner, Pool, Result, SERVER_DEFAULT, invalid,
+    servers,
 };
 use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, SECRET_LEN_MIN, Secret, read_secret_file};
 use crate::limits::OWNER_LEN_CEILING;
@@ -205,13 +205,14 @@ impl ClientBuilder {
                 client_id.len()
             ));
         }
+        let ttl_ms = super::options::ttl_to_ms(self.ttl, "ClientBuilder::ttl")?;
         Ok(Client {
             inner: Arc::new(Inner {
                 jitter: AtomicU64::new(jitter_seed()),
                 addr: servers.join(","),
                 servers,
                 client_id,
-                ttl_ms: duration_to_ms(self.ttl),
+                ttl_ms,
                 timeout: self.timeout,
                 retries: self.retries,
                 session: self.session,

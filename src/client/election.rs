@@ -99,7 +99,8 @@ impl Election {
 
     /// Blocks until this candidate leads, or `wait` passes
     /// (`Err(AcquireTimeout)`; campaign again to keep waiting). The wait is
-    /// the server's: at most its `wait_ms_max` (an hour by default).
+    /// the server's: at most its `wait_ms_max` (no bound by default;
+    /// [`crate::client::ServerInfo::wait_max`] tells).
     ///
     /// # Panics
     ///

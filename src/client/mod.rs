@@ -165,8 +165,8 @@ pub use options::LockOptions;
 pub use renewal::{Held, Lost, Renewal, RenewalEvent, RenewingGuard};
 pub use servers::{SERVER_DEFAULT, SERVER_ENV, SERVERS_MAX};
 
-/// The secret file's variable and reader that [`Client::builder_from_env`]
-/// and the `distlockd` CLI use, for a program that takes the same file.
+// The secret file's variable and reader that `Client::builder_from_env`
+// and the `distlockd` CLI use, for a program that takes the same file.
 pub use crate::auth::{SECRET_FILE_ENV, SECRET_LEN_MAX, SECRET_LEN_MIN, read_secret_file};
 
 use leases::Binding;

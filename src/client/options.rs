@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Result, check_owner, check_wait, duration_to_ms, invalid};
+use super::{Result, WAIT_FINITE_MAX, check_owner, check_wait, duration_to_ms, invalid};
 use crate::protocol::FLAG_SESSION;
 
 /// How one lock is taken: its TTL, how long to wait for it, whether it is a
@@ -141,7 +141,7 @@ impl LockOptions {
             Some(Ttl::Of(ttl)) if ttl.is_zero() => invalid(
                 "lock ttl 0: a hold needs a positive TTL; use e.g. LockOptions::ttl(Duration::from_secs(10)), or ttl_server_default() for the server's",
             ),
-            Some(Ttl::Of(ttl)) => Ok(duration_to_ms(ttl)),
+            Some(Ttl::Of(ttl)) => ttl_to_ms(ttl, "LockOptions::ttl"),
         }
     }
 
@@ -155,6 +155,37 @@ impl LockOptions {
         match &self.owner {
             Some(owner) => check_owner(owner).map(|()| Some(owner.as_str())),
             None => Ok(None),
+        }
+    }
+}
+
+/// A TTL in milliseconds for the wire, refused past what an ACQUIRE can
+/// carry rather than cut short without a word.
+pub(super) fn ttl_to_ms(ttl: Duration, setter: &str) -> Result<u32> {
+    if ttl > WAIT_FINITE_MAX {
+        return invalid(format!(
+            "{setter} {ttl:?}: over the longest TTL a request can carry, {} ms (about 49.7 days); use a shorter TTL (servers allow up to their --ttl-max-ms, a day by default)",
+            u32::MAX
+        ));
+    }
+    Ok(duration_to_ms(ttl))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_past_what_a_request_carries_is_refused_not_cut() {
+        let longest = WAIT_FINITE_MAX;
+        assert_eq!(LockOptions::new().ttl(longest).ttl_ms(0).unwrap(), u32::MAX);
+        for ttl in [longest + Duration::from_millis(1), Duration::MAX] {
+            let err = LockOptions::new().ttl(ttl).ttl_ms(0).unwrap_err();
+            assert!(
+                err.to_string().contains("LockOptions::ttl")
+                    && err.to_string().contains("49.7 days"),
+                "{err}"
+            );
         }
     }
 }

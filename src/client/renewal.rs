@@ -102,9 +102,22 @@ type EventObserver = Box<dyn FnMut(&RenewalEvent) + Send>;
 /// connection of its own. More kinds of hold may come, so a `match` on it
 /// needs a `_` arm:
 ///
-/// ```compile_fail,E0004
+/// ```
 /// use distlockd::client::Held;
 ///
+/// fn kind(held: &Held) -> &'static str {
+///     match held {
+///         Held::Pooled(_) => "pooled",
+///         Held::Session(_) => "session",
+///         _ => "another kind",
+///     }
+/// }
+/// ```
+///
+/// Without it the match does not compile:
+///
+/// ```compile_fail,E0004
+/// # use distlockd::client::Held;
 /// fn kind(held: &Held) -> &'static str {
 ///     match held {
 ///         Held::Pooled(_) => "pooled",

@@ -1,8 +1,8 @@
-//! A blocking connection: write a frame, read back one whole reply. The
-//! one copy of that loop, shared by the client, the load tester and the
-//! tests; std only, so a client-only build has it.
+//! A blocking connection: write a frame, read back one whole reply; std
+//! only, so a client-only build has it. The client talks through it, and so
+//! can a program that speaks the protocol itself.
 //!
-//! Replies are read into a fixed [`ConnBuffer`] (the server's kind) and
+//! Replies are read into a fixed buffer (the server's kind) and
 //! decoded in place: a [`Reply`]
 //! borrows the buffer until the next call, and no call allocates once the
 //! connection exists. The buffer holds at least one largest reply

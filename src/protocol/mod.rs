@@ -300,7 +300,7 @@ fn read_status_entry<'a>(r: &mut Reader<'a>) -> Result<StatusEntry<'a>, DecodeEr
 }
 
 /// Encodes a STATUS reply entry by entry into `out`, whose length bounds
-/// the frame (at most [`crate::limits::STATUS_REPLY_SIZE_MAX`]).
+/// the frame (at most [`STATUS_REPLY_SIZE_MAX`]).
 pub struct StatusWriter<'a> {
     w: Writer<'a>,
     count: u8,
@@ -860,7 +860,7 @@ impl Reply<'static> {
 }
 
 impl Reply<'_> {
-    /// Encodes into `out` (at least [`crate::limits::REPLY_SIZE_MAX`] bytes
+    /// Encodes into `out` (at least [`REPLY_SIZE_MAX`] bytes
     /// for any reply); returns the length written.
     pub fn encode(&self, out: &mut [u8]) -> usize {
         match *self {
