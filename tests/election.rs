@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use distlockd::client::{Client, Election, Error, Leadership, LockOptions, Lost};
+use distlockd::client::{Client, Election, Error, Leadership, LockOptions, Lost, NotHeldCause};
 use distlockd::protocol::NotHeldReason;
 use distlockd::server::{Config, Server, ServerHandle};
 
@@ -186,7 +186,19 @@ fn a_leader_whose_server_stops_learns_it() {
         .wait_lost(PATIENCE)
         .expect("lost when the connection closed");
     assert!(matches!(lost, Lost::SessionClosed { .. }), "{lost:?}");
-    assert!(matches!(leader_a.resign(), Err(Error::Connection { .. })));
+    // Resigning says leadership was already gone (the close ended it), as
+    // resign's docs promise, not that the server could not be reached.
+    let resigned = leader_a.resign();
+    assert!(
+        matches!(
+            resigned,
+            Err(Error::NotHeld {
+                reason: NotHeldCause::SessionClosed,
+                ..
+            })
+        ),
+        "{resigned:?}"
+    );
 }
 
 /// The leader's hold has a connection of its own: the same client's other

@@ -837,6 +837,32 @@ fn a_session_lease_is_renewed_through_its_own_client() {
     }
 }
 
+/// Unlocking a SESSION guard whose server went away says the hold is gone
+/// (its connection's close ended it), not that the RELEASE after it could
+/// not connect.
+#[test]
+fn unlocking_a_session_guard_whose_server_stopped_says_the_close_ended_it() {
+    let server = start();
+    let client = Client::builder(server.local_addr())
+        .ttl(Duration::from_secs(30))
+        .session(true)
+        .retries(0)
+        .timeout(PATIENCE)
+        .build()
+        .unwrap();
+    let guard = client.lock_renewing("gone", Duration::ZERO).unwrap();
+    server.stop().unwrap();
+    let lost = guard.wait_lost(PATIENCE);
+    assert!(matches!(lost, Some(Lost::SessionClosed { .. })), "{lost:?}");
+    match guard.unlock() {
+        Err(Error::NotHeld {
+            reason: NotHeldCause::SessionClosed,
+            ..
+        }) => {}
+        other => panic!("unlock after the server stopped: {other:?}"),
+    }
+}
+
 /// A SESSION guard whose connection closed, then dropped: the close ended
 /// the hold, so the drop's RELEASE finding it gone is no failed release
 /// (it was counted and handed to on_drop_release_error as one).

@@ -10,9 +10,7 @@ use super::{
     Arg, Asked, CONNECT_OPTIONS_HELP, ConnectOptions, EXIT_NOT_OBTAINED, EXIT_OK, EXIT_UNAVAILABLE,
     EXIT_USAGE, positive_duration_value, refusal_in_flags, string_value, wait_value,
 };
-use crate::client::{
-    Client, Error, Lease, LockOptions, LockStatus, NotHeldCause, not_held_reason_text,
-};
+use crate::client::{Client, Error, Lease, LockOptions, LockStatus};
 use crate::json::string as json_string;
 use crate::protocol::OWNER_LEN_CEILING;
 
@@ -489,10 +487,7 @@ fn report(
         Err(Error::NotHeld { reason, .. }) => {
             // Only what the server said: it cannot tell an expired hold
             // from a released one, nor which token is the current one.
-            let (code, text) = match reason {
-                NotHeldCause::Server(reason) => (reason.name(), not_held_reason_text(reason)),
-                NotHeldCause::NotAcquiredHere => unreachable!("release and extend name a lease"),
-            };
+            let (code, text) = (reason.name(), reason.text());
             if args.json {
                 println!(
                     "{{\"{verb}\":false,\"name\":{},\"token\":{token},\"reason\":\"{code}\",\"not_held\":{}}}",

@@ -43,12 +43,35 @@ pub enum Error {
 
 /// Why a hold is not ours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NotHeldCause {
     /// This `Client` has no record of holding the name: it never acquired it,
     /// or it already released it. Nothing was sent.
     NotAcquiredHere,
     /// The server's answer.
     Server(NotHeldReason),
+    /// The hold was a SESSION hold whose connection closed: the close ended
+    /// it (the server releases such holds when it sees the close), so
+    /// nothing is left behind, even when the RELEASE sent after it could
+    /// not reach the server.
+    SessionClosed,
+}
+
+impl NotHeldCause {
+    /// A short upper-case name, for machine-readable output: the server's
+    /// reason name, `NOT_ACQUIRED_HERE` or `SESSION_CLOSED`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NotHeldCause::NotAcquiredHere => "NOT_ACQUIRED_HERE",
+            NotHeldCause::Server(reason) => reason.name(),
+            NotHeldCause::SessionClosed => "SESSION_CLOSED",
+        }
+    }
+
+    /// What it means, in words.
+    pub fn text(self) -> &'static str {
+        not_held_text(self)
+    }
 }
 
 impl fmt::Display for Error {
@@ -105,6 +128,9 @@ pub(super) fn not_held_text(reason: NotHeldCause) -> &'static str {
             "this client never acquired it or already released it; release only names acquired through the same Client"
         }
         NotHeldCause::Server(reason) => not_held_reason_text(reason),
+        NotHeldCause::SessionClosed => {
+            "its SESSION connection closed, which ended the hold; nothing is left behind"
+        }
     }
 }
 

@@ -720,7 +720,23 @@ impl RenewingGuard {
     pub fn unlock(mut self) -> Result<()> {
         self.stop_renewing();
         self.released = true;
-        release(&self.client, &self.lease, self.binding.as_deref())
+        // A SESSION hold whose connection closed ended with it; the RELEASE
+        // may still free it sooner, but if it cannot reach the server the
+        // answer is that the hold is gone, not a connection error.
+        let ended_with_connection = self.binding.as_ref().is_some_and(|b| b.closed().is_some());
+        match release(&self.client, &self.lease, self.binding.as_deref()) {
+            Err(e) if ended_with_connection && !matches!(e, Error::NotHeld { .. }) => {
+                debug!(
+                    "releasing lock {:?} (token {}) after its SESSION connection closed: {e}",
+                    self.lease.name, self.lease.token
+                );
+                Err(Error::NotHeld {
+                    name: self.lease.name.clone(),
+                    reason: NotHeldCause::SessionClosed,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Stops the renewal thread and waits for it; returns the loss, if any.
