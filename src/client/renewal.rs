@@ -720,12 +720,17 @@ impl RenewingGuard {
     pub fn unlock(mut self) -> Result<()> {
         self.stop_renewing();
         self.released = true;
-        // A SESSION hold whose connection closed ended with it; the RELEASE
-        // may still free it sooner, but if it cannot reach the server the
-        // answer is that the hold is gone, not a connection error.
+        self.release_now()
+    }
+
+    /// Sends the RELEASE. A SESSION hold whose connection closed ended with
+    /// it (the server releases it at the close, or when it sees the close):
+    /// the RELEASE may free it sooner, and whatever it meets, the answer is
+    /// that the hold is gone, not a connection error.
+    fn release_now(&self) -> Result<()> {
         let ended_with_connection = self.binding.as_ref().is_some_and(|b| b.closed().is_some());
         match release(&self.client, &self.lease, self.binding.as_deref()) {
-            Err(e) if ended_with_connection && !matches!(e, Error::NotHeld { .. }) => {
+            Err(e) if ended_with_connection => {
                 debug!(
                     "releasing lock {:?} (token {}) after its SESSION connection closed: {e}",
                     self.lease.name, self.lease.token
@@ -773,16 +778,13 @@ impl Drop for RenewingGuard {
         if self.released || matches!(lost, Some(Lost::NotHeld(_))) {
             return;
         }
-        // A SESSION hold whose connection closed ended with it: the server
-        // released it at the close, or does when it sees it. The RELEASE
-        // may free it sooner; if it fails, nothing is left behind.
-        let ended_with_connection = self.binding.as_ref().is_some_and(|b| b.closed().is_some());
-        match release(&self.client, &self.lease, self.binding.as_deref()) {
-            Ok(()) => {}
-            Err(e) if ended_with_connection => debug!(
-                "releasing lock {:?} (token {}) after its SESSION connection closed: {e}",
-                self.lease.name, self.lease.token
-            ),
+        match self.release_now() {
+            // Nothing is left behind: the connection's close ended the hold.
+            Ok(())
+            | Err(Error::NotHeld {
+                reason: NotHeldCause::SessionClosed,
+                ..
+            }) => {}
             Err(e) => self.client.report_drop_release(&self.lease, e),
         }
     }
