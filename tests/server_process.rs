@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use distlockd::limits::{CLIENT_NAME_LEN_CEILING, longest_request};
@@ -99,17 +99,11 @@ fn sigterm_answers_waiters_and_exits_cleanly() {
         "{}",
         String::from_utf8_lossy(message)
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server still running 5 s after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(
+        &mut server.0,
+        Duration::from_secs(5),
+        "server still running 5 s after SIGTERM",
+    );
     assert!(status.success(), "exit status {status}");
     assert!(TcpStream::connect(addr).is_err(), "still accepting");
 }
@@ -587,17 +581,11 @@ fn a_second_signal_exits_at_once_with_status_1() {
     common::send_signal(pid, "TERM");
     common::send_signal(pid, "INT");
     common::send_signal(pid, "CONT");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server still running 5 s after two signals"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = exit_within(
+        &mut server.0,
+        Duration::from_secs(5),
+        "server still running 5 s after two signals",
+    );
     assert_eq!(status.code(), Some(1), "exit status {status}");
     // The connection ends with the process.
     waiter
@@ -605,4 +593,17 @@ fn a_second_signal_exits_at_once_with_status_1() {
         .unwrap();
     let mut buf = [0u8; 64];
     assert!(matches!(waiter.read(&mut buf), Ok(0) | Err(_)));
+}
+
+/// The child's exit status, once it exits; fails the test with `what` if
+/// it is still running after `within`.
+fn exit_within(child: &mut std::process::Child, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -366,16 +366,11 @@ impl World {
             self.op
         );
         let limits = &self.limits;
-        let reply = Reply::Hello(HelloReply {
-            version: version.min(PROTOCOL_VERSION),
-            frame_size_max: limits.frame_size_max as u16,
-            name_len_max: limits.name_len_max as u8,
-            owner_len_max: limits.owner_len_max as u8,
-            lock_ttl_ms_default: limits.lock_ttl_ms_default,
-            lock_ttl_ms_max: limits.lock_ttl_ms_max,
-            wait_ms_max: limits.wait_ms_max,
-            server_version: env!("CARGO_PKG_VERSION").as_bytes(),
-        });
+        let reply = Reply::Hello(HelloReply::new(
+            version.min(PROTOCOL_VERSION),
+            limits,
+            env!("CARGO_PKG_VERSION").as_bytes(),
+        ));
         self.expect_reply(c, reply);
     }
 
