@@ -418,6 +418,10 @@ fn owner_refusal(client: &Client, asked: &Asked<'_>, owner_max: usize) -> Option
     }
 }
 
+/// The longest duration a flag takes: past it a typo is likelier than a
+/// need, and every TTL and wait the server takes is far shorter.
+const DURATION_SECS_MAX: f64 = 1e9;
+
 /// A duration: a number with a unit, `ms`, `s`, `m`, `h` or `d` (`250ms`,
 /// `1.5s`, `10m`, `2d`), or a bare number of seconds, as flock(1) and
 /// timeout(1) take them.
@@ -442,8 +446,10 @@ fn parse_duration_or(text: &str, not_a_number: &str) -> Result<Duration, String>
         "d" => value * 86400.0,
         _ => return Err(format!("unknown unit {unit:?}; use ms, s, m, h or d")),
     };
-    if !seconds.is_finite() || seconds > 1e9 {
-        return Err("too long".to_owned());
+    if !seconds.is_finite() || seconds > DURATION_SECS_MAX {
+        return Err(format!(
+            "over {DURATION_SECS_MAX} s (about 31 years); use a shorter duration"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

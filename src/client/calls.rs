@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
+use super::options::ttl_to_ms;
 use super::{Client, Error, Lease, LockGuard, LockOptions, NotHeldCause, Result, invalid};
 use crate::limits::{NAME_LEN_CEILING, OWNER_LEN_CEILING, PROTOCOL_VERSION, WAIT_MS_UNBOUNDED};
 use crate::protocol::{
@@ -30,9 +31,13 @@ use crate::protocol::{
 /// waits without deadline.
 pub const WAIT_FOREVER: Duration = Duration::MAX;
 
+/// The longest duration a request's millisecond field carries: `wait_ms` and
+/// `ttl_ms` are u32s (about 49.7 days). Longer TTLs are refused.
+pub(super) const MS_FIELD_MAX: Duration = Duration::from_millis(u32::MAX as u64);
+
 /// The longest finite wait the protocol carries: `wait_ms` is a u32 (about
 /// 49.7 days). Longer finite waits are refused; use [`WAIT_FOREVER`].
-pub const WAIT_FINITE_MAX: Duration = Duration::from_millis(u32::MAX as u64);
+pub const WAIT_FINITE_MAX: Duration = MS_FIELD_MAX;
 
 /// One held lock, as STATUS shows it (owners are never shown).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,7 +267,7 @@ impl Client {
         }
         let op = Extend {
             lease,
-            ttl_ms: duration_to_ms(ttl),
+            ttl_ms: ttl_to_ms(ttl, "extend ttl")?,
         };
         let answer = self.call_within(&op, retries, deadline)?;
         self.extended(lease, answer)
@@ -371,7 +376,7 @@ const _: () = assert!(CLIENT_NAME.len() <= u8::MAX as usize);
 /// answer it is found in one place ([`Call::answer`] returns `None`: a
 /// protocol error) and callers match only answers that can happen. An
 /// ERROR reply answers any request; the exchange turns it into
-/// [`Failure::Refused`](super::Failure::Refused) before asking the request.
+/// `Failure::Fatal(Error::Server)` before asking the request.
 ///
 /// A request borrows its fields from the caller and is encoded again for
 /// each attempt, because a waiting ACQUIRE's wait shrinks by the time
@@ -687,6 +692,22 @@ pub(super) fn duration_to_ms(d: Duration) -> u32 {
 mod tests {
     use super::*;
     use crate::protocol::{ErrorCode, StatusReply};
+
+    /// An EXTEND past what `ttl_ms` carries is refused before anything is
+    /// sent (nothing listens at the address), not cut to 49.7 days.
+    #[test]
+    fn an_extend_past_what_a_request_carries_is_refused_not_cut() {
+        let client = Client::new("127.0.0.1:9").unwrap();
+        let lease = Lease::from_parts("job", "me", 1, Duration::from_secs(10));
+        for ttl in [MS_FIELD_MAX + Duration::from_millis(1), Duration::MAX] {
+            match client.extend(&lease, ttl) {
+                Err(Error::InvalidArgument { what }) => {
+                    assert!(what.contains("extend ttl"), "{what}")
+                }
+                other => panic!("extend by {ttl:?}: {other:?}"),
+            }
+        }
+    }
 
     /// One reply of every kind (ERROR aside, which the exchange handles).
     fn replies() -> Vec<Reply<'static>> {

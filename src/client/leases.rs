@@ -13,7 +13,8 @@ use log::debug;
 
 use super::calls::{Call, Extend, Release, released};
 use super::connection::connection_survives;
-use super::{Client, Conn, Error, Failure, LockOptions, Result, duration_to_ms};
+use super::options::ttl_to_ms;
+use super::{Client, Conn, Error, Failure, LockOptions, Result};
 
 /// One granted hold: what RELEASE and EXTEND need to name it, and when
 /// its TTL began at the earliest.
@@ -325,7 +326,7 @@ impl Client {
     ) -> Result<Duration> {
         let op = Extend {
             lease,
-            ttl_ms: duration_to_ms(ttl),
+            ttl_ms: ttl_to_ms(ttl, "extend ttl")?,
         };
         let answer = binding.request(self, &op, read_until, true)?;
         self.extended(lease, answer)

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use super::{Result, WAIT_FINITE_MAX, check_owner, check_wait, duration_to_ms, invalid};
+use super::calls::MS_FIELD_MAX;
+use super::{Result, check_owner, check_wait, duration_to_ms, invalid};
 use crate::protocol::FLAG_SESSION;
 
 /// How one lock is taken: its TTL, how long to wait for it, whether it is a
@@ -162,7 +163,7 @@ impl LockOptions {
 /// A TTL in milliseconds for the wire, refused past what an ACQUIRE can
 /// carry rather than cut short without a word.
 pub(super) fn ttl_to_ms(ttl: Duration, setter: &str) -> Result<u32> {
-    if ttl > WAIT_FINITE_MAX {
+    if ttl > MS_FIELD_MAX {
         return invalid(format!(
             "{setter} {ttl:?}: over the longest TTL a request can carry, {} ms (about 49.7 days); use a shorter TTL (servers allow up to their --ttl-max-ms, a day by default)",
             u32::MAX
@@ -177,7 +178,7 @@ mod tests {
 
     #[test]
     fn a_ttl_past_what_a_request_carries_is_refused_not_cut() {
-        let longest = WAIT_FINITE_MAX;
+        let longest = MS_FIELD_MAX;
         assert_eq!(LockOptions::new().ttl(longest).ttl_ms(0).unwrap(), u32::MAX);
         for ttl in [longest + Duration::from_millis(1), Duration::MAX] {
             let err = LockOptions::new().ttl(ttl).ttl_ms(0).unwrap_err();

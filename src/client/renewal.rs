@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
+use super::calls::MS_FIELD_MAX;
 use super::{
     Binding, Client, Error, Lease, LockOptions, NotHeldCause, RENEWALS_PER_TTL_MAX,
     RENEWALS_PER_TTL_MIN, Result, SESSION_PROBE_INTERVAL, SessionLease, invalid, not_held_text,
@@ -35,10 +36,6 @@ use crate::protocol::NotHeldReason;
 /// The shortest gap between two renewals, so a tiny granted TTL cannot make
 /// the thread spin.
 const RENEW_INTERVAL_MIN: Duration = Duration::from_millis(1);
-
-/// The longest lease TTL the engine renews: renewals ask for the lease's
-/// TTL, and an EXTEND carries it as a u32 of milliseconds.
-const TTL_RENEWABLE_MAX: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// How a lease was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -544,9 +541,10 @@ impl Client {
     /// settings for what it leaves unset.
     fn schedule(&self, renewal: &Renewal, lease: &Lease) -> Result<Schedule> {
         let ttl = lease.ttl;
-        if ttl.is_zero() || ttl > TTL_RENEWABLE_MAX {
+        // Renewals ask for the lease's TTL, which an EXTEND carries.
+        if ttl.is_zero() || ttl > MS_FIELD_MAX {
             return invalid(format!(
-                "lease ttl {ttl:?} for lock {:?}: renewals ask for the lease's TTL, which must be positive and at most {TTL_RENEWABLE_MAX:?} (an EXTEND's u32 of milliseconds); give the TTL the server granted, e.g. Lease::from_parts(name, owner, token, Duration::from_secs(10))",
+                "lease ttl {ttl:?} for lock {:?}: renewals ask for the lease's TTL, which must be positive and at most {MS_FIELD_MAX:?} (an EXTEND's u32 of milliseconds); give the TTL the server granted, e.g. Lease::from_parts(name, owner, token, Duration::from_secs(10))",
                 lease.name
             ));
         }
