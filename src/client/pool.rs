@@ -167,6 +167,9 @@ pub(super) struct PoolState {
     pub(super) open: usize,
     /// Slots checked out for an ACQUIRE that may wait on the server.
     pub(super) waiting_acquires: usize,
+    /// Threads blocked in `checkout`: a returned slot wakes them only when
+    /// there are some, so an uncontended request makes no futex syscall.
+    pub(super) sleepers: usize,
 }
 
 impl PoolState {
@@ -195,6 +198,7 @@ impl Pool {
                 idle: Vec::with_capacity(size),
                 open: 0,
                 waiting_acquires: 0,
+                sleepers: 0,
             }),
             changed: Condvar::new(),
         }
@@ -229,10 +233,12 @@ impl Pool {
                     };
                 }
             }
+            state.sleepers += 1;
             state = self
                 .changed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.sleepers -= 1;
         }
     }
 
@@ -258,9 +264,12 @@ impl Drop for Slot<'_> {
             None => state.open -= 1,
         }
         state.invariants(self.pool.size);
+        let sleepers = state.sleepers;
         drop(state);
         // Waiters differ in what they need (any slot, or a waiting slot),
         // so wake them all rather than risk waking one that cannot proceed.
-        self.pool.changed.notify_all();
+        if sleepers > 0 {
+            self.pool.changed.notify_all();
+        }
     }
 }
