@@ -188,7 +188,6 @@ impl ConnBuffer {
             self.is_attached() || (self.storage.is_empty() && self.end == 0),
             "a detached buffer holds nothing"
         );
-        assert!(self.start > 0 || self.end >= self.start);
         assert!(
             !(self.start == self.end && self.start != 0),
             "empty buffer not rewound"

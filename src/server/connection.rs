@@ -20,7 +20,9 @@ use super::timeouts::next_timeout;
 use crate::buffer::ConnBuffer;
 use crate::buffer::pool::BufferPool;
 use crate::execute::{VERSION_BEFORE_HELLO, write_error_for};
-use crate::limits::{CONN_INPUT_BUFFER_SIZE, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S};
+use crate::limits::{
+    CONN_INPUT_BUFFER_SIZE, REPLY_SIZE_MAX, TCP_KEEPALIVE_IDLE_S, TCP_KEEPALIVE_INTERVAL_S,
+};
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
 use crate::table::SessionId;
@@ -87,6 +89,13 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// Whether it may decode its next frame: it is serving (not waiting in a
+    /// lock's queue, not closing) and its output has room for one more
+    /// reply (else backpressure: it is not read).
+    pub(super) fn can_decode(&self) -> bool {
+        self.phase == Phase::Serving && self.output.free_space() >= REPLY_SIZE_MAX
+    }
+
     /// A connection accepted at `now`, serving, on no list, holding no
     /// buffer storage; its socket may already hold its first request.
     pub(super) fn new(

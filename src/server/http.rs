@@ -258,7 +258,11 @@ impl Server {
         }
         if !conn.answered {
             let mut out = Vec::new();
-            http::write_error(&mut out, 408, "request incomplete after frame_timeout_ms");
+            let message = format!(
+                "request incomplete after {} ms (frame_timeout_ms); send the whole request as soon as you connect",
+                self.table.limits().frame_timeout_ms
+            );
+            http::write_error(&mut out, 408, &message);
             let _ = conn.stream.write(&out);
             self.metrics.count_http(408);
         }

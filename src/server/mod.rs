@@ -326,7 +326,7 @@ impl Server {
         let started = Instant::now();
         let limits = config.limits;
         info!(
-            "distlockd {SERVER_VERSION} listening on {addr}; limits: connections_max {} frame_size_max {} name_len_max {} owner_len_max {} lock_ttl_ms_default {} lock_ttl_ms_max {} legacy_ttl_ms {} wait_ms_max {} locks_max {} waiters_per_lock_max {} output_buffer_size {} frame_timeout_ms {} write_timeout_ms {} idle_timeout_ms {}",
+            "distlockd {SERVER_VERSION} listening on {addr}; limits: connections_max {} frame_size_max {} name_len_max {} owner_len_max {} lock_ttl_ms_default {} lock_ttl_ms_max {} legacy_ttl_ms {} wait_ms_max {} locks_max {} waiters_per_lock_max {} output_buffer_size {} frame_timeout_ms {} write_timeout_ms {} idle_timeout_ms {} auth_timeout_ms {}",
             limits.connections_max,
             limits.frame_size_max,
             limits.name_len_max,
@@ -340,7 +340,8 @@ impl Server {
             limits.output_buffer_size,
             limits.frame_timeout_ms,
             limits.write_timeout_ms,
-            limits.idle_timeout_ms
+            limits.idle_timeout_ms,
+            limits.auth_timeout_ms
         );
         debug!("first fencing token {seed}");
         check_open_file_limit(limits.connections_max);

@@ -12,7 +12,7 @@ use std::time::Instant;
 use log::{debug, warn};
 use mio::Interest;
 
-use super::connection::{Conn, Phase, close_gently, ended_reason, flush, read_available};
+use super::connection::{Conn, close_gently, ended_reason, flush, read_available};
 use super::{Server, Source};
 use crate::auth::Auth;
 use crate::execute::{self, Context, Refusal, Step};
@@ -80,8 +80,7 @@ impl Server {
         self.input_pool.reclaim(&mut conn.input);
         self.output_pool.reclaim(&mut conn.output);
         let can_read = conn.want_read && !conn.input.is_full();
-        let has_room = conn.output.free_space() >= REPLY_SIZE_MAX;
-        if (more || can_read) && has_room && conn.phase == Phase::Serving {
+        if (more || can_read) && conn.can_decode() {
             self.queue_ready(key);
         }
         self.arm_deadline(key, now);
@@ -141,8 +140,7 @@ impl Server {
             let conn = &mut self.conns[key];
             self.output_pool.reclaim(&mut conn.output);
             let has_work = conn.want_read || !conn.input.is_empty();
-            let serving = conn.phase == Phase::Serving;
-            if has_work && serving && conn.output.free_space() >= REPLY_SIZE_MAX {
+            if has_work && conn.can_decode() {
                 self.queue_ready(key);
             }
             self.arm_deadline(key, now);
@@ -203,10 +201,7 @@ impl Server {
             };
             conn.output
                 .write_with(REPLY_SIZE_MAX, |out| reply.encode(out));
-            if !conn.in_ready {
-                conn.in_ready = true;
-                self.ready.push(key);
-            }
+            self.queue_ready(key);
         }
         self.table.clear_events();
     }
@@ -295,7 +290,7 @@ fn process_frames_counted(
     executed: &mut u64,
 ) -> Result<bool, Refusal> {
     for _ in 0..FRAMES_PER_TURN_MAX {
-        if conn.phase == Phase::Waiting || conn.output.free_space() < REPLY_SIZE_MAX {
+        if !conn.can_decode() {
             return Ok(false);
         }
         let input = conn.input.unread();

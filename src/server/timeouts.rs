@@ -10,7 +10,7 @@ use log::debug;
 use super::Server;
 use super::accept::ACCEPT_RETRY_MS;
 use super::connection::{Conn, Phase, flush, last_error};
-use crate::limits::{Limits, REPLY_SIZE_MAX};
+use crate::limits::Limits;
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
 
@@ -219,7 +219,7 @@ impl Server {
 pub(super) fn next_timeout(conn: &Conn, limits: &Limits) -> Option<(u64, Expired)> {
     let frame = conn
         .partial_since_ms
-        .filter(|_| conn.phase != Phase::Waiting && conn.output.free_space() >= REPLY_SIZE_MAX)
+        .filter(|_| conn.can_decode())
         .map(|since| (since + limits.frame_timeout_ms as u64, Expired::Frame));
     let write = (!conn.output.is_empty()).then(|| {
         (
