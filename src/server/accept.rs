@@ -32,8 +32,8 @@ const LISTEN_BACKLOG: i32 = 1024;
 
 impl Server {
     /// Accepts what waits on the lock-protocol listener, at most
-    /// ACCEPTS_PER_TURN_MAX at a time (the waker brings the loop back for
-    /// the rest).
+    /// ACCEPTS_PER_TURN_MAX at a time (`accept_more` brings the next turn
+    /// back for the rest).
     pub(super) fn accept(&mut self, now: u64) {
         for _ in 0..ACCEPTS_PER_TURN_MAX {
             let (stream, peer) = match self.listener.accept() {
@@ -65,7 +65,7 @@ impl Server {
             }
         }
         // More may be waiting; the listener is edge-triggered, so come back.
-        let _ = self.waker.wake();
+        self.accept_more = true;
     }
 
     fn register(&mut self, mut stream: TcpStream, peer: SocketAddr, now: u64) -> io::Result<()> {

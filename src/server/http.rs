@@ -79,7 +79,8 @@ impl Server {
             // behind a flood): answered now, it never waits for a slot.
             self.service_http(key, now);
         }
-        let _ = self.waker.wake();
+        // More may be waiting; the listener is edge-triggered, so come back.
+        self.accept_more = true;
     }
 
     /// Makes room for one more HTTP connection when HTTP_CONNECTIONS_MAX

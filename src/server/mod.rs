@@ -253,6 +253,10 @@ pub struct Server {
     ready_next: Vec<usize>,
     /// Accept failed for lack of resources; retry every ACCEPT_RETRY_MS.
     accept_retry: bool,
+    /// A listener had more connections than ACCEPTS_PER_TURN_MAX: accept
+    /// again next turn, without sleeping. The listeners are edge-triggered,
+    /// so no new event would come for connections already queued.
+    accept_more: bool,
     /// Connections with replies to write at the end of the turn: one write
     /// per connection per turn, however often it was serviced.
     writes: Vec<usize>,
@@ -362,6 +366,7 @@ impl Server {
             ready: Vec::with_capacity(64),
             ready_next: Vec::with_capacity(64),
             accept_retry: false,
+            accept_more: false,
             writes: Vec::with_capacity(64),
             closing: Vec::with_capacity(64),
             deadlines: TimerWheel::with_capacity(0, 64),
@@ -457,7 +462,7 @@ impl Server {
         }
         self.deliver_table_events();
         self.expire_connections(now);
-        if self.accept_retry {
+        if self.accept_retry || std::mem::take(&mut self.accept_more) {
             self.accept(now);
             self.accept_http(now);
         }

@@ -334,3 +334,55 @@ fn a_token_names_the_source_it_was_made_for() {
         assert_eq!(Source::of(source.token()), source, "{:?}", source.token());
     }
 }
+
+/// Connections that idle out together are closed a bounded number per
+/// turn, so that their timeouts (each may cost syscalls) cannot stall
+/// the other clients for one long turn; the rest go on the next turns.
+#[test]
+fn connection_timeouts_fire_a_bounded_number_per_turn() {
+    use crate::limits::CONN_TIMEOUTS_PER_TURN_MAX;
+    let config = super::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits: Limits {
+            idle_timeout_ms: 1_000,
+            ..Limits::default()
+        },
+        ..super::Config::default()
+    };
+    let mut server = super::Server::bind(config).unwrap();
+    let count = CONN_TIMEOUTS_PER_TURN_MAX + 10;
+    let clients: Vec<_> = (0..count)
+        .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    turn_until(&mut server, |s| s.conns.len() == count);
+    std::thread::sleep(Duration::from_millis(1_200)); // all idle past 1 s
+    server.waker.wake().unwrap();
+    server.turn().unwrap();
+    let left = server.conns.len();
+    assert!(
+        (count - CONN_TIMEOUTS_PER_TURN_MAX..count).contains(&left),
+        "{left} of {count} connections left after one turn"
+    );
+    turn_until(&mut server, |s| s.conns.is_empty());
+    drop(clients);
+}
+
+/// More connections than one turn accepts, all queued at once, are all
+/// accepted in the next turns: the listener is edge-triggered, so no new
+/// event comes for those already queued (they waited for the next
+/// connect to arrive, however long that took).
+#[test]
+fn more_connections_than_one_turn_accepts_are_all_accepted() {
+    use super::accept::ACCEPTS_PER_TURN_MAX;
+    let config = super::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..super::Config::default()
+    };
+    let mut server = super::Server::bind(config).unwrap();
+    let count = ACCEPTS_PER_TURN_MAX + 10;
+    let clients: Vec<_> = (0..count)
+        .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    turn_until(&mut server, |s| s.conns.len() == count);
+    drop(clients);
+}

@@ -10,7 +10,7 @@ use log::debug;
 use super::Server;
 use super::accept::ACCEPT_RETRY_MS;
 use super::connection::{Conn, Phase, flush, last_error};
-use crate::limits::Limits;
+use crate::limits::{CONN_TIMEOUTS_PER_TURN_MAX, Limits};
 use crate::metrics::CloseReason;
 use crate::protocol::ErrorCode;
 
@@ -44,7 +44,7 @@ impl Server {
     /// over, else until the earliest deadline of the lock table or of a
     /// connection, and at most ACCEPT_RETRY_MS after a failed accept.
     pub(super) fn poll_timeout(&self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.table.has_deferred_work() {
+        if !self.ready.is_empty() || self.table.has_deferred_work() || self.accept_more {
             return Some(Duration::ZERO);
         }
         let retry = self
@@ -87,7 +87,8 @@ impl Server {
     }
 
     /// Closes the connections whose frame, write, idle or auth timeout has
-    /// passed, and re-arms those whose deadline moved later.
+    /// passed, and re-arms those whose deadline moved later: at most
+    /// [`CONN_TIMEOUTS_PER_TURN_MAX`] per turn.
     ///
     /// A timeout judges what the client did, not how late the server
     /// looked: after a pause of the server (SIGSTOP, a VM pause, a long
@@ -96,7 +97,10 @@ impl Server {
     /// connection found due is first caught up ([`Server::catch_up`]) and
     /// judged again on what that found.
     pub(super) fn expire_connections(&mut self, now: u64) {
-        while let Some((_, deadline)) = self.deadlines.poll(now) {
+        for _ in 0..CONN_TIMEOUTS_PER_TURN_MAX {
+            let Some((_, deadline)) = self.deadlines.poll(now) else {
+                break;
+            };
             let key = match deadline {
                 Deadline::Lock(key) => key,
                 Deadline::Http(key) => {
