@@ -83,9 +83,12 @@ pub struct Snapshot {
     pub locks_max: usize,
     pub waiters: usize,
     pub table: Stats,
-    /// The input and output buffer pools: (lent, allocated, buffer size).
+    /// The buffer pools, in [`BUFFER_SIDES`] order: input, then output.
     pub buffers: [PoolFigures; 2],
 }
+
+/// The `side` label of each pool in [`Snapshot::buffers`].
+pub const BUFFER_SIDES: [&str; 2] = ["input", "output"];
 
 /// One buffer pool's figures for `/metrics`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -208,7 +211,7 @@ impl Metrics {
             "gauge",
             "Connection buffers holding bytes in flight now, by side (an idle connection holds none).",
         );
-        for (side, pool) in ["input", "output"].iter().zip(s.buffers) {
+        for (side, pool) in BUFFER_SIDES.iter().zip(s.buffers) {
             m.line(
                 "distlockd_connection_buffers_lent",
                 &format!("side=\"{side}\""),
@@ -220,7 +223,7 @@ impl Metrics {
             "gauge",
             "Bytes of connection buffers allocated, lent or kept free, by side.",
         );
-        for (side, pool) in ["input", "output"].iter().zip(s.buffers) {
+        for (side, pool) in BUFFER_SIDES.iter().zip(s.buffers) {
             m.line(
                 "distlockd_connection_buffer_bytes",
                 &format!("side=\"{side}\""),
