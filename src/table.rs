@@ -605,8 +605,7 @@ impl LockTable {
         } else {
             NIL
         };
-        let owner = self.owner_key.hash(req.owner);
-        let hash = self.name_key.hash(req.name);
+        let (hash, owner) = self.name_key.hash_pair(req.name, &self.owner_key, req.owner);
         let Some(lock) = self.find_settled(hash, req.name, now_ms) else {
             self.make_room(now_ms);
             if self.store.len() >= self.limits.locks_max {
@@ -662,9 +661,8 @@ impl LockTable {
     }
 
     pub fn release(&mut self, name: &[u8], owner: &[u8], token: u64, now_ms: u64) -> Outcome {
-        let hash = self.name_key.hash(name);
-        let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
-            Ok(lock) => lock,
+        let (lock, hash) = match self.find_held(name, owner, Some(token), now_ms) {
+            Ok(found) => found,
             Err(outcome) => return outcome,
         };
         self.stats.releases += 1;
@@ -675,9 +673,8 @@ impl LockTable {
     /// RELEASE for the original protocol, which has no tokens: the hold is
     /// released if `owner` holds it, whatever its token.
     pub fn release_by_owner(&mut self, name: &[u8], owner: &[u8], now_ms: u64) -> Outcome {
-        let hash = self.name_key.hash(name);
-        let lock = match self.find_held(hash, name, owner, None, now_ms) {
-            Ok(lock) => lock,
+        let (lock, hash) = match self.find_held(name, owner, None, now_ms) {
+            Ok(found) => found,
             Err(outcome) => return outcome,
         };
         self.stats.releases += 1;
@@ -697,9 +694,8 @@ impl LockTable {
             let max = self.limits.lock_ttl_ms_max;
             return Outcome::Rejected(ArgError::TtlTooLarge { ttl_ms, max });
         }
-        let hash = self.name_key.hash(name);
-        let lock = match self.find_held(hash, name, owner, Some(token), now_ms) {
-            Ok(lock) => lock,
+        let (lock, _) = match self.find_held(name, owner, Some(token), now_ms) {
+            Ok(found) => found,
             Err(outcome) => return outcome,
         };
         let ttl_ms = self.effective_ttl(ttl_ms);
@@ -840,27 +836,29 @@ impl LockTable {
         self.index.find(hash, |i| self.store.name(i) == name)
     }
 
-    /// The lock held by `owner` (under `token`, if given), or the NOT_HELD
-    /// reason.
+    /// The lock held by `owner` (under `token`, if given) and its name's
+    /// hash, or the NOT_HELD reason.
     fn find_held(
         &mut self,
-        hash: u64,
         name: &[u8],
         owner: &[u8],
         token: Option<u64>,
         now_ms: u64,
-    ) -> Result<u32, Outcome> {
+    ) -> Result<(u32, u64), Outcome> {
+        // Both hashes at once (see `hash_pair`): the owner's is needed
+        // whenever the name is held, which is nearly always.
+        let (hash, owner) = self.name_key.hash_pair(name, &self.owner_key, owner);
         let Some(lock) = self.find_settled(hash, name, now_ms) else {
             return Err(Outcome::NotHeld(NotHeldReason::Free));
         };
         let record = self.store.record(lock);
-        if record.owner != self.owner_key.hash(owner) {
+        if record.owner != owner {
             return Err(Outcome::NotHeld(NotHeldReason::OtherOwner));
         }
         if token.is_some_and(|token| token != record.token) {
             return Err(Outcome::NotHeld(NotHeldReason::TokenMismatch));
         }
-        Ok(lock)
+        Ok((lock, hash))
     }
 
     /// The lock named `name`, if held, after ending its hold first if it
