@@ -185,6 +185,21 @@ impl ScenarioRuns {
     pub fn median(&self, backend: Backend, metric: usize) -> f64 {
         median(self.runs[backend.index()].iter().map(|r| r[metric]))
     }
+
+    /// distlockd / `theirs` for `metric`: the median of the repetitions'
+    /// own ratios. The servers of one repetition run back to back, so a
+    /// slow stretch of the machine weighs on both sides of its ratio; the
+    /// ratio of the medians could pair one server's quiet repetition with
+    /// the other's noisy one. NaN when `theirs` did not run.
+    pub fn ratio_to(&self, theirs: Backend, metric: usize) -> f64 {
+        let ours = &self.runs[Backend::Distlockd.index()];
+        let theirs = &self.runs[theirs.index()];
+        median(
+            ours.iter()
+                .zip(theirs)
+                .map(|(o, t)| ratio(o[metric], t[metric])),
+        )
+    }
 }
 
 /// What `test compare` ran with.
@@ -242,6 +257,8 @@ fn format_ratio(r: f64) -> String {
 }
 
 /// Which server did better on a row.
+/// Who is better, given our figure and Redis's (or our ratio to Redis and 1,
+/// as the table does, so that the column agrees with the ratio).
 fn better(b: Better, ours: f64, redis: f64) -> &'static str {
     if !ours.is_finite() || !redis.is_finite() || ours == redis {
         return "=";
@@ -261,8 +278,8 @@ const METHODOLOGY: [&str; 8] = [
     "Mutual exclusion is checked from the clients' side: a grant while another client holds the lock (release not yet sent) is a violation.",
     "Server CPU: utime+stime of the server process over the measured window, per million lock ops (acquire + release).",
     "Memory: VmRSS growth of a freshly started server while holding that many locks (fresh names of the stated length; owners of about 20 bytes for distlockd, 32-hex-digit tokens for Redis, as their clients make them; 10-minute TTL; filled pipelined), divided by the lock count.",
-    "Ratios are distlockd/Redis of the medians; \"Better\" and the targets read them in each row's direction.",
-    "No-op reference: a single-threaded mio server in this executable that decodes the same frames and answers each at once with a fixed valid reply (GRANTED, RELEASED, ...), with no lock table: the ceiling a lock server reaches on this machine. It runs the uncontended and pipelined scenarios only (it cannot make a client wait or hold a lock: n/a elsewhere); distlockd/no-op is the ratio of the medians.",
+    "Ratios (distlockd/Redis, distlockd/no-op) are medians of the repetitions' own ratios: each repetition runs the servers back to back, so a slow stretch of the machine weighs on both sides of its ratio. \"Better\" and the targets read them in each row's direction.",
+    "No-op reference: a single-threaded mio server in this executable that decodes the same frames and answers each at once with a fixed valid reply (GRANTED, RELEASED, ...), with no lock table: the ceiling a lock server reaches on this machine. It runs the uncontended and pipelined scenarios only (it cannot make a client wait or hold a lock: n/a elsewhere).",
 ];
 
 /// The compare report: header, the side-by-side table, targets, checks.
@@ -318,7 +335,7 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
             let ours = s.median(Backend::Distlockd, i);
             let redis = s.median(Backend::Redis, i);
             let noop = s.median(Backend::Noop, i);
-            let r = ratio(ours, redis);
+            let r = s.ratio_to(Backend::Redis, i);
             let target = match m.goal {
                 None => String::new(),
                 Some(goal) => {
@@ -336,10 +353,10 @@ pub fn compare_report(info: &CompareInfo, sys: &SystemInfo, results: &CompareRes
                 format_value(ours, m.decimals),
                 format_value(redis, m.decimals),
                 format_ratio(r),
-                better(m.better, ours, redis),
+                better(m.better, r, 1.0),
                 target,
                 format_value(noop, m.decimals),
-                format_ratio(ratio(ours, noop)),
+                format_ratio(s.ratio_to(Backend::Noop, i)),
             );
         }
     }
@@ -414,10 +431,9 @@ pub fn compare_json(info: &CompareInfo, sys: &SystemInfo, results: &CompareResul
                 bo.raw("runs", &format!("[{}]", runs.join(", ")));
                 mo.raw(b.key(), &bo.finish());
             }
-            let ours = s.median(Backend::Distlockd, i);
-            let r = ratio(ours, s.median(Backend::Redis, i));
+            let r = s.ratio_to(Backend::Redis, i);
             mo.num("ratio", r);
-            mo.num("ratio_noop", ratio(ours, s.median(Backend::Noop, i)));
+            mo.num("ratio_noop", s.ratio_to(Backend::Noop, i));
             match m.goal {
                 None => mo.raw("target", "null"),
                 Some(goal) => {
@@ -544,6 +560,27 @@ mod tests {
         o.str("k", "v");
         o.num("n", 1.0);
         assert_eq!(o.finish(), "{\"k\": \"v\", \"n\": 1}");
+    }
+
+    #[test]
+    fn ratios_pair_each_repetition_before_the_median() {
+        // Repetition 2 ran on a slow stretch: both servers lost half.
+        let runs = |figures: &[f64]| figures.iter().map(|&x| vec![x]).collect::<Vec<_>>();
+        let s = ScenarioRuns {
+            scenario: Scenario::Pipelined {
+                conns: 16,
+                depth: 16,
+            },
+            runs: [
+                runs(&[100.0, 98.0, 50.0]),
+                runs(&[]),
+                runs(&[100.0, 120.0, 49.0]),
+            ],
+        };
+        // Per repetition 1.0, 0.817, 1.020: the median is 1.0. The ratio of
+        // the medians (98 / 100) would pair figures of different repetitions.
+        assert_eq!(s.ratio_to(Backend::Noop, 0), 1.0);
+        assert!(s.ratio_to(Backend::Redis, 0).is_nan(), "Redis did not run");
     }
 
     #[test]
