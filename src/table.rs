@@ -39,6 +39,7 @@
 
 mod chunked;
 mod names;
+mod pending;
 mod shards;
 mod siphash;
 mod status;
@@ -49,6 +50,8 @@ use slab::Slab;
 use crate::limits::{Limits, WAIT_MS_UNBOUNDED};
 use crate::protocol::{Acquire, FLAG_SESSION, FLAG_WAIT_FOREVER, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::{PollStep, WHEEL_HORIZON_MS, WheelCore};
+pub use pending::PENDING_EXPIRIES_MAX;
+use pending::Pending;
 use shards::{Extras, NameIndex};
 use siphash::SipKey;
 use store::{CompactStep, LockExtra, NIL, Store, WAITER_KEY_BIT, Waiter, waiter_key};
@@ -301,6 +304,8 @@ pub struct LockTable {
     /// (amortized O(1) per session).
     sessions_removed: usize,
     wheel: WheelCore,
+    /// Hold expiries set this millisecond, not linked in the wheel yet.
+    pending: Pending,
     next_token: u64,
     events: Vec<Event>,
     stats: Stats,
@@ -325,6 +330,7 @@ impl LockTable {
             deferred_holds: 0,
             sessions_removed: 0,
             wheel: WheelCore::new(now_ms),
+            pending: Pending::default(),
             next_token: token_seed.max(1),
             events: Vec::new(),
             stats: Stats::default(),
@@ -363,9 +369,14 @@ impl LockTable {
         self.next_token
     }
 
-    /// The earliest expiry or wait deadline, for the caller's poll timeout.
+    /// The earliest expiry or wait deadline, for the caller's poll timeout:
+    /// never later than it, and exact unless the timer that was earliest
+    /// has been cancelled since (see [`WheelCore::next_deadline`]).
     pub fn next_deadline(&self) -> Option<u64> {
-        self.wheel.next_deadline()
+        match (self.wheel.next_deadline(), self.pending.earliest_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Later answers produced by the last commands; the caller must drain
@@ -551,10 +562,16 @@ impl LockTable {
     /// waiter), its `extras` entry, its neighbours on its session's list and
     /// its waiters.
     fn move_last_record(&mut self, from: u32, to: u32) {
-        let deadline_ms = self.store.record(from).deadline_ms();
-        self.wheel.unlink(&mut self.store, from);
-        self.store.move_last(to);
-        self.wheel.link(&mut self.store, to, deadline_ms);
+        if let Some(pos) = self.store.pending_pos(from) {
+            // Its pending position moves with it.
+            self.store.move_last(to);
+            self.pending.repoint(pos, to);
+        } else {
+            let deadline_ms = self.store.record(from).deadline_ms();
+            self.wheel.unlink(&mut self.store, from);
+            self.store.move_last(to);
+            self.wheel.link(&mut self.store, to, deadline_ms);
+        }
         let hash = self.name_key.hash(self.store.name(to));
         let indexed = self.index.repoint(hash, from, to);
         assert!(indexed, "moved lock {from} missing from the index");
@@ -723,6 +740,9 @@ impl LockTable {
     /// answered by a later call, in deadline order.
     pub fn advance_bounded(&mut self, now_ms: u64, budget: usize) -> usize {
         let mut left = budget;
+        if now_ms > self.wheel.elapsed_ms() && !self.link_pending(&mut left) {
+            return budget;
+        }
         loop {
             let (at_ms, key) = match self.wheel.poll_bounded(&mut self.store, now_ms, &mut left) {
                 PollStep::Fired(at_ms, key) => (at_ms, key),
@@ -737,6 +757,60 @@ impl LockTable {
                 self.count_end(ended);
                 self.free_unlinked_lock(key, at_ms, now_ms, None);
             }
+        }
+    }
+
+    /// Links the pending expiries (see [`pending`]), one step of `left`
+    /// each, before the wheel moves on. Returns whether all are linked.
+    fn link_pending(&mut self, left: &mut usize) -> bool {
+        while self.pending.any() {
+            if *left == 0 {
+                return false;
+            }
+            *left -= 1;
+            let Some((pos, lock)) = self.pending.next_entry() else {
+                unreachable!("live pending entries left to look at");
+            };
+            if self.store.is_pending_at(lock, pos) {
+                let deadline_ms = self.store.take_pending(lock).expect("pending");
+                self.pending.forget();
+                self.wheel.link(&mut self.store, lock, deadline_ms);
+            }
+        }
+        true
+    }
+
+    /// Sets a hold's expiry, which is not linked: pending if it is after
+    /// elapsed (see [`pending`]), else linked at once.
+    fn arm(&mut self, lock: u32, deadline_ms: u64) {
+        if deadline_ms <= self.wheel.elapsed_ms() {
+            // Due at the next poll: no pending deadline can equal it.
+            self.wheel.link(&mut self.store, lock, deadline_ms);
+            return;
+        }
+        if !self.pending.has_room() {
+            self.link_all_pending();
+        }
+        let pos = self.pending.push(lock, deadline_ms);
+        self.store.set_pending(lock, deadline_ms, pos);
+    }
+
+    /// Links every pending expiry now: before a timer is linked directly,
+    /// so that equal deadlines keep the order they were set in. At most
+    /// [`PENDING_EXPIRIES_MAX`] links.
+    fn link_all_pending(&mut self) {
+        if self.pending.any() {
+            let mut unbounded = usize::MAX;
+            self.link_pending(&mut unbounded);
+        }
+    }
+
+    /// Clears a hold's expiry, pending or linked.
+    fn disarm(&mut self, lock: u32) {
+        if self.store.take_pending(lock).is_some() {
+            self.pending.forget();
+        } else {
+            self.wheel.unlink(&mut self.store, lock);
         }
     }
 
@@ -973,8 +1047,7 @@ impl LockTable {
         now_ms: u64,
     ) -> u32 {
         let lock = self.store.insert(name, owner, token);
-        self.wheel
-            .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
+        self.arm(lock, expiry_ms(now_ms, ttl_ms));
         self.index.insert(hash, lock);
         lock
     }
@@ -988,9 +1061,8 @@ impl LockTable {
     }
 
     fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
-        self.wheel.unlink(&mut self.store, lock);
-        self.wheel
-            .link(&mut self.store, lock, expiry_ms(now_ms, ttl_ms));
+        self.disarm(lock);
+        self.arm(lock, expiry_ms(now_ms, ttl_ms));
     }
 
     /// The lock's side data, or the empty one.
@@ -1077,7 +1149,7 @@ impl LockTable {
     /// expiry, then hands the lock on (see `free_unlinked_lock`). `hash` is
     /// the name's hash when the caller has it.
     fn free_lock(&mut self, lock: u32, at_ms: u64, now_ms: u64, hash: Option<u64>) {
-        self.wheel.unlink(&mut self.store, lock);
+        self.disarm(lock);
         self.free_unlinked_lock(lock, at_ms, now_ms, hash);
     }
 
@@ -1113,8 +1185,7 @@ impl LockTable {
         let record = self.store.record_mut(lock);
         record.owner = w.owner;
         record.token = token;
-        self.wheel
-            .link(&mut self.store, lock, expiry_ms(now_ms, w.ttl_ms));
+        self.arm(lock, expiry_ms(now_ms, w.ttl_ms));
         let session = if w.flags & FLAG_SESSION != 0 {
             w.session
         } else {
@@ -1171,6 +1242,8 @@ impl LockTable {
         waiter.queue_prev = tail;
         let index = self.store.waiters.insert(waiter) as u32;
         assert!(index < WAITER_KEY_BIT, "waiter slots exhausted");
+        // Behind every expiry set before it (see [`pending`]).
+        self.link_all_pending();
         self.wheel
             .link(&mut self.store, waiter_key(index), deadline_ms);
         if tail != NIL {
@@ -1220,10 +1293,11 @@ impl LockTable {
         self.store.invariants();
         assert_eq!(self.index.len(), self.store.len());
         let linked = self.wheel.invariants(&self.store);
+        let pending = self.pending.invariants(&self.store);
         assert_eq!(
-            linked,
+            linked + pending,
             self.store.len() + self.store.waiters.len(),
-            "one timer each"
+            "one timer each, linked or pending"
         );
         let mut waiters_seen = 0;
         let mut extras_seen = 0;

@@ -84,6 +84,10 @@ const META_LEVEL_SHIFT: u16 = 6;
 const META_LEVEL_MASK: u16 = 0x7 << META_LEVEL_SHIFT;
 const META_LIVE: u16 = 1 << 9;
 const META_HAS_EXTRA: u16 = 1 << 10;
+/// The expiry is set but not linked in the wheel yet: it waits in the
+/// table's list of expiries set this millisecond (see `table::pending`), at
+/// the position kept in `prev`.
+const META_PENDING: u16 = 1 << 11;
 const LONG_NAME: u8 = 0xff;
 
 const _: () = assert!(std::mem::size_of::<LockRecord>() == 48);
@@ -423,6 +427,53 @@ impl Store {
             Some(slot) => self.long_names.get(slot),
             None => &record.name[1..1 + record.name[0] as usize],
         }
+    }
+
+    /// Sets a live record's expiry without linking it in the wheel: it
+    /// waits at position `pos` of the table's pending expiries. The record
+    /// must not be linked or pending.
+    #[inline]
+    pub fn set_pending(&mut self, lock: u32, deadline_ms: u64, pos: u32) {
+        let r = self.record_mut(lock);
+        debug_assert!(r.meta & META_PENDING == 0 && r.prev == NIL && r.next == NIL);
+        r.set_deadline_ms(deadline_ms);
+        r.prev = pos;
+        r.meta |= META_PENDING;
+    }
+
+    /// Whether `lock` is a live record whose expiry waits at position `pos`
+    /// of the pending expiries. Any `lock` may be asked: positions of
+    /// records freed or moved since are stale, and answer false.
+    #[inline]
+    pub fn is_pending_at(&self, lock: u32, pos: u32) -> bool {
+        if lock as usize >= self.records.len() {
+            return false;
+        }
+        let r = &self.records[lock as usize];
+        let flags = META_LIVE | META_PENDING;
+        r.meta & flags == flags && r.prev == pos
+    }
+
+    /// If `lock`'s expiry is pending: makes it unlinked (as
+    /// [`TimerLinks::UNLINKED`]) and returns its deadline.
+    #[inline]
+    pub fn take_pending(&mut self, lock: u32) -> Option<u64> {
+        let r = self.record_mut(lock);
+        if r.meta & META_PENDING == 0 {
+            return None;
+        }
+        let deadline_ms = r.deadline_ms();
+        r.meta &= !META_PENDING;
+        r.prev = NIL;
+        r.set_deadline_ms(0);
+        Some(deadline_ms)
+    }
+
+    /// The pending position of `lock`, moved into another slot with its
+    /// record.
+    pub fn pending_pos(&self, lock: u32) -> Option<u32> {
+        let r = self.record(lock);
+        (r.meta & META_PENDING != 0).then_some(r.prev)
     }
 
     /// Record slots, live or vacant: indexes are below it.

@@ -1312,3 +1312,89 @@ fn a_live_hold_always_has_at_least_1_ms_remaining() {
     assert_eq!(remaining_ms(12, 10), 1);
     assert_eq!(remaining_ms(13, 10), 2);
 }
+
+#[test]
+fn a_hold_released_in_the_millisecond_it_was_taken_never_touches_the_wheel() {
+    let mut t = table();
+    let a = t.open_session(1);
+    let token = granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 5));
+    assert!(t.pending.any(), "the expiry waits to be linked");
+    assert_eq!(t.next_deadline(), Some(106), "and still sets the poll timeout");
+    t.invariants();
+    assert_eq!(t.release(b"job", b"a", token, 5), Outcome::Released);
+    assert!(!t.pending.any());
+    assert!(t.wheel.is_empty());
+    assert_eq!(t.next_deadline(), None);
+    t.invariants();
+}
+
+#[test]
+fn a_pending_expiry_is_linked_when_time_moves_and_fires_at_its_deadline() {
+    let mut t = table();
+    let a = t.open_session(1);
+    granted_token(t.acquire(a, &acq(b"job", b"a", 100, 0), 5));
+    t.advance(6);
+    assert!(!t.pending.any(), "linked by the first poll at a later time");
+    assert_eq!(t.next_deadline(), Some(106));
+    t.invariants();
+    t.advance(105);
+    assert_eq!(t.len(), 1, "not a millisecond early");
+    t.advance(106);
+    assert_eq!(t.len(), 0);
+    t.invariants();
+}
+
+#[test]
+fn a_pending_expiry_fires_before_a_later_set_timer_of_the_same_deadline() {
+    let mut t = table();
+    let (a, c, d, x) = (
+        t.open_session(1),
+        t.open_session(2),
+        t.open_session(3),
+        t.open_session(4),
+    );
+    granted_token(t.acquire(c, &acq(b"z", b"c", 1_000, 0), 0));
+    t.advance(1);
+    // At 1 ms: the hold on "a" expires at 1 + 10 + 1; d's wait on "z" ends
+    // at the same millisecond, set after it.
+    let token = granted_token(t.acquire(a, &acq(b"a", b"a", 10, 0), 1));
+    assert_eq!(t.acquire(d, &acq(b"z", b"d", 100, 10), 1), Outcome::Queued);
+    assert_eq!(t.acquire(x, &acq(b"a", b"x", 100, 1_000), 1), Outcome::Queued);
+    t.advance(12);
+    let events = take_events(&mut t);
+    let kinds: Vec<(SessionId, EventKind)> = events.iter().map(|e| (e.session, e.kind)).collect();
+    assert_eq!(
+        kinds,
+        [
+            (
+                x,
+                EventKind::Granted {
+                    token: token + 1,
+                    ttl_ms: 100
+                }
+            ),
+            (d, EventKind::TimedOut { waited_ms: 10 }),
+        ],
+        "in the order the timers were set"
+    );
+}
+
+#[test]
+fn a_full_pending_list_is_linked_before_the_next_expiry_is_set() {
+    let mut t = table();
+    let a = t.open_session(1);
+    let names: Vec<String> = (0..PENDING_EXPIRIES_MAX + 10).map(|i| format!("n{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        granted_token(t.acquire(a, &acq(name.as_bytes(), b"a", 100 + i as u32, 0), 0));
+    }
+    t.invariants();
+    assert!(!t.wheel.is_empty(), "the first {PENDING_EXPIRIES_MAX} were linked");
+    assert!(t.pending.any(), "the last 10 wait");
+    t.advance(100);
+    assert_eq!(t.len(), names.len());
+    t.advance(101);
+    assert_eq!(t.len(), names.len() - 1, "each at its own deadline");
+    t.advance(100 + names.len() as u64);
+    assert_eq!(t.len(), 0);
+    t.invariants();
+}
