@@ -538,8 +538,10 @@ impl LockTable {
     }
 
     /// Moves the last waiter to the vacant slot `to`, relinking its timer
-    /// at the same deadline (after any other timer already linked for that
-    /// millisecond: timers of one millisecond have no order that matters).
+    /// at the same deadline, after any other timer already linked for that
+    /// millisecond. Known limit: that can change which of two timers of one
+    /// millisecond fires first, and so which of two waiters granted at that
+    /// millisecond gets the lower token (relinking in place would keep it).
     fn move_last_waiter(&mut self, from: u32, to: u32) {
         let deadline_ms = self.store.waiters[from as usize].deadline_ms();
         self.wheel.unlink(&mut self.store, waiter_key(from));
@@ -737,12 +739,16 @@ impl LockTable {
     /// whatever expires at once: a lock whose expiry is due but not fired
     /// yet is freed by the first command that touches it (see
     /// [`LockTable::settle`]), and a waiter whose deadline passed is
-    /// answered by a later call, in deadline order.
+    /// answered by a later call, in deadline order. When `now_ms` is past
+    /// the wheel's elapsed time, the pending expiries (see [`pending`]) are
+    /// linked first, outside the budget: at most [`PENDING_EXPIRIES_MAX`].
     pub fn advance_bounded(&mut self, now_ms: u64, budget: usize) -> usize {
-        let mut left = budget;
-        if now_ms > self.wheel.elapsed_ms() && !self.link_pending(&mut left) {
-            return budget;
+        if now_ms > self.wheel.elapsed_ms() {
+            // Outside the budget: at most PENDING_EXPIRIES_MAX links, work
+            // the requests that set them would have done at once.
+            self.link_all_pending();
         }
+        let mut left = budget;
         loop {
             let (at_ms, key) = match self.wheel.poll_bounded(&mut self.store, now_ms, &mut left) {
                 PollStep::Fired(at_ms, key) => (at_ms, key),
@@ -760,14 +766,12 @@ impl LockTable {
         }
     }
 
-    /// Links the pending expiries (see [`pending`]), one step of `left`
-    /// each, before the wheel moves on. Returns whether all are linked.
-    fn link_pending(&mut self, left: &mut usize) -> bool {
+    /// Links every pending expiry (see [`pending`]), in the order they were
+    /// set: before the wheel moves on, and before a timer is linked
+    /// directly, so that equal deadlines keep that order. At most
+    /// [`PENDING_EXPIRIES_MAX`] entries, live or stale.
+    fn link_all_pending(&mut self) {
         while self.pending.any() {
-            if *left == 0 {
-                return false;
-            }
-            *left -= 1;
             let Some((pos, lock)) = self.pending.next_entry() else {
                 unreachable!("live pending entries left to look at");
             };
@@ -777,7 +781,6 @@ impl LockTable {
                 self.wheel.link(&mut self.store, lock, deadline_ms);
             }
         }
-        true
     }
 
     /// Sets a hold's expiry, which is not linked: pending if it is after
@@ -795,15 +798,6 @@ impl LockTable {
         self.store.set_pending(lock, deadline_ms, pos);
     }
 
-    /// Links every pending expiry now: before a timer is linked directly,
-    /// so that equal deadlines keep the order they were set in. At most
-    /// [`PENDING_EXPIRIES_MAX`] links.
-    fn link_all_pending(&mut self) {
-        if self.pending.any() {
-            let mut unbounded = usize::MAX;
-            self.link_pending(&mut unbounded);
-        }
-    }
 
     /// Clears a hold's expiry, pending or linked.
     fn disarm(&mut self, lock: u32) {

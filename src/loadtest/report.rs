@@ -194,11 +194,19 @@ impl ScenarioRuns {
     pub fn ratio_to(&self, theirs: Backend, metric: usize) -> f64 {
         let ours = &self.runs[Backend::Distlockd.index()];
         let theirs = &self.runs[theirs.index()];
-        median(
-            ours.iter()
-                .zip(theirs)
-                .map(|(o, t)| ratio(o[metric], t[metric])),
-        )
+        // An infinite ratio (theirs 0) is a figure here, not a missing one.
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(o, t)| ratio(o[metric], t[metric]))
+            .filter(|r| !r.is_nan())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        match ratios.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => ratios[n / 2],
+            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+        }
     }
 }
 
@@ -256,8 +264,8 @@ fn format_ratio(r: f64) -> String {
     }
 }
 
-/// Which server did better on a row.
-/// Who is better, given our figure and Redis's (or our ratio to Redis and 1,
+/// Which server did better on a row:
+/// who is better, given our figure and Redis's (or our ratio to Redis and 1,
 /// as the table does, so that the column agrees with the ratio).
 fn better(b: Better, ours: f64, redis: f64) -> &'static str {
     if !ours.is_finite() || !redis.is_finite() || ours == redis {
@@ -581,6 +589,13 @@ mod tests {
         // the medians (98 / 100) would pair figures of different repetitions.
         assert_eq!(s.ratio_to(Backend::Noop, 0), 1.0);
         assert!(s.ratio_to(Backend::Redis, 0).is_nan(), "Redis did not run");
+        // A repetition where the other side scored 0 counts as infinitely
+        // better, not as missing.
+        let zeros = ScenarioRuns {
+            runs: [runs(&[5.0, 5.0, 5.0]), runs(&[0.0, 0.0, 10.0]), runs(&[])],
+            ..s
+        };
+        assert!(zeros.ratio_to(Backend::Redis, 0).is_infinite());
     }
 
     #[test]

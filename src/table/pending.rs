@@ -12,9 +12,12 @@
 //!
 //! The first [`super::LockTable::advance_bounded`] at a later time first
 //! links every expiry still pending, in the order they were set, before the
-//! wheel moves: elapsed is still `e`, so each lands in the slot linking at
-//! once would have chosen. Each entry linked or skipped counts as one step
-//! of that call's budget. Timers with equal deadlines fire in the order
+//! wheel moves, so each lands in the slot linking at once would have chosen
+//! (elapsed has not moved since they were set, but for expiries set by
+//! grants during a poll, whose deadlines are later than any it reached).
+//! Those links are outside the call's timer budget: at most
+//! [`PENDING_EXPIRIES_MAX`], work the requests would have done at once.
+//! Timers with equal deadlines fire in the order
 //! they were set (tokens of the waiters they grant depend on it), so any
 //! other timer linked with a deadline after `e` (a waiter's) first has every
 //! pending expiry linked; so does an expiry set when the list is full. Both

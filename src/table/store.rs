@@ -18,10 +18,14 @@
 //! | token 8 | owner 8 | deadline 6  | meta | prev | next | name 16       |
 //! |         | digest  | (ms, 48 bit)| 2    | 4    | 4    | len + 15 bytes|
 //! +---------+---------+-------------+------+------+------+---------------+
-//! meta: slot (6 bits) | level (3 bits) | LIVE | HAS_EXTRA
+//! meta: slot (6 bits) | level (3 bits) | LIVE | HAS_EXTRA | PENDING
 //! name: byte 0 = length 0..=15 and the bytes inline, or LONG_NAME, the
 //!       length (byte 1) and a u32 slot index (bytes 4..8) in `long_names`.
 //! ```
+//!
+//! A held lock's expiry is linked in the wheel, or pending (PENDING set, the
+//! deadline in the record and its position in the table's pending list in
+//! `prev`; see `table::pending`).
 //!
 //! Vacant records are threaded into a doubly linked free list through `prev`
 //! and `next` (free for that use: only held locks are in the wheel), and
@@ -134,7 +138,7 @@ impl LockRecord {
         }
     }
 
-    /// The expiry deadline, as linked in the wheel.
+    /// The expiry deadline, linked in the wheel or pending.
     pub fn deadline_ms(&self) -> u64 {
         (self.deadline_hi as u64) << 32 | self.deadline_lo as u64
     }
@@ -374,8 +378,8 @@ pub enum CompactStep {
     /// Dropped a vacant last slot.
     Popped,
     /// The live last record must move to the vacant slot `to`: the caller
-    /// unlinks its timer, calls [`Store::move_last`] and fixes the
-    /// references.
+    /// unlinks its timer (unless it is pending), calls [`Store::move_last`]
+    /// and fixes the references.
     Move { from: u32, to: u32 },
 }
 
@@ -627,8 +631,9 @@ impl Store {
         }
     }
 
-    /// Moves the last record (its timer unlinked) into the vacant slot `to`
-    /// and pops the last slot. Its long name, if any, moves with it.
+    /// Moves the last record (its timer unlinked, or pending: its pending
+    /// position moves with it) into the vacant slot `to` and pops the last
+    /// slot. Its long name, if any, moves with it.
     pub fn move_last(&mut self, to: u32) {
         self.unlink_free(to);
         let record = self.records.pop().expect("a last record");

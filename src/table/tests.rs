@@ -1398,3 +1398,23 @@ fn a_full_pending_list_is_linked_before_the_next_expiry_is_set() {
     assert_eq!(t.len(), 0);
     t.invariants();
 }
+
+#[test]
+fn making_room_frees_a_due_expiry_behind_a_full_pending_list() {
+    let limits = Limits {
+        locks_max: 2,
+        ..Limits::default()
+    };
+    let mut t = LockTable::new(limits, SEED, 0);
+    let a = t.open_session(1);
+    granted_token(t.acquire(a, &acq(b"k", b"a", 100_000, 0), 0));
+    // Stale pending entries, each released in the millisecond it was taken.
+    for _ in 0..PENDING_EXPIRIES_MAX - 2 {
+        let token = granted_token(t.acquire(a, &acq(b"x", b"a", 1_000, 0), 0));
+        assert_eq!(t.release(b"x", b"a", token, 0), Outcome::Released);
+    }
+    granted_token(t.acquire(a, &acq(b"l", b"a", 1, 0), 0));
+    // At 10 ms "l" (deadline 2) has ended: its room goes to "m".
+    granted_token(t.acquire(a, &acq(b"m", b"a", 1_000, 0), 10));
+    t.invariants();
+}
