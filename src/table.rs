@@ -50,7 +50,6 @@ use slab::Slab;
 use crate::limits::{Limits, WAIT_MS_UNBOUNDED};
 use crate::protocol::{Acquire, FLAG_SESSION, FLAG_WAIT_FOREVER, FLAGS_KNOWN, NotHeldReason};
 use crate::wheel::{PollStep, WHEEL_HORIZON_MS, WheelCore};
-pub use pending::PENDING_EXPIRIES_MAX;
 use pending::Pending;
 use shards::{Extras, NameIndex};
 use siphash::SipKey;
@@ -537,17 +536,14 @@ impl LockTable {
         }
     }
 
-    /// Moves the last waiter to the vacant slot `to`, relinking its timer
-    /// at the same deadline, after any other timer already linked for that
-    /// millisecond. Known limit: that can change which of two timers of one
-    /// millisecond fires first, and so which of two waiters granted at that
-    /// millisecond gets the lower token (relinking in place would keep it).
+    /// Moves the last waiter to the vacant slot `to`. Its timer keeps its
+    /// place in the wheel under the new key, so timers of one millisecond
+    /// keep their order (it decides which waiter's grant gets the lower
+    /// token).
     fn move_last_waiter(&mut self, from: u32, to: u32) {
-        let deadline_ms = self.store.waiters[from as usize].deadline_ms();
-        self.wheel.unlink(&mut self.store, waiter_key(from));
         let w = self.store.waiters.move_last(to);
         self.wheel
-            .link(&mut self.store, waiter_key(to), deadline_ms);
+            .rekey(&mut self.store, waiter_key(from), waiter_key(to));
         match w.queue_prev {
             NIL => self.update_extra(w.lock, |e| e.waiters_head = to),
             prev => self.store.waiters[prev as usize].queue_next = to,
@@ -560,19 +556,15 @@ impl LockTable {
     }
 
     /// Moves the last lock record to the vacant slot `to` and points every
-    /// reference at it: the hash index, its timer (relinked as for a
-    /// waiter), its `extras` entry, its neighbours on its session's list and
-    /// its waiters.
+    /// reference at it: the hash index, its timer (rekeyed in place, as for
+    /// a waiter, or its pending entry), its `extras` entry, its neighbours
+    /// on its session's list and its waiters.
     fn move_last_record(&mut self, from: u32, to: u32) {
-        if let Some(pos) = self.store.pending_pos(from) {
-            // Its pending position moves with it.
-            self.store.move_last(to);
-            self.pending.repoint(pos, to);
-        } else {
-            let deadline_ms = self.store.record(from).deadline_ms();
-            self.wheel.unlink(&mut self.store, from);
-            self.store.move_last(to);
-            self.wheel.link(&mut self.store, to, deadline_ms);
+        let pending = self.store.pending_pos(from);
+        self.store.move_last(to);
+        match pending {
+            Some(pos) => self.pending.repoint(pos, to),
+            None => self.wheel.rekey(&mut self.store, from, to),
         }
         let hash = self.name_key.hash(self.store.name(to));
         let indexed = self.index.repoint(hash, from, to);
@@ -741,7 +733,7 @@ impl LockTable {
     /// [`LockTable::settle`]), and a waiter whose deadline passed is
     /// answered by a later call, in deadline order. When `now_ms` is past
     /// the wheel's elapsed time, the pending expiries (see [`pending`]) are
-    /// linked first, outside the budget: at most [`PENDING_EXPIRIES_MAX`].
+    /// linked first, outside the budget: at most [`pending::PENDING_EXPIRIES_MAX`].
     pub fn advance_bounded(&mut self, now_ms: u64, budget: usize) -> usize {
         if now_ms > self.wheel.elapsed_ms() {
             // Outside the budget: at most PENDING_EXPIRIES_MAX links, work
@@ -769,7 +761,7 @@ impl LockTable {
     /// Links every pending expiry (see [`pending`]), in the order they were
     /// set: before the wheel moves on, and before a timer is linked
     /// directly, so that equal deadlines keep that order. At most
-    /// [`PENDING_EXPIRIES_MAX`] entries, live or stale.
+    /// [`pending::PENDING_EXPIRIES_MAX`] entries, live or stale.
     fn link_all_pending(&mut self) {
         while self.pending.any() {
             let Some((pos, lock)) = self.pending.next_entry() else {

@@ -313,6 +313,35 @@ impl WheelCore {
         self.remove(store, key);
     }
 
+    /// The store moved linked key `from`'s links to key `to`, which was
+    /// not linked, and `from` is gone: points its neighbours, its slot's
+    /// head or tail and a cascade in progress at `to`. The timer keeps its
+    /// place in its slot list, so equal deadlines keep their order. O(1).
+    pub fn rekey<S: TimerStore + ?Sized>(&mut self, store: &mut S, from: u32, to: u32) {
+        debug_assert_ne!(to, NIL_KEY, "NIL_KEY is never a key");
+        let links = store.links(to);
+        let lists = &mut self.levels[usize::from(links.level)];
+        let slot = usize::from(links.slot);
+        debug_assert!(lists.is_occupied(slot), "rekeying {from}: not linked");
+        match links.prev {
+            NIL_KEY => {
+                debug_assert_eq!(lists.heads[slot], from);
+                lists.heads[slot] = to;
+            }
+            prev => store.set_next(prev, to),
+        }
+        match links.next {
+            NIL_KEY => {
+                debug_assert_eq!(lists.tails[slot], from);
+                lists.tails[slot] = to;
+            }
+            next => store.set_prev(next, to),
+        }
+        if let Some(c) = self.cascade.as_mut().filter(|c| c.last == from) {
+            c.last = to;
+        }
+    }
+
     /// Whether `key` is linked, given that unlinked keys hold
     /// [`TimerLinks::UNLINKED`]. (A linked key holds exactly that only as the
     /// sole timer of level 0, slot 0, with deadline 0.)

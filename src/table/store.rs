@@ -312,8 +312,8 @@ impl Waiters {
         Some((last, self.free_head))
     }
 
-    /// Moves the last waiter into the vacant slot `to` (its timer must be
-    /// unlinked) and pops the last slot.
+    /// Moves the last waiter, links and all, into the vacant slot `to` and
+    /// pops the last slot; the caller rekeys its timer.
     pub fn move_last(&mut self, to: u32) -> Waiter {
         self.unlink_free(to);
         let waiter = self.slots.pop().expect("a last waiter");
@@ -378,8 +378,8 @@ pub enum CompactStep {
     /// Dropped a vacant last slot.
     Popped,
     /// The live last record must move to the vacant slot `to`: the caller
-    /// unlinks its timer (unless it is pending), calls [`Store::move_last`]
-    /// and fixes the references.
+    /// calls [`Store::move_last`] and fixes the references, its timer's
+    /// too.
     Move { from: u32, to: u32 },
 }
 
@@ -631,9 +631,9 @@ impl Store {
         }
     }
 
-    /// Moves the last record (its timer unlinked, or pending: its pending
-    /// position moves with it) into the vacant slot `to` and pops the last
-    /// slot. Its long name, if any, moves with it.
+    /// Moves the last record, links and all, into the vacant slot `to` and
+    /// pops the last slot; the caller rekeys its timer or repoints its
+    /// pending entry. Its long name, if any, moves with it.
     pub fn move_last(&mut self, to: u32) {
         self.unlink_free(to);
         let record = self.records.pop().expect("a last record");

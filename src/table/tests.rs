@@ -1,4 +1,5 @@
 use super::*;
+use pending::PENDING_EXPIRIES_MAX;
 use status::STATUS_PAGE_SLOTS_MAX;
 
 const SEED: u64 = 1_000;
@@ -1417,4 +1418,33 @@ fn making_room_frees_a_due_expiry_behind_a_full_pending_list() {
     // At 10 ms "l" (deadline 2) has ended: its room goes to "m".
     granted_token(t.acquire(a, &acq(b"m", b"a", 1_000, 0), 10));
     t.invariants();
+}
+
+#[test]
+fn compaction_keeps_the_order_of_timers_of_one_millisecond() {
+    let mut t = table();
+    let (a, b, c) = (t.open_session(1), t.open_session(2), t.open_session(3));
+    let names: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+    let mut tokens = Vec::new();
+    for name in &names {
+        tokens.push(granted_token(t.acquire(a, &acq(name.as_bytes(), b"a", 1_000, 0), 0)));
+    }
+    for (name, &token) in names.iter().zip(&tokens).take(299).skip(1) {
+        assert_eq!(t.release(name.as_bytes(), b"a", token, 0), Outcome::Released);
+    }
+    // n0's expiry is set again after n299's: both end at 1001, n299's first.
+    assert!(matches!(
+        t.extend(b"n0", b"a", tokens[0], 1_000, 0),
+        Outcome::Extended { .. }
+    ));
+    assert_eq!(t.acquire(b, &acq(b"n0", b"b", 100, 5_000), 0), Outcome::Queued);
+    assert_eq!(t.acquire(c, &acq(b"n299", b"c", 100, 5_000), 0), Outcome::Queued);
+    // Giving memory back moves n299's record into a lower slot.
+    while t.has_deferred_work() {
+        t.run_deferred(0, 10);
+    }
+    t.invariants();
+    t.advance(1_001);
+    let granted: Vec<SessionId> = take_events(&mut t).iter().map(|e| e.session).collect();
+    assert_eq!(granted, [c, b], "n299's waiter first, as before the move");
 }
