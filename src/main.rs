@@ -14,7 +14,9 @@ mod loadtest;
 use cli::{read_secret_from, string_value};
 use distlockd::client::SECRET_FILE_ENV;
 use distlockd::client::servers::port_in_host;
-use distlockd::server::{Auth, Config, Limit, Limits, SERVER_VERSION, Server, WAIT_MS_UNBOUNDED};
+use distlockd::server::{
+    Auth, Config, Limit, Limits, SERVER_VERSION, Server, SignalCatcher, WAIT_MS_UNBOUNDED,
+};
 use lexopt::prelude::*;
 // The binary's own modules name the library's public ones as `crate::…`.
 use distlockd::{client, protocol, server};
@@ -285,11 +287,15 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         token_seed: None,
         http_listen,
     };
+    // Caught before the port is bound: a signal sent once the port accepts
+    // connections stops the server gracefully, never by the default action.
+    let signals = SignalCatcher::install()
+        .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
     let mut server = Server::bind(config).map_err(|e| e.to_string())?;
     server.set_auth(auth);
     server
-        .handle_signals()
-        .map_err(|e| format!("cannot install SIGINT/SIGTERM handlers: {e}"))?;
+        .handle_signals(signals)
+        .map_err(|e| format!("cannot watch SIGINT/SIGTERM: {e}"))?;
     match server.run() {
         Ok(()) => Ok(ExitCode::SUCCESS),
         // A second signal: exit at once, status 1 (logged by the server).

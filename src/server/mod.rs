@@ -90,7 +90,7 @@ pub use crate::execute::SERVER_VERSION;
 #[doc(hidden)]
 pub use crate::limits::{CONN_INPUT_BUFFER_SIZE, CONN_OUTPUT_BUFFER_SIZE};
 pub use crate::limits::{LOCKS_CEILING, Limit, Limits, LimitsError, WAIT_MS_UNBOUNDED};
-pub use signals::SECOND_SIGNAL_MESSAGE;
+pub use signals::{SECOND_SIGNAL_MESSAGE, SignalCatcher};
 
 /// What a poll event is about: its token, decoded. A lock-protocol
 /// connection's token is its key in `Server::conns`; an HTTP connection's is

@@ -17,19 +17,34 @@ use crate::protocol::ErrorCode;
 pub const SECOND_SIGNAL_MESSAGE: &str =
     "a second signal: stopped at once, without answering waiters or closing connections";
 
+/// SIGINT and SIGTERM, caught from the moment [`SignalCatcher::install`]
+/// returns and kept until a [`Server`] handles them
+/// ([`Server::handle_signals`]). A daemon installs it before it binds its
+/// port: once a client can connect, a signal is a graceful stop, never the
+/// default action that ends the process at once.
+pub struct SignalCatcher(signal_hook_mio::v1_0::Signals);
+
+impl SignalCatcher {
+    /// Catches SIGINT and SIGTERM in this process from now on.
+    pub fn install() -> io::Result<SignalCatcher> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM]).map(SignalCatcher)
+    }
+}
+
 impl Server {
     /// Runs until a [`Stopper`] fires, then closes every connection.
-    /// Stops gracefully on the first SIGINT or SIGTERM: no new connections,
-    /// every queued ACQUIRE answered SHUTTING_DOWN, pending replies written,
-    /// then [`Server::run`] returns. A second signal makes `run` return at
-    /// once, without that, with an [`io::ErrorKind::Interrupted`] error
-    /// (the daemon then exits with status 1). For the daemon; embedders use
-    /// a [`Stopper`].
+    /// Stops gracefully on the first SIGINT or SIGTERM caught by `signals`
+    /// (also one caught before this call): no new connections, every
+    /// queued ACQUIRE answered SHUTTING_DOWN, pending replies written, then
+    /// [`Server::run`] returns. A second signal makes `run` return at once,
+    /// without that, with an [`io::ErrorKind::Interrupted`] error (the
+    /// daemon then exits with status 1). For the daemon; embedders use a
+    /// [`Stopper`].
     ///
     /// [`Stopper`]: super::Stopper
-    pub fn handle_signals(&mut self) -> io::Result<()> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = signal_hook_mio::v1_0::Signals::new([SIGINT, SIGTERM])?;
+    pub fn handle_signals(&mut self, signals: SignalCatcher) -> io::Result<()> {
+        let mut signals = signals.0;
         self.poll
             .registry()
             .register(&mut signals, Source::Signals.token(), Interest::READABLE)?;
