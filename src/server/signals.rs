@@ -21,7 +21,8 @@ pub const SECOND_SIGNAL_MESSAGE: &str =
 /// returns and kept until a [`Server`] handles them
 /// ([`Server::handle_signals`]). A daemon installs it before it binds its
 /// port: once a client can connect, a signal is a graceful stop, never the
-/// default action that ends the process at once.
+/// default action that ends the process at once. Dropped without being
+/// handed to a server, it leaves both signals ignored.
 pub struct SignalCatcher(signal_hook_mio::v1_0::Signals);
 
 impl SignalCatcher {

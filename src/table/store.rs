@@ -292,8 +292,8 @@ impl Waiters {
     }
 
     /// One step of compaction (see the module docs). `Some((from, to))`
-    /// when the live last waiter must move: the caller unlinks its timer,
-    /// calls [`Waiters::move_last`] and fixes the references.
+    /// when the live last waiter must move: the caller calls
+    /// [`Waiters::move_last`] and fixes the references, its timer's too.
     pub fn compact_step(&mut self) -> Option<(u32, u32)> {
         let target = (2 * self.live).max(WAITERS_CAPACITY_MIN / 2);
         if self.slots.len() <= target {
