@@ -1448,3 +1448,36 @@ fn compaction_keeps_the_order_of_timers_of_one_millisecond() {
     let granted: Vec<SessionId> = take_events(&mut t).iter().map(|e| e.session).collect();
     assert_eq!(granted, [c, b], "n299's waiter first, as before the move");
 }
+
+#[test]
+fn compaction_keeps_the_order_of_waiter_timers_of_one_millisecond() {
+    let mut t = table();
+    let h = t.open_session(0);
+    granted_token(t.acquire(h, &acq(b"z", b"h", 100_000, 0), 0));
+    let sessions: Vec<SessionId> = (1..=200).map(|tag| t.open_session(tag)).collect();
+    // The last one to queue (the last waiter slot) ends at 1001; the
+    // others much later.
+    for (i, &s) in sessions.iter().enumerate() {
+        let wait_ms = if i == 199 { 1_000 } else { 50_000 };
+        let owner = format!("o{i}");
+        assert_eq!(t.acquire(s, &acq(b"z", owner.as_bytes(), 100, wait_ms), 0), Outcome::Queued);
+    }
+    // At 1 ms a waiter takes a freed lower slot, also ending at 1001: set
+    // after the last one's, so it times out after it.
+    t.close_session(sessions[3], 1);
+    let late = t.open_session(300);
+    assert_eq!(t.acquire(late, &acq(b"z", b"late", 100, 999), 1), Outcome::Queued);
+    for (i, &s) in sessions.iter().enumerate() {
+        if i != 3 && i != 199 {
+            t.close_session(s, 1);
+        }
+    }
+    // Giving memory back moves the last waiter into a lower slot.
+    while t.has_deferred_work() {
+        t.run_deferred(1, 10);
+    }
+    t.invariants();
+    t.advance(1_001);
+    let timed_out: Vec<SessionId> = take_events(&mut t).iter().map(|e| e.session).collect();
+    assert_eq!(timed_out, [sessions[199], late], "in the order they were set");
+}
