@@ -763,16 +763,16 @@ impl LockTable {
     /// directly, so that equal deadlines keep that order. At most
     /// [`pending::PENDING_EXPIRIES_MAX`] entries, live or stale.
     fn link_all_pending(&mut self) {
-        while self.pending.any() {
-            let Some((pos, lock)) = self.pending.next_entry() else {
-                unreachable!("live pending entries left to look at");
-            };
-            if self.store.is_pending_at(lock, pos) {
-                let deadline_ms = self.store.take_pending(lock).expect("pending");
-                self.pending.forget();
+        if !self.pending.any() {
+            return;
+        }
+        let keys = self.pending.take_keys();
+        for (pos, &lock) in keys.iter().enumerate() {
+            if let Some(deadline_ms) = self.store.take_pending_at(lock, pos as u32) {
                 self.wheel.link(&mut self.store, lock, deadline_ms);
             }
         }
+        self.pending.give_back_empty(keys);
     }
 
     /// Sets a hold's expiry, which is not linked: pending if it is after
@@ -789,7 +789,6 @@ impl LockTable {
         let pos = self.pending.push(lock, deadline_ms);
         self.store.set_pending(lock, deadline_ms, pos);
     }
-
 
     /// Clears a hold's expiry, pending or linked.
     fn disarm(&mut self, lock: u32) {

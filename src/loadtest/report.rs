@@ -194,19 +194,11 @@ impl ScenarioRuns {
     pub fn ratio_to(&self, theirs: Backend, metric: usize) -> f64 {
         let ours = &self.runs[Backend::Distlockd.index()];
         let theirs = &self.runs[theirs.index()];
-        // An infinite ratio (theirs 0) is a figure here, not a missing one.
-        let mut ratios: Vec<f64> = ours
-            .iter()
-            .zip(theirs)
-            .map(|(o, t)| ratio(o[metric], t[metric]))
-            .filter(|r| !r.is_nan())
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        match ratios.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => ratios[n / 2],
-            n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
-        }
+        median(
+            ours.iter()
+                .zip(theirs)
+                .map(|(o, t)| ratio(o[metric], t[metric])),
+        )
     }
 }
 
@@ -228,9 +220,10 @@ pub struct CompareInfo {
     pub placement: String,
 }
 
-/// Median of the finite values; NaN when there are none.
+/// Median of the values that are not NaN (a missing figure); NaN when there
+/// are none. An infinite ratio (the other side scored 0) is a value.
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    let mut v: Vec<f64> = values.filter(|x| !x.is_nan()).collect();
     if v.is_empty() {
         return f64::NAN;
     }
@@ -264,9 +257,8 @@ fn format_ratio(r: f64) -> String {
     }
 }
 
-/// Which server did better on a row:
-/// who is better, given our figure and Redis's (or our ratio to Redis and 1,
-/// as the table does, so that the column agrees with the ratio).
+/// Which server did better on a row, given our figure and Redis's. The table
+/// passes our ratio to Redis and 1, so the column agrees with the ratio.
 fn better(b: Better, ours: f64, redis: f64) -> &'static str {
     if !ours.is_finite() || !redis.is_finite() || ours == redis {
         return "=";

@@ -44,8 +44,6 @@ pub struct Pending {
     /// live while its record is pending at position `i`
     /// (`Store::is_pending_at`).
     keys: Vec<u32>,
-    /// Entries before it were linked or skipped by a drain cut short.
-    drained: usize,
     /// Live entries.
     live: usize,
     /// The earliest deadline pushed since the list was last empty.
@@ -56,7 +54,6 @@ impl Default for Pending {
     fn default() -> Pending {
         Pending {
             keys: Vec::new(),
-            drained: 0,
             live: 0,
             earliest_ms: u64::MAX,
         }
@@ -98,7 +95,6 @@ impl Pending {
         self.live -= 1;
         if self.live == 0 {
             self.keys.clear();
-            self.drained = 0;
             self.earliest_ms = u64::MAX;
         }
     }
@@ -108,14 +104,20 @@ impl Pending {
         self.keys[pos as usize] = to;
     }
 
-    /// The next entry a drain looks at, `(position, record)`, live or stale;
-    /// `None` when all have been looked at.
-    #[inline]
-    pub fn next_entry(&mut self) -> Option<(u32, u32)> {
-        let pos = self.drained;
-        let lock = *self.keys.get(pos)?;
-        self.drained += 1;
-        Some((pos as u32, lock))
+    /// Every entry, live or stale, by position, for the caller to link the
+    /// live ones; then it must call [`Pending::give_back_empty`].
+    pub fn take_keys(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.keys)
+    }
+
+    /// All entries were linked: the list is empty again, and keeps the
+    /// vector's memory.
+    pub fn give_back_empty(&mut self, mut keys: Vec<u32>) {
+        keys.clear();
+        *self = Pending {
+            keys,
+            ..Pending::default()
+        };
     }
 
     #[cfg(any(test, feature = "internals"))]
@@ -125,12 +127,8 @@ impl Pending {
             .filter(|&pos| store.is_pending_at(self.keys[pos], pos as u32))
             .count();
         assert_eq!(live, self.live, "live pending expiries");
-        assert!(
-            (0..self.drained).all(|pos| !store.is_pending_at(self.keys[pos], pos as u32)),
-            "a drained entry is still pending"
-        );
         assert!(self.live > 0 || self.keys.is_empty(), "not emptied");
-        for pos in self.drained..self.keys.len() {
+        for pos in 0..self.keys.len() {
             let lock = self.keys[pos];
             if store.is_pending_at(lock, pos as u32) {
                 assert!(store.record(lock).deadline_ms() >= self.earliest_ms);

@@ -458,6 +458,17 @@ impl Store {
         r.meta & flags == flags && r.prev == pos
     }
 
+    /// If `lock` is pending at position `pos` ([`Store::is_pending_at`]):
+    /// makes it unlinked, as [`Store::take_pending`] does, and returns its
+    /// deadline.
+    #[inline]
+    pub fn take_pending_at(&mut self, lock: u32, pos: u32) -> Option<u64> {
+        if !self.is_pending_at(lock, pos) {
+            return None;
+        }
+        self.take_pending(lock)
+    }
+
     /// If `lock`'s expiry is pending: makes it unlinked (as
     /// [`TimerLinks::UNLINKED`]) and returns its deadline.
     #[inline]
