@@ -522,6 +522,7 @@ pub(crate) fn whole_frame_present(
 ///
 /// `Ok(None)`: incomplete, read more. `Ok(Some((request, n)))`: a request
 /// borrowing from `buf`; the caller consumes `n` bytes. `Err`: close.
+#[inline(always)]
 pub fn decode_request(
     buf: &[u8],
     frame_size_max: usize,

@@ -509,23 +509,26 @@ impl Store {
 
     /// Stores a new live record (not yet linked in the wheel).
     pub fn insert(&mut self, name: &[u8], owner: u64, token: u64) -> u32 {
-        let mut record = LockRecord {
+        // The record is built from whole values and copied into its slot;
+        // an inline name's bytes are then written in the slot itself. Built
+        // byte by byte on the stack and copied whole, the record stalled the
+        // processor on every new lock (a wide read of narrow writes just
+        // made: store forwarding fails).
+        let name_field = if name.len() <= NAME_INLINE_LEN_MAX {
+            name.len() as u128
+        } else {
+            let slot = self.long_names.insert(name);
+            LONG_NAME as u128 | (slot.len as u128) << 8 | (slot.index as u128) << 32
+        };
+        let record = LockRecord {
             token,
             owner,
             meta: META_LIVE,
+            name: name_field.to_le_bytes(),
             ..LockRecord::VACANT
         };
-        if name.len() <= NAME_INLINE_LEN_MAX {
-            record.name[0] = name.len() as u8;
-            record.name[1..1 + name.len()].copy_from_slice(name);
-        } else {
-            let slot = self.long_names.insert(name);
-            record.name[0] = LONG_NAME;
-            record.name[1] = slot.len;
-            record.name[4..8].copy_from_slice(&slot.index.to_le_bytes());
-        }
         self.live += 1;
-        match self.free_head {
+        let lock = match self.free_head {
             NIL => {
                 assert!(
                     self.records.len() < LOCK_RECORDS_MAX,
@@ -548,7 +551,11 @@ impl Store {
                 }
                 lock
             }
+        };
+        if name.len() <= NAME_INLINE_LEN_MAX {
+            self.records[lock as usize].name[1..1 + name.len()].copy_from_slice(name);
         }
+        lock
     }
 
     /// Frees a record (already unlinked from the wheel).
