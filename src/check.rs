@@ -8,6 +8,7 @@
 //!   through [`crate::execute::step`] and the lock table, against a simple
 //!   reference model of the lock semantics ([`model`]).
 //! - [`wheel`]: the timer wheel against an ordered map.
+//! - [`wal`]: the write-ahead log's reader on damaged segments.
 //!
 //! Every check panics on the first disagreement, naming what differed.
 //! Not part of the daemon's interface.
@@ -15,6 +16,7 @@
 pub mod connection;
 pub mod decode;
 pub mod model;
+pub mod wal;
 pub mod wheel;
 
 #[cfg(test)]

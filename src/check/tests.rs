@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::connection::Tally;
 use super::decode::{self, Case, Side};
-use super::{ByteSource, Recorder, SeedReport, Source, SplitMix64, connection, wheel};
+use super::{ByteSource, Recorder, SeedReport, Source, SplitMix64, connection, wal, wheel};
 
 /// The seeds to run: the one asked for, or `count` fresh ones.
 fn seeds(count: u64) -> Vec<u64> {
@@ -100,7 +100,19 @@ fn recorded_runs_replay_from_bytes() {
     }
 }
 
-/// Writes the seed corpora of the fuzz targets `connection` and `wheel`:
+#[test]
+fn the_wal_reader_keeps_the_records_before_any_damage() {
+    for seed in seeds(3000) {
+        let _report = SeedReport {
+            name: "the_wal_reader_keeps_the_records_before_any_damage",
+            seed,
+        };
+        wal::run(&mut SplitMix64(seed));
+    }
+}
+
+/// Writes the seed corpora of the fuzz targets `connection`, `wheel` and
+/// `wal`:
 /// `cargo test --lib check::tests::write_seed_corpora -- --ignored`.
 #[test]
 #[ignore = "writes fuzz/corpus/; run by hand"]
@@ -121,6 +133,14 @@ fn write_seed_corpora() {
         };
         wheel::run(&mut recorder, 30 * seed as usize);
         let dir = root.join("wheel");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("seed-{seed}")), &recorder.bytes).unwrap();
+        let mut recorder = Recorder {
+            inner: SplitMix64(seed),
+            bytes: Vec::new(),
+        };
+        wal::run(&mut recorder);
+        let dir = root.join("wal");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("seed-{seed}")), &recorder.bytes).unwrap();
     }
