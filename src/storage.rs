@@ -1,5 +1,5 @@
-//! What a durable server keeps on disk: the write-ahead log ([`wal`]) and
-//! the checksum its records carry ([`crc32c`]).
+//! What a durable server keeps on disk: the write-ahead log ([`wal`]),
+//! snapshot files ([`snapshot`]) and the checksum both carry ([`crc32c`]).
 //!
 //! Not yet read by the server, which still keeps everything in memory: the
 //! durable server (`--data-dir`) is built on these next; until then only
@@ -7,4 +7,5 @@
 #![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 pub mod crc32c;
+pub mod snapshot;
 pub mod wal;
