@@ -63,6 +63,7 @@ internal_modules! {
     #[cfg(feature = "server")] execute,
     #[cfg(feature = "server")] http,
     #[cfg(feature = "server")] metrics,
+    #[cfg(feature = "server")] replication,
     #[cfg(feature = "server")] storage,
     #[cfg(feature = "server")] table,
     #[cfg(feature = "server")] wheel,

@@ -326,6 +326,8 @@ pub struct Wal {
     pending: Vec<u8>,
     /// The chained checksum after the last record appended.
     last_crc: u32,
+    /// [`WAL_SEGMENT_SIZE_MAX`], smaller in tests.
+    segment_size_max: u64,
 }
 
 impl Wal {
@@ -348,6 +350,7 @@ impl Wal {
                 len: HEADER_SIZE as u64,
                 pending: Vec::new(),
                 last_crc: crc,
+                segment_size_max: WAL_SEGMENT_SIZE_MAX,
             };
             return Ok((wal, Recovered::default()));
         }
@@ -405,6 +408,7 @@ impl Wal {
             len: valid_len,
             pending: Vec::new(),
             last_crc,
+            segment_size_max: WAL_SEGMENT_SIZE_MAX,
         };
         Ok((wal, recovered))
     }
@@ -451,7 +455,13 @@ impl Wal {
 
     /// Whether the last segment is full: the caller should [`Wal::cut`].
     pub fn is_segment_full(&self) -> bool {
-        self.len >= WAL_SEGMENT_SIZE_MAX
+        self.len >= self.segment_size_max
+    }
+
+    /// Cuts segments at `bytes` instead, so tests fill several quickly.
+    #[cfg(test)]
+    pub fn set_segment_size_max(&mut self, bytes: u64) {
+        self.segment_size_max = bytes;
     }
 
     /// Syncs, then starts a new segment whose first log index is
