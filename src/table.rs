@@ -38,6 +38,7 @@
 //! reallocates at most once per halving or doubling (see [`store`]).
 
 mod chunked;
+pub mod effects;
 mod names;
 mod pending;
 mod shards;
@@ -307,6 +308,8 @@ pub struct LockTable {
     pending: Pending,
     next_token: u64,
     events: Vec<Event>,
+    /// Changes to holds, encoded, while recording (see [`effects`]).
+    effects: Option<Vec<u8>>,
     stats: Stats,
 }
 
@@ -332,6 +335,7 @@ impl LockTable {
             pending: Pending::default(),
             next_token: token_seed.max(1),
             events: Vec::new(),
+            effects: None,
             stats: Stats::default(),
         }
     }
@@ -1034,6 +1038,7 @@ impl LockTable {
         let lock = self.store.insert(name, owner, token);
         self.arm(lock, expiry_ms(now_ms, ttl_ms));
         self.index.insert(hash, lock);
+        self.note_hold(lock, ttl_ms);
         lock
     }
 
@@ -1048,6 +1053,7 @@ impl LockTable {
     fn set_expiry(&mut self, lock: u32, ttl_ms: u32, now_ms: u64) {
         self.disarm(lock);
         self.arm(lock, expiry_ms(now_ms, ttl_ms));
+        self.note_hold(lock, ttl_ms);
     }
 
     /// The lock's side data, or the empty one.
@@ -1171,6 +1177,7 @@ impl LockTable {
         record.owner = w.owner;
         record.token = token;
         self.arm(lock, expiry_ms(now_ms, w.ttl_ms));
+        self.note_hold(lock, w.ttl_ms);
         let session = if w.flags & FLAG_SESSION != 0 {
             w.session
         } else {
@@ -1217,6 +1224,7 @@ impl LockTable {
         let hash = hash.unwrap_or_else(|| self.name_key.hash(self.store.name(lock)));
         let indexed = self.index.remove(hash, lock);
         assert!(indexed, "lock {lock} missing from the index");
+        self.note_free(lock);
         self.store.remove(lock);
     }
 

@@ -35,6 +35,15 @@ impl SipKey {
         }
     }
 
+    /// The key as two words, to give it to another table.
+    pub fn to_words(self) -> [u64; 2] {
+        [self.k0, self.k1]
+    }
+
+    pub fn from_words([k0, k1]: [u64; 2]) -> SipKey {
+        SipKey { k0, k1 }
+    }
+
     #[inline]
     pub fn hash(&self, bytes: &[u8]) -> u64 {
         sip::<1, 3>(self.k0, self.k1, bytes)
