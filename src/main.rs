@@ -64,6 +64,10 @@ Options:
                            HTTP on this port, not --port's (default: off)
   --http-host HOST         address for --http-port (required with it),
                            resolved like --host (default: --host)
+  --data-dir DIR           keep every change in a write-ahead log in DIR
+                           (made if missing), fsynced before it is answered;
+                           a restart finds the holds again, each with its
+                           whole TTL from the restart (default: in memory)
   --ttl-default-ms MS      TTL when a request asks for 0 (default 10000)
   --ttl-max-ms MS          largest TTL a request may ask for (default 86400000)
   --legacy-ttl-ms MS       TTL of holds taken by the original Python client,
@@ -173,6 +177,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
     let mut http_port: Option<u16> = None;
     let mut http_host: Option<IpAddr> = None;
     let mut allow_legacy = false;
+    let mut data_dir: Option<PathBuf> = None;
     // Said once logging is set up.
     let mut notes: Vec<String> = Vec::new();
     // Flags given, so that a refused default is called one.
@@ -186,6 +191,15 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
                 secret_file = Some(parser.value().map_err(|e| e.to_string())?.into())
             }
             Long("auth-allow-legacy") => allow_legacy = true,
+            Long("data-dir") => {
+                let v = string_value(parser, "--data-dir")?;
+                if v.is_empty() {
+                    return Err(
+                        "--data-dir: an empty path; give the directory to keep the log in".into(),
+                    );
+                }
+                data_dir = Some(v.into());
+            }
             Long("http-port") => {
                 let v = string_value(parser, "--http-port")?;
                 http_port = Some(
@@ -286,6 +300,7 @@ fn server(parser: &mut lexopt::Parser) -> Result<ExitCode, String> {
         limits,
         token_seed: None,
         http_listen,
+        data_dir,
     };
     // Caught before the port is bound: a signal sent once the port accepts
     // connections stops the server gracefully, never by the default action.

@@ -366,7 +366,6 @@ impl LockTable {
         self.store.waiters.len()
     }
 
-    #[cfg(any(test, feature = "internals"))]
     /// The token the next grant will carry.
     pub fn next_token(&self) -> u64 {
         self.next_token

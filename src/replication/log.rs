@@ -30,6 +30,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
@@ -54,6 +55,12 @@ pub enum LogError {
     Gap { last_index: u64, next_index: u64 },
     /// The log says a snapshot exists that no snapshot file holds.
     SnapshotMissing { index: u64 },
+    /// Raft refused the log's state.
+    Raft(String),
+    /// A snapshot or entry whose contents the lock table cannot take.
+    State(&'static str),
+    /// Another process has the directory open.
+    InUse { path: PathBuf },
 }
 
 impl fmt::Display for LogError {
@@ -72,6 +79,18 @@ impl fmt::Display for LogError {
                 f,
                 "the write-ahead log jumps from entry {last_index} to entry {next_index}; \
                  restore the data directory from a backup"
+            ),
+            LogError::Raft(e) => write!(f, "the replicated log is inconsistent: {e}"),
+            LogError::InUse { path } => write!(
+                f,
+                "another distlockd server holds {} (flock); one server per data directory: \
+                 stop it, or give this one another --data-dir",
+                path.display()
+            ),
+            LogError::State(what) => write!(
+                f,
+                "the data directory holds {what} that this build cannot read; \
+                 was it written by another version?"
             ),
             LogError::SnapshotMissing { index } => write!(
                 f,
@@ -92,6 +111,8 @@ impl From<WalError> for LogError {
 
 /// The Raft log of one node, durable.
 pub struct DurableLog {
+    /// `DATA_DIR/LOCK`, flocked while the log is open.
+    _lock: File,
     wal: Wal,
     snap_dir: PathBuf,
     /// Entries after the snapshot, contiguous.
@@ -110,6 +131,7 @@ impl DurableLog {
     /// snapshot's data, from which the state machine is restored before
     /// the entries after it are applied again.
     pub fn open(dir: &Path) -> Result<(DurableLog, Option<Vec<u8>>), LogError> {
+        let lock = lock_dir(dir)?;
         let snap_dir = dir.join("snap");
         let (file, _skipped) = snapshot::read_latest(&snap_dir)?;
         let mut snap = Snapshot::default();
@@ -130,6 +152,7 @@ impl DurableLog {
         let snap_index = snap.get_metadata().index;
         let (wal, recovered) = Wal::open(&dir.join("wal"), snap_index + 1)?;
         let mut log = DurableLog {
+            _lock: lock,
             wal,
             snap_dir,
             entries: Vec::new(),
@@ -338,6 +361,8 @@ impl DurableLog {
         Ok(())
     }
 
+    // A follower's: a lone voter never receives one (cluster mode calls it).
+    #[allow(dead_code)]
     /// Takes a snapshot a leader sent: written durably, and the log
     /// replaced by it (entries after it are kept if they agree with it).
     pub fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), LogError> {
@@ -427,6 +452,13 @@ impl DurableLog {
         Some(self.entries[(index - first) as usize].term)
     }
 
+    /// The index the newest snapshot holds the state at (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    // A leader's with followers to catch up (cluster mode calls it).
+    #[allow(dead_code)]
     /// Whether raft asked for a snapshot newer than the one there is: the
     /// loop should [`DurableLog::compact`] at its applied index.
     pub fn snapshot_wanted(&self) -> bool {
@@ -442,6 +474,7 @@ impl DurableLog {
     }
 
     /// Entries in memory, since the snapshot.
+    #[cfg(test)]
     pub fn entry_count(&self) -> usize {
         self.entries.len()
     }
@@ -514,6 +547,28 @@ impl Storage for DurableLog {
             ));
         }
         Ok(self.snapshot.clone())
+    }
+}
+
+/// Creates `dir` if missing and takes an exclusive flock on `dir/LOCK`,
+/// released when the file is closed (also by a crash).
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let io = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |error| LogError::Wal(WalError::Io { path, action, error })
+    };
+    fs::create_dir_all(dir).map_err(io("create the data directory", dir))?;
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(LogError::InUse { path }),
+        Err(e) => Err(io("lock", &path)(e.into())),
     }
 }
 

@@ -63,12 +63,13 @@ mod timeouts;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -76,6 +77,7 @@ use slab::Slab;
 use crate::buffer::pool::BufferPool;
 use crate::limits::{SESSION_RELEASES_PER_TURN_MAX, TIMER_STEPS_PER_TURN_MAX};
 use crate::metrics::Metrics;
+use crate::replication::durable::Durable;
 use crate::table::LockTable;
 use crate::wheel::TimerWheel;
 use accept::{bind_listener, check_open_file_limit};
@@ -170,6 +172,9 @@ pub struct Config {
     /// Where to serve `GET /health` and `GET /metrics` (see `http`);
     /// `None` (the default) serves no HTTP.
     pub http_listen: Option<SocketAddr>,
+    /// Where to keep every change before it is answered, and to find the
+    /// holds again after a restart; `None` (the default): in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -179,6 +184,7 @@ impl Default for Config {
             limits: Limits::default(),
             token_seed: None,
             http_listen: None,
+            data_dir: None,
         }
     }
 }
@@ -282,6 +288,11 @@ pub struct Server {
     input_pool: BufferPool,
     /// Storage for their output buffers, lent while replies wait.
     output_pool: BufferPool,
+    /// With a data directory: the log every change goes to before any
+    /// reply that may reflect it is written (see [`Server::persist`]).
+    durable: Option<Durable>,
+    /// Writing the log failed: the server stops with this error.
+    fatal: Option<io::Error>,
 }
 
 impl Server {
@@ -350,13 +361,21 @@ impl Server {
         debug!("first fencing token {seed}");
         check_open_file_limit(limits.connections_max);
         let output_pool = BufferPool::new(limits.output_buffer_size);
+        let mut table = LockTable::new(limits, seed, 0);
+        let durable =
+            match &config.data_dir {
+                Some(dir) => Some(Durable::open(dir, &mut table, 0).map_err(|e| {
+                    io::Error::other(format!("data directory {}: {e}", dir.display()))
+                })?),
+                None => None,
+            };
         Ok(Server {
             poll,
             events: Events::with_capacity(POLL_EVENTS_MAX),
             listener,
             addr,
             conns: Slab::with_capacity(64),
-            table: LockTable::new(limits, seed, 0),
+            table,
             started,
             stop: Arc::new(AtomicBool::new(false)),
             signals: None,
@@ -378,6 +397,8 @@ impl Server {
             http_accepted: 0,
             input_pool: BufferPool::new(CONN_INPUT_BUFFER_SIZE),
             output_pool,
+            durable,
+            fatal: None,
         })
     }
 
@@ -513,7 +534,9 @@ impl Server {
         }
         self.ready_next.clear();
         let now = self.tick();
-        self.write_pending(now);
+        if self.persist() {
+            self.write_pending(now);
+        }
         for i in 0..self.closing.len() {
             let key = self.closing[i];
             self.close(key, now);
@@ -523,7 +546,33 @@ impl Server {
         self.output_pool.trim(now);
         self.input_pool.invariants();
         self.output_pool.invariants();
-        Ok(())
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// With a data directory, makes the table's changes so far durable (one
+    /// log entry, one fsync), so that no reply reflecting them leaves
+    /// before: called before anything is written to a client. False if
+    /// that failed: the server stops with the error, and nothing may be
+    /// written.
+    pub(super) fn persist(&mut self) -> bool {
+        if self.fatal.is_some() {
+            return false;
+        }
+        let Some(durable) = &mut self.durable else {
+            return true;
+        };
+        match durable.persist(&mut self.table, self.clock_ms) {
+            Ok(()) => true,
+            Err(e) => {
+                error!("cannot write the data directory, stopping: {e}");
+                self.fatal = Some(io::Error::other(format!("data directory: {e}")));
+                self.stop.store(true, Ordering::SeqCst);
+                false
+            }
+        }
     }
 
     /// Every connection's invariants ([`Server::conn_invariants`]), and the

@@ -69,7 +69,9 @@ impl Server {
                     Refusal::Decode(_) => CloseReason::ProtocolError,
                     Refusal::Unauthenticated => CloseReason::AuthFailed,
                 });
-                let _ = flush(&mut self.conns[key], now);
+                if self.persist() {
+                    let _ = flush(&mut self.conns[key], now);
+                }
                 self.mark_closing(key, now);
                 return;
             }

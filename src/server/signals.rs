@@ -72,6 +72,8 @@ impl Server {
         info!("signal received: stopping (a second signal exits at once)");
         self.shutting_down = true;
         let _ = self.poll.registry().deregister(&mut self.listener);
+        // Replies of this turn go out with the last words below.
+        let may_write = self.persist();
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let conn = &mut self.conns[key];
@@ -83,7 +85,9 @@ impl Server {
                     format_args!("the server is shutting down; retry against a running server"),
                 );
             }
-            let _ = flush(conn, now);
+            if may_write {
+                let _ = flush(conn, now);
+            }
             self.metrics.count_close(CloseReason::Shutdown);
             self.mark_closing(key, now);
         }

@@ -141,10 +141,10 @@ impl Server {
         self.conns[key].want_read = true;
         self.service(key);
         let now = self.clock_ms;
-        let conn = &mut self.conns[key];
-        if conn.is_closing() {
+        if self.conns[key].is_closing() || !self.persist() {
             return;
         }
+        let conn = &mut self.conns[key];
         if let Err(e) = flush(conn, now) {
             self.close_ended(key, Some(&e), now);
         } else if self.update_write_interest(key).is_err() {
@@ -155,6 +155,8 @@ impl Server {
     }
 
     fn expire(&mut self, key: usize, why: Expired, now: u64) {
+        // A last error flushes the replies before it too.
+        let may_write = self.persist();
         self.metrics.count_close(match why {
             Expired::Frame => CloseReason::FrameTimeout,
             Expired::Write => CloseReason::WriteTimeout,
@@ -170,15 +172,17 @@ impl Server {
                     "{}: frame incomplete after {ms} ms; closing (connection {key})",
                     conn.peer
                 );
-                last_error(
-                    conn,
-                    &mut self.output_pool,
-                    now,
-                    ErrorCode::Limit,
-                    format_args!(
-                        "frame incomplete after {ms} ms (frame_timeout_ms {ms}); send each frame whole, or raise --frame-timeout-ms"
-                    ),
-                );
+                if may_write {
+                    last_error(
+                        conn,
+                        &mut self.output_pool,
+                        now,
+                        ErrorCode::Limit,
+                        format_args!(
+                            "frame incomplete after {ms} ms (frame_timeout_ms {ms}); send each frame whole, or raise --frame-timeout-ms"
+                        ),
+                    );
+                }
             }
             Expired::Write => debug!(
                 "{}: replies unread for {} ms (write_timeout_ms); closing (connection {key})",
@@ -194,15 +198,17 @@ impl Server {
                     "{}: no AUTH within {ms} ms; closing (connection {key})",
                     conn.peer
                 );
-                last_error(
-                    conn,
-                    &mut self.output_pool,
-                    now,
-                    ErrorCode::Auth,
-                    format_args!(
-                        "not authenticated within {ms} ms (auth_timeout_ms {ms}); send AUTH with the server's secret first"
-                    ),
-                );
+                if may_write {
+                    last_error(
+                        conn,
+                        &mut self.output_pool,
+                        now,
+                        ErrorCode::Auth,
+                        format_args!(
+                            "not authenticated within {ms} ms (auth_timeout_ms {ms}); send AUTH with the server's secret first"
+                        ),
+                    );
+                }
             }
         }
         self.mark_closing(key, now);

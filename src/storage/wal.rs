@@ -431,6 +431,7 @@ impl Wal {
     }
 
     /// Whether records wait to be written.
+    #[cfg(test)]
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
@@ -501,6 +502,7 @@ impl Wal {
     }
 
     /// The segments, oldest first.
+    #[cfg(test)]
     pub fn segments(&self) -> &[SegmentId] {
         &self.segments
     }

@@ -19,10 +19,6 @@
 //! HOLD  1, name length u8, name, owner digest u64 LE, token u64 LE, TTL ms u32 LE
 //! FREE  2, name length u8, name, token u64 LE
 //! ```
-//!
-//! Not yet used by the server: the durable server (`--data-dir`) writes and
-//! replays them next; until then only tests do.
-#![cfg_attr(not(feature = "internals"), allow(dead_code))]
 
 use std::fmt;
 
@@ -31,6 +27,9 @@ use crate::limits::NAME_LEN_CEILING;
 
 const HOLD: u8 = 1;
 const FREE: u8 = 2;
+
+/// The first byte of [`LockTable::encode_state`]'s bytes.
+const STATE_VERSION: u8 = 1;
 
 /// One change to the held locks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +218,13 @@ impl LockTable {
     /// stale (a later hold replaced it) and changes nothing. Tokens handed
     /// out later are above every token applied.
     pub fn apply_effect(&mut self, effect: &Effect<'_>, now_ms: u64) {
+        // What is applied is not this table's decision: not recorded.
+        let recording = self.effects.take();
+        self.apply_unrecorded(effect, now_ms);
+        self.effects = recording;
+    }
+
+    fn apply_unrecorded(&mut self, effect: &Effect<'_>, now_ms: u64) {
         match *effect {
             Effect::Hold {
                 name,
@@ -249,6 +255,52 @@ impl LockTable {
                 }
             }
         }
+    }
+
+    /// Hands out no token below `floor` from now on.
+    pub fn raise_next_token(&mut self, floor: u64) {
+        self.next_token = self.next_token.max(floor);
+    }
+
+    /// The whole table as bytes [`LockTable::restore_state`] takes: the
+    /// owner key, the next token, and every hold as a HOLD effect whose TTL
+    /// is what is left of it at `now_ms`. Waiters are not kept (see the
+    /// module's docs). O(holds).
+    pub fn encode_state(&self, now_ms: u64) -> Vec<u8> {
+        let mut out = vec![STATE_VERSION];
+        for word in self.owner_key() {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out.extend_from_slice(&self.next_token.to_le_bytes());
+        for lock in self.store.live_locks() {
+            let record = self.store.record(lock);
+            let left = record.deadline_ms().saturating_sub(now_ms);
+            let effect = Effect::Hold {
+                name: self.store.name(lock),
+                owner: record.owner,
+                token: record.token,
+                ttl_ms: left.min(u32::MAX as u64) as u32,
+            };
+            effect.encode(&mut out);
+        }
+        out
+    }
+
+    /// Takes the state [`LockTable::encode_state`] wrote, into this new
+    /// table, at `now_ms`.
+    pub fn restore_state(&mut self, bytes: &[u8], now_ms: u64) -> Result<(), &'static str> {
+        const WHAT: &str = "a lock table snapshot";
+        let header = bytes.get(..25).ok_or(WHAT)?;
+        if header[0] != STATE_VERSION {
+            return Err(WHAT);
+        }
+        let word = |i: usize| u64::from_le_bytes(header[1 + 8 * i..9 + 8 * i].try_into().expect("8 bytes"));
+        self.set_owner_key([word(0), word(1)]);
+        self.raise_next_token(word(2));
+        for effect in decode_all(&bytes[25..]) {
+            self.apply_effect(&effect.map_err(|_| WHAT)?, now_ms);
+        }
+        Ok(())
     }
 
     /// The owner-digest key, which every table that applies this one's

@@ -501,7 +501,6 @@ impl Store {
         self.records[lock as usize].is_live()
     }
 
-    #[cfg(any(test, feature = "internals"))]
     /// Iterates over the indexes of live records.
     pub fn live_locks(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.records.len() as u32).filter(|&i| self.records[i as usize].is_live())
