@@ -1025,6 +1025,7 @@ impl LockTable {
     }
 
     /// Creates a held lock, links its expiry and indexes it.
+    #[inline]
     fn insert_lock(
         &mut self,
         hash: u64,
