@@ -356,7 +356,6 @@ impl LockTable {
         self.store.len() - self.deferred_holds
     }
 
-    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use distlockd::protocol::blocking::Connection;
-use distlockd::protocol::{Acquire, NotHeldReason, Reply, Request};
+use distlockd::protocol::{Acquire, FLAG_SESSION, NotHeldReason, Reply, Request};
 
 mod common;
 use common::{ServerProcess, start_server_on, start_server_with};
@@ -53,12 +53,16 @@ enum Got {
 }
 
 fn acquire(conn: &mut Connection, name: &str, owner: &str, ttl_ms: u32) -> Got {
+    acquire_with(conn, name, owner, ttl_ms, 0)
+}
+
+fn acquire_with(conn: &mut Connection, name: &str, owner: &str, ttl_ms: u32, flags: u8) -> Got {
     let request = Request::Acquire(Acquire {
         name: name.as_bytes(),
         owner: owner.as_bytes(),
         ttl_ms,
         wait_ms: 0,
-        flags: 0,
+        flags,
     });
     got(conn.exchange(&request).expect("an ACQUIRE reply"))
 }
@@ -199,6 +203,38 @@ fn expiries_and_releases_survive_a_restart_as_ends() {
     assert_eq!(
         release(&mut c, "kept", "w", kept),
         Got::NotHeld(NotHeldReason::Free)
+    );
+}
+
+/// A graceful stop releases SESSION holds as their connections close, and
+/// keeps that; a crash leaves them as plain holds for their TTL, which
+/// their owner can take again under the same token.
+#[test]
+fn session_holds_end_with_a_graceful_stop_and_outlive_a_crash_for_their_ttl() {
+    let tmp = TempDir::new("session");
+    let (mut server, addr) = start(&tmp.0, 0);
+    let mut c = connect(addr);
+    token(acquire_with(&mut c, "graceful", "s", 60_000, FLAG_SESSION));
+    common::send_signal(server.0.id(), "TERM");
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let (mut server, addr) = start(&tmp.0, addr.port());
+    let mut c = connect(addr);
+    assert!(
+        matches!(
+            acquire(&mut c, "graceful", "other", 1000),
+            Got::Granted { .. }
+        ),
+        "released by the graceful stop"
+    );
+    let held = token(acquire_with(&mut c, "crash", "s", 60_000, FLAG_SESSION));
+    kill_9(&mut server);
+    let (_server, addr) = start(&tmp.0, addr.port());
+    let mut c = connect(addr);
+    assert_eq!(acquire(&mut c, "crash", "other", 1000), Got::Busy);
+    assert_eq!(
+        token(acquire_with(&mut c, "crash", "s", 60_000, FLAG_SESSION)),
+        held
     );
 }
 

@@ -59,7 +59,7 @@ impl Durable {
     /// which must be new, to the state it holds, at `now_ms`. From then on
     /// the table records effects.
     pub fn open(dir: &Path, table: &mut LockTable, now_ms: u64) -> Result<Durable, LogError> {
-        assert_eq!(table.len(), 0, "a durable node restores a new table");
+        assert!(table.is_empty(), "a durable node restores a new table");
         let (mut log, state) = DurableLog::open(dir)?;
         let fresh = !log.is_initialized();
         if fresh {
@@ -209,6 +209,9 @@ fn apply_entry(table: &mut LockTable, data: &[u8], now_ms: u64) -> Result<(), Lo
                     .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                     .ok_or(bad("a log's first entry"))
             };
+            if !table.is_empty() {
+                return Err(bad("a first entry after holds"));
+            }
             table.set_owner_key([word(0)?, word(1)?]);
             table.raise_next_token(word(2)?);
         }

@@ -133,15 +133,19 @@ impl DurableLog {
     pub fn open(dir: &Path) -> Result<(DurableLog, Option<Vec<u8>>), LogError> {
         let lock = lock_dir(dir)?;
         let snap_dir = dir.join("snap");
-        let (file, _skipped) = snapshot::read_latest(&snap_dir)?;
+        let (file, skipped) = snapshot::read_latest(&snap_dir)?;
+        for (path, damage) in skipped {
+            log::warn!(
+                "snapshot {} skipped: {damage}; using the one before it",
+                path.display()
+            );
+        }
         let mut snap = Snapshot::default();
         let mut data = None;
         let mut conf_state = ConfState::default();
         if let Some(file) = file {
-            conf_state = decode_conf_state(&file.meta).ok_or(LogError::BadRecord {
-                kind: 0,
-                what: "a snapshot's membership",
-            })?;
+            conf_state =
+                decode_conf_state(&file.meta).ok_or(LogError::State("a snapshot's membership"))?;
             let meta = snap.mut_metadata();
             meta.index = file.index;
             meta.term = file.term;

@@ -463,6 +463,10 @@ impl Server {
         for key in keys {
             self.close(key, now);
         }
+        // The SESSION holds those closes released, into the log too.
+        if !self.persist() {
+            return Err(self.fatal.take().expect("persist failed with an error"));
+        }
         info!("distlockd stopped");
         Ok(())
     }

@@ -322,6 +322,7 @@ impl LockTable {
 
     /// Takes another table's owner-digest key; only while nothing is held.
     pub fn set_owner_key(&mut self, key: [u64; 2]) {
+        // Records, not `len`: a deferred SESSION hold keeps its digest too.
         assert!(self.store.len() == 0, "owner key changed under held locks");
         self.owner_key = super::siphash::SipKey::from_words(key);
     }
