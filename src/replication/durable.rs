@@ -32,12 +32,21 @@ use raft::{Config, RawNode, StateRole};
 
 use super::log::{DurableLog, LogError};
 use crate::table::LockTable;
-use crate::table::effects::decode_all;
+use crate::table::effects::{decode, decode_all};
 
 /// Log entries between snapshots. A snapshot writes every hold (tens of
 /// milliseconds at a million), so not too often; replaying the entries
 /// after it at start-up costs about a microsecond each.
 pub const ENTRIES_PER_SNAPSHOT_MAX: u64 = 100_000;
+
+/// Effects per log entry at most, in bytes: a turn that changed more (say
+/// thousands of connections closing, each releasing SESSION holds) writes
+/// several entries, each far below the log's record limit.
+pub const ENTRY_EFFECTS_BYTES_MAX: usize = 1 << 20;
+const _: () = assert!(
+    ENTRY_EFFECTS_BYTES_MAX + 1 + 300 < crate::storage::wal::WAL_RECORD_SIZE_MAX / 2,
+    "an entry of effects, with the largest effect past the cap, fits a record"
+);
 
 const EFFECTS: u8 = 1;
 const INIT: u8 = 2;
@@ -52,6 +61,8 @@ pub struct Durable {
     /// effects are in the table already.
     applied_own_through: u64,
     entries_since_snapshot: u64,
+    /// The owner key came from the log (INIT) or a snapshot.
+    has_init: bool,
 }
 
 impl Durable {
@@ -61,8 +72,7 @@ impl Durable {
     pub fn open(dir: &Path, table: &mut LockTable, now_ms: u64) -> Result<Durable, LogError> {
         assert!(table.is_empty(), "a durable node restores a new table");
         let (mut log, state) = DurableLog::open(dir)?;
-        let fresh = !log.is_initialized();
-        if fresh {
+        if !log.is_initialized() {
             log.bootstrap(&[NODE_ID])?;
         }
         let token_floor = table.next_token();
@@ -85,12 +95,21 @@ impl Durable {
             node,
             applied_own_through: 0,
             entries_since_snapshot: 0,
+            has_init: state.is_some(),
         };
         durable.node.campaign().map_err(raft_error)?;
         let replayed = durable.drain(table, now_ms)?;
-        assert_eq!(durable.node.raft.state, StateRole::Leader, "a lone voter leads");
+        if durable.node.raft.state != StateRole::Leader {
+            return Err(LogError::Raft(format!(
+                "this node (id {NODE_ID}) did not become the leader of the log's group {:?}: \
+                 the data directory belongs to a cluster member, not to a single server",
+                durable.node.store().conf_state().voters
+            )));
+        }
         table.raise_next_token(token_floor);
-        if fresh {
+        // A new directory, or one whose first start crashed between the
+        // membership and the INIT entry: the key is this table's.
+        if !durable.has_init {
             let mut data = vec![INIT];
             for word in table.owner_key() {
                 data.extend_from_slice(&word.to_le_bytes());
@@ -114,10 +133,13 @@ impl Durable {
     /// this. An error leaves the log unusable: the server must stop.
     pub fn persist(&mut self, table: &mut LockTable, now_ms: u64) -> Result<(), LogError> {
         if !table.effects().is_empty() {
-            let mut data = Vec::with_capacity(1 + table.effects().len());
-            data.push(EFFECTS);
-            data.extend_from_slice(&table.take_effects());
-            self.propose(data)?;
+            let effects = table.take_effects();
+            for chunk in split_effects(&effects, ENTRY_EFFECTS_BYTES_MAX) {
+                let mut data = Vec::with_capacity(1 + chunk.len());
+                data.push(EFFECTS);
+                data.extend_from_slice(chunk);
+                self.propose(data)?;
+            }
         }
         self.drain(table, now_ms)?;
         if self.entries_since_snapshot >= ENTRIES_PER_SNAPSHOT_MAX {
@@ -175,7 +197,9 @@ impl Durable {
             {
                 continue;
             }
-            apply_entry(table, &entry.data, now_ms)?;
+            if apply_entry(table, &entry.data, now_ms)? == INIT {
+                self.has_init = true;
+            }
             applied += 1;
         }
         Ok(applied)
@@ -193,8 +217,30 @@ impl Durable {
     }
 }
 
-/// Applies one entry's data to the table.
-fn apply_entry(table: &mut LockTable, data: &[u8], now_ms: u64) -> Result<(), LogError> {
+/// `effects` cut at effect boundaries into pieces of at most `max` bytes
+/// (or one effect, if a single one is longer).
+fn split_effects(effects: &[u8], max: usize) -> impl Iterator<Item = &[u8]> {
+    let mut rest = effects;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        while end < rest.len() {
+            let (_, len) = decode(&rest[end..]).expect("effects the table encoded");
+            if end > 0 && end + len > max {
+                break;
+            }
+            end += len;
+        }
+        let (piece, tail) = rest.split_at(end);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// Applies one entry's data to the table; returns its kind.
+fn apply_entry(table: &mut LockTable, data: &[u8], now_ms: u64) -> Result<u8, LogError> {
     let bad = LogError::State;
     match data[0] {
         EFFECTS => {
@@ -217,9 +263,73 @@ fn apply_entry(table: &mut LockTable, data: &[u8], now_ms: u64) -> Result<(), Lo
         }
         _ => return Err(bad("a log entry of unknown kind")),
     }
-    Ok(())
+    Ok(data[0])
 }
 
 fn raft_error(e: raft::Error) -> LogError {
     LogError::Raft(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limits;
+    use crate::table::effects::Effect;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "distlockd-durable-unit-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn effects_are_split_at_their_boundaries_under_the_cap() {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..50u64 {
+            let name = vec![b'a' + (i % 26) as u8; 1 + (i as usize * 7) % 200];
+            let effect = Effect::Free {
+                name: &name,
+                token: i,
+            };
+            effect.encode(&mut bytes);
+            ends.push(bytes.len());
+        }
+        for max in [1, 30, 100, 1000, 1 << 20] {
+            let pieces: Vec<&[u8]> = split_effects(&bytes, max).collect();
+            assert_eq!(pieces.concat(), bytes, "max {max}");
+            let mut at = 0;
+            for piece in &pieces {
+                at += piece.len();
+                assert!(ends.contains(&at), "max {max}: a cut inside an effect");
+                let effects = decode_all(piece).count();
+                assert!(piece.len() <= max || effects == 1, "max {max}: {}", piece.len());
+            }
+        }
+    }
+
+    /// A first start that crashed after the membership was written but
+    /// before the INIT entry: the next start writes INIT, so the owner key
+    /// is the same on every start after it.
+    #[test]
+    fn a_first_start_cut_short_before_init_writes_it_on_the_next() {
+        let dir = temp_dir("init");
+        {
+            let (mut log, _) = DurableLog::open(&dir).unwrap();
+            log.bootstrap(&[NODE_ID]).unwrap();
+        }
+        let key = |dir: &Path| {
+            let mut table = LockTable::new(Limits::default(), 1, 0);
+            let _durable = Durable::open(dir, &mut table, 0).unwrap();
+            table.owner_key()
+        };
+        let first = key(&dir);
+        assert_eq!(key(&dir), first, "the key the second start wrote");
+        assert_eq!(key(&dir), first);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

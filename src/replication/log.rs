@@ -30,7 +30,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
@@ -61,6 +61,9 @@ pub enum LogError {
     State(&'static str),
     /// Another process has the directory open.
     InUse { path: PathBuf },
+    /// The hard state says entries were committed that neither a snapshot
+    /// nor the log holds.
+    CommitBeyondLog { commit: u64, last_index: u64 },
 }
 
 impl fmt::Display for LogError {
@@ -81,6 +84,11 @@ impl fmt::Display for LogError {
                  restore the data directory from a backup"
             ),
             LogError::Raft(e) => write!(f, "the replicated log is inconsistent: {e}"),
+            LogError::CommitBeyondLog { commit, last_index } => write!(
+                f,
+                "entries up to {commit} were committed but the log and snapshots end at {last_index}: \
+                 files in snap/ or wal/ are missing or damaged; restore the data directory from a backup"
+            ),
             LogError::InUse { path } => write!(
                 f,
                 "another distlockd server holds {} (flock); one server per data directory: \
@@ -266,6 +274,12 @@ impl DurableLog {
         if self.hard_state.term < meta.term {
             self.hard_state.term = meta.term;
         }
+        if self.hard_state.commit > self.last_index() {
+            return Err(LogError::CommitBeyondLog {
+                commit: self.hard_state.commit,
+                last_index: self.last_index(),
+            });
+        }
         Ok(())
     }
 
@@ -360,6 +374,13 @@ impl DurableLog {
                 .append(HARD_STATE, &encode_hard_state(&self.hard_state))?;
             self.wal
                 .append(CONF_STATE, &encode_conf_state(&self.conf_state))?;
+            // The newest snapshot's mark too: the segment holding it may be
+            // deleted once a later snapshot covers it.
+            let meta = self.snapshot.get_metadata();
+            if meta.index > 0 {
+                let mark = encode_mark(meta.index, meta.term, true);
+                self.wal.append(SNAPSHOT, &mark)?;
+            }
             self.wal.sync()?;
         }
         Ok(())
@@ -427,10 +448,7 @@ impl DurableLog {
                 data: data.clone(),
             },
         )?;
-        let mut mark = Vec::with_capacity(17);
-        mark.extend_from_slice(&meta.index.to_le_bytes());
-        mark.extend_from_slice(&meta.term.to_le_bytes());
-        mark.push(keep_after as u8);
+        let mark = encode_mark(meta.index, meta.term, keep_after);
         self.wal.append(SNAPSHOT, &mark)?;
         if keep_after {
             self.drop_through(meta.index);
@@ -561,7 +579,7 @@ fn lock_dir(dir: &Path) -> Result<File, LogError> {
         let path = path.to_path_buf();
         move |error| LogError::Wal(WalError::Io { path, action, error })
     };
-    fs::create_dir_all(dir).map_err(io("create the data directory", dir))?;
+    crate::storage::wal::create_dir_durably(dir)?;
     let path = dir.join("LOCK");
     let file = OpenOptions::new()
         .create(true)
@@ -643,6 +661,14 @@ fn decode_entry(r: &mut Reader<'_>) -> Option<Entry> {
     e.data = r.bytes()?.to_vec().into();
     e.context = r.bytes()?.to_vec().into();
     r.0.is_empty().then_some(e)
+}
+
+fn encode_mark(index: u64, term: u64, keep_after: bool) -> Vec<u8> {
+    let mut mark = Vec::with_capacity(17);
+    mark.extend_from_slice(&index.to_le_bytes());
+    mark.extend_from_slice(&term.to_le_bytes());
+    mark.push(keep_after as u8);
+    mark
 }
 
 fn encode_hard_state(hs: &HardState) -> Vec<u8> {

@@ -131,6 +131,14 @@ impl Server {
             if conn.is_closing() {
                 continue;
             }
+            // A connection closed earlier in this loop may have handed a
+            // SESSION hold to a waiter whose GRANTED is in this output: it
+            // goes out only once that change is in the log (a no-op when
+            // nothing changed since the last persist).
+            if !self.persist() {
+                continue;
+            }
+            let conn = &mut self.conns[key];
             if let Err(e) = flush(conn, now) {
                 self.close_ended(key, Some(&e), now);
                 continue;

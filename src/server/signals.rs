@@ -72,10 +72,12 @@ impl Server {
         info!("signal received: stopping (a second signal exits at once)");
         self.shutting_down = true;
         let _ = self.poll.registry().deregister(&mut self.listener);
-        // Replies of this turn go out with the last words below.
-        let may_write = self.persist();
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
+            // Replies of this turn go out with the last words below, once
+            // the changes they reflect are in the log, including hand-offs
+            // made by the closes earlier in this loop.
+            let may_write = self.persist();
             let conn = &mut self.conns[key];
             if conn.phase == Phase::Waiting {
                 self.output_pool.lend(&mut conn.output);

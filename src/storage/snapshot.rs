@@ -154,7 +154,7 @@ fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> WalE
 /// Writes `s` durably in `dir` (created if missing), then removes all but
 /// the newest [`SNAPSHOTS_KEPT`] snapshots and any stray temporary file.
 pub fn write(dir: &Path, s: &SnapshotFile) -> Result<PathBuf, WalError> {
-    fs::create_dir_all(dir).map_err(io_error(dir, "create the snapshot directory"))?;
+    super::wal::create_dir_durably(dir)?;
     let name = file_name(s.index, s.term);
     let tmp = dir.join(format!(".{name}.tmp"));
     let path = dir.join(&name);

@@ -335,7 +335,8 @@ impl Wal {
     /// first index is `first_index`) if there is none; returns every valid
     /// record. A torn tail of the last segment is cut off the file.
     pub fn open(dir: &Path, first_index: u64) -> Result<(Wal, Recovered), WalError> {
-        fs::create_dir_all(dir).map_err(io_error(dir, "create the log directory"))?;
+        create_dir_durably(dir)?;
+        remove_stray_temporaries(dir)?;
         let segments = list_segments(dir)?;
         if segments.is_empty() {
             let id = SegmentId {
@@ -513,6 +514,21 @@ impl Wal {
     }
 }
 
+/// Removes what a crash in [`create_segment`] may have left.
+fn remove_stray_temporaries(dir: &Path) -> Result<(), WalError> {
+    let entries = fs::read_dir(dir).map_err(io_error(dir, "list the log directory"))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir, "list the log directory"))?;
+        let name = entry.file_name();
+        let stray = name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+        if stray {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_error(&path, "remove stray temporary file"))?;
+        }
+    }
+    Ok(())
+}
+
 /// The segments in `dir`, in order; an error if their numbers skip.
 fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
     let mut segments = Vec::new();
@@ -537,21 +553,49 @@ fn list_segments(dir: &Path) -> Result<Vec<SegmentId>, WalError> {
 }
 
 /// Creates a segment with its header, durably (the file and its name).
+///
+/// The header is written to a temporary file, fsynced, and the file renamed
+/// to the segment's name: a crash never leaves a segment without a whole
+/// header (which recovery would take for damage), only a stray temporary
+/// file, which the next [`Wal::open`] removes.
 fn create_segment(dir: &Path, id: SegmentId) -> Result<(File, u32), WalError> {
     let path = dir.join(id.file_name());
+    let tmp = dir.join(format!(".{}.tmp", id.file_name()));
     let header = segment_header(id);
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(io_error(&path, "create log segment"))?;
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_error(&tmp, "create log segment"))?;
     file.write_all(&header)
         .and_then(|()| file.sync_all())
-        .map_err(io_error(&path, "write log segment header"))?;
+        .map_err(io_error(&tmp, "write log segment header"))?;
+    if path.exists() {
+        return Err(WalError::Io {
+            path,
+            action: "create log segment",
+            error: io::Error::from(io::ErrorKind::AlreadyExists),
+        });
+    }
+    fs::rename(&tmp, &path).map_err(io_error(&path, "rename log segment to"))?;
     sync_dir(dir)?;
     let crc = u32::from_le_bytes(header[28..32].try_into().expect("4 bytes"));
     Ok((file, crc))
+}
+
+/// Creates `dir` (and its parents) if missing, and makes its entry in its
+/// parent durable, so that a power loss right after cannot undo it.
+pub fn create_dir_durably(dir: &Path) -> Result<(), WalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_error(dir, "create directory"))?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
+    }
 }
 
 /// Makes a directory's entries (files created, renamed, removed) durable.

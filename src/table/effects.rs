@@ -256,7 +256,7 @@ impl LockTable {
                         self.insert_lock(hash, name, owner, token, ttl_ms, now_ms);
                     }
                 }
-                self.next_token = self.next_token.max(token + 1);
+                self.next_token = self.next_token.max(token.saturating_add(1));
             }
             Effect::Free { name, token } => {
                 let hash = self.name_key.hash(name);

@@ -371,3 +371,64 @@ fn records_round_trip_and_truncated_ones_are_refused() {
         assert_eq!(decode_conf_state(&bytes[..len]), None, "{len}");
     }
 }
+
+#[test]
+fn a_commit_index_beyond_the_log_is_refused_not_handed_to_raft() {
+    let tmp = TempDir::new("beyond");
+    let (mut log, _) = open(&tmp.0);
+    log.bootstrap(&[1]).unwrap();
+    log.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
+    log.set_hard_state(&hard_state(1, 1, 5)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let error = DurableLog::open(&tmp.0).err().expect("refused");
+    assert!(
+        matches!(
+            error,
+            LogError::CommitBeyondLog {
+                commit: 5,
+                last_index: 2
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("backup"), "{error}");
+}
+
+/// Compaction at the last index, with a segment cut right after: the
+/// newest snapshot's mark is repeated in the new segment, so that when that
+/// snapshot is damaged, opening says so instead of starting from an older
+/// state.
+#[test]
+fn a_damaged_newest_snapshot_is_refused_after_the_segments_before_it_went() {
+    let tmp = TempDir::new("damaged-snap");
+    let (mut log, _) = open(&tmp.0);
+    log.bootstrap(&[1]).unwrap();
+    log.wal.set_segment_size_max(3000);
+    let big = "x".repeat(1000);
+    for i in 1..=6 {
+        log.append(&[entry(i, 1, &big)]).unwrap();
+        log.sync().unwrap();
+    }
+    log.set_hard_state(&hard_state(1, 1, 6)).unwrap();
+    log.sync().unwrap();
+    let cs = log.conf_state().clone();
+    log.compact(6, &cs, b"six".to_vec()).unwrap();
+    drop(log);
+    let snap = fs::read_dir(tmp.0.join("snap"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "snap"))
+        .unwrap();
+    let mut bytes = fs::read(&snap).unwrap();
+    bytes[45] ^= 1;
+    fs::write(&snap, &bytes).unwrap();
+    let error = DurableLog::open(&tmp.0).err().expect("refused");
+    assert!(
+        matches!(
+            error,
+            LogError::SnapshotMissing { index: 6 } | LogError::CommitBeyondLog { .. }
+        ),
+        "{error}"
+    );
+}

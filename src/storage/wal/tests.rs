@@ -281,3 +281,21 @@ fn file_names_round_trip_and_others_are_ignored() {
         assert_eq!(SegmentId::parse_file_name(other), None, "{other}");
     }
 }
+
+#[test]
+fn a_temporary_file_left_by_a_crash_while_creating_a_segment_is_removed() {
+    let tmp = TempDir::new("stray");
+    let (mut wal, _) = open(&tmp.0);
+    wal.append(1, b"kept").unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    // A crash before the rename: a header-less temporary file.
+    let stray = tmp.0.join(".0000000000000002-0000000000000009.wal.tmp");
+    fs::write(&stray, b"").unwrap();
+    let (mut wal, recovered) = open(&tmp.0);
+    assert!(!stray.exists());
+    assert_eq!(kinds_and_payloads(&recovered), vec![(1, b"kept".to_vec())]);
+    // And the segment it was to be is created as usual.
+    wal.cut(9).unwrap();
+    assert_eq!(wal.segments().len(), 2);
+}
