@@ -298,6 +298,18 @@ pub struct Server {
 impl Server {
     pub fn bind(config: Config) -> io::Result<Server> {
         config.limits.validate().map_err(io::Error::other)?;
+        // The data directory first: a server that cannot use it (or whose
+        // flock another server holds) never listens, so no client and no
+        // test can take its port for a running server.
+        let seed = config.token_seed.unwrap_or_else(wall_clock_token_seed);
+        let mut table = LockTable::new(config.limits.clone(), seed, 0);
+        let durable =
+            match &config.data_dir {
+                Some(dir) => Some(Durable::open(dir, &mut table, 0).map_err(|e| {
+                    io::Error::other(format!("data directory {}: {e}", dir.display()))
+                })?),
+                None => None,
+            };
         let listener = bind_listener(config.listen).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -337,7 +349,6 @@ impl Server {
             }
             None => None,
         };
-        let seed = config.token_seed.unwrap_or_else(wall_clock_token_seed);
         let started = Instant::now();
         let limits = config.limits;
         info!(
@@ -361,14 +372,6 @@ impl Server {
         debug!("first fencing token {seed}");
         check_open_file_limit(limits.connections_max);
         let output_pool = BufferPool::new(limits.output_buffer_size);
-        let mut table = LockTable::new(limits, seed, 0);
-        let durable =
-            match &config.data_dir {
-                Some(dir) => Some(Durable::open(dir, &mut table, 0).map_err(|e| {
-                    io::Error::other(format!("data directory {}: {e}", dir.display()))
-                })?),
-                None => None,
-            };
         Ok(Server {
             poll,
             events: Events::with_capacity(POLL_EVENTS_MAX),
