@@ -238,16 +238,22 @@ fn session_holds_end_with_a_graceful_stop_and_outlive_a_crash_for_their_ttl() {
     );
 }
 
-#[test]
-fn a_second_server_on_the_same_directory_is_refused() {
-    let tmp = TempDir::new("twice");
-    let (_server, _) = start(&tmp.0, 0);
+/// Starts a server on `tmp`'s directory that must refuse to start: exit
+/// status 2; returns what it printed.
+fn refused_start(tmp: &TempDir) -> String {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_distlockd"))
         .args(["server", "--port", "0", "--data-dir", tmp.arg()])
         .output()
         .expect("run distlockd");
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_second_server_on_the_same_directory_is_refused() {
+    let tmp = TempDir::new("twice");
+    let (_server, _) = start(&tmp.0, 0);
+    let stderr = refused_start(&tmp);
     assert!(
         stderr.contains("another distlockd server holds"),
         "{stderr}"
@@ -261,12 +267,7 @@ fn an_unusable_data_directory_is_refused_at_start_naming_it() {
     std::fs::create_dir_all(&tmp.0).unwrap();
     // A file where the log's directory should be.
     std::fs::write(tmp.0.join("wal"), b"not a directory").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_distlockd"))
-        .args(["server", "--port", "0", "--data-dir", tmp.arg()])
-        .output()
-        .expect("run distlockd");
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&tmp);
     assert!(stderr.contains(tmp.arg()), "{stderr}");
     assert!(stderr.contains("wal"), "{stderr}");
 }

@@ -276,16 +276,6 @@ mod tests {
     use crate::limits::Limits;
     use crate::table::effects::Effect;
 
-    fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "distlockd-durable-unit-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn effects_are_split_at_their_boundaries_under_the_cap() {
         let mut bytes = Vec::new();
@@ -317,7 +307,8 @@ mod tests {
     /// is the same on every start after it.
     #[test]
     fn a_first_start_cut_short_before_init_writes_it_on_the_next() {
-        let dir = temp_dir("init");
+        let tmp = crate::storage::TempDir::new("durable-init");
+        let dir = tmp.0.clone();
         {
             let (mut log, _) = DurableLog::open(&dir).unwrap();
             log.bootstrap(&[NODE_ID]).unwrap();
@@ -330,6 +321,5 @@ mod tests {
         let first = key(&dir);
         assert_eq!(key(&dir), first, "the key the second start wrote");
         assert_eq!(key(&dir), first);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -155,8 +155,11 @@ impl Server {
     }
 
     fn expire(&mut self, key: usize, why: Expired, now: u64) {
-        // A last error flushes the replies before it too.
-        let may_write = self.persist();
+        // A last error flushes the replies before it too, which may reflect
+        // changes (a hand-off by a close earlier this turn); with none
+        // waiting, nothing needs the log first (an idle connection's
+        // timeout costs no fsync).
+        let may_write = self.conns[key].output.is_empty() || self.persist();
         self.metrics.count_close(match why {
             Expired::Frame => CloseReason::FrameTimeout,
             Expired::Write => CloseReason::WriteTimeout,

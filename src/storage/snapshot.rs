@@ -24,11 +24,11 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::crc32c;
-use super::wal::{WalError, sync_dir};
+use super::wal::{WalError, io_error, sync_dir};
 
 const MAGIC: &[u8; 8] = b"DLKSNAP\n";
 const VERSION: u32 = 1;
@@ -76,18 +76,11 @@ impl fmt::Display for SnapshotDamage {
 }
 
 fn file_name(index: u64, term: u64) -> String {
-    format!("{index:016x}-{term:016x}{SUFFIX}")
+    super::numbered_name(index, term, SUFFIX)
 }
 
 fn parse_file_name(name: &str) -> Option<(u64, u64)> {
-    let (index, term) = name.strip_suffix(SUFFIX)?.split_once('-')?;
-    if index.len() != 16 || term.len() != 16 {
-        return None;
-    }
-    Some((
-        u64::from_str_radix(index, 16).ok()?,
-        u64::from_str_radix(term, 16).ok()?,
-    ))
+    super::parse_numbered_name(name, SUFFIX)
 }
 
 /// The bytes of a snapshot file.
@@ -140,15 +133,6 @@ pub fn decode(bytes: &[u8]) -> Result<SnapshotFile, SnapshotDamage> {
         meta: bytes[HEADER_SIZE..meta_end].to_vec(),
         data: bytes[meta_end..body_end].to_vec(),
     })
-}
-
-fn io_error(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> WalError {
-    let path = path.to_path_buf();
-    move |error| WalError::Io {
-        path,
-        action,
-        error,
-    }
 }
 
 /// Writes `s` durably in `dir` (created if missing), then removes all but
@@ -240,16 +224,6 @@ mod tests {
         }
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "distlockd-snap-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn encode_decode_round_trip_and_every_damage_is_caught() {
         let s = snapshot(7, 2, 0xab);
@@ -267,7 +241,8 @@ mod tests {
 
     #[test]
     fn the_newest_valid_snapshot_is_read_and_old_ones_go() {
-        let dir = temp_dir("latest");
+        let tmp = crate::storage::TempDir::new("snap-latest");
+        let dir = tmp.0.clone();
         assert_eq!(read_latest(&dir).unwrap(), (None, Vec::new()));
         for (i, index) in [10, 20, 30].into_iter().enumerate() {
             write(&dir, &snapshot(index, 1, i as u8)).unwrap();
@@ -285,12 +260,12 @@ mod tests {
         let (latest, skipped) = read_latest(&dir).unwrap();
         assert_eq!(latest, Some(snapshot(20, 1, 1)));
         assert_eq!(skipped, vec![(newest, SnapshotDamage::BadChecksum)]);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_stray_temporary_file_is_never_read_and_is_removed() {
-        let dir = temp_dir("stray");
+        let tmp = crate::storage::TempDir::new("snap-stray");
+        let dir = tmp.0.clone();
         fs::create_dir_all(&dir).unwrap();
         let stray = dir.join(format!(".{}.tmp", file_name(99, 9)));
         fs::write(&stray, encode(&snapshot(99, 9, 1))).unwrap();
@@ -298,6 +273,5 @@ mod tests {
         write(&dir, &snapshot(5, 1, 1)).unwrap();
         assert!(!stray.exists());
         assert_eq!(read_latest(&dir).unwrap().0, Some(snapshot(5, 1, 1)));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

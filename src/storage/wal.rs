@@ -72,19 +72,12 @@ pub struct SegmentId {
 
 impl SegmentId {
     fn file_name(&self) -> String {
-        format!("{:016x}-{:016x}{SUFFIX}", self.seq, self.first_index)
+        super::numbered_name(self.seq, self.first_index, SUFFIX)
     }
 
     fn parse_file_name(name: &str) -> Option<SegmentId> {
-        let stem = name.strip_suffix(SUFFIX)?;
-        let (seq, first) = stem.split_once('-')?;
-        if seq.len() != 16 || first.len() != 16 {
-            return None;
-        }
-        Some(SegmentId {
-            seq: u64::from_str_radix(seq, 16).ok()?,
-            first_index: u64::from_str_radix(first, 16).ok()?,
-        })
+        let (seq, first_index) = super::parse_numbered_name(name, SUFFIX)?;
+        Some(SegmentId { seq, first_index })
     }
 
 }
@@ -291,7 +284,10 @@ impl fmt::Display for WalError {
 
 impl std::error::Error for WalError {}
 
-fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> WalError + 'a {
+pub(super) fn io_error<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(io::Error) -> WalError + 'a {
     move |error| WalError::Io {
         path: path.to_path_buf(),
         action,

@@ -197,14 +197,20 @@ impl LockTable {
 
     #[inline(never)]
     fn record_hold(&mut self, lock: u32, ttl_ms: u32) {
+        let mut out = self.effects.take().expect("recording");
+        self.hold_effect(lock, ttl_ms).encode(&mut out);
+        self.effects = Some(out);
+    }
+
+    /// `lock`'s hold as a HOLD effect of `ttl_ms`.
+    fn hold_effect(&self, lock: u32, ttl_ms: u32) -> Effect<'_> {
         let record = self.store.record(lock);
-        let effect = Effect::Hold {
+        Effect::Hold {
             name: self.store.name(lock),
             owner: record.owner,
             token: record.token,
             ttl_ms,
-        };
-        effect.encode(self.effects.as_mut().expect("recording"));
+        }
     }
 
     /// Records that the hold on `lock` ends (before its record goes).
@@ -284,15 +290,9 @@ impl LockTable {
         }
         out.extend_from_slice(&self.next_token.to_le_bytes());
         for lock in self.store.live_locks() {
-            let record = self.store.record(lock);
-            let left = record.deadline_ms().saturating_sub(now_ms);
-            let effect = Effect::Hold {
-                name: self.store.name(lock),
-                owner: record.owner,
-                token: record.token,
-                ttl_ms: left.min(u32::MAX as u64) as u32,
-            };
-            effect.encode(&mut out);
+            let left = self.store.record(lock).deadline_ms().saturating_sub(now_ms);
+            let ttl_ms = left.min(u32::MAX as u64) as u32;
+            self.hold_effect(lock, ttl_ms).encode(&mut out);
         }
         out
     }

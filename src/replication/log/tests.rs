@@ -3,27 +3,7 @@ use std::fs;
 use raft::{Config, RawNode, StateRole};
 
 use super::*;
-
-/// A fresh directory under the system's temporary one, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "distlockd-log-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::storage::TempDir;
 
 fn open(dir: &Path) -> (DurableLog, Option<Vec<u8>>) {
     DurableLog::open(dir).unwrap_or_else(|e| panic!("{e}"))
@@ -118,7 +98,7 @@ fn elect(node: &mut RawNode<DurableLog>) {
 
 #[test]
 fn a_single_node_commits_what_it_proposes_and_recovers_it_after_a_restart() {
-    let tmp = TempDir::new("single");
+    let tmp = TempDir::new("log-single");
     let (mut log, data) = open(&tmp.0);
     assert!(data.is_none() && !log.is_initialized());
     log.bootstrap(&[1]).unwrap();
@@ -151,7 +131,7 @@ fn a_single_node_commits_what_it_proposes_and_recovers_it_after_a_restart() {
 
 #[test]
 fn an_overwritten_tail_is_replaced_on_replay_as_it_was_in_memory() {
-    let tmp = TempDir::new("overwrite");
+    let tmp = TempDir::new("log-overwrite");
     let (mut log, _) = open(&tmp.0);
     let old: Vec<Entry> = (1..=5).map(|i| entry(i, 1, "old")).collect();
     log.append(&old).unwrap();
@@ -171,7 +151,7 @@ fn an_overwritten_tail_is_replaced_on_replay_as_it_was_in_memory() {
 
 #[test]
 fn a_gap_in_appended_entries_is_refused() {
-    let tmp = TempDir::new("gap");
+    let tmp = TempDir::new("log-gap");
     let (mut log, _) = open(&tmp.0);
     log.append(&[entry(1, 1, "a")]).unwrap();
     let error = log.append(&[entry(3, 1, "c")]).unwrap_err();
@@ -189,7 +169,7 @@ fn a_gap_in_appended_entries_is_refused() {
 
 #[test]
 fn compaction_keeps_the_state_in_a_snapshot_and_the_entries_after_it() {
-    let tmp = TempDir::new("compact");
+    let tmp = TempDir::new("log-compact");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1]).unwrap();
     let entries: Vec<Entry> = (1..=6).map(|i| entry(i, 1, &format!("e{i}"))).collect();
@@ -227,7 +207,7 @@ fn compaction_keeps_the_state_in_a_snapshot_and_the_entries_after_it() {
 
 #[test]
 fn a_snapshot_newer_than_the_last_is_asked_for_and_made() {
-    let tmp = TempDir::new("wanted");
+    let tmp = TempDir::new("log-wanted");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1]).unwrap();
     log.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
@@ -249,7 +229,7 @@ fn a_snapshot_newer_than_the_last_is_asked_for_and_made() {
 
 #[test]
 fn an_installed_snapshot_that_disagrees_replaces_the_whole_log_also_after_a_restart() {
-    let tmp = TempDir::new("install");
+    let tmp = TempDir::new("log-install");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1, 2, 3]).unwrap();
     let entries: Vec<Entry> = (1..=8).map(|i| entry(i, 1, "stale")).collect();
@@ -275,7 +255,7 @@ fn an_installed_snapshot_that_disagrees_replaces_the_whole_log_also_after_a_rest
 
 #[test]
 fn an_installed_snapshot_that_agrees_keeps_the_entries_after_it() {
-    let tmp = TempDir::new("agree");
+    let tmp = TempDir::new("log-agree");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1, 2, 3]).unwrap();
     let entries: Vec<Entry> = (1..=8).map(|i| entry(i, 2, &format!("e{i}"))).collect();
@@ -294,7 +274,7 @@ fn an_installed_snapshot_that_agrees_keeps_the_entries_after_it() {
 
 #[test]
 fn a_crash_between_a_leaders_snapshot_and_its_mark_still_drops_the_disagreeing_log() {
-    let tmp = TempDir::new("crash-mark");
+    let tmp = TempDir::new("log-crash-mark");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1, 2, 3]).unwrap();
     let entries: Vec<Entry> = (1..=8).map(|i| entry(i, 1, "stale")).collect();
@@ -323,7 +303,7 @@ fn a_crash_between_a_leaders_snapshot_and_its_mark_still_drops_the_disagreeing_l
 
 #[test]
 fn segments_the_snapshot_covers_are_deleted_and_state_survives_them() {
-    let tmp = TempDir::new("segments");
+    let tmp = TempDir::new("log-segments");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1]).unwrap();
     // Entries big enough that three fill a segment.
@@ -374,7 +354,7 @@ fn records_round_trip_and_truncated_ones_are_refused() {
 
 #[test]
 fn a_commit_index_beyond_the_log_is_refused_not_handed_to_raft() {
-    let tmp = TempDir::new("beyond");
+    let tmp = TempDir::new("log-beyond");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1]).unwrap();
     log.append(&[entry(1, 1, "a"), entry(2, 1, "b")]).unwrap();
@@ -401,7 +381,7 @@ fn a_commit_index_beyond_the_log_is_refused_not_handed_to_raft() {
 /// state.
 #[test]
 fn a_damaged_newest_snapshot_is_refused_after_the_segments_before_it_went() {
-    let tmp = TempDir::new("damaged-snap");
+    let tmp = TempDir::new("log-damaged-snap");
     let (mut log, _) = open(&tmp.0);
     log.bootstrap(&[1]).unwrap();
     log.wal.set_segment_size_max(3000);

@@ -2,27 +2,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
-
-/// A fresh directory under the system's temporary one, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "distlockd-wal-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+use crate::storage::TempDir;
 
 fn open(dir: &Path) -> (Wal, Recovered) {
     Wal::open(dir, 1).unwrap_or_else(|e| panic!("{e}"))
@@ -52,7 +32,7 @@ fn only_segment(dir: &Path) -> PathBuf {
 
 #[test]
 fn records_synced_are_read_back_in_order_after_reopening() {
-    let tmp = TempDir::new("reopen");
+    let tmp = TempDir::new("wal-reopen");
     let (mut wal, recovered) = open(&tmp.0);
     assert!(recovered.records.is_empty() && recovered.torn.is_none());
     for i in 1..=5 {
@@ -81,7 +61,7 @@ fn records_synced_are_read_back_in_order_after_reopening() {
 
 #[test]
 fn records_never_synced_are_not_on_disk() {
-    let tmp = TempDir::new("unsynced");
+    let tmp = TempDir::new("wal-unsynced");
     let (mut wal, _) = open(&tmp.0);
     wal.append(1, b"kept").unwrap();
     wal.sync().unwrap();
@@ -93,7 +73,7 @@ fn records_never_synced_are_not_on_disk() {
 
 #[test]
 fn a_torn_tail_is_cut_off_and_appending_follows_the_valid_records() {
-    let tmp = TempDir::new("torn");
+    let tmp = TempDir::new("wal-torn");
     let (mut wal, _) = open(&tmp.0);
     for i in 1..=3 {
         wal.append(i, &payload(i)).unwrap();
@@ -125,7 +105,7 @@ fn a_torn_tail_is_cut_off_and_appending_follows_the_valid_records() {
 
 #[test]
 fn zeros_after_the_records_end_the_log() {
-    let tmp = TempDir::new("zeros");
+    let tmp = TempDir::new("wal-zeros");
     let (mut wal, _) = open(&tmp.0);
     wal.append(1, b"one").unwrap();
     wal.sync().unwrap();
@@ -141,7 +121,7 @@ fn zeros_after_the_records_end_the_log() {
 
 #[test]
 fn a_flipped_bit_ends_the_last_segment_at_the_record_before_it() {
-    let tmp = TempDir::new("flip");
+    let tmp = TempDir::new("wal-flip");
     let (mut wal, _) = open(&tmp.0);
     for i in 1..=3 {
         wal.append(i, &payload(i)).unwrap();
@@ -160,7 +140,7 @@ fn a_flipped_bit_ends_the_last_segment_at_the_record_before_it() {
 
 #[test]
 fn a_record_repeated_in_place_of_the_next_fails_its_chained_checksum() {
-    let tmp = TempDir::new("repeat");
+    let tmp = TempDir::new("wal-repeat");
     let (mut wal, _) = open(&tmp.0);
     wal.append(1, b"same").unwrap();
     wal.append(1, b"same").unwrap();
@@ -182,7 +162,7 @@ fn a_record_repeated_in_place_of_the_next_fails_its_chained_checksum() {
 
 #[test]
 fn segments_are_cut_and_removed_once_a_snapshot_covers_them() {
-    let tmp = TempDir::new("segments");
+    let tmp = TempDir::new("wal-segments");
     let (mut wal, _) = open(&tmp.0);
     // Segment 1 holds indexes 1..=10, segment 2 11..=20, segment 3 21...
     wal.append(1, b"entries 1-10").unwrap();
@@ -209,7 +189,7 @@ fn segments_are_cut_and_removed_once_a_snapshot_covers_them() {
 
 #[test]
 fn damage_before_the_last_segment_refuses_to_open_and_says_where() {
-    let tmp = TempDir::new("corrupt");
+    let tmp = TempDir::new("wal-corrupt");
     let (mut wal, _) = open(&tmp.0);
     wal.append(1, b"first segment").unwrap();
     wal.cut(2).unwrap();
@@ -234,7 +214,7 @@ fn damage_before_the_last_segment_refuses_to_open_and_says_where() {
 
 #[test]
 fn a_missing_segment_refuses_to_open() {
-    let tmp = TempDir::new("gap");
+    let tmp = TempDir::new("wal-gap");
     let (mut wal, _) = open(&tmp.0);
     wal.cut(5).unwrap();
     wal.cut(9).unwrap();
@@ -250,7 +230,7 @@ fn a_missing_segment_refuses_to_open() {
 
 #[test]
 fn a_header_that_is_not_ours_refuses_to_open() {
-    let tmp = TempDir::new("header");
+    let tmp = TempDir::new("wal-header");
     fs::create_dir_all(&tmp.0).unwrap();
     let path = tmp.0.join("0000000000000001-0000000000000001.wal");
     fs::write(&path, b"not a log segment at all, but long enough").unwrap();
@@ -260,7 +240,7 @@ fn a_header_that_is_not_ours_refuses_to_open() {
 
 #[test]
 fn a_record_over_the_maximum_is_refused_before_it_is_written() {
-    let tmp = TempDir::new("large");
+    let tmp = TempDir::new("wal-large");
     let (mut wal, _) = open(&tmp.0);
     let big = vec![0u8; WAL_RECORD_SIZE_MAX];
     let error = wal.append(1, &big).expect_err("refused");
@@ -284,7 +264,7 @@ fn file_names_round_trip_and_others_are_ignored() {
 
 #[test]
 fn a_temporary_file_left_by_a_crash_while_creating_a_segment_is_removed() {
-    let tmp = TempDir::new("stray");
+    let tmp = TempDir::new("wal-stray");
     let (mut wal, _) = open(&tmp.0);
     wal.append(1, b"kept").unwrap();
     wal.sync().unwrap();
